@@ -1,0 +1,32 @@
+"""Helix: Helix-parallel decode for MLA models (DeepSeek-V3 / R1).
+
+Pure-Python modules (config, checkpoint, reference, planner) import nothing compiled. The compiled
+runtime (``helix._core``) is loaded on first use of one of its names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved lazily so that helix.config etc. work without a build.
+_LAZY = {
+    "PagedKVCache": "helix._core",
+    "HelixError": "helix._core",
+    "ArgumentError": "helix._core",
+    "KVCacheFullError": "helix._core",
+    "ops": "helix.ops",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name) if _LAZY[name] != f"helix.{name}" else (
+            importlib.import_module(_LAZY[name]))
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'helix' has no attribute {name!r}")

@@ -1,0 +1,40 @@
+// helix._core: the compiled runtime. One bind_* function per public header; the Python package
+// (python/helix) re-exports what users need.
+#include <nanobind/nanobind.h>
+
+#include "helix/error.hpp"
+
+namespace nb = nanobind;
+
+namespace helix::bind {
+void bind_kv_cache(nb::module_& m);
+void bind_ops(nb::module_& m);
+void bind_comm(nb::module_& m);
+void bind_engine(nb::module_& m);
+void bind_cuda(nb::module_& m);
+}  // namespace helix::bind
+
+NB_MODULE(_core, m) {
+  m.doc() = "Helix runtime: paged KV cache, attention and merge kernels, communicators, decoder engine";
+  // Registered base first: nanobind tries the most recently registered translator first.
+  auto base = nb::exception<helix::Error>(m, "HelixError", PyExc_RuntimeError);
+  // ArgumentError is both a HelixError and a ValueError, so either `except` catches it.
+  nb::object bases = nb::make_tuple(base, nb::handle(PyExc_ValueError));
+  PyObject* arg_error = PyErr_NewException("helix._core.ArgumentError", bases.ptr(), nullptr);
+  m.attr("ArgumentError") = nb::steal(arg_error);
+  nb::register_exception_translator(
+      [](const std::exception_ptr& p, void* type) {
+        try {
+          std::rethrow_exception(p);
+        } catch (const helix::ArgumentError& e) {
+          PyErr_SetString(static_cast<PyObject*>(type), e.what());
+        }
+      },
+      arg_error);
+  nb::exception<helix::KVCacheFullError>(m, "KVCacheFullError", base.ptr());
+  helix::bind::bind_kv_cache(m);
+  helix::bind::bind_ops(m);
+  helix::bind::bind_comm(m);
+  helix::bind::bind_engine(m);
+  helix::bind::bind_cuda(m);
+}
