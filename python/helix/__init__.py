@@ -17,7 +17,7 @@ _LAZY = {
     "HelixError": "helix._core",
     "ArgumentError": "helix._core",
     "KVCacheFullError": "helix._core",
-    "ops": "helix.ops",
+    "ops": "helix._core",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -25,8 +25,7 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name) if _LAZY[name] != f"helix.{name}" else (
-            importlib.import_module(_LAZY[name]))
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'helix' has no attribute {name!r}")

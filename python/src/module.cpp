@@ -9,6 +9,7 @@ namespace nb = nanobind;
 namespace helix::bind {
 void bind_kv_cache(nb::module_& m);
 void bind_ops(nb::module_& m);
+void bind_layers(nb::module_& m);
 void bind_comm(nb::module_& m);
 void bind_engine(nb::module_& m);
 void bind_cuda(nb::module_& m);
@@ -34,6 +35,7 @@ NB_MODULE(_core, m) {
   nb::exception<helix::KVCacheFullError>(m, "KVCacheFullError", base.ptr());
   helix::bind::bind_kv_cache(m);
   helix::bind::bind_ops(m);
+  helix::bind::bind_layers(m);
   helix::bind::bind_comm(m);
   helix::bind::bind_engine(m);
   helix::bind::bind_cuda(m);

@@ -1,0 +1,15 @@
+"""Every numerical tolerance of the test suite, per op and dtype, each with its reason.
+
+Entries are (atol, rtol) for numpy.testing.assert_allclose against the float64 reference.
+"""
+
+from __future__ import annotations
+
+TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
+    # (op, dtype): (atol, rtol)  # reason
+}
+
+
+def tol(op: str, dtype: str) -> dict[str, float]:
+    atol, rtol = TOLERANCES[(op, dtype)]
+    return {"atol": atol, "rtol": rtol}
