@@ -1,7 +1,143 @@
+// Bindings of the Helix attention step and the decoder engine.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "arrays.hpp"
+#include "helix/engine.hpp"
+#include "helix/helix_attention.hpp"
 
 namespace nb = nanobind;
 
 namespace helix::bind {
-void bind_engine(nb::module_& m) {}
+
+namespace {
+
+DType parse_kv_dtype(const std::string& s) {
+  if (s == "float32") return DType::Float32;
+  if (s == "bfloat16") return DType::BFloat16;
+  throw ArgumentError("kv_dtype must be 'float32' or 'bfloat16', got '" + s + "'");
+}
+
+nb::object helix_attention_py(Communicator& cp_comm, PagedKVCache& cache, nb::handle q, nb::handle new_kv,
+                              nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index, float scale,
+                              int64_t kv_lora_rank, nb::handle w_uv) {
+  HostArray qa = to_view(q, "q"), kva = to_view(new_kv, "new_kv"), pa = to_view(positions, "positions"),
+            sa = to_view(seq_ids, "seq_ids"), ia = to_view(q_seq_index, "q_seq_index");
+  HostArray wa;
+  if (!w_uv.is_none()) wa = to_view(w_uv, "w_uv");
+  HELIX_CHECK_ARG(qa.view.ndim() == 3, "argument 'q' must have 3 dimensions [T, H_tp, D], got shape ",
+                  shape_str(qa.view.shape));
+  const int64_t cp = cp_comm.size();
+  HELIX_CHECK_ARG(qa.view.dim(1) % cp == 0, "argument 'q' has ", qa.view.dim(1), " heads, not divisible by cp ", cp);
+  const int64_t W = w_uv.is_none() ? kv_lora_rank : (wa.view.ndim() == 3 ? wa.view.dim(1) : 0);
+  HELIX_CHECK_ARG(W > 0, "argument 'w_uv' must have shape [H_tp, Dv, kv_lora_rank]");
+  HostArray out = new_array({qa.view.dim(0), qa.view.dim(1) / cp, W}, DType::Float32);
+  {
+    nb::gil_scoped_release release;
+    helix_attention(cp_comm, cache, qa.view, kva.view, pa.view, sa.view, ia.view, scale, kv_lora_rank, wa.view,
+                    out.view);
+  }
+  return out.owner;
+}
+
+}  // namespace
+
+void bind_engine(nb::module_& m) {
+  m.def("helix_attention", &helix_attention_py, nb::arg("cp_comm"), nb::arg("cache"), nb::arg("q"),
+        nb::arg("new_kv"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"), nb::arg("scale"),
+        nb::arg("kv_lora_rank"), nb::arg("w_uv") = nb::none(),
+        "The Helix attention step of one layer on this rank: append owned rows, partial attention over the\n"
+        "local shard, optional W_UV, one all-to-all over the CP group, LSE merge.\n"
+        "q [T, H_tp, D]; new_kv [T, D] (cache dtype); positions [T]; seq_ids [B]; q_seq_index [T];\n"
+        "w_uv [H_tp, Dv, R] or None. Returns [T, H_tp / cp, W] float32 (W = Dv with w_uv, else R).");
+  m.def("helix_exchange_bytes", &helix_exchange_bytes, nb::arg("cp"), nb::arg("T"), nb::arg("H_tp"), nb::arg("width"),
+        "Bytes one rank sends per Helix attention step.");
+
+  nb::class_<EngineConfig>(m, "EngineConfig", "Model dimensions and the parallel layout of one rank.")
+      .def(nb::init<>())
+      .def_rw("vocab_size", &EngineConfig::vocab_size)
+      .def_rw("hidden_size", &EngineConfig::hidden_size)
+      .def_rw("num_layers", &EngineConfig::num_layers)
+      .def_rw("num_heads", &EngineConfig::num_heads)
+      .def_rw("q_lora_rank", &EngineConfig::q_lora_rank)
+      .def_rw("kv_lora_rank", &EngineConfig::kv_lora_rank)
+      .def_rw("qk_nope_head_dim", &EngineConfig::qk_nope_head_dim)
+      .def_rw("qk_rope_head_dim", &EngineConfig::qk_rope_head_dim)
+      .def_rw("v_head_dim", &EngineConfig::v_head_dim)
+      .def_rw("intermediate_size", &EngineConfig::intermediate_size)
+      .def_rw("moe_intermediate_size", &EngineConfig::moe_intermediate_size)
+      .def_rw("n_routed_experts", &EngineConfig::n_routed_experts)
+      .def_rw("num_experts_per_tok", &EngineConfig::num_experts_per_tok)
+      .def_rw("n_shared_experts", &EngineConfig::n_shared_experts)
+      .def_rw("n_group", &EngineConfig::n_group)
+      .def_rw("topk_group", &EngineConfig::topk_group)
+      .def_rw("first_k_dense_replace", &EngineConfig::first_k_dense_replace)
+      .def_rw("moe_layer_freq", &EngineConfig::moe_layer_freq)
+      .def_rw("norm_topk_prob", &EngineConfig::norm_topk_prob)
+      .def_rw("routed_scaling_factor", &EngineConfig::routed_scaling_factor)
+      .def_rw("rms_norm_eps", &EngineConfig::rms_norm_eps)
+      .def_rw("softmax_scale", &EngineConfig::softmax_scale)
+      .def_rw("rope_attention_factor", &EngineConfig::rope_attention_factor)
+      .def_rw("rope_inv_freq", &EngineConfig::rope_inv_freq)
+      .def_rw("tp", &EngineConfig::tp)
+      .def_rw("cp", &EngineConfig::cp)
+      .def_rw("rank", &EngineConfig::rank)
+      .def_rw("tokens_per_block", &EngineConfig::tokens_per_block)
+      .def_rw("num_kv_blocks", &EngineConfig::num_kv_blocks)
+      .def_prop_rw(
+          "kv_dtype", [](const EngineConfig& c) { return std::string(dtype_name(c.kv_dtype)); },
+          [](EngineConfig& c, const std::string& s) { c.kv_dtype = parse_kv_dtype(s); })
+      .def_rw("wuv_before_exchange", &EngineConfig::wuv_before_exchange)
+      .def_rw("expert_tensor_parallel", &EngineConfig::expert_tensor_parallel)
+      .def("is_moe_layer", &EngineConfig::is_moe_layer)
+      .def("vocab_shard", &EngineConfig::vocab_shard);
+
+  nb::class_<Engine>(m, "Engine", "The decoder engine of one rank (sharded weights, per-layer paged KV caches).")
+      .def(nb::init<const EngineConfig&, Communicator&>(), nb::arg("config"), nb::arg("world"), nb::keep_alive<1, 3>())
+      .def(
+          "set_weight",
+          [](Engine& e, const std::string& name, nb::handle w) {
+            HostArray a = to_view(w, name.c_str());
+            e.set_weight(name, a.view);
+          },
+          nb::arg("name"), nb::arg("weight"))
+      .def("check_weights", &Engine::check_weights)
+      .def("expected_weights", &Engine::expected_weights)
+      .def("add_sequence", &Engine::add_sequence, nb::arg("seq_id"))
+      .def("free_sequence", &Engine::free_sequence, nb::arg("seq_id"))
+      .def_prop_ro("num_free_blocks", &Engine::num_free_blocks)
+      .def_prop_ro("num_kv_blocks", &Engine::num_kv_blocks)
+      .def(
+          "step",
+          [](Engine& e, nb::handle tokens, nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index,
+             nb::handle logit_rows) {
+            HostArray ta = to_view(tokens, "tokens"), pa = to_view(positions, "positions"),
+                      sa = to_view(seq_ids, "seq_ids"), ia = to_view(q_seq_index, "q_seq_index"),
+                      la = to_view(logit_rows, "logit_rows");
+            HELIX_CHECK_ARG(la.view.ndim() == 1, "argument 'logit_rows' must be 1-D");
+            HostArray out = new_array({la.view.dim(0), e.config().vocab_size}, DType::Float32);
+            {
+              nb::gil_scoped_release release;
+              e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view);
+            }
+            return out.owner;
+          },
+          nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"), nb::arg("logit_rows"),
+          "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
+          "-> logits [L, vocab_size] float32, identical on every rank.")
+      .def_prop_ro("timings", [](const Engine& e) {
+        const EngineTimings& t = e.timings();
+        nb::dict d;
+        d["attention_s"] = t.attention_s;
+        d["exchange_s"] = t.exchange_s;
+        d["linear_s"] = t.linear_s;
+        d["moe_s"] = t.moe_s;
+        d["allreduce_s"] = t.allreduce_s;
+        d["other_s"] = t.other_s;
+        d["steps"] = t.steps;
+        return d;
+      });
+}
+
 }  // namespace helix::bind

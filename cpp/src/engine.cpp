@@ -1,0 +1,406 @@
+#include "helix/engine.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "helix/engine_kernels.hpp"
+
+namespace helix {
+
+namespace {
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+struct Weight {
+  DType dtype = DType::Float32;
+  std::vector<int64_t> shape;
+  std::vector<unsigned char> bytes;
+  const float* f32() const { return reinterpret_cast<const float*>(bytes.data()); }
+  WeightRef ref() const { return {bytes.data(), dtype}; }
+};
+
+struct Expected {
+  std::vector<int64_t> shape;
+  bool matrix;  // linear weights may be float32 or bfloat16; norms, router and bias are float32
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  std::map<std::string, Expected> expected;
+  std::map<std::string, Weight> weights;
+  // Workspaces, resized per step.
+  std::vector<float> h, x, q, qa, kva, q_abs, attn, attn_v, y, gu, act, router_logits, route_w, logits_local,
+      logits_all;
+  std::vector<int64_t> route_idx;
+  std::vector<unsigned char> new_kv;
+
+  const Weight& w(const std::string& name) const { return weights.at(name); }
+};
+
+namespace {
+
+std::string layer_name(int64_t layer, const char* name) { return "layers." + std::to_string(layer) + "." + name; }
+
+std::map<std::string, Expected> expected_shapes(const EngineConfig& c) {
+  const int64_t N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank,
+                P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, hid = c.hidden_size;
+  std::map<std::string, Expected> e;
+  e["embed_tokens"] = {{c.vocab_shard(), hid}, true};
+  e["norm"] = {{hid}, false};
+  e["lm_head"] = {{c.vocab_shard(), hid}, true};
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    auto L = [&](const char* n) { return layer_name(l, n); };
+    e[L("input_layernorm")] = {{hid}, false};
+    e[L("post_attention_layernorm")] = {{hid}, false};
+    if (c.q_lora_rank > 0) {
+      e[L("q_a_proj")] = {{c.q_lora_rank, hid}, true};
+      e[L("q_a_layernorm")] = {{c.q_lora_rank}, false};
+      e[L("q_b_proj")] = {{Htp * (Dn + P), c.q_lora_rank}, true};
+    } else {
+      e[L("q_proj")] = {{Htp * (Dn + P), hid}, true};
+    }
+    e[L("kv_a_proj_with_mqa")] = {{R + P, hid}, true};
+    e[L("kv_a_layernorm")] = {{R}, false};
+    e[L("w_uk")] = {{Htp, Dn, R}, true};
+    e[L("w_uv")] = {{Htp, Dv, R}, true};
+    e[L("o_proj")] = {{hid, Hc * Dv}, true};
+    if (c.is_moe_layer(l)) {
+      const int64_t E = c.n_routed_experts, Fm = c.moe_intermediate_size;
+      const int64_t n_local = c.expert_tensor_parallel ? E : E / N;
+      const int64_t Fe = c.expert_tensor_parallel ? Fm / N : Fm;
+      e[L("gate")] = {{E, hid}, false};
+      e[L("e_score_correction_bias")] = {{E}, false};
+      e[L("experts.gate_up_proj")] = {{n_local, 2 * Fe, hid}, true};
+      e[L("experts.down_proj")] = {{n_local, hid, Fe}, true};
+      if (c.n_shared_experts > 0) {
+        const int64_t Fs = c.n_shared_experts * Fm / N;
+        e[L("shared_experts.gate_up_proj")] = {{2 * Fs, hid}, true};
+        e[L("shared_experts.down_proj")] = {{hid, Fs}, true};
+      }
+    } else {
+      e[L("mlp.gate_up_proj")] = {{2 * c.intermediate_size / N, hid}, true};
+      e[L("mlp.down_proj")] = {{hid, c.intermediate_size / N}, true};
+    }
+  }
+  return e;
+}
+
+void validate_config(const EngineConfig& c) {
+  auto pos = [](int64_t v, const char* n) { HELIX_CHECK_ARG(v > 0, "engine config '", n, "' must be positive, got ", v); };
+  pos(c.vocab_size, "vocab_size");
+  pos(c.hidden_size, "hidden_size");
+  pos(c.num_layers, "num_layers");
+  pos(c.num_heads, "num_heads");
+  pos(c.kv_lora_rank, "kv_lora_rank");
+  pos(c.qk_rope_head_dim, "qk_rope_head_dim");
+  pos(c.qk_nope_head_dim, "qk_nope_head_dim");
+  pos(c.v_head_dim, "v_head_dim");
+  pos(c.tp, "tp");
+  pos(c.cp, "cp");
+  pos(c.tokens_per_block, "tokens_per_block");
+  pos(c.num_kv_blocks, "num_kv_blocks");
+  const int64_t N = c.world();
+  HELIX_CHECK_ARG(c.rank >= 0 && c.rank < N, "engine config 'rank' ", c.rank, " is outside [0, ", N, ")");
+  HELIX_CHECK_ARG(c.num_heads % N == 0, "num_heads (", c.num_heads, ") must be divisible by tp * cp (", N, ")");
+  HELIX_CHECK_ARG(c.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim must be even");
+  HELIX_CHECK_ARG(static_cast<int64_t>(c.rope_inv_freq.size()) == c.qk_rope_head_dim / 2,
+                  "rope_inv_freq must have qk_rope_head_dim / 2 = ", c.qk_rope_head_dim / 2, " entries");
+  HELIX_CHECK_ARG(c.kv_dtype == DType::Float32 || c.kv_dtype == DType::BFloat16, "kv_dtype must be float32 or bfloat16");
+  bool any_dense = false, any_moe = false;
+  for (int64_t l = 0; l < c.num_layers; ++l) (c.is_moe_layer(l) ? any_moe : any_dense) = true;
+  if (any_dense) {
+    HELIX_CHECK_ARG(c.intermediate_size % N == 0, "intermediate_size (", c.intermediate_size,
+                    ") must be divisible by tp * cp (", N, ")");
+  }
+  if (any_moe) {
+    HELIX_CHECK_ARG(c.num_experts_per_tok > 0 && c.num_experts_per_tok <= c.n_routed_experts,
+                    "num_experts_per_tok must be in [1, n_routed_experts]");
+    HELIX_CHECK_ARG(c.n_group > 0 && c.n_routed_experts % c.n_group == 0 && c.topk_group <= c.n_group,
+                    "n_group must divide n_routed_experts and topk_group <= n_group");
+    if (c.expert_tensor_parallel) {
+      HELIX_CHECK_ARG(c.moe_intermediate_size % N == 0, "moe_intermediate_size (", c.moe_intermediate_size,
+                      ") must be divisible by tp * cp (", N, ") for tensor-parallel experts");
+    } else {
+      HELIX_CHECK_ARG(c.n_routed_experts % N == 0, "n_routed_experts (", c.n_routed_experts,
+                      ") must be divisible by tp * cp (", N, ") for expert parallelism");
+    }
+    HELIX_CHECK_ARG((c.n_shared_experts * c.moe_intermediate_size) % N == 0,
+                    "the shared experts' width must be divisible by tp * cp (", N, ")");
+  }
+}
+
+}  // namespace
+
+Engine::Engine(const EngineConfig& config, Communicator& world) : config_(config), world_(world) {
+  validate_config(config_);
+  HELIX_CHECK_ARG(world.size() == config_.world(), "the communicator has ", world.size(),
+                  " ranks but tp * cp = ", config_.world());
+  HELIX_CHECK_ARG(world.rank() == config_.rank, "the communicator's rank ", world.rank(),
+                  " differs from the engine config's rank ", config_.rank);
+  const int64_t tp_rank = config_.rank / config_.cp, cp_rank = config_.rank % config_.cp;
+  cp_comm_ = world.split(static_cast<int>(tp_rank), static_cast<int>(cp_rank));
+  const int64_t D = config_.kv_lora_rank + config_.qk_rope_head_dim;
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    caches_.push_back(std::make_unique<PagedKVCache>(config_.num_kv_blocks, config_.tokens_per_block, D,
+                                                     config_.kv_dtype, cp_rank, config_.cp));
+  }
+  impl_ = std::make_unique<Impl>();
+  impl_->expected = expected_shapes(config_);
+}
+
+Engine::~Engine() = default;
+
+std::vector<std::string> Engine::expected_weights() const {
+  std::vector<std::string> names;
+  for (const auto& [n, e] : impl_->expected) names.push_back(n);
+  return names;
+}
+
+void Engine::set_weight(const std::string& name, const TensorView& w) {
+  auto it = impl_->expected.find(name);
+  HELIX_CHECK_ARG(it != impl_->expected.end(), "unknown weight '", name, "'");
+  const Expected& e = it->second;
+  HELIX_CHECK_ARG(w.shape == e.shape, "weight '", name, "' has shape ", shape_str(w.shape), ", expected ",
+                  shape_str(e.shape), " for this rank's shard");
+  if (e.matrix) {
+    check_tensor(w, name.c_str(), static_cast<int64_t>(e.shape.size()), {DType::Float32, DType::BFloat16});
+  } else {
+    check_tensor(w, name.c_str(), static_cast<int64_t>(e.shape.size()), {DType::Float32});
+  }
+  Weight& dst = impl_->weights[name];
+  dst.dtype = w.dtype;
+  dst.shape = w.shape;
+  dst.bytes.assign(static_cast<const unsigned char*>(w.data), static_cast<const unsigned char*>(w.data) + w.nbytes());
+}
+
+void Engine::check_weights() const {
+  for (const auto& [n, e] : impl_->expected) {
+    HELIX_CHECK(impl_->weights.count(n), "weight '", n, "' was never set on rank ", config_.rank);
+  }
+}
+
+void Engine::add_sequence(int64_t seq_id) {
+  HELIX_CHECK_ARG(!caches_.front()->has_sequence(seq_id), "sequence ", seq_id, " already exists");
+  for (auto& c : caches_) c->add_sequence(seq_id);
+}
+
+void Engine::free_sequence(int64_t seq_id) {
+  HELIX_CHECK_ARG(caches_.front()->has_sequence(seq_id), "unknown sequence ", seq_id);
+  for (auto& c : caches_) c->free_sequence(seq_id);
+}
+
+int64_t Engine::num_free_blocks() const { return caches_.front()->num_free_blocks(); }
+
+void Engine::step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
+                  const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits) {
+  check_weights();
+  const EngineConfig& c = config_;
+  check_tensor(tokens, "tokens", 1, {DType::Int64});
+  const int64_t T = tokens.dim(0);
+  HELIX_CHECK_ARG(T > 0, "argument 'tokens' is empty");
+  check_tensor(positions, "positions", 1, {DType::Int64});
+  check_dim(positions, "positions", 0, T, "the number of tokens");
+  check_tensor(logit_rows, "logit_rows", 1, {DType::Int64});
+  const int64_t L = logit_rows.dim(0);
+  for (int64_t i = 0; i < L; ++i) {
+    const int64_t r = logit_rows.ptr<int64_t>()[i];
+    HELIX_CHECK_ARG(r >= 0 && r < T, "argument 'logit_rows'[", i, "] = ", r, " is outside [0, ", T, ")");
+  }
+  check_tensor(logits, "logits", 2, {DType::Float32});
+  check_dim(logits, "logits", 0, L, "len(logit_rows)");
+  check_dim(logits, "logits", 1, c.vocab_size, "vocab_size");
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t id = tokens.ptr<int64_t>()[t];
+    HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument 'tokens'[", t, "] = ", id, " is outside the vocabulary [0, ",
+                    c.vocab_size, ")");
+  }
+  // The KV rows of every layer land in the same slots: check this rank's capacity once, before any work.
+  {
+    std::vector<int64_t> pos;
+    int64_t needed = 0;
+    check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
+    check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
+    check_dim(q_seq_index, "q_seq_index", 0, T, "the number of tokens");
+    for (int64_t b = 0; b < seq_ids.dim(0); ++b) {
+      const int64_t sid = seq_ids.ptr<int64_t>()[b];
+      HELIX_CHECK_ARG(caches_.front()->has_sequence(sid), "argument 'seq_ids'[", b, "] = ", sid,
+                      " is not a sequence of the engine (add_sequence first)");
+      pos.clear();
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t bi = q_seq_index.ptr<int64_t>()[t];
+        HELIX_CHECK_ARG(bi >= 0 && bi < seq_ids.dim(0), "argument 'q_seq_index'[", t, "] = ", bi,
+                        " is outside [0, ", seq_ids.dim(0), ")");
+        if (bi == b && caches_.front()->owns(positions.ptr<int64_t>()[t])) pos.push_back(positions.ptr<int64_t>()[t]);
+      }
+      needed += caches_.front()->blocks_needed(sid, pos.data(), static_cast<int64_t>(pos.size()));
+    }
+    if (needed > num_free_blocks()) {
+      throw KVCacheFullError(detail::concat("KV cache of rank ", c.rank, " needs ", needed,
+                                            " more blocks for this step but has ", num_free_blocks(), " free"));
+    }
+  }
+
+  Impl& m = *impl_;
+  const int64_t hid = c.hidden_size, N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(),
+                R = c.kv_lora_rank, P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim,
+                D = R + P, Dq = Dn + P, cp_rank = c.rank % c.cp;
+  const int64_t* pos = positions.ptr<int64_t>();
+  const int64_t W = c.wuv_before_exchange ? Dv : R;
+  double t0 = now(), t1;
+  auto lap = [&](double& acc) {
+    t1 = now();
+    acc += t1 - t0;
+    t0 = t1;
+  };
+  auto all_reduce = [&](std::vector<float>& buf, int64_t count) {
+    if (N > 1) world_.all_reduce_sum(buf.data(), count, DType::Float32);
+    lap(timings_.allreduce_s);
+  };
+
+  // Embedding: this rank's vocabulary shard, zeros elsewhere, summed over ranks.
+  m.h.assign(static_cast<size_t>(T * hid), 0.f);
+  embedding_lookup(tokens.ptr<int64_t>(), T, m.w("embed_tokens").ref(), c.rank * c.vocab_shard(), c.vocab_shard(),
+                   hid, m.h.data());
+  lap(timings_.other_s);
+  all_reduce(m.h, T * hid);
+
+  m.x.resize(static_cast<size_t>(T * hid));
+  m.q.resize(static_cast<size_t>(T * Htp * Dq));
+  m.kva.resize(static_cast<size_t>(T * D));
+  m.q_abs.resize(static_cast<size_t>(T * Htp * D));
+  m.attn.resize(static_cast<size_t>(T * Hc * W));
+  m.attn_v.resize(static_cast<size_t>(T * Hc * Dv));
+  m.y.resize(static_cast<size_t>(T * hid));
+  m.new_kv.resize(static_cast<size_t>(T * D * dtype_size(c.kv_dtype)));
+  if (c.q_lora_rank > 0) m.qa.resize(static_cast<size_t>(T * c.q_lora_rank));
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    auto W_ = [&](const char* n) -> const Weight& { return m.w(layer_name(l, n)); };
+    // --- attention -------------------------------------------------------------------------------
+    rms_norm(m.h.data(), W_("input_layernorm").f32(), m.x.data(), T, hid, c.rms_norm_eps);
+    if (c.q_lora_rank > 0) {
+      linear(m.x.data(), T, hid, W_("q_a_proj").ref(), c.q_lora_rank, m.qa.data(), false);
+      rms_norm(m.qa.data(), W_("q_a_layernorm").f32(), m.qa.data(), T, c.q_lora_rank, c.rms_norm_eps);
+      linear(m.qa.data(), T, c.q_lora_rank, W_("q_b_proj").ref(), Htp * Dq, m.q.data(), false);
+    } else {
+      linear(m.x.data(), T, hid, W_("q_proj").ref(), Htp * Dq, m.q.data(), false);
+    }
+    linear(m.x.data(), T, hid, W_("kv_a_proj_with_mqa").ref(), D, m.kva.data(), false);
+    lap(timings_.linear_s);
+    // c_kv through kv_a_layernorm (in place, row stride D); RoPE on q_pe and k_pe at global positions.
+    for (int64_t t = 0; t < T; ++t) {
+      float* row = m.kva.data() + t * D;
+      rms_norm(row, W_("kv_a_layernorm").f32(), row, 1, R, c.rms_norm_eps);
+    }
+    rope_interleaved(m.q.data(), T, Htp, Dq, Dn, P, pos, c.rope_inv_freq.data(), c.rope_attention_factor);
+    rope_interleaved(m.kva.data(), T, 1, D, R, P, pos, c.rope_inv_freq.data(), c.rope_attention_factor);
+    // Absorb W_UK: q_abs[t,h] = [q_nope[t,h] @ W_UK[h] | q_pe[t,h]].
+    absorb_queries(m.q.data(), W_("w_uk").ref(), T, Htp, Dn, P, R, m.q_abs.data());
+    if (c.kv_dtype == DType::Float32) {
+      std::memcpy(m.new_kv.data(), m.kva.data(), static_cast<size_t>(T * D) * 4);
+    } else {
+      auto* dst = reinterpret_cast<bf16_t*>(m.new_kv.data());
+      for (int64_t i = 0; i < T * D; ++i) dst[i] = float_to_bf16(m.kva[static_cast<size_t>(i)]);
+    }
+    lap(timings_.other_s);
+
+    TensorView qv{m.q_abs.data(), DType::Float32, {T, Htp, D}};
+    TensorView kvv{m.new_kv.data(), c.kv_dtype, {T, D}};
+    TensorView outv{m.attn.data(), DType::Float32, {T, Hc, W}};
+    TensorView wuv{};
+    if (c.wuv_before_exchange) {
+      const Weight& w = W_("w_uv");
+      wuv = TensorView{const_cast<unsigned char*>(w.bytes.data()), w.dtype, w.shape};
+    }
+    HelixAttentionTimings at;
+    helix_attention(*cp_comm_, *caches_[static_cast<size_t>(l)], qv, kvv, positions, seq_ids, q_seq_index,
+                    c.softmax_scale, R, wuv, outv, &at);
+    t1 = now();
+    timings_.exchange_s += at.exchange_s;
+    timings_.attention_s += (t1 - t0) - at.exchange_s;
+    t0 = t1;
+    const float* attn_out = m.attn.data();  // [T, Hc, Dv] after W_UV
+    if (!c.wuv_before_exchange) {
+      // This rank's chunk is heads [cp_rank * Hc, (cp_rank + 1) * Hc) of its TP rank's W_UV.
+      const Weight& w = W_("w_uv");
+      const unsigned char* base = w.bytes.data() + cp_rank * Hc * Dv * R * dtype_size(w.dtype);
+      project_heads(m.attn.data(), WeightRef{base, w.dtype}, T, Hc, R, Dv, m.attn_v.data());
+      attn_out = m.attn_v.data();
+      lap(timings_.attention_s);
+    }
+    linear(attn_out, T, Hc * Dv, W_("o_proj").ref(), hid, m.y.data(), false);
+    lap(timings_.linear_s);
+    all_reduce(m.y, T * hid);
+    for (int64_t i = 0; i < T * hid; ++i) m.h[static_cast<size_t>(i)] += m.y[static_cast<size_t>(i)];
+
+    // --- FFN -------------------------------------------------------------------------------------
+    rms_norm(m.h.data(), W_("post_attention_layernorm").f32(), m.x.data(), T, hid, c.rms_norm_eps);
+    if (c.is_moe_layer(l)) {
+      const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, Fm = c.moe_intermediate_size;
+      m.router_logits.resize(static_cast<size_t>(T * E));
+      m.route_idx.resize(static_cast<size_t>(T * K));
+      m.route_w.resize(static_cast<size_t>(T * K));
+      linear(m.x.data(), T, hid, W_("gate").ref(), E, m.router_logits.data(), false);
+      moe_route(m.router_logits.data(), W_("e_score_correction_bias").f32(), T, E, K, c.n_group, c.topk_group,
+                c.norm_topk_prob, c.routed_scaling_factor, m.route_idx.data(), m.route_w.data());
+      const int64_t n_local = c.expert_tensor_parallel ? E : E / N;
+      const int64_t Fe = c.expert_tensor_parallel ? Fm / N : Fm;
+      const int64_t first = c.expert_tensor_parallel ? 0 : c.rank * n_local;
+      std::fill(m.y.begin(), m.y.end(), 0.f);
+      moe_experts(m.x.data(), T, hid, m.route_idx.data(), m.route_w.data(), K, first, n_local, Fe,
+                  W_("experts.gate_up_proj").ref(), W_("experts.down_proj").ref(), m.y.data());
+      if (c.n_shared_experts > 0) {
+        const int64_t Fs = c.n_shared_experts * Fm / N;
+        m.gu.resize(static_cast<size_t>(T * 2 * Fs));
+        m.act.resize(static_cast<size_t>(T * Fs));
+        linear(m.x.data(), T, hid, W_("shared_experts.gate_up_proj").ref(), 2 * Fs, m.gu.data(), false);
+        silu_mul(m.gu.data(), T, Fs, m.act.data());
+        linear(m.act.data(), T, Fs, W_("shared_experts.down_proj").ref(), hid, m.y.data(), true);
+      }
+      lap(timings_.moe_s);
+    } else {
+      const int64_t F = c.intermediate_size / N;
+      m.gu.resize(static_cast<size_t>(T * 2 * F));
+      m.act.resize(static_cast<size_t>(T * F));
+      linear(m.x.data(), T, hid, W_("mlp.gate_up_proj").ref(), 2 * F, m.gu.data(), false);
+      silu_mul(m.gu.data(), T, F, m.act.data());
+      linear(m.act.data(), T, F, W_("mlp.down_proj").ref(), hid, m.y.data(), false);
+      lap(timings_.linear_s);
+    }
+    all_reduce(m.y, T * hid);
+    for (int64_t i = 0; i < T * hid; ++i) m.h[static_cast<size_t>(i)] += m.y[static_cast<size_t>(i)];
+  }
+
+  // --- final norm and the vocabulary-sharded lm_head, gathered over all ranks -----------------------
+  m.x.resize(static_cast<size_t>(L * hid));
+  for (int64_t i = 0; i < L; ++i) {
+    const int64_t r = logit_rows.ptr<int64_t>()[i];
+    rms_norm(m.h.data() + r * hid, m.w("norm").f32(), m.x.data() + i * hid, 1, hid, c.rms_norm_eps);
+  }
+  const int64_t Vs = c.vocab_shard();
+  m.logits_local.resize(static_cast<size_t>(L * Vs));
+  linear(m.x.data(), L, hid, m.w("lm_head").ref(), Vs, m.logits_local.data(), false);
+  lap(timings_.linear_s);
+  m.logits_all.resize(static_cast<size_t>(N * L * Vs));
+  if (N > 1) {
+    world_.all_gather(m.logits_local.data(), m.logits_all.data(), static_cast<size_t>(L * Vs) * 4);
+  } else {
+    m.logits_all = m.logits_local;
+  }
+  float* out = logits.ptr<float>();
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t v0 = r * Vs, n = std::min(Vs, c.vocab_size - v0);
+    if (n <= 0) continue;
+    for (int64_t i = 0; i < L; ++i) {
+      std::memcpy(out + i * c.vocab_size + v0, m.logits_all.data() + (r * L + i) * Vs, static_cast<size_t>(n) * 4);
+    }
+  }
+  lap(timings_.allreduce_s);
+  timings_.steps += 1;
+}
+
+}  // namespace helix

@@ -1,0 +1,188 @@
+"""The decode loop: continuous batching of requests over the Helix engine, and sampling.
+
+Every rank runs this loop on the same inputs and sees the same logits (the engine gathers them), so
+every scheduling and sampling decision is identical across ranks without extra communication.
+KV blocks are reserved per CP rank for a request's whole length (prompt + max_new_tokens) when it is
+admitted: a running request never runs out of KV blocks; one that can never fit is refused with a reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SamplingParams", "RequestOutput", "GenerationStats", "Scheduler", "sample"]
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0.0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+@dataclass
+class RequestOutput:
+    prompt_token_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str | None = None
+    finish_reason: str | None = None  # "eos", "length" or "refused"
+    error: str | None = None  # why a request was refused
+
+
+@dataclass
+class GenerationStats:
+    step_ms: list[float] = field(default_factory=list)  # wall time of every engine step
+    decode_step_ms: list[float] = field(default_factory=list)  # steps that only decoded (token-to-token)
+    generated_tokens: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Greedy for temperature 0, else temperature / top-k / top-p sampling over logits [vocab]."""
+    if params.temperature == 0.0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / params.temperature
+    order = np.argsort(-z, kind="stable")
+    if params.top_k:
+        order = order[: params.top_k]
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    if params.top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(p), params.top_p) + 1)
+        order, p = order[:keep], p[:keep] / p[:keep].sum()
+    return int(order[rng.choice(len(order), p=p)])
+
+
+@dataclass
+class _Request:
+    index: int
+    seq_id: int
+    prompt: list[int]
+    params: SamplingParams
+    rng: np.random.Generator
+    output: RequestOutput
+    reserved: list[int]  # blocks reserved on each CP rank
+    computed: int = 0  # tokens whose KV is in the cache
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.output.token_ids
+
+
+def blocks_per_cp_rank(num_tokens: int, tokens_per_block: int, cp: int) -> list[int]:
+    """KV blocks each CP rank holds for positions [0, num_tokens) under the Helix block rule."""
+    nblocks = -(-num_tokens // tokens_per_block)
+    return [len(range(c, nblocks, cp)) for c in range(cp)]
+
+
+class Scheduler:
+    """Runs requests to completion on an engine (see helix.engine.HelixEngine)."""
+
+    def __init__(self, engine, eos_token_id: int | None, max_batch_tokens: int = 512) -> None:
+        self.engine = engine
+        self.eos = eos_token_id
+        self.max_batch_tokens = max_batch_tokens
+        self.free = [engine.num_kv_blocks] * engine.cp  # unreserved blocks per CP rank
+        self._next_seq = 0
+
+    def run(
+        self, prompts: list[list[int]], params: list[SamplingParams], seeds: list[int], on_logits=None
+    ) -> tuple[list[RequestOutput], GenerationStats]:
+        eng, tpb, cp = self.engine, self.engine.tokens_per_block, self.engine.cp
+        waiting: deque[_Request] = deque()
+        outputs: list[RequestOutput] = []
+        for i, (prompt, p, seed) in enumerate(zip(prompts, params, seeds)):
+            out = RequestOutput(prompt_token_ids=list(prompt))
+            outputs.append(out)
+            need = blocks_per_cp_rank(len(prompt) + p.max_new_tokens, tpb, cp)
+            if not prompt:
+                out.finish_reason, out.error = "refused", "empty prompt"
+            elif any(n > eng.num_kv_blocks for n in need):
+                out.finish_reason = "refused"
+                out.error = (
+                    f"request {i} needs {max(need)} KV blocks on one CP rank for {len(prompt)} prompt + "
+                    f"{p.max_new_tokens} new tokens, but each rank's pool has {eng.num_kv_blocks} blocks of "
+                    f"{tpb} tokens (raise kv_cache_config.max_tokens or the CP size)"
+                )
+            else:
+                waiting.append(_Request(i, -1, list(prompt), p, np.random.default_rng(seed), out, need))
+        running: list[_Request] = []
+        stats = GenerationStats()
+        start = time.perf_counter()
+        while waiting or running:
+            # Admit in arrival order while every CP rank has room for the whole request.
+            while waiting and all(n <= f for n, f in zip(waiting[0].reserved, self.free)):
+                req = waiting.popleft()
+                self.free = [f - n for f, n in zip(self.free, req.reserved)]
+                req.seq_id = self._next_seq
+                self._next_seq += 1
+                eng.add_sequence(req.seq_id)
+                running.append(req)
+            # One step: a prompt chunk or the next token of every running request, within the token budget.
+            tokens, positions, q_index, logit_rows, owners = [], [], [], [], []
+            budget = self.max_batch_tokens
+            batch = []
+            for req in running:
+                todo = req.tokens[req.computed :]
+                n = min(len(todo), budget) if req.computed < len(req.prompt) else 1
+                if n <= 0:
+                    continue
+                b = len(batch)
+                batch.append(req)
+                tokens += todo[:n]
+                positions += range(req.computed, req.computed + n)
+                q_index += [b] * n
+                if req.computed + n == len(req.tokens):
+                    logit_rows.append(len(tokens) - 1)
+                    owners.append(req)
+                budget -= n
+                req.computed += n
+            t0 = time.perf_counter()
+            logits = eng.step(
+                np.asarray(tokens, np.int64),
+                np.asarray(positions, np.int64),
+                np.asarray([r.seq_id for r in batch], np.int64),
+                np.asarray(q_index, np.int64),
+                np.asarray(logit_rows, np.int64),
+            )
+            dt = (time.perf_counter() - t0) * 1e3
+            stats.step_ms.append(dt)
+            if len(tokens) == len(batch) and all(r.computed > len(r.prompt) for r in batch):
+                stats.decode_step_ms.append(dt)
+            for row, req in zip(logits, owners):
+                if on_logits is not None:
+                    on_logits(req.index, row)
+                tok = sample(row, req.params, req.rng)
+                req.output.token_ids.append(tok)
+                stats.generated_tokens += 1
+                if tok == self.eos and not req.params.ignore_eos:
+                    req.output.finish_reason = "eos"
+                elif len(req.output.token_ids) >= req.params.max_new_tokens:
+                    req.output.finish_reason = "length"
+            for req in [r for r in running if r.output.finish_reason]:
+                running.remove(req)
+                eng.free_sequence(req.seq_id)
+                self.free = [f + n for f, n in zip(self.free, req.reserved)]
+        stats.wall_s = time.perf_counter() - start
+        return outputs, stats
