@@ -18,6 +18,17 @@ _LAZY = {
     "ArgumentError": "helix._core",
     "KVCacheFullError": "helix._core",
     "ops": "helix._core",
+    "Engine": "helix._core",
+    "EngineConfig": "helix._core",
+    "helix_attention": "helix._core",
+    "Communicator": "helix._core",
+    "LLM": "helix.llm",
+    "SamplingParams": "helix.generate",
+    "RequestOutput": "helix.generate",
+    "ParallelConfig": "helix.parallel_config",
+    "ConfigError": "helix.parallel_config",
+    "Mapping": "helix.mapping",
+    "ModelConfig": "helix.config",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

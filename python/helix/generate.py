@@ -52,6 +52,7 @@ class GenerationStats:
     decode_step_ms: list[float] = field(default_factory=list)  # steps that only decoded (token-to-token)
     generated_tokens: int = 0
     wall_s: float = 0.0
+    peak_kv_blocks: int = 0  # most KV blocks (per layer) this rank held at once
 
     @property
     def tokens_per_s(self) -> float:
@@ -168,6 +169,7 @@ class Scheduler:
             )
             dt = (time.perf_counter() - t0) * 1e3
             stats.step_ms.append(dt)
+            stats.peak_kv_blocks = max(stats.peak_kv_blocks, eng.num_kv_blocks - eng.num_free_blocks)
             if len(tokens) == len(batch) and all(r.computed > len(r.prompt) for r in batch):
                 stats.decode_step_ms.append(dt)
             for row, req in zip(logits, owners):

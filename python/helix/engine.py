@@ -1,0 +1,117 @@
+"""HelixEngine: builds the compiled engine of this rank from a checkpoint folder (config, shards, weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from helix.checkpoint import Checkpoint
+from helix.config import ModelConfig
+from helix.rope import yarn_inv_freq
+from helix.sharding import shard_weights
+
+__all__ = ["HelixEngine", "default_kv_blocks"]
+
+
+def default_kv_blocks(max_tokens: int, tokens_per_block: int, cp: int) -> int:
+    """Blocks per rank so that one sequence of max_tokens fits (the block rule spreads it over cp ranks)."""
+    return -(-(-(-max_tokens // tokens_per_block)) // cp)
+
+
+class HelixEngine:
+    """One rank's engine: the model's sharded weights, per-layer paged KV caches, communicators."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        comm=None,
+        tp: int = 1,
+        cp: int = 1,
+        tokens_per_block: int = 32,
+        max_tokens: int = 16384,
+        dtype: str = "float32",
+        wuv_before_exchange: bool = False,
+        expert_tensor_parallel: bool = False,
+        progress: bool = True,
+    ) -> None:
+        from helix import _core
+        from helix.comm import world
+
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        self.comm = comm if comm is not None else world()
+        if self.comm.size != tp * cp:
+            raise ValueError(
+                f"tp * cp = {tp} * {cp} = {tp * cp} ranks, but the job has {self.comm.size} "
+                f"(launch with mpiexec -n {tp * cp})"
+            )
+        self.config = cfg = ModelConfig.from_pretrained(model_dir)
+        n = tp * cp
+        if cfg.num_attention_heads % n:
+            raise ValueError(f"num_attention_heads ({cfg.num_attention_heads}) is not divisible by tp * cp = {n}")
+        self.tp, self.cp, self.rank = tp, cp, self.comm.rank
+        self.tokens_per_block = tokens_per_block
+        self.eos_token_id = cfg.eos_token_id
+        inv_freq, attention_factor = yarn_inv_freq(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+        ec = _core.EngineConfig()
+        for name in (
+            "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "kv_lora_rank",
+            "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts", "num_experts_per_tok",
+            "n_shared_experts", "n_group", "topk_group", "first_k_dense_replace", "moe_layer_freq",
+            "norm_topk_prob", "routed_scaling_factor", "rms_norm_eps",
+        ):  # fmt: skip
+            setattr(ec, name, getattr(cfg, name) or 0)
+        ec.num_layers = cfg.num_hidden_layers
+        ec.num_heads = cfg.num_attention_heads
+        ec.q_lora_rank = cfg.q_lora_rank or 0
+        ec.softmax_scale = cfg.softmax_scale
+        ec.rope_inv_freq = [float(v) for v in inv_freq]
+        ec.rope_attention_factor = float(attention_factor)
+        ec.tp, ec.cp, ec.rank = tp, cp, self.rank
+        ec.tokens_per_block = tokens_per_block
+        ec.num_kv_blocks = default_kv_blocks(max_tokens, tokens_per_block, cp)
+        ec.kv_dtype = dtype
+        ec.wuv_before_exchange = wuv_before_exchange
+        ec.expert_tensor_parallel = expert_tensor_parallel
+        self._engine = _core.Engine(ec, self.comm)
+
+        ckpt = Checkpoint.open(model_dir)
+        ckpt.validate(cfg)
+        store = np.float32 if dtype == "float32" else __import__("ml_dtypes").bfloat16
+        names = self._engine.expected_weights()
+        items = shard_weights(cfg, lambda nm, rows, cols: ckpt.get(nm, rows=rows, cols=cols),
+                              tp, cp, self.rank, expert_tensor_parallel)
+        if progress and self.rank == 0:
+            from tqdm import tqdm
+
+            items = tqdm(items, total=len(names), desc="loading weights", unit="tensor", leave=False)
+        matrices = {"embed_tokens", "lm_head"}
+        for name, w in items:
+            is_matrix = w.ndim >= 2 and name.split(".")[-1] not in ("gate",)
+            if name in matrices or is_matrix:
+                w = w.astype(store)
+            self._engine.set_weight(name, np.ascontiguousarray(w, dtype=w.dtype))
+        self._engine.check_weights()
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self._engine.num_kv_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self._engine.num_free_blocks
+
+    @property
+    def timings(self) -> dict:
+        return self._engine.timings
+
+    def add_sequence(self, seq_id: int) -> None:
+        self._engine.add_sequence(seq_id)
+
+    def free_sequence(self, seq_id: int) -> None:
+        self._engine.free_sequence(seq_id)
+
+    def step(self, tokens, positions, seq_ids, q_seq_index, logit_rows) -> np.ndarray:
+        """tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab]."""
+        return self._engine.step(tokens, positions, seq_ids, q_seq_index, logit_rows)
