@@ -7,6 +7,11 @@ from __future__ import annotations
 
 TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     # (op, dtype): (atol, rtol)  # reason
+    # float32 partial attention + LSE merge vs float64: softmax sums over <= ~100 keys in float32.
+    ("helix_attention", "float32"): (2e-5, 2e-4),
+    # bfloat16 cache: keys are rounded in the test too, but the kernel may also round q (and the
+    # probabilities) to bfloat16 for its dot products: ~3 significant digits.
+    ("helix_attention", "bfloat16"): (3e-2, 3e-2),
 }
 
 

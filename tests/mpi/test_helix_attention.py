@@ -1,0 +1,137 @@
+"""The Helix attention step across the ranks of this mpiexec job equals single-process float64 attention.
+
+Every rank draws the same global inputs from the same seed, holds only its shard (its TP heads, its CP
+positions), and checks the merged output of its head chunk against helix.reference.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import helix
+from helix import _core, reference
+from helix.comm import world
+from tolerances import tol
+
+WORLD = world()
+N = WORLD.size
+
+
+def layouts() -> list[tuple[int, int]]:
+    return [(tp, N // tp) for tp in range(1, N + 1) if N % tp == 0]
+
+
+class Shard:
+    """One rank's view of a Helix layout: its CP communicator, its KV cache, its heads."""
+
+    def __init__(self, tp: int, cp: int, heads: int, D: int, dtype: str, num_blocks: int, tpb: int) -> None:
+        self.tp, self.cp = tp, cp
+        self.tp_rank, self.cp_rank = WORLD.rank // cp, WORLD.rank % cp
+        self.comm = WORLD.split(self.tp_rank, self.cp_rank)
+        self.cache = helix.PagedKVCache(num_blocks, tpb, D, dtype, self.cp_rank, cp)
+        self.h_tp, self.h_c = heads // tp, heads // (tp * cp)
+
+    def tp_heads(self) -> slice:
+        return slice(self.tp_rank * self.h_tp, (self.tp_rank + 1) * self.h_tp)
+
+    def chunk_heads(self) -> slice:
+        first = WORLD.rank * self.h_c  # chunk index = tp_rank * cp + cp_rank = rank
+        return slice(first, first + self.h_c)
+
+
+def run_steps(tp, cp, steps, heads=8, R=32, P=16, tpb=4, dtype="float32", with_wuv=False, seed=0):
+    """steps: list of {seq_index: number of new tokens}. Checks every step against the reference."""
+    rng = np.random.default_rng(seed)
+    D, Dv = R + P, 24
+    scale = 1.0 / np.sqrt(D)
+    shard = Shard(tp, cp, heads, D, dtype, num_blocks=64, tpb=tpb)
+    n_seqs = 1 + max(max(s) for s in steps)
+    for b in range(n_seqs):
+        shard.cache.add_sequence(100 + b)
+    keys = [np.zeros((0, D)) for _ in range(n_seqs)]
+    w_uv = rng.standard_normal((heads, Dv, R)).astype(np.float32) / np.sqrt(R)
+    store = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
+    for step in steps:
+        seqs = sorted(step)
+        positions, q_index, rows = [], [], []
+        for b_i, b in enumerate(seqs):
+            start = len(keys[b])
+            new = rng.standard_normal((step[b], D)).astype(store)
+            keys[b] = np.concatenate([keys[b], new.astype(np.float64)])
+            positions += range(start, start + step[b])
+            q_index += [b_i] * step[b]
+            rows.append(new)
+        T = len(positions)
+        q = rng.standard_normal((T, heads, D)).astype(np.float32)
+        positions = np.asarray(positions, np.int64)
+        out = _core.helix_attention(
+            shard.comm, shard.cache, np.ascontiguousarray(q[:, shard.tp_heads()]), np.concatenate(rows),
+            positions, np.asarray([100 + b for b in seqs], np.int64), np.asarray(q_index, np.int64),
+            scale, R, np.ascontiguousarray(w_uv[shard.tp_heads()]) if with_wuv else None,
+        )
+        for t in range(T):
+            b = seqs[q_index[t]]
+            o_ref, _ = reference.mla_attention(
+                q[t : t + 1], keys[b], positions[t : t + 1], np.arange(len(keys[b])), scale, R
+            )
+            want = o_ref[0, shard.chunk_heads()]
+            if with_wuv:
+                want = np.einsum("hvr,hr->hv", w_uv[shard.chunk_heads()].astype(np.float64), want)
+            np.testing.assert_allclose(out[t], want, **tol("helix_attention", dtype))
+    return shard
+
+
+@pytest.mark.parametrize("tp,cp", layouts())
+def test_prefill_then_decode_across_block_boundaries(tp, cp):
+    # Two sequences of different lengths: a causal prompt chunk each, then decode steps whose new
+    # positions cross block boundaries, so the owner rank of the new token rotates.
+    steps = [{0: 7, 1: 3}] + [{0: 1, 1: 1}] * 6 + [{1: 5}]
+    run_steps(tp, cp, steps)
+
+
+@pytest.mark.parametrize("tp,cp", layouts())
+def test_sequences_shorter_than_a_block(tp, cp):
+    # With tokens_per_block = 4 and 3 tokens, only CP rank 0 holds keys; the others merge (0, -inf).
+    run_steps(tp, cp, [{0: 3}, {0: 1}])
+
+
+@pytest.mark.parametrize("tp,cp", layouts())
+def test_lengths_at_block_boundaries(tp, cp):
+    run_steps(tp, cp, [{0: 4, 1: 8, 2: 12}, {0: 1, 1: 1, 2: 1}])
+
+
+@pytest.mark.parametrize("tp,cp", layouts())
+def test_wuv_before_exchange(tp, cp):
+    run_steps(tp, cp, [{0: 9, 1: 2}, {0: 1, 1: 1}], with_wuv=True)
+
+
+@pytest.mark.parametrize("tp,cp", layouts())
+def test_bfloat16_cache(tp, cp):
+    run_steps(tp, cp, [{0: 10}, {0: 1}, {0: 1}], dtype="bfloat16")
+
+
+def test_every_rank_holds_only_its_positions():
+    shard = run_steps(1, N, [{0: 13}, {0: 1}, {0: 1}], tpb=2)
+    held = shard.cache.positions(100)
+    assert all((p // 2) % N == shard.cp_rank for p in held)
+    total = WORLD.all_reduce_sum(np.array([len(held)], np.float32))
+    assert total[0] == 15
+
+
+def test_bad_arguments_name_the_argument():
+    shard = Shard(1, N, 8, 48, "float32", 8, 4)
+    shard.cache.add_sequence(1)
+    q = np.zeros((2, 8, 48), np.float32)
+    kv = np.zeros((2, 48), np.float32)
+    pos = np.arange(2, dtype=np.int64)
+    with pytest.raises(helix.ArgumentError, match="q_seq_index"):
+        _core.helix_attention(shard.comm, shard.cache, q, kv, pos, np.array([1], np.int64),
+                              np.array([0, 3], np.int64), 0.1, 32)
+    with pytest.raises(helix.ArgumentError, match="new_kv"):
+        _core.helix_attention(shard.comm, shard.cache, q, kv[:1], pos, np.array([1], np.int64),
+                              np.zeros(2, np.int64), 0.1, 32)
+    with pytest.raises(helix.ArgumentError, match="seq_ids"):
+        _core.helix_attention(shard.comm, shard.cache, q, kv, pos, np.array([7], np.int64),
+                              np.zeros(2, np.int64), 0.1, 32)
