@@ -77,6 +77,22 @@ nb::object read(const PagedKVCache& cache, int64_t seq_id) {
   return out.owner;
 }
 
+// int32 [ceil(num_tokens / tokens_per_block)] copy of the sequence's block table.
+nb::object block_table(const PagedKVCache& cache, int64_t seq_id) {
+  const SequenceView v = cache.view(seq_id);
+  const int64_t n = (v.num_tokens + cache.tokens_per_block() - 1) / cache.tokens_per_block();
+  HostArray out = new_array({n}, DType::Int32);
+  if (n > 0) std::memcpy(out.view.data, v.block_table, static_cast<size_t>(n) * sizeof(int32_t));
+  return out.owner;
+}
+
+// [num_blocks, tokens_per_block, head_dim] copy of the whole pool, used slots or not.
+nb::object read_pool(const PagedKVCache& cache) {
+  HostArray out = new_array({cache.num_blocks(), cache.tokens_per_block(), cache.head_dim()}, cache.dtype());
+  std::memcpy(out.view.data, cache.pool(), static_cast<size_t>(out.view.nbytes()));
+  return out.owner;
+}
+
 std::string repr(const PagedKVCache& c) {
   return detail::concat("PagedKVCache(num_blocks=", c.num_blocks(), ", tokens_per_block=", c.tokens_per_block(),
                         ", head_dim=", c.head_dim(), ", dtype='", dtype_name(c.dtype()), "', cp_rank=", c.cp_rank(),
@@ -116,6 +132,9 @@ void bind_kv_cache(nb::module_& m) {
       .def("positions", &positions, "seq_id"_a, "Global positions held for the sequence, in slot order (int64).")
       .def("sequence_ids", &PagedKVCache::sequence_ids, "Ids of the registered sequences, sorted.")
       .def("read", &read, "seq_id"_a, "Copy of the stored rows [num_tokens, head_dim] in slot order.")
+      .def("block_table", &block_table, "seq_id"_a, "Copy of the sequence's block table (int32, pool block indices).")
+      .def("read_pool", &read_pool,
+           "Copy of the whole pool [num_blocks, tokens_per_block, head_dim], used slots or not (debugging).")
       .def("poison_unused", &PagedKVCache::poison_unused, "value"_a = std::numeric_limits<float>::quiet_NaN(),
            "Write `value` into every slot holding no token (test aid: kernels must never read them).")
       .def_prop_ro("num_blocks", &PagedKVCache::num_blocks)
