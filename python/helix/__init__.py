@@ -18,6 +18,10 @@ _LAZY = {
     "ArgumentError": "helix._core",
     "KVCacheFullError": "helix._core",
     "ops": "helix._core",
+    "Communicator": "helix._core",
+    "Mapping": "helix.mapping",
+    "ParallelConfig": "helix.parallel_config",
+    "ConfigError": "helix.parallel_config",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
