@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from helix.mapping import Mapping
 
 LAYOUTS = [(1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (2, 2), (1, 4), (4, 1), (2, 4), (4, 2), (3, 2)]
@@ -63,7 +62,9 @@ def test_head_chunks_cover_all_heads_once(tp, cp):
 
 def test_heads_not_divisible():
     m = Mapping(4, 2, 2)
-    with pytest.raises(ValueError, match=r"num_heads \(6\) must be divisible by tp_size \* cp_size \(2 \* 2 = 4\)"):
+    with pytest.raises(
+        ValueError, match=r"num_heads \(6\) must be divisible by tp_size \* cp_size \(2 \* 2 = 4\)"
+    ):
         m.heads_per_chunk(6)
     with pytest.raises(ValueError, match="divisible"):
         m.heads_per_tp_rank(6)  # divisible by tp alone, but not into the tp*cp chunks the step needs

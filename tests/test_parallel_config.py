@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from helix.mapping import Mapping
 from helix.parallel_config import ConfigError, ParallelConfig
 
@@ -90,8 +89,14 @@ def test_non_helix_cp_type_with_cp(tmp_path, fmt):
 
 
 def test_unknown_cp_type(tmp_path, fmt):
-    expect_error(tmp_path, fmt, {"cp_config": {"cp_type": "helix2"}}, "cp_config.cp_type", "unknown cp_type",
-                 "HELIX, ULYSSES, STAR, RING")
+    expect_error(
+        tmp_path,
+        fmt,
+        {"cp_config": {"cp_type": "helix2"}},
+        "cp_config.cp_type",
+        "unknown cp_type",
+        "HELIX, ULYSSES, STAR, RING",
+    )
 
 
 def test_cp_type_wrong_type(tmp_path, fmt):
@@ -100,7 +105,9 @@ def test_cp_type_wrong_type(tmp_path, fmt):
 
 def test_tokens_per_block_differ(tmp_path, fmt):
     d = {**FULL, "kv_cache_config": {"tokens_per_block": 32}}
-    expect_error(tmp_path, fmt, d, "cp_config.tokens_per_block", "64 differs from kv_cache_config.tokens_per_block 32")
+    expect_error(
+        tmp_path, fmt, d, "cp_config.tokens_per_block", "64 differs from kv_cache_config.tokens_per_block 32"
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,8 +131,11 @@ def test_non_positive(tmp_path, fmt, d, key):
         ({"context_parallel": 2}, "context_parallel", "did you mean 'context_parallel_size'?"),
         ({"cp_config": {"cptype": "HELIX"}}, "cp_config.cptype", "did you mean 'cp_type'?"),
         ({"kv_cache_config": {"max_token": 8}}, "kv_cache_config.max_token", "did you mean 'max_tokens'?"),
-        ({"kv_cache_config": {"tokens_per_blok": 8}}, "kv_cache_config.tokens_per_blok",
-         "did you mean 'tokens_per_block'?"),
+        (
+            {"kv_cache_config": {"tokens_per_blok": 8}},
+            "kv_cache_config.tokens_per_blok",
+            "did you mean 'tokens_per_block'?",
+        ),
         ({"pipeline_parallel_size": 2}, "pipeline_parallel_size", "unknown key"),
         ({"zzz": 1}, "zzz", "known keys: tensor_parallel_size, context_parallel_size"),
     ],
@@ -175,7 +185,9 @@ def test_unreadable_and_malformed_files(tmp_path):
 def test_check_world_size(tmp_path):
     cfg = ParallelConfig.from_file(write(tmp_path, FULL, "yaml"))
     cfg.check_world_size(4)
-    with pytest.raises(ConfigError, match=r"2 \* 2 = 4 ranks, but the job has 3 MPI ranks \(launch with mpiexec -n 4\)"):
+    with pytest.raises(
+        ConfigError, match=r"2 \* 2 = 4 ranks, but the job has 3 MPI ranks \(launch with mpiexec -n 4\)"
+    ):
         cfg.check_world_size(3)
     with pytest.raises(ConfigError, match=str(tmp_path)):
         cfg.check_world_size(8)
@@ -185,8 +197,10 @@ def test_check_heads():
     cfg = ParallelConfig.from_dict(FULL)
     cfg.check_heads(128)
     cfg.check_heads(4)
-    with pytest.raises(ConfigError, match="6 attention heads are not divisible by tensor_parallel_size \\* "
-                                          "context_parallel_size = 4"):
+    with pytest.raises(
+        ConfigError,
+        match="6 attention heads are not divisible by tensor_parallel_size \\* context_parallel_size = 4",
+    ):
         cfg.check_heads(6)
     ParallelConfig.from_dict({"context_parallel_size": 3}).check_heads(3)
     with pytest.raises(ConfigError, match="128 attention heads"):

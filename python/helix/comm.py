@@ -13,15 +13,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Communicator", "abort_on_exception", "from_mpi4py", "self_communicator", "world"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Communicator":
-        from helix import _core
-
-        return _core.Communicator
-    raise AttributeError(f"module 'helix.comm' has no attribute {name!r}")
+__all__ = ["abort_on_exception", "from_mpi4py", "self_communicator", "world"]
 
 
 def _mpi() -> Any | None:
@@ -101,7 +93,9 @@ def abort_on_exception() -> bool:
         if args.exc_type is SystemExit:
             return
         name = args.thread.name if args.thread is not None else "a thread"
-        report_and_abort(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback, f"thread {name}")
+        report_and_abort(
+            args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback, f"thread {name}"
+        )
 
     sys.excepthook = excepthook
     threading.excepthook = thread_excepthook

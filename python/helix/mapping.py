@@ -89,6 +89,6 @@ class Mapping:
         if num_heads % self.world_size != 0:
             raise ValueError(
                 f"num_heads ({num_heads}) must be divisible by tp_size * cp_size "
-                f"({self.tp_size} * {self.cp_size} = {self.world_size}): every rank holds an equal head chunk "
-                "after the all-to-all"
+                f"({self.tp_size} * {self.cp_size} = {self.world_size}): every rank holds an equal "
+                "head chunk after the all-to-all"
             )

@@ -82,11 +82,15 @@ class ParallelConfig:
         if not isinstance(self.cp_type, str):
             raise ConfigError(src, "cp_config.cp_type", f"must be a string, got {self.cp_type!r}")
         if self.cp_type not in KNOWN_CP_TYPES:
-            raise ConfigError(src, "cp_config.cp_type",
-                              f"unknown cp_type {self.cp_type!r}; one of {', '.join(KNOWN_CP_TYPES)}")
+            raise ConfigError(
+                src,
+                "cp_config.cp_type",
+                f"unknown cp_type {self.cp_type!r}; one of {', '.join(KNOWN_CP_TYPES)}",
+            )
         if self.cp_type != "HELIX" and self.context_parallel_size > 1:
             raise ConfigError(
-                src, "cp_config.cp_type",
+                src,
+                "cp_config.cp_type",
                 f"cp_type {self.cp_type} is not supported with context_parallel_size "
                 f"{self.context_parallel_size} > 1: this runtime implements cp_type HELIX only",
             )
@@ -108,7 +112,8 @@ class ParallelConfig:
             _positive_int(kv_tpb, "kv_cache_config.tokens_per_block", source)
         if cp_tpb is not None and kv_tpb is not None and cp_tpb != kv_tpb:
             raise ConfigError(
-                source, "cp_config.tokens_per_block",
+                source,
+                "cp_config.tokens_per_block",
                 f"{cp_tpb} differs from kv_cache_config.tokens_per_block {kv_tpb}: KV ownership rotates "
                 "over CP ranks per cache block, so the two must be equal",
             )
@@ -168,7 +173,8 @@ class ParallelConfig:
         """Raises ConfigError unless the job has exactly tp * cp ranks (n: the number of MPI ranks)."""
         if n != self.world_size:
             raise ConfigError(
-                self.source, "tensor_parallel_size",
+                self.source,
+                "tensor_parallel_size",
                 f"tensor_parallel_size * context_parallel_size = {self.tensor_parallel_size} * "
                 f"{self.context_parallel_size} = {self.world_size} ranks, but the job has {n} MPI ranks "
                 f"(launch with mpiexec -n {self.world_size})",
@@ -178,7 +184,8 @@ class ParallelConfig:
         """Raises ConfigError unless num_heads splits into tp * cp equal head chunks."""
         if num_heads % self.world_size != 0:
             raise ConfigError(
-                self.source, "context_parallel_size",
+                self.source,
+                "context_parallel_size",
                 f"the model's {num_heads} attention heads are not divisible by tensor_parallel_size * "
                 f"context_parallel_size = {self.world_size}: every rank must hold an equal head chunk",
             )

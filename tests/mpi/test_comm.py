@@ -9,15 +9,20 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from mpi4py import MPI
-
 from helix import _core, comm
 from helix.mapping import Mapping
+from mpi4py import MPI
 from tolerances import tol
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-DTYPES = [np.dtype(np.float32), BF16, np.dtype(np.float16), np.dtype(np.int64), np.dtype(np.int32),
-          np.dtype(np.uint8)]
+DTYPES = [
+    np.dtype(np.float32),
+    BF16,
+    np.dtype(np.float16),
+    np.dtype(np.int64),
+    np.dtype(np.int32),
+    np.dtype(np.uint8),
+]
 SHAPES = [(), (1,), (5,), (3, 7), (0,), (2, 0, 3)]
 
 
@@ -99,8 +104,9 @@ def test_all_reduce_sum_bfloat16(world, shape):
     out = world.all_reduce_sum(x)
     expected = sum(data(s, shape, BF16).astype(np.float64) for s in range(n))
     assert out.dtype == BF16 and out.shape == x.shape
-    np.testing.assert_allclose(out.astype(np.float64), np.broadcast_to(expected, shape),
-                               **tol("all_reduce_sum", "bfloat16"))
+    np.testing.assert_allclose(
+        out.astype(np.float64), np.broadcast_to(expected, shape), **tol("all_reduce_sum", "bfloat16")
+    )
 
 
 def test_all_reduce_sum_bfloat16_accumulates_in_float32(world):
@@ -155,7 +161,9 @@ def test_barrier_orders_ranks(world):
     world.barrier()
 
 
-@pytest.mark.parametrize("tp_cp", factorizations(MPI.COMM_WORLD.Get_size()), ids=lambda t: f"tp{t[0]}cp{t[1]}")
+@pytest.mark.parametrize(
+    "tp_cp", factorizations(MPI.COMM_WORLD.Get_size()), ids=lambda t: f"tp{t[0]}cp{t[1]}"
+)
 def test_split_into_cp_and_tp_groups(world, tp_cp):
     tp, cp = tp_cp
     m = Mapping(world.size, tp, cp, world.rank)
@@ -190,7 +198,9 @@ def test_split_key_orders_ranks(world):
     assert (rev.size, rev.rank) == (world.size, world.size - 1 - world.rank)
     parity = world.split(world.rank % 2, world.rank)
     assert parity.size == len(range(world.rank % 2, world.size, 2))
-    assert parity.all_gather(np.array(world.rank, np.int64)).tolist() == list(range(world.rank % 2, world.size, 2))
+    assert parity.all_gather(np.array(world.rank, np.int64)).tolist() == list(
+        range(world.rank % 2, world.size, 2)
+    )
 
 
 def test_split_rejects_negative_color(world):
@@ -203,7 +213,8 @@ def test_from_mpi4py_sub_communicator():
     c = comm.from_mpi4py(sub)
     assert (c.size, c.rank) == (sub.Get_size(), sub.Get_rank())
     assert c.all_gather(np.array(MPI.COMM_WORLD.Get_rank(), np.int64)).tolist() == sub.allgather(
-        MPI.COMM_WORLD.Get_rank())
+        MPI.COMM_WORLD.Get_rank()
+    )
     sub.Free()  # the helix communicator holds its own duplicate
     assert c.all_reduce_sum(np.ones(1, np.float32))[0] == c.size
 
