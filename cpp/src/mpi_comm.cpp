@@ -34,7 +34,11 @@ Comm comm_from_handle(int64_t handle) {
   if constexpr (std::is_pointer_v<Comm>) {
     return reinterpret_cast<Comm>(static_cast<intptr_t>(handle));
   } else {
-    return static_cast<Comm>(handle);
+    // An int handle may arrive zero- or sign-extended; anything else cannot be one.
+    const auto low = static_cast<int32_t>(static_cast<uint32_t>(handle));
+    HELIX_CHECK_ARG(handle == low || handle == static_cast<int64_t>(static_cast<uint32_t>(low)),
+                    "make_mpi_communicator: ", handle, " is not an MPI_Comm handle of this MPI (32-bit)");
+    return static_cast<Comm>(low);
   }
 }
 

@@ -111,7 +111,20 @@ void bind_comm(nb::module_& m) {
       });
 
   m.def("self_communicator", &make_self_communicator, "A communicator of this process alone (size 1, no MPI).");
-  m.def("mpi_communicator", &make_mpi_communicator, "handle"_a,
+  m.def(
+      "mpi_communicator",
+      [](nb::int_ handle) {
+        // mpi4py's _handleof returns MPICH's int handles sign-extended and read as unsigned 64-bit
+        // (0x84000000 -> 0xffffffff84000000): accept the whole [-2^63, 2^64) range, keep the bits.
+        int64_t h = 0;
+        uint64_t u = 0;
+        if (!nb::try_cast<int64_t>(handle, h)) {
+          HELIX_CHECK_ARG(nb::try_cast<uint64_t>(handle, u), "argument 'handle' is not a 64-bit MPI handle");
+          h = static_cast<int64_t>(u);
+        }
+        return make_mpi_communicator(h);
+      },
+      "handle"_a,
         "Wraps an MPI communicator given by its handle (mpi4py: MPI._handleof(comm)); the communicator is "
         "duplicated, so later traffic never mixes with the caller's.");
 }

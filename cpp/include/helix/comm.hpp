@@ -1,6 +1,10 @@
 // Communicator: the collective operations the runtime needs, behind one interface with an MPI backend
 // (cpp/src/mpi_comm.cpp) and an NCCL backend (cuda/nccl_comm.cpp). Buffers are raw host pointers for
-// MPI, device pointers for NCCL. All calls are blocking and collective over the communicator.
+// MPI, device pointers for NCCL. All calls are blocking and collective over the communicator: every rank
+// calls them in the same order with the same sizes (a mismatch is an error or a hang, as in MPI). One
+// communicator is used by one thread at a time. Send and receive buffers must not overlap. Failures throw
+// helix::ArgumentError (bad argument, detected locally before any communication) or helix::Error (the
+// backend failed; the message carries the backend's error string). Zero-byte messages are allowed.
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,103 @@
+"""Communicators for Python callers: the MPI world (through mpi4py's handle) or a single process.
+
+The collectives themselves run in the compiled runtime (helix._core.Communicator, MPI C API); mpi4py only
+initializes MPI and hands over the communicator handle, so no Python-level MPI call is on the hot path.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+import traceback
+from types import TracebackType
+from typing import Any
+
+__all__ = ["abort_on_exception", "from_mpi4py", "self_communicator", "world"]
+
+
+def _mpi() -> Any | None:
+    """mpi4py.MPI (initializing MPI), or None when mpi4py or its MPI library is unavailable."""
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError, OSError):
+        return None
+    return MPI
+
+
+def self_communicator() -> Any:
+    """A communicator of this process alone (size 1); needs no MPI."""
+    from helix import _core
+
+    return _core.self_communicator()
+
+
+def from_mpi4py(comm: Any) -> Any:
+    """The runtime's communicator over an mpi4py communicator (duplicated: traffic never mixes)."""
+    from mpi4py import MPI
+
+    from helix import _core
+
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"from_mpi4py expects an mpi4py.MPI.Comm, got {type(comm).__name__}")
+    return _core.mpi_communicator(int(MPI._handleof(comm)))
+
+
+@functools.cache
+def world() -> Any:
+    """The communicator of all ranks: MPI's COMM_WORLD when mpi4py works, else a size-1 communicator.
+
+    Cached: every call returns the same object (one duplicate of COMM_WORLD per process).
+    """
+    MPI = _mpi()
+    if MPI is None:
+        return self_communicator()
+    return from_mpi4py(MPI.COMM_WORLD)
+
+
+_installed = False
+
+
+def abort_on_exception() -> bool:
+    """Make an uncaught exception on any rank end the whole MPI job, instead of hanging the other ranks.
+
+    Installs sys.excepthook (and threading.excepthook) that prints the traceback prefixed with the rank
+    and calls MPI.COMM_WORLD.Abort(1), so mpiexec exits non-zero within seconds. Does nothing (returns
+    False) when there is a single process. Idempotent.
+    """
+    global _installed
+    MPI = _mpi()
+    if MPI is None or MPI.COMM_WORLD.Get_size() <= 1:
+        return False
+    if _installed:
+        return True
+    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+
+    def report_and_abort(
+        exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str
+    ) -> None:
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        prefix = f"[helix rank {rank}/{size}] "
+        lines = [f"{prefix}uncaught exception in {where}; aborting all ranks (MPI_Abort)\n"]
+        lines += [prefix + line + "\n" for line in text.rstrip("\n").split("\n")]
+        try:
+            sys.stderr.write("".join(lines))
+            sys.stderr.flush()
+        finally:
+            MPI.COMM_WORLD.Abort(1)
+
+    def excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        report_and_abort(exc_type, exc, tb, "the main thread")
+
+    def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        report_and_abort(
+            args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback, f"thread {name}"
+        )
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
+    _installed = True
+    return True
