@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_hf_model", "hf_logits", "hf_logits_float64", "hf_inv_freq", "hf_greedy", "write_dequantized_copy"]
+__all__ = [
+    "load_hf_model",
+    "hf_logits",
+    "hf_logits_float64",
+    "hf_inv_freq",
+    "hf_greedy",
+    "write_dequantized_copy",
+]
 
 
 @lru_cache(maxsize=8)
@@ -48,7 +55,9 @@ def hf_logits(model, token_ids: Sequence[int]) -> np.ndarray:
     return out.logits[0].double().numpy()
 
 
-def hf_greedy(model, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> tuple[list[list[int]], list[np.ndarray]]:
+def hf_greedy(
+    model, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> tuple[list[list[int]], list[np.ndarray]]:
     """Greedy continuation of each prompt, EOS ignored: (generated ids per prompt, logits [steps, V] each
     token was chosen from)."""
     tokens_all, logits_all = [], []
@@ -176,7 +185,9 @@ def hf_logits_float64(
     with _without_float32_casts(), torch.no_grad():
         for prompt in prompts:
             ids = torch.tensor([list(prompt)], dtype=torch.long)
-            out.append(model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0].numpy())
+            out.append(
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0].numpy()
+            )
     return out
 
 

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tolerances import tol
-
 from helix.config import ModelConfig
 from helix.reference_model import ReferenceModel, apply_rope_interleaved, moe_route, yarn_inv_freq
 from helix.tiny import make_tiny_model
+from tolerances import tol
 
-PROMPTS = [[0, 5, 17, 300, 499, 42, 7], [0, 401, 3], [0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26]]
+PROMPTS = [
+    [0, 5, 17, 300, 499, 42, 7],
+    [0, 401, 3],
+    [0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26],
+]
 GREEDY_PROMPTS = [[0, 5, 17, 300, 499], [0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]]
 GREEDY_STEPS = 32
 
@@ -98,15 +101,15 @@ def test_logits_and_greedy_match_transformers(models, name, tmp_path_factory):
     assert ref.config.softmax_scale == pytest.approx(hf.model.layers[0].self_attn.scaling, rel=1e-12)
 
     ref_logits = [ref.forward(p) for p in PROMPTS]
-    for p, r in zip(PROMPTS, ref_logits):
+    for p, r in zip(PROMPTS, ref_logits, strict=True):
         np.testing.assert_allclose(hf_logits(hf, p), r, **tol("model_logits", "float32"))
-    for r, h in zip(ref_logits, hf_logits_float64(hf_dir, PROMPTS, inv_freq=ref.rope[0])):
+    for r, h in zip(ref_logits, hf_logits_float64(hf_dir, PROMPTS, inv_freq=ref.rope[0]), strict=True):
         np.testing.assert_allclose(h, r, **tol("model_logits", "float64"))
 
     ref_out = ref.generate_greedy(GREEDY_PROMPTS, GREEDY_STEPS)
     hf_tokens, hf_step_logits = hf_greedy(hf, GREEDY_PROMPTS, GREEDY_STEPS)
     assert ref_out.token_ids == hf_tokens
-    for r, h in zip(ref_out.step_logits, hf_step_logits):
+    for r, h in zip(ref_out.step_logits, hf_step_logits, strict=True):
         np.testing.assert_allclose(h, r, **tol("model_logits", "float32"))
 
 
@@ -130,7 +133,9 @@ def test_greedy_uses_argmax_of_step_logits(models):
     out = ref.generate_greedy(GREEDY_PROMPTS[:1], 6)
     assert out.token_ids[0] == [int(np.argmax(row)) for row in out.step_logits[0]]
     seq = GREEDY_PROMPTS[0] + out.token_ids[0][:-1]
-    np.testing.assert_allclose(ref.forward(seq)[len(GREEDY_PROMPTS[0]) - 1 :], out.step_logits[0], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        ref.forward(seq)[len(GREEDY_PROMPTS[0]) - 1 :], out.step_logits[0], rtol=1e-10, atol=1e-10
+    )
 
 
 def test_yarn_frequencies():
@@ -138,7 +143,8 @@ def test_yarn_frequencies():
     inv_freq, factor = yarn_inv_freq(cfg)
     P, base = cfg.qk_rope_head_dim, cfg.rope_theta
     plain = base ** (-np.arange(0, P, 2) / P)
-    # original context 512, P=16: low bound floor(0.81)=0, high bound ceil(3.82)=4 -> pairs >= 4 divided by 40.
+    # original context 512, P=16: low bound floor(0.81)=0, high bound ceil(3.82)=4:
+    # pairs >= 4 are divided by 40, pairs 1-3 blended.
     np.testing.assert_allclose(inv_freq[0], plain[0])
     np.testing.assert_allclose(inv_freq[4:], plain[4:] / 40.0)
     assert np.all(inv_freq[1:4] < plain[1:4]) and np.all(inv_freq[1:4] > plain[1:4] / 40.0)
@@ -167,7 +173,9 @@ def make_config(**kw) -> ModelConfig:
 @pytest.mark.parametrize("norm", [True, False])
 def test_moe_route_matches_brute_force(norm):
     """noaux_tc routing against an enumeration of every allowed group set."""
-    cfg = make_config(n_routed_experts=12, n_group=3, topk_group=2, num_experts_per_tok=3, norm_topk_prob=norm)
+    cfg = make_config(
+        n_routed_experts=12, n_group=3, topk_group=2, num_experts_per_tok=3, norm_topk_prob=norm
+    )
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, cfg.hidden_size))
     gate = rng.normal(size=(12, cfg.hidden_size)) / 16

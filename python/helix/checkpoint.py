@@ -65,6 +65,7 @@ SAFETENSORS_DTYPES: dict[str, tuple[int, np.dtype | None]] = {
     "U64": (64, None),
 }
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F8_E4M3", "F64")
+_SUPPORTED = "supported: F32, F16, BF16, F8_E4M3"
 
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
@@ -80,7 +81,17 @@ def layer_index(name: str) -> int | None:
 
 
 _FP8_MODULES = frozenset(
-    ["q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    [
+        "q_proj",
+        "q_a_proj",
+        "q_b_proj",
+        "kv_a_proj_with_mqa",
+        "kv_b_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
 )
 
 
@@ -170,7 +181,9 @@ class SafetensorsFile:
                 if n > MAX_HEADER_BYTES:
                     raise CheckpointError(f"{path}: corrupt header length {n} (limit {MAX_HEADER_BYTES})")
                 if 8 + n > size:
-                    raise CheckpointError(f"{path}: truncated file: header length {n} runs past the end ({size} bytes)")
+                    raise CheckpointError(
+                        f"{path}: truncated file: header length {n} runs past the end ({size} bytes)"
+                    )
                 raw = f.read(n)
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from exc
@@ -184,9 +197,11 @@ class SafetensorsFile:
         metadata = header.pop("__metadata__", None) or {}
         if not isinstance(metadata, dict):
             raise CheckpointError(f"{path}: corrupt header: __metadata__ is not an object")
-        tensors = {name: _parse_entry(path, name, entry, data_start, data_len) for name, entry in header.items()}
+        tensors = {
+            name: _parse_entry(path, name, entry, data_start, data_len) for name, entry in header.items()
+        }
         spans = sorted((t.begin, t.end, t.name) for t in tensors.values() if t.end > t.begin)
-        for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
+        for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:], strict=False):
             if begin < prev_end:
                 raise CheckpointError(f"{path}: corrupt header: tensor {name!r} overlaps tensor {prev!r}")
         return cls(path, tensors, {str(k): str(v) for k, v in metadata.items()})
@@ -196,7 +211,9 @@ class SafetensorsFile:
         info = self.tensors[name]
         np_dtype = SAFETENSORS_DTYPES[info.dtype][1]
         if np_dtype is None:
-            raise CheckpointError(f"{self.path}: tensor {name!r} has unsupported dtype {info.dtype} (supported: F32, F16, BF16, F8_E4M3)")
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} has unsupported dtype {info.dtype} ({_SUPPORTED})"
+            )
         if info.numel == 0:
             return np.zeros(info.shape, dtype=np_dtype)
         if self._map is None:
@@ -216,7 +233,9 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_len
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in SAFETENSORS_DTYPES:
         raise corrupt(f"unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
         raise corrupt(f"shape {shape!r} is not a list of non-negative integers")
     if (
         not isinstance(offsets, list)
@@ -226,7 +245,9 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_len
         raise corrupt(f"data_offsets {offsets!r} is not [begin, end]")
     begin, end = offsets
     if not 0 <= begin <= end <= data_len:
-        raise corrupt(f"data_offsets [{begin}, {end}] outside the data section ({data_len} bytes): truncated or corrupt")
+        raise corrupt(
+            f"data_offsets [{begin}, {end}] outside the data section ({data_len} bytes): truncated or corrupt"
+        )
     bits = SAFETENSORS_DTYPES[dtype][0]
     nbytes = (math.prod(shape) * bits + 7) // 8
     if end - begin != nbytes:
@@ -284,17 +305,23 @@ class Checkpoint:
                 if fname not in by_file:
                     shard = model_dir / fname
                     if not shard.is_file():
-                        raise CheckpointError(f"{index_path}: tensor {name!r} is mapped to missing file {shard}")
+                        raise CheckpointError(
+                            f"{index_path}: tensor {name!r} is mapped to missing file {shard}"
+                        )
                     by_file[fname] = SafetensorsFile.open(shard)
                     files.append(by_file[fname])
                 f = by_file[fname]
                 if name not in f.tensors:
-                    raise CheckpointError(f"{index_path}: tensor {name!r} is mapped to {f.path}, which does not hold it")
+                    raise CheckpointError(
+                        f"{index_path}: tensor {name!r} is mapped to {f.path}, which does not hold it"
+                    )
                 where[name] = f
         else:
             paths = [single] if single.is_file() else sorted(model_dir.glob("*.safetensors"))
             if not paths:
-                raise CheckpointError(f"{model_dir}: no model.safetensors, model.safetensors.index.json or *.safetensors")
+                raise CheckpointError(
+                    f"{model_dir}: no model.safetensors, model.safetensors.index.json or *.safetensors"
+                )
             for p in paths:
                 f = SafetensorsFile.open(p)
                 files.append(f)
@@ -353,7 +380,7 @@ class Checkpoint:
         f = self._where[name]
         if info.dtype not in _FLOAT_DTYPES or SAFETENSORS_DTYPES[info.dtype][1] is None:
             raise CheckpointError(
-                f"{info.file}: tensor {name!r} has unsupported dtype {info.dtype} (supported: F32, F16, BF16, F8_E4M3)"
+                f"{info.file}: tensor {name!r} has unsupported dtype {info.dtype} ({_SUPPORTED})"
             )
         if cols is not None and len(info.shape) < 2:
             raise ValueError(f"tensor {name!r} has {len(info.shape)} dimension(s); cols needs 2")
@@ -365,7 +392,9 @@ class Checkpoint:
         elif len(arr.shape) >= 2:
             arr = arr[r0:r1, c0:c1]
         if info.dtype == "F8_E4M3":
-            return np.ascontiguousarray(self._dequantize(name, info, arr, r0, r1, c0, c1).astype(dtype, copy=False))
+            return np.ascontiguousarray(
+                self._dequantize(name, info, arr, r0, r1, c0, c1).astype(dtype, copy=False)
+            )
         # np.array copies out of the memory map even when no conversion is needed.
         return np.array(arr, dtype=dtype, order="C", copy=True)
 
@@ -407,16 +436,19 @@ class Checkpoint:
         missing = [n for n in expected_tensors(config) if n not in self]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise CheckpointError(f"{where}: missing tensor {missing[0]!r}{more}, required by {config.source}")
+            raise CheckpointError(
+                f"{where}: missing tensor {missing[0]!r}{more}, required by {config.source}"
+            )
         for name, shape in expected_tensors(config).items():
             info = self.info(name)
             if info.shape != shape:
                 raise CheckpointError(
-                    f"{info.file}: tensor {name!r} has shape {list(info.shape)}, but {config.source} implies {list(shape)}"
+                    f"{info.file}: tensor {name!r} has shape {list(info.shape)}, "
+                    f"but {config.source} implies {list(shape)}"
                 )
             if info.dtype not in _FLOAT_DTYPES or SAFETENSORS_DTYPES[info.dtype][1] is None:
                 raise CheckpointError(
-                    f"{info.file}: tensor {name!r} has unsupported dtype {info.dtype} (supported: F32, F16, BF16, F8_E4M3)"
+                    f"{info.file}: tensor {name!r} has unsupported dtype {info.dtype} ({_SUPPORTED})"
                 )
             if info.dtype == "F8_E4M3":
                 self._check_scale(name, info)
@@ -427,7 +459,9 @@ class Checkpoint:
         if scale_name not in self._where:
             raise CheckpointError(f"{info.file}: FP8 tensor {name!r} has no {scale_name!r}")
         if len(info.shape) != 2:
-            raise CheckpointError(f"{info.file}: FP8 tensor {name!r} must be 2-D, has shape {list(info.shape)}")
+            raise CheckpointError(
+                f"{info.file}: FP8 tensor {name!r} must be 2-D, has shape {list(info.shape)}"
+            )
         s_info = self._where[scale_name].tensors[scale_name]
         br, bc = self.fp8_block
         want = (-(-info.shape[0] // br), -(-info.shape[1] // bc))
@@ -437,7 +471,9 @@ class Checkpoint:
                 f"for FP8 tensor {name!r} of shape {list(info.shape)} with {br}x{bc} blocks"
             )
         if s_info.dtype not in ("F32", "BF16", "F16"):
-            raise CheckpointError(f"{s_info.file}: tensor {scale_name!r} has unsupported dtype {s_info.dtype}")
+            raise CheckpointError(
+                f"{s_info.file}: tensor {scale_name!r} has unsupported dtype {s_info.dtype}"
+            )
         return scale_name
 
     def close(self) -> None:
@@ -463,5 +499,7 @@ def _read_index(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: corrupt index: no weight_map of tensor name -> file name")
     for name, fname in weight_map.items():
         if Path(fname).name != fname or fname in ("", ".", ".."):
-            raise CheckpointError(f"{path}: tensor {name!r} is mapped to {fname!r}, which is not a file in the folder")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is mapped to {fname!r}, which is not a file in the folder"
+            )
     return weight_map

@@ -47,7 +47,8 @@ class Fp8BlockQuantization:
             raise ModelConfigError(f"quantization_config.fmt={self.fmt!r} is not supported (only 'e4m3')")
         if self.block_rows <= 0 or self.block_cols <= 0:
             raise ModelConfigError(
-                f"quantization_config.weight_block_size=[{self.block_rows}, {self.block_cols}] must be positive"
+                f"quantization_config.weight_block_size=[{self.block_rows}, {self.block_cols}] "
+                "must be positive"
             )
 
 
@@ -126,13 +127,17 @@ class ModelConfig:
         if self.n_routed_experts % self.n_group:
             raise bad("n_group", f"must divide n_routed_experts={self.n_routed_experts}")
         if self.n_routed_experts // self.n_group < 2:
-            raise bad("n_group", "leaves fewer than 2 experts per group (noaux_tc scores a group by its top 2)")
+            raise bad(
+                "n_group", "leaves fewer than 2 experts per group (noaux_tc scores a group by its top 2)"
+            )
         if self.topk_group > self.n_group:
             raise bad("topk_group", f"exceeds n_group={self.n_group}")
         if self.num_experts_per_tok > self.topk_group * (self.n_routed_experts // self.n_group):
             raise bad("num_experts_per_tok", "exceeds the experts in the topk_group selected groups")
         if self.moe_layer_freq != 1:
-            raise bad("moe_layer_freq", "is not supported (only 1: every layer from first_k_dense_replace is MoE)")
+            raise bad(
+                "moe_layer_freq", "is not supported (only 1: every layer from first_k_dense_replace is MoE)"
+            )
         if self.tie_word_embeddings:
             raise bad("tie_word_embeddings", "is not supported (DeepSeek-V3 has an untied lm_head)")
         if not (self.rms_norm_eps > 0.0):
@@ -186,7 +191,9 @@ class ModelConfig:
             return float(rs["attention_factor"])
         factor = float(rs["factor"])
         if rs.get("mscale") and rs.get("mscale_all_dim"):
-            return yarn_get_mscale(factor, float(rs["mscale"])) / yarn_get_mscale(factor, float(rs["mscale_all_dim"]))
+            return yarn_get_mscale(factor, float(rs["mscale"])) / yarn_get_mscale(
+                factor, float(rs["mscale_all_dim"])
+            )
         return yarn_get_mscale(factor)
 
     def expert_group_size(self) -> int:
@@ -330,7 +337,8 @@ def _parse_rope(d: dict[str, Any], source: str) -> tuple[float, dict[str, Any] |
         return float(theta), None
     if rope_type != "yarn":
         raise ModelConfigError(
-            f"{source}: {field_name} has rope type {rope_type!r}, which is not supported (only 'yarn' or 'default')"
+            f"{source}: {field_name} has rope type {rope_type!r}, "
+            "which is not supported (only 'yarn' or 'default')"
         )
     if "original_max_position_embeddings" in scaling:
         original = scaling["original_max_position_embeddings"]
@@ -364,14 +372,18 @@ def _parse_quantization(q: Any, source: str) -> Fp8BlockQuantization | None:
         raise ModelConfigError(f"{source}: quantization_config={q!r} must be an object")
     method = q.get("quant_method")
     if method != "fp8":
-        raise ModelConfigError(f"{source}: quantization_config.quant_method={method!r} is not supported (only 'fp8')")
+        raise ModelConfigError(
+            f"{source}: quantization_config.quant_method={method!r} is not supported (only 'fp8')"
+        )
     block = q.get("weight_block_size", [128, 128])
     if (
         not isinstance(block, list)
         or len(block) != 2
         or not all(isinstance(b, int) and not isinstance(b, bool) for b in block)
     ):
-        raise ModelConfigError(f"{source}: quantization_config.weight_block_size={block!r} must be [rows, cols]")
+        raise ModelConfigError(
+            f"{source}: quantization_config.weight_block_size={block!r} must be [rows, cols]"
+        )
     try:
         return Fp8BlockQuantization(
             fmt=q.get("fmt", "e4m3"),

@@ -89,7 +89,9 @@ def silu_mlp(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) 
     return ((g / (1.0 + np.exp(-g))) * (x @ up.T)) @ down.T
 
 
-def moe_route(config: ModelConfig, x: np.ndarray, gate: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def moe_route(
+    config: ModelConfig, x: np.ndarray, gate: np.ndarray, bias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """DeepSeek-V3 "noaux_tc" routing of x [T, D]: (weights [T, k], expert ids [T, k]).
 
     s = sigmoid(x @ gate^T); selection uses s + bias: a group's score is the sum of its two best biased
@@ -138,7 +140,9 @@ def mla_attention(
     if c.q_lora_rank is None:
         q = x @ w[prefix + "q_proj.weight"].T
     else:
-        q_lat = rms_norm(x @ w[prefix + "q_a_proj.weight"].T, w[prefix + "q_a_layernorm.weight"], c.rms_norm_eps)
+        q_lat = rms_norm(
+            x @ w[prefix + "q_a_proj.weight"].T, w[prefix + "q_a_layernorm.weight"], c.rms_norm_eps
+        )
         q = q_lat @ w[prefix + "q_b_proj.weight"].T
     q = q.reshape(T, H, Dn + P)
     q_nope, q_pe = q[..., :Dn], apply_rope_interleaved(q[..., Dn:], positions, *rope)
@@ -204,9 +208,14 @@ class ReferenceModel:
         weights, ids = moe_route(self.config, x, w[m + "gate.weight"], w[m + "gate.e_score_correction_bias"])
         out = np.zeros_like(x)
         for t in range(x.shape[0]):
-            for weight, e in zip(weights[t], ids[t]):
+            for weight, e in zip(weights[t], ids[t], strict=True):
                 e_ = f"{m}experts.{e}."
-                y = silu_mlp(x[t : t + 1], w[e_ + "gate_proj.weight"], w[e_ + "up_proj.weight"], w[e_ + "down_proj.weight"])
+                y = silu_mlp(
+                    x[t : t + 1],
+                    w[e_ + "gate_proj.weight"],
+                    w[e_ + "up_proj.weight"],
+                    w[e_ + "down_proj.weight"],
+                )
                 out[t] += weight * y[0]
         if self.config.n_shared_experts:
             s = m + "shared_experts."

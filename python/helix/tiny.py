@@ -85,7 +85,9 @@ _FP8 = np.dtype(ml_dtypes.float8_e4m3fn)
 _FP8_MAX = 448.0
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
     """Write a .safetensors file: tensors in name order, contiguous, header padded to 8 bytes.
     Array dtypes: float32/float16/float64, ml_dtypes.bfloat16 / float8_e4m3fn."""
     codes = {
@@ -103,7 +105,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
         if arr.dtype not in codes:
             raise ValueError(f"write_safetensors: tensor {name!r} has unsupported dtype {arr.dtype}")
         blob = arr.tobytes()  # little-endian on every machine this runs on (dtypes above are '<')
-        header[name] = {"dtype": codes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
+        header[name] = {
+            "dtype": codes[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
         blobs.append(blob)
         offset += len(blob)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -115,7 +121,9 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
             f.write(blob)
 
 
-def quantize_fp8_blockwise(w: np.ndarray, block: tuple[int, int] = (128, 128)) -> tuple[np.ndarray, np.ndarray]:
+def quantize_fp8_blockwise(
+    w: np.ndarray, block: tuple[int, int] = (128, 128)
+) -> tuple[np.ndarray, np.ndarray]:
     """DeepSeek block FP8 of a 2-D float32 weight: (q float8_e4m3fn [r, c], scale_inv float32
     [ceil(r/br), ceil(c/bc)]) with W ~= q * scale_inv[i // br, j // bc]; each block's max maps to 448."""
     br, bc = block
@@ -143,7 +151,9 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def _to_transformers5(d: dict[str, Any]) -> dict[str, Any]:
     """The same model in transformers 5's layout: rope_parameters, no DeepSeek-only routing keys."""
-    out = {k: v for k, v in d.items() if k not in ("rope_theta", "rope_scaling", "scoring_func", "topk_method")}
+    out = {
+        k: v for k, v in d.items() if k not in ("rope_theta", "rope_scaling", "scoring_func", "topk_method")
+    }
     params: dict[str, Any] = {"rope_type": "default", "rope_theta": d.get("rope_theta", 10000.0)}
     if d.get("rope_scaling"):
         rs = dict(d["rope_scaling"])
@@ -257,13 +267,17 @@ def make_tiny_model(
             weight_map.update({n: fname for n in part})
         total = sum(t.nbytes for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps(index, indent=2) + "\n", encoding="utf-8"
+        )
     return ModelConfig.from_pretrained(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L]``."""
-    parser = argparse.ArgumentParser(prog="helix make-tiny-model", description="write the embedded default model")
+    parser = argparse.ArgumentParser(
+        prog="helix make-tiny-model", description="write the embedded default model"
+    )
     parser.add_argument("dir", help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fp8", action="store_true", help="DeepSeek block-FP8 Linear weights")
