@@ -51,7 +51,7 @@ class HelixEngine:
             raise ValueError(f"num_attention_heads ({cfg.num_attention_heads}) is not divisible by tp * cp = {n}")
         self.tp, self.cp, self.rank = tp, cp, self.comm.rank
         self.tokens_per_block = tokens_per_block
-        self.eos_token_id = cfg.eos_token_id
+        self.eos_token_ids = tuple(cfg.eos_token_ids)
         inv_freq, attention_factor = yarn_inv_freq(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.rope_scaling)
 
         ec = _core.EngineConfig()
@@ -76,7 +76,7 @@ class HelixEngine:
         ec.expert_tensor_parallel = expert_tensor_parallel
         self._engine = _core.Engine(ec, self.comm)
 
-        ckpt = Checkpoint.open(model_dir)
+        ckpt = Checkpoint.open(model_dir, config=cfg)
         ckpt.validate(cfg)
         store = np.float32 if dtype == "float32" else __import__("ml_dtypes").bfloat16
         names = self._engine.expected_weights()

@@ -100,9 +100,9 @@ def blocks_per_cp_rank(num_tokens: int, tokens_per_block: int, cp: int) -> list[
 class Scheduler:
     """Runs requests to completion on an engine (see helix.engine.HelixEngine)."""
 
-    def __init__(self, engine, eos_token_id: int | None, max_batch_tokens: int = 512) -> None:
+    def __init__(self, engine, eos_token_ids: tuple[int, ...], max_batch_tokens: int = 512) -> None:
         self.engine = engine
-        self.eos = eos_token_id
+        self.eos = set(eos_token_ids)
         self.max_batch_tokens = max_batch_tokens
         self.free = [engine.num_kv_blocks] * engine.cp  # unreserved blocks per CP rank
         self._next_seq = 0
@@ -178,7 +178,7 @@ class Scheduler:
                 tok = sample(row, req.params, req.rng)
                 req.output.token_ids.append(tok)
                 stats.generated_tokens += 1
-                if tok == self.eos and not req.params.ignore_eos:
+                if tok in self.eos and not req.params.ignore_eos:
                     req.output.finish_reason = "eos"
                 elif len(req.output.token_ids) >= req.params.max_new_tokens:
                     req.output.finish_reason = "length"

@@ -46,7 +46,7 @@ class LLM:
             expert_tensor_parallel=expert_tensor_parallel,
             progress=progress,
         )
-        self.scheduler = Scheduler(self.engine, self.engine.eos_token_id, max_batch_tokens)
+        self.scheduler = Scheduler(self.engine, self.engine.eos_token_ids, max_batch_tokens)
         tok_path = Path(model_dir) / "tokenizer.json"
         self.tokenizer = None
         if tok_path.exists():
