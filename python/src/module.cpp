@@ -13,6 +13,7 @@ void bind_layers(nb::module_& m);
 void bind_comm(nb::module_& m);
 void bind_engine(nb::module_& m);
 void bind_cuda(nb::module_& m);
+void bind_merge_states(nb::module_& ops);
 }  // namespace helix::bind
 
 NB_MODULE(_core, m) {
@@ -35,6 +36,10 @@ NB_MODULE(_core, m) {
   nb::exception<helix::KVCacheFullError>(m, "KVCacheFullError", base.ptr());
   helix::bind::bind_kv_cache(m);
   helix::bind::bind_ops(m);
+  {  // def_submodule returns helix._core.ops if bind_ops created it (PyImport_AddModule semantics).
+    nb::module_ ops = m.def_submodule("ops");
+    helix::bind::bind_merge_states(ops);
+  }
   helix::bind::bind_layers(m);
   helix::bind::bind_comm(m);
   helix::bind::bind_engine(m);
