@@ -31,11 +31,30 @@ constexpr int64_t kMaxSplit = 64;  // key splits per row block
 
 std::atomic<MlaKernelPath> g_forced_path{MlaKernelPath::Auto};
 
+MlaKernelPath auto_path() {
+  static const MlaKernelPath path = [] {
+    if (detail::avx512_bf16_tile_ops() && __builtin_cpu_is("amd")) return MlaKernelPath::Avx512Bf16;
+    if (detail::avx512_tile_ops()) return MlaKernelPath::Avx512;
+    return MlaKernelPath::Portable;
+  }();
+  return path;
+}
+
 const TileOps& select_ops(DType kv_dtype) {
-  if (g_forced_path.load() != MlaKernelPath::Portable) {
-    if (const TileOps* ops = detail::avx512_tile_ops(kv_dtype)) return *ops;
-  }
+  MlaKernelPath path = g_forced_path.load();
+  if (path == MlaKernelPath::Auto) path = auto_path();
+  if (path == MlaKernelPath::Avx512Bf16 && kv_dtype == DType::BFloat16) return *detail::avx512_bf16_tile_ops();
+  if (path != MlaKernelPath::Portable) return *detail::avx512_tile_ops();
   return detail::portable_tile_ops(kv_dtype);
+}
+
+// bfloat16 -> float32 rows [nt][D] (exact); the loop vectorizes for the baseline ISA.
+void widen_tile(const void* const* keys, int64_t nt, int64_t D, float* out) {
+  for (int64_t n = 0; n < nt; ++n) {
+    const bf16_t* src = static_cast<const bf16_t*>(keys[n]);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(out + n * D);
+    for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<uint32_t>(src[d]) << 16;
+  }
 }
 
 // Where the keys of one call live: a contiguous [S, D] array or a sequence of a paged pool.
@@ -79,7 +98,7 @@ class AlignedBuffer {
 };
 
 struct Workspace {
-  AlignedBuffer qpack, scores, out, state, p_pairs, v_pairs, qpos;
+  AlignedBuffer qpack, scores, out, state, p_pairs, v_pairs, qpos, wide;
   std::vector<const void*> qrows, keys;
 };
 
@@ -97,6 +116,7 @@ struct Job {
   int64_t num_tokens;
   const KeySource& keys;
   const TileOps& ops;
+  DType kv_dtype;
   int64_t nblocks, nsplit, Mp_max;
   // nsplit > 1: [nblocks * nsplit][R*Mp_max + 2*Mp_max]: OT (leading dimension: the block's own Mp),
   // m_run, l_run
@@ -189,7 +209,11 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
     l_run = state + 2 * Mp;
   }
   float* alpha = state;
-  if (!qpack || !St || !state || !qpos || !scratch.p_pairs || !scratch.v_pairs || !OT) return false;
+  const bool widen = job.kv_dtype != ops.key_dtype;  // bf16 keys on float32 micro-kernels
+  float* wide = widen ? ws.wide.get<float>(kKeyTile * p.D) : nullptr;
+  if (!qpack || !St || !state || !qpos || !scratch.p_pairs || !scratch.v_pairs || !OT || (widen && !wide)) {
+    return false;
+  }
 
   // Pack the block's queries; padded rows are zero and see every key.
   const size_t qrow_bytes = static_cast<size_t>(p.D * dtype_size(p.q_dtype));
@@ -218,6 +242,10 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
     }
     if (k_min > q_max) continue;  // no query of this block sees any key of the tile
     for (int64_t n = 0; n < nt; ++n) ws.keys[n] = src.row(s0 + n);
+    if (widen) {
+      widen_tile(ws.keys.data(), nt, p.D, wide);
+      for (int64_t n = 0; n < nt; ++n) ws.keys[n] = wide + n * p.D;
+    }
     ops.qk(qpack, ws.keys.data(), nt, p.D, Mp, St);
     if (k_max > q_min) {  // causal mask: some (row, key) pairs are invisible
       for (int64_t n = 0; n < nt; ++n) {
@@ -260,7 +288,7 @@ void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t n
   const int64_t ntiles = (src.S + kKeyTile - 1) / kKeyTile;
   const int64_t nsplit = std::clamp<int64_t>((nthreads + nblocks - 1) / nblocks, 1, std::clamp<int64_t>(ntiles, 1, kMaxSplit));
   const int64_t Mp_max = round_up(std::min(rows, kRowBlock), 16);
-  Job job{p, tokens, num_tokens, src, ops, nblocks, nsplit, Mp_max, nullptr};
+  Job job{p, tokens, num_tokens, src, ops, kv_dtype, nblocks, nsplit, Mp_max, nullptr};
   if (nsplit > 1) {
     job.partials = caller_partials().get<float>(nblocks * nsplit * job.partial_stride());
     HELIX_CHECK(job.partials != nullptr, "mla_attention: out of memory for the partial states");
@@ -296,16 +324,23 @@ void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t n
 }  // namespace
 
 void set_mla_kernel_path(MlaKernelPath path) {
-  if (path == MlaKernelPath::Avx512) {
-    HELIX_CHECK(detail::avx512_tile_ops(DType::Float32) != nullptr, "this CPU has no AVX-512: cannot force it");
-  }
+  HELIX_CHECK(path != MlaKernelPath::Avx512 || detail::avx512_tile_ops(),
+              "this CPU (or build) has no AVX-512F: cannot force the avx512 path");
+  HELIX_CHECK(path != MlaKernelPath::Avx512Bf16 || detail::avx512_bf16_tile_ops(),
+              "this CPU (or build) has no AVX512_BF16: cannot force the avx512_bf16 path");
   g_forced_path.store(path);
 }
 
+void set_cpu_threads(int n) {
+  HELIX_CHECK_ARG(n >= 1, "argument 'n' (threads) must be >= 1, got ", n);
+  omp_set_num_threads(n);
+}
+
+int cpu_threads() { return omp_get_max_threads(); }
+
 MlaKernelPath mla_kernel_path() {
   const MlaKernelPath forced = g_forced_path.load();
-  if (forced != MlaKernelPath::Auto) return forced;
-  return detail::avx512_tile_ops(DType::Float32) ? MlaKernelPath::Avx512 : MlaKernelPath::Portable;
+  return forced != MlaKernelPath::Auto ? forced : auto_path();
 }
 
 std::string_view mla_kernel_path_name(MlaKernelPath path) {
@@ -313,6 +348,7 @@ std::string_view mla_kernel_path_name(MlaKernelPath path) {
     case MlaKernelPath::Auto: return "auto";
     case MlaKernelPath::Portable: return "portable";
     case MlaKernelPath::Avx512: return "avx512";
+    case MlaKernelPath::Avx512Bf16: return "avx512_bf16";
   }
   return "?";
 }

@@ -325,18 +325,23 @@ HELIX_AVX512F bool softmax_avx512(float* St, int64_t nt, int64_t Mp, float c, fl
   return changed != 0;
 }
 
-const TileOps kAvx512F32{qpack_bytes_f32, pack_q_f32, qk_f32, softmax_avx512, pv_f32};
-const TileOps kAvx512Bf16{qpack_bytes_bf16, pack_q_bf16, qk_bf16, softmax_avx512, pv_bf16};
+const TileOps kAvx512F32{DType::Float32, qpack_bytes_f32, pack_q_f32, qk_f32, softmax_avx512, pv_f32};
+const TileOps kAvx512Bf16{DType::BFloat16, qpack_bytes_bf16, pack_q_bf16, qk_bf16, softmax_avx512, pv_bf16};
 
 }  // namespace
 
-const TileOps* avx512_tile_ops(DType kv_dtype) {
-  static const bool has_f = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                            __builtin_cpu_supports("fma");
-  static const bool has_bf16 = has_f && __builtin_cpu_supports("avx512bf16");
-  if (kv_dtype == DType::BFloat16) return has_bf16 ? &kAvx512Bf16 : nullptr;
-  return has_f ? &kAvx512F32 : nullptr;
+bool has_avx512f() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("fma");
+  return has;
+}
+
+const TileOps* avx512_tile_ops() { return has_avx512f() ? &kAvx512F32 : nullptr; }
+
+const TileOps* avx512_bf16_tile_ops() {
+  static const bool has = has_avx512f() && __builtin_cpu_supports("avx512bf16");
+  return has ? &kAvx512Bf16 : nullptr;
 }
 
 }  // namespace helix::detail
@@ -344,7 +349,8 @@ const TileOps* avx512_tile_ops(DType kv_dtype) {
 #else  // not x86-64 GCC/Clang: portable only
 
 namespace helix::detail {
-const TileOps* avx512_tile_ops(DType) { return nullptr; }
+const TileOps* avx512_tile_ops() { return nullptr; }
+const TileOps* avx512_bf16_tile_ops() { return nullptr; }
 }  // namespace helix::detail
 
 #endif

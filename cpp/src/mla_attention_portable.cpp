@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "mla_attention_tiles.hpp"
 
@@ -91,9 +92,9 @@ void pv_portable(const float* P, const void* const* keys, int64_t nt, int64_t R,
   }
 }
 
-const TileOps kPortableF32{qpack_bytes_f32, pack_q_f32<false>, qk_portable<float>, softmax_portable,
+const TileOps kPortableF32{DType::Float32, qpack_bytes_f32, pack_q_f32<false>, qk_portable<float>, softmax_portable,
                            pv_portable<float>};
-const TileOps kPortableBf16{qpack_bytes_f32, pack_q_f32<true>, qk_portable<bf16_t>, softmax_portable,
+const TileOps kPortableBf16{DType::BFloat16, qpack_bytes_f32, pack_q_f32<true>, qk_portable<bf16_t>, softmax_portable,
                             pv_portable<bf16_t>};
 
 }  // namespace

@@ -29,6 +29,8 @@ struct TileScratch {
 };
 
 struct TileOps {
+  // The key dtype qk/pv read. Float32 ops serve bfloat16 keys too: the driver widens each tile first.
+  DType key_dtype;
   // Bytes of qpack for D x Mp.
   int64_t (*qpack_bytes)(int64_t D, int64_t Mp);
   // rows: [M] pointers to q rows ([D] of q_dtype); rows m in [M, Mp) are packed as zero.
@@ -45,8 +47,10 @@ struct TileOps {
 };
 
 const TileOps& portable_tile_ops(DType kv_dtype);
-// nullptr when this CPU (or this build) lacks the instructions for `kv_dtype`.
-const TileOps* avx512_tile_ops(DType kv_dtype);
+// AVX-512F float32 FMA kernels (any key dtype, bf16 widened by the driver); nullptr without AVX-512.
+const TileOps* avx512_tile_ops();
+// AVX-512 BF16 dot-product kernels for bfloat16 keys; nullptr without AVX512_BF16.
+const TileOps* avx512_bf16_tile_ops();
 
 // exp2 with underflow flushed to zero: weights below 2^-126 of the running max are dropped exactly, so no
 // denormal ever reaches the products. NaN stays NaN.

@@ -46,16 +46,16 @@ nb::tuple paged_mla_attention_py(nb::handle q, nb::handle q_pos, const PagedKVCa
 }
 
 MlaKernelPath parse_path(const std::string& name) {
-  for (MlaKernelPath p : {MlaKernelPath::Auto, MlaKernelPath::Portable, MlaKernelPath::Avx512}) {
+  for (MlaKernelPath p : {MlaKernelPath::Auto, MlaKernelPath::Portable, MlaKernelPath::Avx512, MlaKernelPath::Avx512Bf16}) {
     if (mla_kernel_path_name(p) == name) return p;
   }
-  throw ArgumentError("argument 'path' must be 'auto', 'portable' or 'avx512', got '" + name + "'");
+  throw ArgumentError("argument 'path' must be 'auto', 'portable', 'avx512' or 'avx512_bf16', got '" + name + "'");
 }
 
 }  // namespace
 
 void bind_ops(nb::module_& m) {
-  nb::module_ ops = m.def_submodule("ops", "CPU attention kernels (and, once bound, merge_states)");
+  nb::module_ ops = m.def_submodule("ops", "CPU attention kernels and the merge of partial states");
 
   ops.def("mla_attention", &mla_attention_py, nb::arg("q"), nb::arg("kv"), nb::arg("q_pos"), nb::arg("kv_pos"),
           nb::arg("scale"), nb::arg("kv_lora_rank"),
@@ -70,11 +70,13 @@ void bind_ops(nb::module_& m) {
           "seq_ids [B] int64; q_seq_index [T] int64 in [0, B): the sequence each query token reads.");
   ops.def(
       "set_kernel_path", [](const std::string& path) { set_mla_kernel_path(parse_path(path)); }, nb::arg("path"),
-      "Force the attention micro-kernels: 'auto' (default), 'portable' or 'avx512' (tests and benchmarks).");
+      "Force the attention micro-kernels: 'auto' (default), 'portable', 'avx512' or\n"
+      "'avx512_bf16' (BF16 dot products for bfloat16 keys); for tests and benchmarks.");
+  ops.def("set_num_threads", &set_cpu_threads, nb::arg("n"), "Threads of the CPU kernels (OpenMP) for this thread.");
+  ops.def("num_threads", &cpu_threads, "Threads the CPU kernels use.");
   ops.def(
       "kernel_path", [] { return std::string(mla_kernel_path_name(mla_kernel_path())); },
-      "The attention micro-kernels in use: 'portable' or 'avx512'.");
-  // bind_merge_states(ops) is called here once merge_states is bound (another file).
+      "The attention micro-kernels in use: 'portable', 'avx512' or 'avx512_bf16'.");
 }
 
 }  // namespace helix::bind

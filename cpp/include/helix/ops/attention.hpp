@@ -5,9 +5,9 @@
 //   o[t,h,:]     = sum_s softmax_s(score) * kv[s, :kv_lora_rank]    (the latent is also the value)
 //   lse[t,h]     = log(sum_s exp(score))                     natural log; -inf and o = 0 when nothing is visible
 //
-// Accumulation is float32; q and kv may be float32 or bfloat16. With bfloat16 keys the dot products run on
-// bfloat16 pairs (AVX-512 BF16 where the CPU has it): q and the softmax weights are rounded to bfloat16
-// for the two products, the running max, sum and output stay float32.
+// Accumulation is float32; q and kv may be float32 or bfloat16. With bfloat16 keys on the BF16 dot-product
+// path (see MlaKernelPath) q and the softmax weights are rounded to bfloat16 for the two products; the
+// running max, sum and output stay float32.
 #pragma once
 
 #include <cstdint>
@@ -39,13 +39,22 @@ void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_
 // Keys of sequence `seq` read from `cache` through its block table (unused slots are never read).
 void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& cache, const SequenceView& seq);
 
-// Which micro-kernels run. Auto picks the fastest the CPU supports (AVX-512 BF16 > AVX-512F > portable);
-// tests force Portable to compare the paths. Forcing a path the CPU lacks throws helix::Error.
-enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512 };
+// Which micro-kernels run.
+//   Portable:   plain C++ (compiler-vectorized for the baseline ISA); runs anywhere.
+//   Avx512:     AVX-512F float32 FMA micro-kernels; bfloat16 keys are widened to float32 per tile.
+//   Avx512Bf16: as Avx512, but bfloat16 keys use AVX-512 BF16 dot products (q and P rounded to bf16).
+// Auto: Avx512Bf16 on AMD CPUs with AVX512_BF16 (full-rate VDPBF16PS, e.g. Zen 4/5), Avx512 on other
+// AVX-512 CPUs (on Intel Xeons VDPBF16PS runs at about 0.6x the FMA instruction rate here, so widening is
+// faster), else Portable. Tests force each path to compare them; forcing one the CPU lacks throws Error.
+enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16 };
 void set_mla_kernel_path(MlaKernelPath path);
 // The path Auto resolves to on this CPU, or the forced one.
 MlaKernelPath mla_kernel_path();
 std::string_view mla_kernel_path_name(MlaKernelPath path);
+
+// Threads the CPU kernels use when called from this thread (OpenMP); n >= 1.
+void set_cpu_threads(int n);
+int cpu_threads();
 
 // Shapes of a validated mla_attention call.
 struct MlaShape {
