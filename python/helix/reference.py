@@ -48,7 +48,7 @@ def mla_attention(
     total = weights.sum(axis=-1)  # [T, H]
     value = kv64[:, :kv_lora_rank]
     o[any_visible] = (weights @ value)[any_visible] / total[any_visible][:, None]
-    lse[any_visible] = (mx[..., 0] + np.log(total))[any_visible]
+    lse[any_visible] = mx[..., 0][any_visible] + np.log(total[any_visible])
     return o, lse
 
 
