@@ -5,11 +5,13 @@
 //   o[t,h,:]     = sum_s softmax_s(score) * kv[s, :kv_lora_rank]    (the latent is also the value)
 //   lse[t,h]     = log(sum_s exp(score))                     natural log; -inf and o = 0 when nothing is visible
 //
-// Accumulation is float32; q and kv may be float32 or bfloat16.
+// Accumulation is float32; q and kv may be float32 or bfloat16. With bfloat16 keys on the BF16 dot-product
+// path (see MlaKernelPath) q and the softmax weights are rounded to bfloat16 for the two products; the
+// running max, sum and output stay float32.
 #pragma once
 
 #include <cstdint>
-#include <vector>
+#include <string_view>
 
 #include "helix/dtype.hpp"
 #include "helix/kv_cache.hpp"
@@ -17,29 +19,66 @@
 
 namespace helix {
 
-// Keys of one query group: a contiguous [S, D] array, or a paged sequence.
+// The queries of one call and where the results go. All rows t*H + h share the same keys.
 struct MlaAttentionParams {
-  const void* q;          // [T, H, D]  q_dtype
-  const int64_t* q_pos;   // [T]
-  float* o;               // [T, H, R]  output, normalized
-  float* lse;             // [T, H]     output
-  int64_t T = 0, H = 0, D = 0, R = 0;
-  float scale = 1.f;
-  DType q_dtype = DType::Float32;
+  const void* q = nullptr;          // [T, H, D]  q_dtype
+  const int64_t* q_pos = nullptr;   // [T]        global position of each query token
+  float* o = nullptr;               // [T, H, R]  output, normalized
+  float* lse = nullptr;             // [T, H]     output, natural log
+  int64_t T = 0, H = 0, D = 0, R = 0;  // R = kv_lora_rank <= D
+  float scale = 1.f;                // finite, > 0
+  DType q_dtype = DType::Float32;   // Float32 or BFloat16
+  // Optional subset of query tokens to compute (the outputs of the others are left untouched):
+  const int64_t* tokens = nullptr;  // [num_tokens] indices in [0, T); nullptr: all T tokens
+  int64_t num_tokens = 0;
 };
 
-// Kernel entry points (no validation; shapes as documented).
-// kv: [S, D] kv_dtype, kv_pos: [S].
+// Kernel entry points (no validation; shapes as documented). OpenMP-parallel over keys and rows.
+// kv: [S, D] kv_dtype (Float32 or BFloat16), kv_pos: [S].
 void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S, DType kv_dtype);
-// Keys of sequence `seq` read from `cache` through its block table.
+// Keys of sequence `seq` read from `cache` through its block table (unused slots are never read).
 void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& cache, const SequenceView& seq);
 
-// Validated ops (the boundary): throw ArgumentError naming the bad argument.
-// q [T,H,D] f32|bf16; kv [S,D] f32|bf16; q_pos [T] i64; kv_pos [S] i64; o [T,H,R] f32; lse [T,H] f32.
+// Which micro-kernels run.
+//   Portable:   plain C++ (compiler-vectorized for the baseline ISA); runs anywhere.
+//   Avx512:     AVX-512F float32 FMA micro-kernels; bfloat16 keys are widened to float32 per tile.
+//   Avx512Bf16: as Avx512, but bfloat16 keys use AVX-512 BF16 dot products (q and P rounded to bf16).
+// Auto: Avx512Bf16 on AMD CPUs with AVX512_BF16 (full-rate VDPBF16PS, e.g. Zen 4/5), Avx512 on other
+// AVX-512 CPUs (on Intel Xeons VDPBF16PS runs at about 0.6x the FMA instruction rate here, so widening is
+// faster), else Portable. Tests force each path to compare them; forcing one the CPU lacks throws Error.
+enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16 };
+void set_mla_kernel_path(MlaKernelPath path);
+// The path Auto resolves to on this CPU, or the forced one.
+MlaKernelPath mla_kernel_path();
+std::string_view mla_kernel_path_name(MlaKernelPath path);
+
+// Threads the CPU kernels use when called from this thread (OpenMP); n >= 1.
+void set_cpu_threads(int n);
+int cpu_threads();
+
+// Shapes of a validated mla_attention call.
+struct MlaShape {
+  int64_t T = 0, H = 0, D = 0, R = 0, S = 0;
+};
+
+// Validates the inputs of mla_attention (everything but the outputs) and returns the shapes.
+// q [T,H,D] f32|bf16; kv [S,D] f32|bf16; q_pos [T] i64; kv_pos [S] i64; 0 < kv_lora_rank <= D; scale finite > 0.
+MlaShape check_mla_attention_args(const TensorView& q, const TensorView& kv, const TensorView& q_pos,
+                                  const TensorView& kv_pos, float scale, int64_t kv_lora_rank);
+
+// Validated op (the boundary): throws ArgumentError naming the bad argument. o [T,H,R] f32; lse [T,H] f32.
 void mla_attention(const TensorView& q, const TensorView& kv, const TensorView& q_pos, const TensorView& kv_pos,
                    float scale, int64_t kv_lora_rank, const TensorView& o, const TensorView& lse);
 
+// Validates the inputs of paged_mla_attention and returns the shapes (S = 0: per sequence).
+// q [T,H,D] f32|bf16 with D == cache.head_dim(); q_pos [T] i64; seq_ids [B] i64, each known to the cache;
+// q_seq_index [T] i64 in [0, B).
+MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
+                                        const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
+                                        int64_t kv_lora_rank);
+
 // q [T,H,D]; q_pos [T]; seq_ids [B] i64; q_seq_index [T] i64 in [0,B): the sequence each query token reads.
+// o [T,H,R] f32; lse [T,H] f32.
 void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
                          const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
                          int64_t kv_lora_rank, const TensorView& o, const TensorView& lse);

@@ -1,0 +1,477 @@
+// MLA partial attention on the CPU: the driver (work split, online softmax over key tiles, merge of the
+// per-thread partials) and the validated ops. The tile arithmetic lives in mla_attention_{avx512,portable}.cpp.
+//
+// Work split: query rows (t, h) are flattened and cut into blocks of kRowBlock rows; when there are fewer
+// blocks than threads the keys of each block are split into `nsplit` contiguous ranges as well
+// (flash-decoding). Each work item keeps its own (OT, running max, running sum) and the items of one block
+// are merged exactly at the end (log-sum-exp merge in the log2 domain).
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <vector>
+
+#include "helix/ops/attention.hpp"
+#include "mla_attention_tiles.hpp"
+
+namespace helix {
+namespace {
+
+using detail::kKeyTile;
+using detail::kRowBlock;
+using detail::TileOps;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kMaxSplit = 64;  // key splits per row block
+
+std::atomic<MlaKernelPath> g_forced_path{MlaKernelPath::Auto};
+
+MlaKernelPath auto_path() {
+  static const MlaKernelPath path = [] {
+    if (detail::avx512_bf16_tile_ops() && __builtin_cpu_is("amd")) return MlaKernelPath::Avx512Bf16;
+    if (detail::avx512_tile_ops()) return MlaKernelPath::Avx512;
+    return MlaKernelPath::Portable;
+  }();
+  return path;
+}
+
+const TileOps& select_ops(DType kv_dtype) {
+  MlaKernelPath path = g_forced_path.load();
+  if (path == MlaKernelPath::Auto) path = auto_path();
+  if (path == MlaKernelPath::Avx512Bf16 && kv_dtype == DType::BFloat16) return *detail::avx512_bf16_tile_ops();
+  if (path != MlaKernelPath::Portable) return *detail::avx512_tile_ops();
+  return detail::portable_tile_ops(kv_dtype);
+}
+
+// bfloat16 -> float32 rows [nt][D] (exact); the loop vectorizes for the baseline ISA.
+void widen_tile(const void* const* keys, int64_t nt, int64_t D, float* out) {
+  for (int64_t n = 0; n < nt; ++n) {
+    const bf16_t* src = static_cast<const bf16_t*>(keys[n]);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(out + n * D);
+    for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<uint32_t>(src[d]) << 16;
+  }
+}
+
+// Where the keys of one call live: a contiguous [S, D] array or a sequence of a paged pool.
+struct KeySource {
+  const unsigned char* base;   // contiguous: [S, D]; paged: pool [num_blocks, tokens_per_block, D]
+  int64_t row_bytes;           // D * dtype size
+  const int64_t* pos;          // [S] global positions
+  int64_t S;
+  const int32_t* block_table;  // paged: [ceil(S / tokens_per_block)]; nullptr: contiguous
+  int64_t tokens_per_block;
+
+  const void* row(int64_t s) const {
+    if (block_table == nullptr) return base + s * row_bytes;
+    const int64_t block = block_table[s / tokens_per_block];
+    return base + (block * tokens_per_block + s % tokens_per_block) * row_bytes;
+  }
+};
+
+// A 64-byte aligned buffer that only grows; one per thread, so repeated calls do not fault pages in again.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(ptr_); }
+  // nullptr when out of memory (kernels run inside OpenMP regions, where nothing may throw).
+  template <class T>
+  T* get(int64_t count) {
+    const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+    if (bytes > cap_) {
+      std::free(ptr_);
+      ptr_ = std::aligned_alloc(64, bytes);
+      cap_ = ptr_ ? bytes : 0;
+    }
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t cap_ = 0;
+};
+
+struct Workspace {
+  AlignedBuffer qpack, scores, out, state, p_pairs, v_pairs, qpos, wide;
+  std::vector<const void*> qrows, keys;
+};
+
+Workspace& thread_workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// One call of the kernel: which query tokens, which keys, which tile operations.
+struct Job {
+  const MlaAttentionParams& p;
+  const int64_t* tokens;  // [num_tokens] query token indices; nullptr: 0..num_tokens-1
+  int64_t num_tokens;
+  const KeySource& keys;
+  const TileOps& ops;
+  DType kv_dtype;
+  int64_t nblocks, nsplit, Mp_max;
+  // nsplit > 1: [nblocks * nsplit][R*Mp_max + 2*Mp_max]: OT (leading dimension: the block's own Mp),
+  // m_run, l_run
+  float* partials;
+
+  int64_t token(int64_t flat_row) const {
+    const int64_t i = flat_row / p.H;
+    return tokens ? tokens[i] : i;
+  }
+  // Index of flat row f in the [T, H] outputs.
+  int64_t out_row(int64_t f) const { return token(f) * p.H + f % p.H; }
+  int64_t rows_in_block(int64_t b) const { return std::min(kRowBlock, num_tokens * p.H - b * kRowBlock); }
+  int64_t partial_stride() const { return p.R * Mp_max + 2 * Mp_max; }
+};
+
+// One partial state of a row block: OT [R][Mp], m_run [Mp] (log2 domain), l_run [Mp].
+struct Partial {
+  const float* OT;
+  const float* m_run;
+  const float* l_run;
+};
+
+// Merges `np` partials of block b for rows [m_begin, m_end) and writes o and lse.
+void finalize_rows(const Job& job, int64_t b, const Partial* parts, int64_t np, int64_t Mp, int64_t m_begin,
+                   int64_t m_end) {
+  constexpr int64_t kChunk = 16;
+  const int64_t R = job.p.R;
+  float weights[kMaxSplit * kChunk];  // [np][kChunk]: merge weight of each partial, divided by the sum
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += kChunk) {
+    const int64_t mc = std::min(kChunk, m_end - m0);
+    float* o_rows[kChunk];
+    for (int64_t i = 0; i < mc; ++i) {
+      const int64_t m = m0 + i;
+      const int64_t row = job.out_row(b * kRowBlock + m);
+      o_rows[i] = job.p.o + row * R;
+      float mx = kNegInf;
+      for (int64_t k = 0; k < np; ++k) mx = std::max(mx, parts[k].m_run[m]);
+      if (mx == kNegInf) {  // nothing visible (or empty shard)
+        for (int64_t k = 0; k < np; ++k) weights[k * kChunk + i] = 0.f;
+        job.p.lse[row] = kNegInf;
+        continue;
+      }
+      double l = 0.0;
+      for (int64_t k = 0; k < np; ++k) {
+        const float wk = parts[k].m_run[m] == kNegInf ? 0.f : std::exp2(parts[k].m_run[m] - mx);
+        weights[k * kChunk + i] = wk;
+        l += static_cast<double>(wk) * parts[k].l_run[m];
+      }
+      for (int64_t k = 0; k < np; ++k) weights[k * kChunk + i] = static_cast<float>(weights[k * kChunk + i] / l);
+      job.p.lse[row] = static_cast<float>((mx + std::log2(l)) * 0.6931471805599453);
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      float acc[kChunk] = {};
+      for (int64_t k = 0; k < np; ++k) {
+        const float* ot = parts[k].OT + r * Mp + m0;
+        for (int64_t i = 0; i < mc; ++i) acc[i] += ot[i] * weights[k * kChunk + i];
+      }
+      for (int64_t i = 0; i < mc; ++i) o_rows[i][r] = acc[i];
+    }
+  }
+}
+
+// Work item (block b, key split `split`). Returns false when out of memory.
+bool run_item(const Job& job, int64_t b, int64_t split) {
+  const MlaAttentionParams& p = job.p;
+  const KeySource& src = job.keys;
+  const TileOps& ops = job.ops;
+  const int64_t M = job.rows_in_block(b);
+  const int64_t Mp = round_up(M, 16);
+  const int64_t ntiles = (src.S + kKeyTile - 1) / kKeyTile;
+  const int64_t k_begin = std::min(src.S, ntiles * split / job.nsplit * kKeyTile);
+  const int64_t k_end = std::min(src.S, ntiles * (split + 1) / job.nsplit * kKeyTile);
+
+  Workspace& ws = thread_workspace();
+  void* qpack = ws.qpack.get<unsigned char>(ops.qpack_bytes(p.D, Mp));
+  float* St = ws.scores.get<float>(kKeyTile * Mp);
+  float* state = ws.state.get<float>(3 * Mp);
+  int64_t* qpos = ws.qpos.get<int64_t>(Mp);
+  detail::TileScratch scratch{ws.p_pairs.get<uint16_t>(kKeyTile * Mp), ws.v_pairs.get<uint16_t>(kKeyTile * p.R)};
+  float* OT;
+  float *m_run, *l_run;
+  if (job.nsplit > 1) {
+    float* slot = job.partials + (b * job.nsplit + split) * job.partial_stride();
+    OT = slot;
+    m_run = slot + p.R * job.Mp_max;
+    l_run = m_run + job.Mp_max;
+  } else {
+    OT = ws.out.get<float>(p.R * Mp);
+    m_run = state + Mp;
+    l_run = state + 2 * Mp;
+  }
+  float* alpha = state;
+  const bool widen = job.kv_dtype != ops.key_dtype;  // bf16 keys on float32 micro-kernels
+  float* wide = widen ? ws.wide.get<float>(kKeyTile * p.D) : nullptr;
+  if (!qpack || !St || !state || !qpos || !scratch.p_pairs || !scratch.v_pairs || !OT || (widen && !wide)) {
+    return false;
+  }
+
+  // Pack the block's queries; padded rows are zero and see every key.
+  const size_t qrow_bytes = static_cast<size_t>(p.D * dtype_size(p.q_dtype));
+  ws.qrows.resize(static_cast<size_t>(M));
+  int64_t q_min = std::numeric_limits<int64_t>::max(), q_max = std::numeric_limits<int64_t>::min();
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t f = b * kRowBlock + m;
+    ws.qrows[m] = static_cast<const unsigned char*>(p.q) + job.out_row(f) * qrow_bytes;
+    qpos[m] = p.q_pos[job.token(f)];
+    q_min = std::min(q_min, qpos[m]);
+    q_max = std::max(q_max, qpos[m]);
+  }
+  ops.pack_q(ws.qrows.data(), M, Mp, p.D, p.q_dtype, qpack);
+  std::fill(m_run, m_run + Mp, kNegInf);
+  std::fill(l_run, l_run + Mp, 0.f);
+  std::fill(OT, OT + p.R * Mp, 0.f);
+
+  const float c = p.scale * detail::kLog2e;
+  ws.keys.resize(kKeyTile);
+  for (int64_t s0 = k_begin; s0 < k_end; s0 += kKeyTile) {
+    const int64_t nt = std::min(kKeyTile, k_end - s0);
+    int64_t k_min = std::numeric_limits<int64_t>::max(), k_max = std::numeric_limits<int64_t>::min();
+    for (int64_t n = 0; n < nt; ++n) {
+      k_min = std::min(k_min, src.pos[s0 + n]);
+      k_max = std::max(k_max, src.pos[s0 + n]);
+    }
+    if (k_min > q_max) continue;  // no query of this block sees any key of the tile
+    for (int64_t n = 0; n < nt; ++n) ws.keys[n] = src.row(s0 + n);
+    if (widen) {
+      widen_tile(ws.keys.data(), nt, p.D, wide);
+      for (int64_t n = 0; n < nt; ++n) ws.keys[n] = wide + n * p.D;
+    }
+    ops.qk(qpack, ws.keys.data(), nt, p.D, Mp, St);
+    if (k_max > q_min) {  // causal mask: some (row, key) pairs are invisible
+      for (int64_t n = 0; n < nt; ++n) {
+        const int64_t kp = src.pos[s0 + n];
+        if (kp <= q_min) continue;
+        float* s = St + n * Mp;
+        for (int64_t m = 0; m < M; ++m) {
+          if (kp > qpos[m]) s[m] = kNegInf;
+        }
+      }
+    }
+    if (ops.softmax(St, nt, Mp, c, m_run, l_run, alpha)) {
+      for (int64_t r = 0; r < p.R; ++r) {
+        float* o = OT + r * Mp;
+        for (int64_t m = 0; m < Mp; ++m) o[m] *= alpha[m];
+      }
+    }
+    ops.pv(St, ws.keys.data(), nt, p.R, Mp, OT, scratch);
+  }
+
+  if (job.nsplit == 1) {
+    const Partial part{OT, m_run, l_run};
+    finalize_rows(job, b, &part, 1, Mp, 0, M);
+  }
+  return true;
+}
+
+AlignedBuffer& caller_partials() {
+  thread_local AlignedBuffer buf;
+  return buf;
+}
+
+void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t num_tokens, const KeySource& src,
+                   DType kv_dtype) {
+  const int64_t rows = num_tokens * p.H;
+  if (rows == 0 || p.R == 0) return;
+  const TileOps& ops = select_ops(kv_dtype);
+  const int64_t nblocks = (rows + kRowBlock - 1) / kRowBlock;
+  const int64_t nthreads = omp_get_max_threads();
+  const int64_t ntiles = (src.S + kKeyTile - 1) / kKeyTile;
+  const int64_t nsplit = std::clamp<int64_t>((nthreads + nblocks - 1) / nblocks, 1, std::clamp<int64_t>(ntiles, 1, kMaxSplit));
+  const int64_t Mp_max = round_up(std::min(rows, kRowBlock), 16);
+  Job job{p, tokens, num_tokens, src, ops, kv_dtype, nblocks, nsplit, Mp_max, nullptr};
+  if (nsplit > 1) {
+    job.partials = caller_partials().get<float>(nblocks * nsplit * job.partial_stride());
+    HELIX_CHECK(job.partials != nullptr, "mla_attention: out of memory for the partial states");
+  }
+
+  const int64_t items = nblocks * nsplit;
+  std::atomic<bool> ok{true};
+#pragma omp parallel for schedule(dynamic, 1) if (items > 1)
+  for (int64_t item = 0; item < items; ++item) {
+    if (!run_item(job, item / nsplit, item % nsplit)) ok = false;
+  }
+  HELIX_CHECK(ok.load(), "mla_attention: out of memory for the kernel workspace");
+  if (nsplit == 1) return;
+
+  // Exact merge of the key splits, 16-row chunks in parallel.
+  const int64_t chunks_per_block = Mp_max / 16;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < nblocks * chunks_per_block; ++c) {
+    const int64_t b = c / chunks_per_block;
+    const int64_t M = job.rows_in_block(b);
+    const int64_t m0 = (c % chunks_per_block) * 16;
+    if (m0 >= M) continue;
+    const int64_t Mp = round_up(M, 16);
+    Partial parts[kMaxSplit];
+    for (int64_t k = 0; k < nsplit; ++k) {
+      const float* slot = job.partials + (b * nsplit + k) * job.partial_stride();
+      parts[k] = Partial{slot, slot + p.R * Mp_max, slot + p.R * Mp_max + Mp_max};
+    }
+    finalize_rows(job, b, parts, nsplit, Mp, m0, std::min(M, m0 + 16));
+  }
+}
+
+}  // namespace
+
+void set_mla_kernel_path(MlaKernelPath path) {
+  HELIX_CHECK(path != MlaKernelPath::Avx512 || detail::avx512_tile_ops(),
+              "this CPU (or build) has no AVX-512F: cannot force the avx512 path");
+  HELIX_CHECK(path != MlaKernelPath::Avx512Bf16 || detail::avx512_bf16_tile_ops(),
+              "this CPU (or build) has no AVX512_BF16: cannot force the avx512_bf16 path");
+  g_forced_path.store(path);
+}
+
+void set_cpu_threads(int n) {
+  HELIX_CHECK_ARG(n >= 1, "argument 'n' (threads) must be >= 1, got ", n);
+  omp_set_num_threads(n);
+}
+
+int cpu_threads() { return omp_get_max_threads(); }
+
+MlaKernelPath mla_kernel_path() {
+  const MlaKernelPath forced = g_forced_path.load();
+  return forced != MlaKernelPath::Auto ? forced : auto_path();
+}
+
+std::string_view mla_kernel_path_name(MlaKernelPath path) {
+  switch (path) {
+    case MlaKernelPath::Auto: return "auto";
+    case MlaKernelPath::Portable: return "portable";
+    case MlaKernelPath::Avx512: return "avx512";
+    case MlaKernelPath::Avx512Bf16: return "avx512_bf16";
+  }
+  return "?";
+}
+
+void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S,
+                       DType kv_dtype) {
+  const KeySource src{static_cast<const unsigned char*>(kv), p.D * dtype_size(kv_dtype), kv_pos, S, nullptr, 0};
+  run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, kv_dtype);
+}
+
+void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& cache, const SequenceView& seq) {
+  const KeySource src{static_cast<const unsigned char*>(cache.pool()), cache.row_bytes(), seq.positions,
+                      seq.num_tokens, seq.block_table, cache.tokens_per_block()};
+  run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, cache.dtype());
+}
+
+// ---- validated ops ---------------------------------------------------------------------------------------
+
+namespace {
+
+void check_scale_and_rank(float scale, int64_t kv_lora_rank, int64_t D) {
+  HELIX_CHECK_ARG(std::isfinite(scale) && scale > 0.f, "argument 'scale' must be finite and > 0, got ", scale);
+  HELIX_CHECK_ARG(kv_lora_rank > 0 && kv_lora_rank <= D, "argument 'kv_lora_rank' must be in (0, D] with D = ", D,
+                  " (q.shape[2]), got ", kv_lora_rank);
+}
+
+void check_outputs(const TensorView& o, const TensorView& lse, const MlaShape& s) {
+  check_tensor(o, "o", 3, {DType::Float32});
+  check_dim(o, "o", 0, s.T, "T");
+  check_dim(o, "o", 1, s.H, "H");
+  check_dim(o, "o", 2, s.R, "kv_lora_rank");
+  check_tensor(lse, "lse", 2, {DType::Float32});
+  check_dim(lse, "lse", 0, s.T, "T");
+  check_dim(lse, "lse", 1, s.H, "H");
+}
+
+}  // namespace
+
+MlaShape check_mla_attention_args(const TensorView& q, const TensorView& kv, const TensorView& q_pos,
+                                  const TensorView& kv_pos, float scale, int64_t kv_lora_rank) {
+  check_tensor(q, "q", 3, {DType::Float32, DType::BFloat16});
+  check_tensor(kv, "kv", 2, {DType::Float32, DType::BFloat16});
+  check_tensor(q_pos, "q_pos", 1, {DType::Int64});
+  check_tensor(kv_pos, "kv_pos", 1, {DType::Int64});
+  MlaShape s{q.dim(0), q.dim(1), q.dim(2), kv_lora_rank, kv.dim(0)};
+  check_dim(kv, "kv", 1, s.D, "q.shape[2] (D)");
+  check_dim(q_pos, "q_pos", 0, s.T, "q.shape[0] (T)");
+  check_dim(kv_pos, "kv_pos", 0, s.S, "kv.shape[0] (S)");
+  check_scale_and_rank(scale, kv_lora_rank, s.D);
+  return s;
+}
+
+void mla_attention(const TensorView& q, const TensorView& kv, const TensorView& q_pos, const TensorView& kv_pos,
+                   float scale, int64_t kv_lora_rank, const TensorView& o, const TensorView& lse) {
+  const MlaShape s = check_mla_attention_args(q, kv, q_pos, kv_pos, scale, kv_lora_rank);
+  check_outputs(o, lse, s);
+  MlaAttentionParams p;
+  p.q = q.data;
+  p.q_pos = q_pos.ptr<const int64_t>();
+  p.o = o.ptr<float>();
+  p.lse = lse.ptr<float>();
+  p.T = s.T;
+  p.H = s.H;
+  p.D = s.D;
+  p.R = s.R;
+  p.scale = scale;
+  p.q_dtype = q.dtype;
+  mla_attention_cpu(p, kv.data, kv_pos.ptr<const int64_t>(), s.S, kv.dtype);
+}
+
+MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
+                                        const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
+                                        int64_t kv_lora_rank) {
+  check_tensor(q, "q", 3, {DType::Float32, DType::BFloat16});
+  check_tensor(q_pos, "q_pos", 1, {DType::Int64});
+  check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
+  check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
+  MlaShape s{q.dim(0), q.dim(1), q.dim(2), kv_lora_rank, 0};
+  check_dim(q, "q", 2, cache.head_dim(), "the cache's head_dim");
+  check_dim(q_pos, "q_pos", 0, s.T, "q.shape[0] (T)");
+  check_dim(q_seq_index, "q_seq_index", 0, s.T, "q.shape[0] (T)");
+  check_scale_and_rank(scale, kv_lora_rank, s.D);
+  const int64_t B = seq_ids.dim(0);
+  const int64_t* ids = seq_ids.ptr<const int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    HELIX_CHECK_ARG(cache.has_sequence(ids[b]), "argument 'seq_ids': sequence ", ids[b], " (seq_ids[", b,
+                    "]) is not in the cache");
+  }
+  const int64_t* idx = q_seq_index.ptr<const int64_t>();
+  for (int64_t t = 0; t < s.T; ++t) {
+    HELIX_CHECK_ARG(idx[t] >= 0 && idx[t] < B, "argument 'q_seq_index': q_seq_index[", t, "] = ", idx[t],
+                    " is not in [0, ", B, ") (len(seq_ids))");
+  }
+  return s;
+}
+
+void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
+                         const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
+                         int64_t kv_lora_rank, const TensorView& o, const TensorView& lse) {
+  const MlaShape s = check_paged_mla_attention_args(q, q_pos, cache, seq_ids, q_seq_index, scale, kv_lora_rank);
+  check_outputs(o, lse, s);
+  const int64_t B = seq_ids.dim(0);
+  // The query tokens of each sequence, in order.
+  std::vector<std::vector<int64_t>> tokens(static_cast<size_t>(B));
+  const int64_t* idx = q_seq_index.ptr<const int64_t>();
+  for (int64_t t = 0; t < s.T; ++t) tokens[idx[t]].push_back(t);
+  MlaAttentionParams p;
+  p.q = q.data;
+  p.q_pos = q_pos.ptr<const int64_t>();
+  p.o = o.ptr<float>();
+  p.lse = lse.ptr<float>();
+  p.T = s.T;
+  p.H = s.H;
+  p.D = s.D;
+  p.R = s.R;
+  p.scale = scale;
+  p.q_dtype = q.dtype;
+  for (int64_t b = 0; b < B; ++b) {
+    if (tokens[b].empty()) continue;
+    p.tokens = tokens[b].data();
+    p.num_tokens = static_cast<int64_t>(tokens[b].size());
+    paged_mla_attention_cpu(p, cache, cache.view(seq_ids.ptr<const int64_t>()[b]));
+  }
+}
+
+}  // namespace helix

@@ -1,0 +1,356 @@
+// AVX-512 tile operations of the MLA attention kernel, compiled per function for AVX-512 (+BF16) and chosen
+// at run time, so the library itself still runs on any x86-64 CPU.
+//
+// Both products are small GEMMs with the query rows m on the vector axis (16 rows per zmm):
+//   QK: St[n][m] = sum_d key[n][d] * qpack[d][m]     broadcast key elements, NR=6 keys x NV<=4 vectors
+//   PV: OT[r][m] += sum_n key[n][r] * P[n][m]         broadcast value elements, NR=6 r's x NV<=4 vectors
+// With bf16 keys the reduction axis goes in pairs (d, d+1) or (n, n+1) through _mm512_dpbf16_ps: q and P
+// are packed as bf16 pairs, the values of a tile are re-packed as pairs of consecutive keys.
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* helpers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <array>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "mla_attention_tiles.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+
+#define HELIX_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+#define HELIX_AVX512F __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
+namespace helix::detail {
+namespace {
+
+constexpr int kNR = 6;  // broadcast rows per micro-kernel (keys for QK, value columns for PV)
+constexpr int kNV = 4;  // zmm vectors of query rows per micro-kernel (64 rows)
+constexpr int64_t kDChunk = 128;  // reduction chunk of QK: the [kDChunk][64] q panel stays in L1
+
+inline uint32_t load_u32(const void* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// ---- float32 keys --------------------------------------------------------------------------------------
+
+// c[i][16j..] (+)= sum_{k<klen} a[i][k] * b[k*ldb + 16j..];  a[i] = keys[i] + d0.
+template <int NR, int NV>
+HELIX_AVX512F void qk_f32_kernel(const float* b, int64_t ldb, const void* const* keys, int64_t d0, int64_t klen,
+                                 float* c, int64_t ldc, bool accumulate) {
+  __m512 acc[NR][NV];
+  const float* a[NR];
+  for (int i = 0; i < NR; ++i) {
+    a[i] = static_cast<const float*>(keys[i]) + d0;
+    for (int j = 0; j < NV; ++j) acc[i][j] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < klen; ++k) {
+    __m512 bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_ps(b + k * ldb + 16 * j);
+    for (int i = 0; i < NR; ++i) {
+      const __m512 av = _mm512_set1_ps(a[i][k]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
+}
+
+// c[i][16j..] += sum_{n<nt} keys[n][r0+i] * P[n*ldb + 16j..]
+template <int NR, int NV>
+HELIX_AVX512F void pv_f32_kernel(const float* b, int64_t ldb, const void* const* keys, int64_t r0, int64_t nt,
+                                 float* c, int64_t ldc) {
+  __m512 acc[NR][NV];
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_loadu_ps(c + i * ldc + 16 * j);
+  for (int64_t n = 0; n < nt; ++n) {
+    __m512 bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_ps(b + n * ldb + 16 * j);
+    const float* v = static_cast<const float*>(keys[n]) + r0;
+    for (int i = 0; i < NR; ++i) {
+      const __m512 av = _mm512_set1_ps(v[i]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
+}
+
+// ---- bfloat16 keys -------------------------------------------------------------------------------------
+
+inline __m512bh HELIX_AVX512 as_bh(__m512i v) { return (__m512bh)v; }
+
+// c[i][16j..] (+)= sum_{k<kpairs} dot2(a_i(k), b[k]), a_i(k) = bf16 pair (keys[i][2k], keys[i][2k+1]),
+// b: [kpairs][ldb] pairs (32-bit words); `odd_tail`: one more lone element keys[i][2*kpairs] (pair high 0).
+template <int NR, int NV>
+HELIX_AVX512 void qk_bf16_kernel(const uint32_t* b, int64_t ldb, const void* const* keys, int64_t d0,
+                                 int64_t kpairs, bool odd_tail, float* c, int64_t ldc, bool accumulate) {
+  __m512 acc[NR][NV];
+  const bf16_t* a[NR];
+  for (int i = 0; i < NR; ++i) {
+    a[i] = static_cast<const bf16_t*>(keys[i]) + d0;
+    for (int j = 0; j < NV; ++j) acc[i][j] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kpairs; ++k) {
+    __m512i bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + k * ldb + 16 * j);
+    for (int i = 0; i < NR; ++i) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(load_u32(a[i] + 2 * k)));
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(av), as_bh(bv[j]));
+    }
+  }
+  if (odd_tail) {
+    __m512i bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + kpairs * ldb + 16 * j);
+    for (int i = 0; i < NR; ++i) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i][2 * kpairs]));
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(av), as_bh(bv[j]));
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
+}
+
+// c[i][16j..] += sum_{k<npairs} dot2(v[k][r0+i], p[k][16j..]); v: [npairs][R] pairs, p: [npairs][ldb] pairs.
+template <int NR, int NV>
+HELIX_AVX512 void pv_bf16_kernel(const uint32_t* p, int64_t ldb, const uint32_t* v, int64_t R, int64_t r0,
+                                 int64_t npairs, float* c, int64_t ldc) {
+  __m512 acc[NR][NV];
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_loadu_ps(c + i * ldc + 16 * j);
+  for (int64_t k = 0; k < npairs; ++k) {
+    __m512i bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(p + k * ldb + 16 * j);
+    const uint32_t* vk = v + k * R + r0;
+    for (int i = 0; i < NR; ++i) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(vk[i]));
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(av), as_bh(bv[j]));
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
+}
+
+// ---- dispatch tables over the remainder shapes (NR in 1..6, NV in 1..4) ---------------------------------
+
+template <template <int, int> class K, size_t... I>
+constexpr auto make_table(std::index_sequence<I...>) {
+  return std::array{K<static_cast<int>(I / kNV) + 1, static_cast<int>(I % kNV) + 1>::fn...};
+}
+#define HELIX_KERNEL_TABLE(name, kernel)            \
+  template <int NR, int NV>                         \
+  struct name {                                     \
+    static constexpr auto fn = &kernel<NR, NV>;     \
+  };
+HELIX_KERNEL_TABLE(QkF32, qk_f32_kernel)
+HELIX_KERNEL_TABLE(PvF32, pv_f32_kernel)
+HELIX_KERNEL_TABLE(QkBf16, qk_bf16_kernel)
+HELIX_KERNEL_TABLE(PvBf16, pv_bf16_kernel)
+#undef HELIX_KERNEL_TABLE
+constexpr auto kQkF32 = make_table<QkF32>(std::make_index_sequence<kNR * kNV>{});
+constexpr auto kPvF32 = make_table<PvF32>(std::make_index_sequence<kNR * kNV>{});
+constexpr auto kQkBf16 = make_table<QkBf16>(std::make_index_sequence<kNR * kNV>{});
+constexpr auto kPvBf16 = make_table<PvBf16>(std::make_index_sequence<kNR * kNV>{});
+
+inline int64_t table_index(int64_t nr, int64_t nv) { return (nr - 1) * kNV + (nv - 1); }
+
+// ---- QK / PV over a tile ---------------------------------------------------------------------------------
+
+int64_t qpack_bytes_f32(int64_t D, int64_t Mp) { return D * Mp * 4; }
+int64_t qpack_bytes_bf16(int64_t D, int64_t Mp) { return (D + 1) / 2 * Mp * 4; }
+
+void pack_q_f32(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack) {
+  float* out = static_cast<float*>(qpack);  // [D][Mp]
+  for (int64_t m = 0; m < Mp; ++m) {
+    for (int64_t d = 0; d < D; ++d) {
+      float v = 0.f;
+      if (m < M) {
+        v = q_dtype == DType::Float32 ? static_cast<const float*>(rows[m])[d]
+                                      : bf16_to_float(static_cast<const bf16_t*>(rows[m])[d]);
+      }
+      out[d * Mp + m] = v;
+    }
+  }
+}
+
+void pack_q_bf16(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack) {
+  bf16_t* out = static_cast<bf16_t*>(qpack);  // [ceil(D/2)][Mp][2]
+  const int64_t Dh = (D + 1) / 2;
+  for (int64_t m = 0; m < Mp; ++m) {
+    for (int64_t d = 0; d < 2 * Dh; ++d) {
+      bf16_t v = 0;
+      if (m < M && d < D) {
+        v = q_dtype == DType::BFloat16 ? static_cast<const bf16_t*>(rows[m])[d]
+                                       : float_to_bf16(static_cast<const float*>(rows[m])[d]);
+      }
+      out[((d / 2) * Mp + m) * 2 + (d % 2)] = v;
+    }
+  }
+}
+
+void qk_f32(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St) {
+  const float* qp = static_cast<const float*>(qpack);
+  for (int64_t d0 = 0; d0 < D; d0 += kDChunk) {
+    const int64_t dlen = std::min(kDChunk, D - d0);
+    for (int64_t m0 = 0; m0 < Mp; m0 += 16 * kNV) {
+      const int64_t nv = std::min<int64_t>(kNV, (Mp - m0) / 16);
+      for (int64_t n0 = 0; n0 < nt; n0 += kNR) {
+        const int64_t nr = std::min<int64_t>(kNR, nt - n0);
+        kQkF32[table_index(nr, nv)](qp + d0 * Mp + m0, Mp, keys + n0, d0, dlen, St + n0 * Mp + m0, Mp, d0 > 0);
+      }
+    }
+  }
+}
+
+void pv_f32(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* OT,
+            const TileScratch&) {
+  for (int64_t m0 = 0; m0 < Mp; m0 += 16 * kNV) {
+    const int64_t nv = std::min<int64_t>(kNV, (Mp - m0) / 16);
+    for (int64_t r0 = 0; r0 < R; r0 += kNR) {
+      const int64_t nr = std::min<int64_t>(kNR, R - r0);
+      kPvF32[table_index(nr, nv)](P + m0, Mp, keys, r0, nt, OT + r0 * Mp + m0, Mp);
+    }
+  }
+}
+
+void qk_bf16(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St) {
+  const uint32_t* qp = static_cast<const uint32_t*>(qpack);  // [ceil(D/2)][Mp] pairs
+  for (int64_t d0 = 0; d0 < D; d0 += kDChunk) {  // kDChunk is even: chunks start on a pair
+    const int64_t dend = std::min(d0 + kDChunk, D);
+    const int64_t kpairs = (dend - d0) / 2;
+    const bool odd_tail = dend == D && (D % 2) == 1;
+    const int64_t k0 = d0 / 2;
+    for (int64_t m0 = 0; m0 < Mp; m0 += 16 * kNV) {
+      const int64_t nv = std::min<int64_t>(kNV, (Mp - m0) / 16);
+      for (int64_t n0 = 0; n0 < nt; n0 += kNR) {
+        const int64_t nr = std::min<int64_t>(kNR, nt - n0);
+        kQkBf16[table_index(nr, nv)](qp + k0 * Mp + m0, Mp, keys + n0, d0, kpairs, odd_tail, St + n0 * Mp + m0,
+                                     Mp, d0 > 0);
+      }
+    }
+  }
+}
+
+// 16-bit interleave of the two 256-bit halves: [x0..x15, y0..y15] -> [x0, y0, x1, y1, ...].
+HELIX_AVX512 inline __m512i interleave_halves(__m512i v) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, v);
+}
+
+HELIX_AVX512 void pv_bf16(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* OT,
+                          const TileScratch& scratch) {
+  const int64_t npairs = (nt + 1) / 2;
+  uint32_t* pp = reinterpret_cast<uint32_t*>(scratch.p_pairs);  // [npairs][Mp]
+  uint32_t* vp = reinterpret_cast<uint32_t*>(scratch.v_pairs);  // [npairs][R]
+  for (int64_t k = 0; k < npairs; ++k) {
+    const bool has_hi = 2 * k + 1 < nt;
+    const float* p0 = P + 2 * k * Mp;
+    const float* p1 = p0 + Mp;
+    for (int64_t m = 0; m < Mp; m += 16) {
+      const __m512 lo = _mm512_loadu_ps(p0 + m);
+      const __m512 hi = has_hi ? _mm512_loadu_ps(p1 + m) : _mm512_setzero_ps();
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // [lo0..lo15, hi0..hi15]
+      _mm512_storeu_si512(pp + k * Mp + m, interleave_halves(both));
+    }
+    const bf16_t* v0 = static_cast<const bf16_t*>(keys[2 * k]);
+    const bf16_t* v1 = has_hi ? static_cast<const bf16_t*>(keys[2 * k + 1]) : nullptr;
+    for (int64_t r = 0; r < R; r += 16) {
+      const __mmask16 mask = r + 16 <= R ? static_cast<__mmask16>(0xffff)
+                                         : static_cast<__mmask16>((1u << (R - r)) - 1u);
+      const __m256i x = _mm256_maskz_loadu_epi16(mask, v0 + r);
+      const __m256i y = v1 ? _mm256_maskz_loadu_epi16(mask, v1 + r) : _mm256_setzero_si256();
+      const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(x), y, 1);
+      _mm512_mask_storeu_epi32(vp + k * R + r, mask, interleave_halves(both));
+    }
+  }
+  for (int64_t m0 = 0; m0 < Mp; m0 += 16 * kNV) {
+    const int64_t nv = std::min<int64_t>(kNV, (Mp - m0) / 16);
+    for (int64_t r0 = 0; r0 < R; r0 += kNR) {
+      const int64_t nr = std::min<int64_t>(kNR, R - r0);
+      kPvBf16[table_index(nr, nv)](pp + m0, Mp, vp, R, r0, npairs, OT + r0 * Mp + m0, Mp);
+    }
+  }
+}
+
+// ---- online softmax --------------------------------------------------------------------------------------
+
+// 2^x for x <= 0 with underflow (x < -126) flushed to 0; NaN stays NaN. Cephes exp2f polynomial on
+// [-0.5, 0.5] after rounding to the nearest integer: relative error about 2e-7.
+HELIX_AVX512F inline __m512 exp2_flush(__m512 x) {
+  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-127.f), x);  // NaN in x passes through (second operand)
+  const __m512 xi = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(xc, xi);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  const __m512 r = _mm512_scalef_ps(p, xi);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.f), _CMP_NLT_UQ);
+  return _mm512_maskz_mov_ps(keep, r);
+}
+
+HELIX_AVX512F bool softmax_avx512(float* St, int64_t nt, int64_t Mp, float c, float* m_run, float* l_run,
+                                  float* alpha) {
+  const __m512 vc = _mm512_set1_ps(c);
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 one = _mm512_set1_ps(1.f);
+  __mmask16 changed = 0;
+  for (int64_t m = 0; m < Mp; m += 16) {
+    __m512 mx = neg_inf;
+    for (int64_t n = 0; n < nt; ++n) mx = _mm512_max_ps(mx, _mm512_loadu_ps(St + n * Mp + m));
+    const __m512 m_old = _mm512_loadu_ps(m_run + m);
+    const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(mx, vc));
+    const __m512 m_safe = _mm512_mask_mov_ps(m_new, _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ),
+                                             _mm512_setzero_ps());
+    const __m512 a = exp2_flush(_mm512_sub_ps(m_old, m_safe));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t n = 0; n < nt; ++n) {
+      float* s = St + n * Mp + m;
+      const __m512 p = exp2_flush(_mm512_fmsub_ps(_mm512_loadu_ps(s), vc, m_safe));
+      _mm512_storeu_ps(s, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    _mm512_storeu_ps(l_run + m, _mm512_fmadd_ps(_mm512_loadu_ps(l_run + m), a, sum));
+    _mm512_storeu_ps(m_run + m, m_new);
+    _mm512_storeu_ps(alpha + m, a);
+    changed |= _mm512_cmp_ps_mask(a, one, _CMP_NEQ_UQ);
+  }
+  return changed != 0;
+}
+
+const TileOps kAvx512F32{DType::Float32, qpack_bytes_f32, pack_q_f32, qk_f32, softmax_avx512, pv_f32};
+const TileOps kAvx512Bf16{DType::BFloat16, qpack_bytes_bf16, pack_q_bf16, qk_bf16, softmax_avx512, pv_bf16};
+
+}  // namespace
+
+bool has_avx512f() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("fma");
+  return has;
+}
+
+const TileOps* avx512_tile_ops() { return has_avx512f() ? &kAvx512F32 : nullptr; }
+
+const TileOps* avx512_bf16_tile_ops() {
+  static const bool has = has_avx512f() && __builtin_cpu_supports("avx512bf16");
+  return has ? &kAvx512Bf16 : nullptr;
+}
+
+}  // namespace helix::detail
+
+#else  // not x86-64 GCC/Clang: portable only
+
+namespace helix::detail {
+const TileOps* avx512_tile_ops() { return nullptr; }
+const TileOps* avx512_bf16_tile_ops() { return nullptr; }
+}  // namespace helix::detail
+
+#endif

@@ -1,0 +1,61 @@
+// Internal: the tile operations of the MLA attention kernel, one set per instruction set and key dtype.
+//
+// The driver (mla_attention.cpp) works on a block of Mp query rows (flattened (t, h), Mp a multiple of 16)
+// and walks the keys in tiles of at most kKeyTile rows. Every buffer is "transposed": the fast axis is the
+// query row m, so the online-softmax state is a vector along m and the micro-kernels broadcast one key (or
+// value) element against 16 query rows at a time.
+//
+//   qpack  f32 keys:  [D][Mp] float           (q, rows m >= M zero)
+//          bf16 keys: [ceil(D/2)][Mp][2] bf16 (pairs of consecutive d for the BF16 dot product)
+//   keys   [nt] row pointers, each [D] of the key dtype
+//   St     [nt][Mp] float: raw dot products, then the softmax weights P in place
+//   OT     [R][Mp] float: the unnormalized output accumulator, transposed
+#pragma once
+
+#include <cstdint>
+
+#include "helix/dtype.hpp"
+
+namespace helix::detail {
+
+inline constexpr int64_t kKeyTile = 64;   // keys per online-softmax step
+inline constexpr int64_t kRowBlock = 128;  // query rows per work item (Q panel + OT stay in L2)
+inline constexpr float kLog2e = 1.4426950408889634f;
+
+// Scratch a tile set may use (bf16: the packed softmax weights and values).
+struct TileScratch {
+  uint16_t* p_pairs;  // [kKeyTile/2][Mp][2]
+  uint16_t* v_pairs;  // [kKeyTile/2][R][2]
+};
+
+struct TileOps {
+  // The key dtype qk/pv read. Float32 ops serve bfloat16 keys too: the driver widens each tile first.
+  DType key_dtype;
+  // Bytes of qpack for D x Mp.
+  int64_t (*qpack_bytes)(int64_t D, int64_t Mp);
+  // rows: [M] pointers to q rows ([D] of q_dtype); rows m in [M, Mp) are packed as zero.
+  void (*pack_q)(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack);
+  // St[n][m] = dot(q[m], key[n]) for n < nt.
+  void (*qk)(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St);
+  // Online softmax step over St (scores; -inf = masked) with c = scale*log2(e); m_run/l_run: [Mp] running
+  // max (log2 domain) and sum; alpha: [Mp] factor for OT. Turns St into the weights P. Returns true when
+  // some alpha != 1.
+  bool (*softmax)(float* St, int64_t nt, int64_t Mp, float c, float* m_run, float* l_run, float* alpha);
+  // OT[r][m] += sum_n P[n][m] * key[n][r] for r < R.
+  void (*pv)(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* OT,
+             const TileScratch& scratch);
+};
+
+const TileOps& portable_tile_ops(DType kv_dtype);
+// AVX-512F float32 FMA kernels (any key dtype, bf16 widened by the driver); nullptr without AVX-512.
+const TileOps* avx512_tile_ops();
+// AVX-512 BF16 dot-product kernels for bfloat16 keys; nullptr without AVX512_BF16.
+const TileOps* avx512_bf16_tile_ops();
+
+// exp2 with underflow flushed to zero: weights below 2^-126 of the running max are dropped exactly, so no
+// denormal ever reaches the products. NaN stays NaN.
+inline float exp2_flush(float x) {
+  return x < -126.f ? 0.f : __builtin_exp2f(x);
+}
+
+}  // namespace helix::detail

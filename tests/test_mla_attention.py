@@ -1,0 +1,237 @@
+"""helix.ops.mla_attention against the float64 reference (helix.reference.mla_attention)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import helix
+from helix import reference
+from tolerances import tol
+
+ops = helix.ops
+BF16 = ml_dtypes.bfloat16
+
+
+def available_paths() -> list[str]:
+    paths = ["auto", "portable"]
+    for path in ("avx512", "avx512_bf16"):
+        try:
+            ops.set_kernel_path(path)
+            paths.append(path)
+        except helix.HelixError:
+            pass
+        finally:
+            ops.set_kernel_path("auto")
+    return paths
+
+
+PATHS = available_paths()
+
+
+@pytest.fixture(params=PATHS)
+def kernel_path(request):
+    ops.set_kernel_path(request.param)
+    yield request.param
+    ops.set_kernel_path("auto")
+
+
+def make_inputs(rng, T, H, D, S, q_dtype=np.float32, kv_dtype=np.float32, causal=True, shuffle=False):
+    q = rng.standard_normal((T, H, D), dtype=np.float32).astype(q_dtype)
+    kv = rng.standard_normal((S, D), dtype=np.float32).astype(kv_dtype)
+    kv_pos = np.arange(S, dtype=np.int64)
+    if shuffle:
+        kv_pos = rng.permutation(kv_pos)
+    # Causal chunk: the T query tokens are the last T positions (S >= T) or all see everything.
+    q_pos = np.arange(S - T, S, dtype=np.int64) if causal else np.full(T, S, dtype=np.int64)
+    return q, kv, q_pos, kv_pos
+
+
+def check(o, lse, q, kv, q_pos, kv_pos, scale, R, dtype_key):
+    o_ref, lse_ref = reference.mla_attention(q, kv, q_pos, kv_pos, scale, R)
+    assert o.dtype == np.float32 and lse.dtype == np.float32
+    assert o.shape == o_ref.shape and lse.shape == lse_ref.shape
+    assert not np.isnan(o).any() and not np.isnan(lse).any()
+    np.testing.assert_allclose(o, o_ref, **tol("mla_attention", dtype_key))
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse_ref))
+    finite = np.isfinite(lse_ref)
+    np.testing.assert_allclose(lse[finite], lse_ref[finite], **tol("mla_attention", dtype_key))
+
+
+SHAPES = [
+    # T, H, D, R, S
+    (1, 128, 576, 512, 200),  # DeepSeek-V3 decode
+    (1, 5, 37, 21, 130),  # odd heads and widths
+    (3, 17, 33, 33, 65),  # R == D, one past a 64-key tile
+    (4, 3, 8, 1, 64),  # R == 1, exactly one tile
+    (7, 16, 72, 64, 300),  # causal prefill chunk
+    (2, 1, 2, 1, 5),  # tiny
+    (1, 129, 40, 32, 127),  # rows spill into a second 128-row block
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_matches_reference(kernel_path, shape, dtype):
+    T, H, D, R, S = shape
+    rng = np.random.default_rng([*shape, dtype == "bfloat16"])
+    t = np.float32 if dtype == "float32" else BF16
+    q, kv, q_pos, kv_pos = make_inputs(rng, T, H, D, S, t, t, shuffle=True)
+    scale = 1.0 / np.sqrt(D)
+    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, scale, R)
+    check(o, lse, q, kv, q_pos, kv_pos, scale, R, dtype)
+
+
+def test_float32_query_with_bfloat16_keys(kernel_path):
+    rng = np.random.default_rng(1)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 2, 16, 96, 150, np.float32, BF16)
+    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 80)
+    check(o, lse, q, kv, q_pos, kv_pos, 0.1, 80, "bfloat16")
+
+
+def test_bfloat16_query_with_float32_keys(kernel_path):
+    rng = np.random.default_rng(2)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 2, 6, 50, 90, BF16, np.float32)
+    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.2, 48)
+    check(o, lse, q, kv, q_pos, kv_pos, 0.2, 48, "float32")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, BF16])
+def test_empty_shard_and_invisible_keys(kernel_path, dtype):
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((3, 5, 24), dtype=np.float32).astype(dtype)
+    # S = 0: nothing to attend to.
+    o, lse = ops.mla_attention(q, np.zeros((0, 24), dtype), np.arange(3, dtype=np.int64),
+                               np.zeros(0, np.int64), 0.3, 16)
+    assert o.shape == (3, 5, 16) and np.all(o == 0) and np.all(np.isneginf(lse))
+    # Keys all in the future of the first query token, visible to the last one only.
+    kv = rng.standard_normal((70, 24), dtype=np.float32).astype(dtype)
+    kv_pos = np.arange(100, 170, dtype=np.int64)
+    q_pos = np.array([5, 99, 200], dtype=np.int64)
+    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.3, 16)
+    assert np.all(o[:2] == 0) and np.all(np.isneginf(lse[:2]))
+    check(o, lse, q, kv, q_pos, kv_pos, 0.3, 16, "float32" if dtype == np.float32 else "bfloat16")
+
+
+def test_large_scores_do_not_overflow(kernel_path):
+    rng = np.random.default_rng(4)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 1, 8, 64, 100)
+    o, lse = ops.mla_attention(q * 30, kv, q_pos, kv_pos, 1.0, 64)  # scores of several hundred
+    check(o, lse, q * 30, kv, q_pos, kv_pos, 1.0, 64, "float32")
+
+
+def test_paths_agree():
+    rng = np.random.default_rng(5)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 3, 20, 100, 333, shuffle=True)
+    results = {}
+    for path in PATHS:
+        ops.set_kernel_path(path)
+        try:
+            results[path] = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 90)
+        finally:
+            ops.set_kernel_path("auto")
+    for o, lse in results.values():
+        np.testing.assert_allclose(o, results["portable"][0], **tol("mla_attention", "float32"))
+        np.testing.assert_allclose(lse, results["portable"][1], **tol("mla_attention", "float32"))
+
+
+def test_threads_do_not_change_the_result():
+    rng = np.random.default_rng(6)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 1, 32, 64, 1000)
+    before = ops.num_threads()
+    try:
+        ops.set_num_threads(1)
+        o1, lse1 = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 48)
+        ops.set_num_threads(3)
+        o3, lse3 = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 48)
+    finally:
+        ops.set_num_threads(before)
+    np.testing.assert_allclose(o1, o3, **tol("mla_attention", "float32"))
+    np.testing.assert_allclose(lse1, lse3, **tol("mla_attention", "float32"))
+
+
+# ---- bad inputs ------------------------------------------------------------------------------------------
+
+
+def good_args():
+    rng = np.random.default_rng(7)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 2, 4, 16, 10)
+    return dict(q=q, kv=kv, q_pos=q_pos, kv_pos=kv_pos, scale=0.25, kv_lora_rank=12)
+
+
+BAD = [
+    ("q", lambda a: a["q"].astype(np.float64)),  # dtype
+    ("q", lambda a: a["q"][0]),  # ndim
+    ("q", lambda a: a["q"].tolist()),  # not an array
+    ("q", lambda a: np.asfortranarray(a["q"])),  # not C-contiguous
+    ("kv", lambda a: a["kv"][:, :15].copy()),  # D mismatch
+    ("kv", lambda a: a["kv"].astype(np.float16)),
+    ("kv", lambda a: np.asfortranarray(a["kv"])),
+    ("q_pos", lambda a: a["q_pos"].astype(np.int32)),
+    ("q_pos", lambda a: a["q_pos"][:1].copy()),  # length != T
+    ("kv_pos", lambda a: a["kv_pos"][:9].copy()),  # length != S
+    ("kv_pos", lambda a: a["kv_pos"].reshape(2, 5)),
+    ("kv_lora_rank", lambda a: 0),
+    ("kv_lora_rank", lambda a: 17),
+    ("scale", lambda a: float("nan")),
+    ("scale", lambda a: 0.0),
+    ("scale", lambda a: -1.0),
+    ("scale", lambda a: float("inf")),
+]
+
+
+@pytest.mark.parametrize("name,make", BAD, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BAD)])
+def test_bad_inputs_name_the_argument(name, make):
+    args = good_args()
+    args[name] = make(args)
+    with pytest.raises(helix.ArgumentError, match=f"'{name}'"):
+        ops.mla_attention(**args)
+
+
+# ---- property: sharded partial attention + exact LSE merge == unsharded attention -------------------------
+
+
+def lse_merge(parts):
+    """Float64 log-sum-exp merge of [(o [T,H,R], lse [T,H])] partial states."""
+    lses = np.stack([lse.astype(np.float64) for _, lse in parts])  # [N, T, H]
+    mx = lses.max(axis=0)
+    safe = np.where(np.isfinite(mx), mx, 0.0)
+    w = np.exp(lses - safe)  # -inf -> 0
+    total = w.sum(axis=0)
+    o = sum(wi[..., None] * oi.astype(np.float64) for wi, (oi, _) in zip(w, parts))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        o = np.where(total[..., None] > 0, o / np.where(total > 0, total, 1.0)[..., None], 0.0)
+        lse = np.where(total > 0, safe + np.log(np.where(total > 0, total, 1.0)), -np.inf)
+    return o, lse
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    data=st.data(),
+    n_shards=st.integers(1, 8),
+    S=st.integers(0, 150),
+    T=st.integers(1, 3),
+    H=st.integers(1, 9),
+    D=st.integers(1, 40),
+)
+def test_sharded_merge_equals_unsharded(data, n_shards, S, T, H, D):
+    R = data.draw(st.integers(1, D))
+    assignment = np.array(data.draw(st.lists(st.integers(0, n_shards - 1), min_size=S, max_size=S)), dtype=np.int64)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    q, kv, _, kv_pos = make_inputs(rng, T, H, D, S, shuffle=True)
+    q_pos = np.sort(rng.integers(-1, S + 1, size=T)).astype(np.int64)  # some tokens may see nothing
+    o_full, lse_full = ops.mla_attention(q, kv, q_pos, kv_pos, 0.3, R)
+    parts = []
+    for shard in range(n_shards):
+        keys = np.flatnonzero(assignment == shard)
+        parts.append(ops.mla_attention(q, np.ascontiguousarray(kv[keys]), q_pos, kv_pos[keys].copy(), 0.3, R))
+    o, lse = lse_merge(parts)
+    np.testing.assert_allclose(o, o_full, **tol("mla_attention", "float32"))
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse_full))
+    finite = np.isfinite(lse_full)
+    np.testing.assert_allclose(lse[finite], lse_full[finite], **tol("mla_attention", "float32"))
+    o_ref, _ = reference.mla_attention(q, kv, q_pos, kv_pos, 0.3, R)
+    np.testing.assert_allclose(o, o_ref, **tol("mla_attention", "float32"))
