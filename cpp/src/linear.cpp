@@ -103,13 +103,8 @@ constexpr int64_t kTokenBlockBytes = 1 << 20;
 // Calls with fewer multiply-adds than this run on one thread (a parallel region costs a few microseconds).
 constexpr int64_t kParallelMinWork = 1 << 16;
 
-}  // namespace
-
-const char* linear_isa() { return isa().name; }
-
-void linear_cpu(const LinearParams& p) {
+void run_linear(const LinearParams& p, RowsFn rows) {
   if (p.T <= 0 || p.N <= 0) return;
-  const RowsFn rows = isa().rows;
   // Decode-sized T (up to 16 tokens) always fits one block: the weight is read from memory exactly once.
   const int64_t by_cache = kTokenBlockBytes / (std::max<int64_t>(p.K, 1) * int64_t{sizeof(float)});
   const int64_t token_block = std::max<int64_t>(16, by_cache / 4 * 4);
@@ -124,7 +119,29 @@ void linear_cpu(const LinearParams& p) {
   }
 }
 
-void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate) {
+}  // namespace
+
+const char* linear_isa() { return isa().name; }
+
+void linear_cpu(const LinearParams& p) { run_linear(p, isa().rows); }
+
+void linear_cpu_isa(const LinearParams& p, std::string_view name) {
+  __builtin_cpu_init();
+  if (name == "avx512") {
+    HELIX_CHECK_ARG(__builtin_cpu_supports("avx512f"), "argument 'isa': this CPU has no AVX-512F");
+    run_linear(p, avx512::linear_rows);
+  } else if (name == "avx2") {
+    HELIX_CHECK_ARG(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+                    "argument 'isa': this CPU has no AVX2 + FMA");
+    run_linear(p, avx2::linear_rows);
+  } else if (name == "portable") {
+    run_linear(p, portable::linear_rows);
+  } else {
+    throw ArgumentError(detail::concat("argument 'isa' must be avx512, avx2 or portable, got ", name));
+  }
+}
+
+void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate, std::string_view isa) {
   check_tensor(x, "x", 2, {DType::Float32});
   check_tensor(w, "w", 2, {DType::Float32, DType::BFloat16});
   check_tensor(y, "y", 2, {DType::Float32});
@@ -150,7 +167,11 @@ void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool 
   p.ldy = N;
   p.w_dtype = w.dtype;
   p.accumulate = accumulate;
-  linear_cpu(p);
+  if (isa.empty()) {
+    linear_cpu(p);
+  } else {
+    linear_cpu_isa(p, isa);
+  }
 }
 
 }  // namespace helix

@@ -2,6 +2,8 @@
 // moe_experts, embedding). Thin: each function views its NumPy arguments and calls the validated op.
 #include <nanobind/nanobind.h>
 
+#include <nanobind/stl/string.h>
+
 #include <string>
 
 #include "arrays.hpp"
@@ -41,19 +43,20 @@ void bind_layers(nb::module_& parent) {
 
   m.def(
       "linear",
-      [](nb::handle x, nb::handle w, nb::handle out, bool accumulate) {
+      [](nb::handle x, nb::handle w, nb::handle out, bool accumulate, const std::string& isa) {
         HostArray xv = to_view(x, "x"), wv = to_view(w, "w");
         if (accumulate && out.is_none()) throw ArgumentError("argument 'out' is required when accumulate=True");
         HostArray yv = output(out, "out", {dim_or(xv, 0, 0), dim_or(wv, 0, 0)}, DType::Float32);
         {
           nb::gil_scoped_release release;  // weights stay alive through xv/wv's owners
-          linear(xv.view, wv.view, yv.view, accumulate);
+          linear(xv.view, wv.view, yv.view, accumulate, isa);
         }
         return yv.owner;
       },
-      "x"_a, "w"_a, "out"_a = nb::none(), "accumulate"_a = false,
+      "x"_a, "w"_a, "out"_a = nb::none(), "accumulate"_a = false, "isa"_a = "",
       "y[T, N] = x[T, K] @ w[N, K]^T (x float32, w float32 or bfloat16); with out= the result is written there,\n"
-      "or added to it when accumulate=True. Returns y (out itself when given).");
+      "or added to it when accumulate=True. Returns y (out itself when given). isa: '' (best for this CPU),\n"
+      "'avx512', 'avx2' or 'portable' (tests and benchmarks).");
 
   m.def(
       "rms_norm",

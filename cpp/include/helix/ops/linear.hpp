@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "helix/dtype.hpp"
 #include "helix/tensor.hpp"
@@ -30,7 +31,13 @@ void linear_cpu(const LinearParams& p);
 // The SIMD path linear_cpu uses on this CPU: "avx512", "avx2" or "portable".
 const char* linear_isa();
 
+// linear_cpu on a named SIMD path (for tests and benchmarks). Throws ArgumentError for an unknown name or
+// a path this CPU cannot run.
+void linear_cpu_isa(const LinearParams& p, std::string_view isa);
+
 // Validated op: x [T, K] f32; w [N, K] f32|bf16; y [T, N] f32 (written, or added to when accumulate).
-void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate);
+// isa: "" picks the best path for this CPU, else as linear_cpu_isa.
+void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate,
+            std::string_view isa = "");
 
 }  // namespace helix
