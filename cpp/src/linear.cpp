@@ -112,7 +112,7 @@ void run_linear(const LinearParams& p, RowsFn rows) {
   for (int64_t t0 = 0; t0 < p.T; t0 += token_block) {
     const int64_t t1 = std::min(p.T, t0 + token_block);
     const bool parallel = (t1 - t0) * p.N * p.K >= kParallelMinWork;
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(dynamic, 2) if (parallel)
     for (int64_t b = 0; b < row_blocks; ++b) {
       rows(p, t0, t1, b * kRowBlock, std::min(p.N, (b + 1) * kRowBlock));
     }
