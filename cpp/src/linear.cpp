@@ -1,0 +1,177 @@
+#include "helix/ops/linear.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+namespace helix {
+
+namespace {
+
+inline float to_f32(float v) { return v; }
+inline float to_f32(bf16_t v) { return bf16_to_float(v); }
+
+// ---- AVX-512F: 16 lanes, tiles of 4 tokens x 4 rows (16 accumulators of 32 registers) -----------------
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+namespace avx512 {
+struct V {
+  using Reg = __m512;
+  static constexpr int kLanes = 16;
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  // bf16 -> f32 is exact: the 16 bits become the high half of the float.
+  static Reg load(const bf16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(Reg a) { return _mm512_reduce_add_ps(a); }
+};
+constexpr int64_t kTileT = 4;
+constexpr int64_t kTileN = 4;
+#include "linear_tiles.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+
+// ---- AVX2 + FMA: 8 lanes, tiles of 2 tokens x 4 rows (8 accumulators of 16 registers) -----------------
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+struct V {
+  using Reg = __m256;
+  static constexpr int kLanes = 8;
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static Reg load(const bf16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(Reg a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+constexpr int64_t kTileT = 2;
+constexpr int64_t kTileN = 4;
+#include "linear_tiles.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+// ---- Portable C++ (any x86-64 or other CPU): one lane, the compiler's baseline ------------------------
+namespace portable {
+struct V {
+  using Reg = float;
+  static constexpr int kLanes = 1;
+  static Reg zero() { return 0.f; }
+  static Reg load(const float* p) { return *p; }
+  static Reg load(const bf16_t* p) { return bf16_to_float(*p); }
+  static Reg fma(Reg a, Reg b, Reg c) { return a * b + c; }
+  static float sum(Reg a) { return a; }
+};
+constexpr int64_t kTileT = 4;
+constexpr int64_t kTileN = 4;
+#include "linear_tiles.inc"
+}  // namespace portable
+
+using RowsFn = void (*)(const LinearParams&, int64_t, int64_t, int64_t, int64_t);
+
+struct Isa {
+  RowsFn rows;
+  const char* name;
+};
+
+Isa pick_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return {avx512::linear_rows, "avx512"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {avx2::linear_rows, "avx2"};
+  return {portable::linear_rows, "portable"};
+}
+
+const Isa& isa() {
+  static const Isa chosen = pick_isa();
+  return chosen;
+}
+
+// Weight rows per OpenMP work item (a multiple of every kTileN).
+constexpr int64_t kRowBlock = 16;
+// Tokens per block: the block of x (tokens x K floats) should stay in the L2 cache while the weight streams.
+constexpr int64_t kTokenBlockBytes = 1 << 20;
+// Calls with fewer multiply-adds than this run on one thread (a parallel region costs a few microseconds).
+constexpr int64_t kParallelMinWork = 1 << 16;
+
+void run_linear(const LinearParams& p, RowsFn rows) {
+  if (p.T <= 0 || p.N <= 0) return;
+  // Decode-sized T (up to 16 tokens) always fits one block: the weight is read from memory exactly once.
+  const int64_t by_cache = kTokenBlockBytes / (std::max<int64_t>(p.K, 1) * int64_t{sizeof(float)});
+  const int64_t token_block = std::max<int64_t>(16, by_cache / 4 * 4);
+  const int64_t row_blocks = (p.N + kRowBlock - 1) / kRowBlock;
+  for (int64_t t0 = 0; t0 < p.T; t0 += token_block) {
+    const int64_t t1 = std::min(p.T, t0 + token_block);
+    const bool parallel = (t1 - t0) * p.N * p.K >= kParallelMinWork;
+#pragma omp parallel for schedule(dynamic, 2) if (parallel)
+    for (int64_t b = 0; b < row_blocks; ++b) {
+      rows(p, t0, t1, b * kRowBlock, std::min(p.N, (b + 1) * kRowBlock));
+    }
+  }
+}
+
+}  // namespace
+
+const char* linear_isa() { return isa().name; }
+
+void linear_cpu(const LinearParams& p) { run_linear(p, isa().rows); }
+
+void linear_cpu_isa(const LinearParams& p, std::string_view name) {
+  __builtin_cpu_init();
+  if (name == "avx512") {
+    HELIX_CHECK_ARG(__builtin_cpu_supports("avx512f"), "argument 'isa': this CPU has no AVX-512F");
+    run_linear(p, avx512::linear_rows);
+  } else if (name == "avx2") {
+    HELIX_CHECK_ARG(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+                    "argument 'isa': this CPU has no AVX2 + FMA");
+    run_linear(p, avx2::linear_rows);
+  } else if (name == "portable") {
+    run_linear(p, portable::linear_rows);
+  } else {
+    throw ArgumentError(detail::concat("argument 'isa' must be avx512, avx2 or portable, got ", name));
+  }
+}
+
+void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate, std::string_view isa) {
+  check_tensor(x, "x", 2, {DType::Float32});
+  check_tensor(w, "w", 2, {DType::Float32, DType::BFloat16});
+  check_tensor(y, "y", 2, {DType::Float32});
+  const int64_t T = x.dim(0), K = x.dim(1), N = w.dim(0);
+  check_dim(w, "w", 1, K, "x.shape[1] (K)");
+  check_dim(y, "y", 0, T, "x.shape[0] (T)");
+  check_dim(y, "y", 1, N, "w.shape[0] (N)");
+  const auto overlaps = [](const TensorView& a, const TensorView& b) {
+    const auto* a0 = static_cast<const char*>(a.data);
+    const auto* b0 = static_cast<const char*>(b.data);
+    return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+  };
+  HELIX_CHECK_ARG(!overlaps(y, x), "argument 'y' must not overlap 'x'");
+  HELIX_CHECK_ARG(!overlaps(y, w), "argument 'y' must not overlap 'w'");
+  LinearParams p;
+  p.x = x.ptr<const float>();
+  p.w = w.data;
+  p.y = y.ptr<float>();
+  p.T = T;
+  p.N = N;
+  p.K = K;
+  p.ldx = K;
+  p.ldy = N;
+  p.w_dtype = w.dtype;
+  p.accumulate = accumulate;
+  if (isa.empty()) {
+    linear_cpu(p);
+  } else {
+    linear_cpu_isa(p, isa);
+  }
+}
+
+}  // namespace helix

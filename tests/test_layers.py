@@ -1,0 +1,166 @@
+"""linear, rms_norm, silu_mul and embedding (helix._core.layers) against the float64 reference."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from helix import reference_layers as ref
+from tolerances import tol
+
+layers = pytest.importorskip("helix._core").layers
+ArgumentError = pytest.importorskip("helix._core").ArgumentError
+
+ISAS = [isa for isa in ("avx512", "avx2", "portable") if isa == "portable" or layers.linear_isa() in ("avx512", isa)]
+
+
+def _weight(rng: np.random.Generator, n: int, k: int, dtype: str) -> np.ndarray:
+    w = (rng.standard_normal((n, k)) / np.sqrt(max(k, 1))).astype(np.float32)
+    return w.astype(ml_dtypes.bfloat16) if dtype == "bfloat16" else w
+
+
+# ---- linear ---------------------------------------------------------------------------------------------
+
+# (T, N, K): decode sizes, ragged tails of every tile (rows % 4, tokens % 4, K % 16), T past one token
+# block (K = 8192 gives 32-token blocks).
+LINEAR_SHAPES = [(1, 64, 256), (1, 37, 100), (3, 21, 17), (5, 16, 1), (16, 40, 48), (17, 9, 33), (70, 20, 8192)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", LINEAR_SHAPES)
+def test_linear_matches_reference(shape, dtype):
+    t, n, k = shape
+    rng = np.random.default_rng(t * 1000 + n + k)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    w = _weight(rng, n, k, dtype)
+    np.testing.assert_allclose(layers.linear(x, w), ref.linear(x, w), **tol("linear", dtype))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_linear_every_simd_path(isa, dtype):
+    rng = np.random.default_rng(7)
+    for t, n, k in [(1, 23, 77), (6, 13, 40), (9, 8, 300)]:
+        x = rng.standard_normal((t, k)).astype(np.float32)
+        w = _weight(rng, n, k, dtype)
+        np.testing.assert_allclose(layers.linear(x, w, isa=isa), ref.linear(x, w), **tol("linear", dtype))
+
+
+def test_linear_accumulates_into_out():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 50)).astype(np.float32)
+    w = _weight(rng, 30, 50, "bfloat16")
+    resid = rng.standard_normal((4, 30)).astype(np.float32)
+    out = resid.copy()
+    got = layers.linear(x, w, out=out, accumulate=True)
+    assert got is out
+    np.testing.assert_allclose(out, resid + ref.linear(x, w), **tol("linear", "bfloat16"))
+    # Without accumulate the old contents are overwritten.
+    layers.linear(x, w, out=out)
+    np.testing.assert_allclose(out, ref.linear(x, w), **tol("linear", "bfloat16"))
+
+
+def test_linear_empty_and_zero_k():
+    assert layers.linear(np.zeros((0, 8), np.float32), np.ones((3, 8), np.float32)).shape == (0, 3)
+    np.testing.assert_array_equal(layers.linear(np.zeros((2, 0), np.float32), np.ones((3, 0), np.float32)), 0)
+
+
+def test_linear_errors_name_the_argument():
+    x = np.ones((2, 8), np.float32)
+    w = np.ones((3, 8), np.float32)
+    with pytest.raises(ArgumentError, match="'w'"):
+        layers.linear(x, np.ones((3, 9), np.float32))
+    with pytest.raises(ArgumentError, match="'x'"):
+        layers.linear(x.astype(np.float64), w)
+    with pytest.raises(ArgumentError, match="'x'"):
+        layers.linear(np.ones((8, 2), np.float32).T, w)  # not C-contiguous
+    with pytest.raises(ArgumentError, match="'w'"):
+        layers.linear(x, np.ones((3, 8), np.float16))
+    with pytest.raises(ArgumentError, match="'y'"):
+        layers.linear(x, w, out=np.ones((2, 4), np.float32))
+    with pytest.raises(ArgumentError, match="'out'"):
+        layers.linear(x, w, accumulate=True)
+    with pytest.raises(ArgumentError, match="'isa'"):
+        layers.linear(x, w, isa="sse9")
+    buf = np.ones((2, 8), np.float32)
+    with pytest.raises(ArgumentError, match="overlap"):
+        layers.linear(buf, np.ones((8, 8), np.float32), out=buf)
+    with pytest.raises(ValueError):  # ArgumentError is also a ValueError
+        layers.linear(x, w, out=np.ones((3, 2), np.float32))
+
+
+# ---- rms_norm -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 7168), (5, 64), (3, 1)])
+def test_rms_norm_matches_reference(shape):
+    rng = np.random.default_rng(shape[1])
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, shape[1]).astype(np.float32)
+    np.testing.assert_allclose(layers.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6), **tol("rms_norm", "float32"))
+    expected = ref.rms_norm(x, w, 1e-6)
+    assert layers.rms_norm(x, w, 1e-6, out=x) is x  # in place
+    np.testing.assert_allclose(x, expected, **tol("rms_norm", "float32"))
+
+
+def test_rms_norm_zero_row_gives_zero_and_eps_is_validated():
+    x = np.zeros((2, 16), np.float32)
+    np.testing.assert_array_equal(layers.rms_norm(x, np.ones(16, np.float32), 1e-6), 0)
+    with pytest.raises(ArgumentError, match="'eps'"):
+        layers.rms_norm(x, np.ones(16, np.float32), 0.0)
+    with pytest.raises(ArgumentError, match="'w'"):
+        layers.rms_norm(x, np.ones(15, np.float32), 1e-6)
+    with pytest.raises(ArgumentError, match="'y'"):
+        layers.rms_norm(x, np.ones(16, np.float32), 1e-6, out=np.ones((2, 8), np.float32))
+
+
+# ---- silu_mul -------------------------------------------------------------------------------------------
+
+
+def test_silu_mul_matches_reference_and_saturates_without_nan():
+    rng = np.random.default_rng(3)
+    gu = (rng.standard_normal((6, 2 * 50)) * 4).astype(np.float32)
+    gu[0, :4] = [-1e4, -100.0, 100.0, 1e4]
+    got = layers.silu_mul(gu)
+    assert got.shape == (6, 50) and np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref.silu_mul(gu), **tol("silu_mul", "float32"))
+
+
+def test_silu_mul_errors():
+    with pytest.raises(ArgumentError, match="'gate_up'"):
+        layers.silu_mul(np.ones((2, 7), np.float32))
+    with pytest.raises(ArgumentError, match="'out'"):
+        layers.silu_mul(np.ones((2, 8), np.float32), out=np.ones((2, 8), np.float32))
+
+
+# ---- embedding ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_embedding_shards_sum_to_the_full_table(dtype):
+    rng = np.random.default_rng(5)
+    vocab, hidden = 50, 12
+    table = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    if dtype == "bfloat16":
+        table = table.astype(ml_dtypes.bfloat16)
+    ids = np.array([0, 49, 17, 18, 33, 5, 17], dtype=np.int64)
+    total = np.zeros((len(ids), hidden))
+    for start, end in [(0, 17), (17, 34), (34, 50)]:  # three uneven vocabulary shards
+        shard = np.ascontiguousarray(table[start:end])
+        got = layers.embedding(ids, shard, start)
+        np.testing.assert_allclose(got, ref.embedding(ids, shard, start), **tol("embedding", dtype))
+        total += got
+    np.testing.assert_array_equal(total, table.astype(np.float64)[ids])
+
+
+def test_embedding_ids_outside_the_shard_give_zero_rows_and_errors():
+    table = np.ones((4, 3), np.float32)
+    np.testing.assert_array_equal(layers.embedding(np.array([-1, 3, 4, 10], np.int64), table, 4), [[0] * 3, [0] * 3,
+                                                                                                    [1] * 3, [0] * 3])
+    with pytest.raises(ArgumentError, match="'ids'"):
+        layers.embedding(np.array([1], np.int32), table)
+    with pytest.raises(ArgumentError, match="'vocab_start'"):
+        layers.embedding(np.array([1], np.int64), table, -1)
+    with pytest.raises(ArgumentError, match="'out'"):
+        layers.embedding(np.array([1], np.int64), table, out=np.ones((1, 3), np.float32)[:, ::-1].copy()[:, :2])
