@@ -6,7 +6,14 @@
 #include <map>
 #include <string>
 
-#include "helix/engine_kernels.hpp"
+#include "helix/ops/embedding.hpp"
+#include "helix/ops/head_linear.hpp"
+#include "helix/ops/linear.hpp"
+#include "helix/ops/moe_experts.hpp"
+#include "helix/ops/moe_route.hpp"
+#include "helix/ops/rms_norm.hpp"
+#include "helix/ops/rope.hpp"
+#include "helix/ops/silu_mul.hpp"
 
 namespace helix {
 
@@ -19,8 +26,65 @@ struct Weight {
   std::vector<int64_t> shape;
   std::vector<unsigned char> bytes;
   const float* f32() const { return reinterpret_cast<const float*>(bytes.data()); }
-  WeightRef ref() const { return {bytes.data(), dtype}; }
 };
+
+// y[T, N] (+)= x[T, K] @ w[N, K]^T (row strides default to dense).
+void linear(const float* x, int64_t T, int64_t K, const Weight& w, int64_t N, float* y, bool accumulate) {
+  LinearParams p;
+  p.x = x;
+  p.w = w.bytes.data();
+  p.w_dtype = w.dtype;
+  p.y = y;
+  p.T = T;
+  p.N = N;
+  p.K = K;
+  p.ldx = K;
+  p.ldy = N;
+  p.accumulate = accumulate;
+  linear_cpu(p);
+}
+
+// y[T, D] = rms_norm(x[T, :D]) * w, rows ld apart (in place when y == x).
+void rms_norm(const float* x, const float* w, float* y, int64_t T, int64_t D, int64_t ld, float eps) {
+  RmsNormParams p;
+  p.x = x;
+  p.w = w;
+  p.y = y;
+  p.T = T;
+  p.D = D;
+  p.ldx = ld;
+  p.ldy = ld;
+  p.eps = eps;
+  rms_norm_cpu(p);
+}
+
+void silu_mul(const float* gate_up, int64_t T, int64_t F, float* out) {
+  SiluMulParams p;
+  p.gate_up = gate_up;
+  p.out = out;
+  p.T = T;
+  p.F = F;
+  silu_mul_cpu(p);
+}
+
+// Per-head W_UK / W_UV (see head_linear.hpp).
+void head_linear(const float* x, int64_t ldx, int64_t x_head_stride, const Weight& w, int64_t H, int64_t N,
+                 int64_t K, float* y, int64_t ldy, int64_t y_head_stride, int64_t T, int64_t first_head = 0) {
+  HeadLinearParams p;
+  p.x = x;
+  p.w = w.bytes.data() + first_head * N * K * dtype_size(w.dtype);
+  p.w_dtype = w.dtype;
+  p.y = y;
+  p.T = T;
+  p.H = H;
+  p.N = N;
+  p.K = K;
+  p.ldx = ldx;
+  p.x_head_stride = x_head_stride;
+  p.ldy = ldy;
+  p.y_head_stride = y_head_stride;
+  head_linear_cpu(p);
+}
 
 struct Expected {
   std::vector<int64_t> shape;
@@ -35,7 +99,7 @@ struct Engine::Impl {
   // Workspaces, resized per step.
   std::vector<float> h, x, q, qa, kva, q_abs, attn, attn_v, y, gu, act, router_logits, route_w, logits_local,
       logits_all;
-  std::vector<int64_t> route_idx;
+  std::vector<int32_t> route_idx;
   std::vector<unsigned char> new_kv;
 
   const Weight& w(const std::string& name) const { return weights.at(name); }
@@ -65,7 +129,7 @@ std::map<std::string, Expected> expected_shapes(const EngineConfig& c) {
     }
     e[L("kv_a_proj_with_mqa")] = {{R + P, hid}, true};
     e[L("kv_a_layernorm")] = {{R}, false};
-    e[L("w_uk")] = {{Htp, Dn, R}, true};
+    e[L("w_uk")] = {{Htp, R, Dn}, true};  // W_UK^T per head: q_abs = w_uk[h] @ q_nope
     e[L("w_uv")] = {{Htp, Dv, R}, true};
     e[L("o_proj")] = {{hid, Hc * Dv}, true};
     if (c.is_moe_layer(l)) {
@@ -263,8 +327,19 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
 
   // Embedding: this rank's vocabulary shard, zeros elsewhere, summed over ranks.
   m.h.assign(static_cast<size_t>(T * hid), 0.f);
-  embedding_lookup(tokens.ptr<int64_t>(), T, m.w("embed_tokens").ref(), c.rank * c.vocab_shard(), c.vocab_shard(),
-                   hid, m.h.data());
+  {
+    const Weight& table = m.w("embed_tokens");
+    EmbeddingParams p;
+    p.ids = tokens.ptr<int64_t>();
+    p.table = table.bytes.data();
+    p.table_dtype = table.dtype;
+    p.out = m.h.data();
+    p.T = T;
+    p.V = c.vocab_shard();
+    p.hidden = hid;
+    p.vocab_start = c.rank * c.vocab_shard();
+    embedding_cpu(p);
+  }
   lap(timings_.other_s);
   all_reduce(m.h, T * hid);
 
@@ -281,25 +356,41 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
   for (int64_t l = 0; l < c.num_layers; ++l) {
     auto W_ = [&](const char* n) -> const Weight& { return m.w(layer_name(l, n)); };
     // --- attention -------------------------------------------------------------------------------
-    rms_norm(m.h.data(), W_("input_layernorm").f32(), m.x.data(), T, hid, c.rms_norm_eps);
+    rms_norm(m.h.data(), W_("input_layernorm").f32(), m.x.data(), T, hid, hid, c.rms_norm_eps);
     if (c.q_lora_rank > 0) {
-      linear(m.x.data(), T, hid, W_("q_a_proj").ref(), c.q_lora_rank, m.qa.data(), false);
-      rms_norm(m.qa.data(), W_("q_a_layernorm").f32(), m.qa.data(), T, c.q_lora_rank, c.rms_norm_eps);
-      linear(m.qa.data(), T, c.q_lora_rank, W_("q_b_proj").ref(), Htp * Dq, m.q.data(), false);
+      linear(m.x.data(), T, hid, W_("q_a_proj"), c.q_lora_rank, m.qa.data(), false);
+      rms_norm(m.qa.data(), W_("q_a_layernorm").f32(), m.qa.data(), T, c.q_lora_rank, c.q_lora_rank, c.rms_norm_eps);
+      linear(m.qa.data(), T, c.q_lora_rank, W_("q_b_proj"), Htp * Dq, m.q.data(), false);
     } else {
-      linear(m.x.data(), T, hid, W_("q_proj").ref(), Htp * Dq, m.q.data(), false);
+      linear(m.x.data(), T, hid, W_("q_proj"), Htp * Dq, m.q.data(), false);
     }
-    linear(m.x.data(), T, hid, W_("kv_a_proj_with_mqa").ref(), D, m.kva.data(), false);
+    linear(m.x.data(), T, hid, W_("kv_a_proj_with_mqa"), D, m.kva.data(), false);
     lap(timings_.linear_s);
-    // c_kv through kv_a_layernorm (in place, row stride D); RoPE on q_pe and k_pe at global positions.
+    // c_kv = kv_a_layernorm(kva[:, :R]) in place; RoPE on q_pe and k_pe at the global positions.
+    rms_norm(m.kva.data(), W_("kv_a_layernorm").f32(), m.kva.data(), T, R, D, c.rms_norm_eps);
+    RopeParams rp;
+    rp.pos = pos;
+    rp.inv_freq = c.rope_inv_freq.data();
+    rp.T = T;
+    rp.P = P;
+    rp.attention_factor = c.rope_attention_factor;
+    rp.x = m.q.data();
+    rp.H = Htp;
+    rp.stride = Dq;
+    rp.offset = Dn;
+    rope_cpu(rp);
+    rp.x = m.kva.data();
+    rp.H = 1;
+    rp.stride = D;
+    rp.offset = R;
+    rope_cpu(rp);
+    // Absorb W_UK: q_abs[t,h] = [W_UK[h] q_nope[t,h] | q_pe[t,h]].
+    head_linear(m.q.data(), Htp * Dq, Dq, W_("w_uk"), Htp, R, Dn, m.q_abs.data(), Htp * D, D, T);
     for (int64_t t = 0; t < T; ++t) {
-      float* row = m.kva.data() + t * D;
-      rms_norm(row, W_("kv_a_layernorm").f32(), row, 1, R, c.rms_norm_eps);
+      for (int64_t h = 0; h < Htp; ++h) {
+        std::memcpy(&m.q_abs[(t * Htp + h) * D + R], &m.q[(t * Htp + h) * Dq + Dn], static_cast<size_t>(P) * 4);
+      }
     }
-    rope_interleaved(m.q.data(), T, Htp, Dq, Dn, P, pos, c.rope_inv_freq.data(), c.rope_attention_factor);
-    rope_interleaved(m.kva.data(), T, 1, D, R, P, pos, c.rope_inv_freq.data(), c.rope_attention_factor);
-    // Absorb W_UK: q_abs[t,h] = [q_nope[t,h] @ W_UK[h] | q_pe[t,h]].
-    absorb_queries(m.q.data(), W_("w_uk").ref(), T, Htp, Dn, P, R, m.q_abs.data());
     if (c.kv_dtype == DType::Float32) {
       std::memcpy(m.new_kv.data(), m.kva.data(), static_cast<size_t>(T * D) * 4);
     } else {
@@ -326,49 +417,74 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
     const float* attn_out = m.attn.data();  // [T, Hc, Dv] after W_UV
     if (!c.wuv_before_exchange) {
       // This rank's chunk is heads [cp_rank * Hc, (cp_rank + 1) * Hc) of its TP rank's W_UV.
-      const Weight& w = W_("w_uv");
-      const unsigned char* base = w.bytes.data() + cp_rank * Hc * Dv * R * dtype_size(w.dtype);
-      project_heads(m.attn.data(), WeightRef{base, w.dtype}, T, Hc, R, Dv, m.attn_v.data());
+      head_linear(m.attn.data(), Hc * R, R, W_("w_uv"), Hc, Dv, R, m.attn_v.data(), Hc * Dv, Dv, T, cp_rank * Hc);
       attn_out = m.attn_v.data();
       lap(timings_.attention_s);
     }
-    linear(attn_out, T, Hc * Dv, W_("o_proj").ref(), hid, m.y.data(), false);
+    linear(attn_out, T, Hc * Dv, W_("o_proj"), hid, m.y.data(), false);
     lap(timings_.linear_s);
     all_reduce(m.y, T * hid);
     for (int64_t i = 0; i < T * hid; ++i) m.h[static_cast<size_t>(i)] += m.y[static_cast<size_t>(i)];
 
     // --- FFN -------------------------------------------------------------------------------------
-    rms_norm(m.h.data(), W_("post_attention_layernorm").f32(), m.x.data(), T, hid, c.rms_norm_eps);
+    rms_norm(m.h.data(), W_("post_attention_layernorm").f32(), m.x.data(), T, hid, hid, c.rms_norm_eps);
     if (c.is_moe_layer(l)) {
       const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, Fm = c.moe_intermediate_size;
       m.router_logits.resize(static_cast<size_t>(T * E));
       m.route_idx.resize(static_cast<size_t>(T * K));
       m.route_w.resize(static_cast<size_t>(T * K));
-      linear(m.x.data(), T, hid, W_("gate").ref(), E, m.router_logits.data(), false);
-      moe_route(m.router_logits.data(), W_("e_score_correction_bias").f32(), T, E, K, c.n_group, c.topk_group,
-                c.norm_topk_prob, c.routed_scaling_factor, m.route_idx.data(), m.route_w.data());
+      linear(m.x.data(), T, hid, W_("gate"), E, m.router_logits.data(), false);
+      MoeRouteParams rt;
+      rt.logits = m.router_logits.data();
+      rt.bias = W_("e_score_correction_bias").f32();
+      rt.topk_idx = m.route_idx.data();
+      rt.topk_weight = m.route_w.data();
+      rt.T = T;
+      rt.E = E;
+      rt.top_k = K;
+      rt.n_group = c.n_group;
+      rt.topk_group = c.topk_group;
+      rt.norm_topk_prob = c.norm_topk_prob;
+      rt.routed_scaling_factor = c.routed_scaling_factor;
+      moe_route_cpu(rt);
       const int64_t n_local = c.expert_tensor_parallel ? E : E / N;
       const int64_t Fe = c.expert_tensor_parallel ? Fm / N : Fm;
       const int64_t first = c.expert_tensor_parallel ? 0 : c.rank * n_local;
       std::fill(m.y.begin(), m.y.end(), 0.f);
-      moe_experts(m.x.data(), T, hid, m.route_idx.data(), m.route_w.data(), K, first, n_local, Fe,
-                  W_("experts.gate_up_proj").ref(), W_("experts.down_proj").ref(), m.y.data());
+      const Weight& gu = W_("experts.gate_up_proj");
+      const Weight& dn = W_("experts.down_proj");
+      MoeExpertsParams ex;
+      ex.h = m.x.data();
+      ex.topk_idx = m.route_idx.data();
+      ex.topk_weight = m.route_w.data();
+      ex.gate_up = gu.bytes.data();
+      ex.gate_up_dtype = gu.dtype;
+      ex.down = dn.bytes.data();
+      ex.down_dtype = dn.dtype;
+      ex.out = m.y.data();
+      ex.T = T;
+      ex.top_k = K;
+      ex.hidden = hid;
+      ex.F = Fe;
+      ex.local_first = first;
+      ex.n_local = n_local;
+      moe_experts_cpu(ex);
       if (c.n_shared_experts > 0) {
         const int64_t Fs = c.n_shared_experts * Fm / N;
         m.gu.resize(static_cast<size_t>(T * 2 * Fs));
         m.act.resize(static_cast<size_t>(T * Fs));
-        linear(m.x.data(), T, hid, W_("shared_experts.gate_up_proj").ref(), 2 * Fs, m.gu.data(), false);
+        linear(m.x.data(), T, hid, W_("shared_experts.gate_up_proj"), 2 * Fs, m.gu.data(), false);
         silu_mul(m.gu.data(), T, Fs, m.act.data());
-        linear(m.act.data(), T, Fs, W_("shared_experts.down_proj").ref(), hid, m.y.data(), true);
+        linear(m.act.data(), T, Fs, W_("shared_experts.down_proj"), hid, m.y.data(), true);
       }
       lap(timings_.moe_s);
     } else {
       const int64_t F = c.intermediate_size / N;
       m.gu.resize(static_cast<size_t>(T * 2 * F));
       m.act.resize(static_cast<size_t>(T * F));
-      linear(m.x.data(), T, hid, W_("mlp.gate_up_proj").ref(), 2 * F, m.gu.data(), false);
+      linear(m.x.data(), T, hid, W_("mlp.gate_up_proj"), 2 * F, m.gu.data(), false);
       silu_mul(m.gu.data(), T, F, m.act.data());
-      linear(m.act.data(), T, F, W_("mlp.down_proj").ref(), hid, m.y.data(), false);
+      linear(m.act.data(), T, F, W_("mlp.down_proj"), hid, m.y.data(), false);
       lap(timings_.linear_s);
     }
     all_reduce(m.y, T * hid);
@@ -379,11 +495,11 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
   m.x.resize(static_cast<size_t>(L * hid));
   for (int64_t i = 0; i < L; ++i) {
     const int64_t r = logit_rows.ptr<int64_t>()[i];
-    rms_norm(m.h.data() + r * hid, m.w("norm").f32(), m.x.data() + i * hid, 1, hid, c.rms_norm_eps);
+    rms_norm(m.h.data() + r * hid, m.w("norm").f32(), m.x.data() + i * hid, 1, hid, hid, c.rms_norm_eps);
   }
   const int64_t Vs = c.vocab_shard();
   m.logits_local.resize(static_cast<size_t>(L * Vs));
-  linear(m.x.data(), L, hid, m.w("lm_head").ref(), Vs, m.logits_local.data(), false);
+  linear(m.x.data(), L, hid, m.w("lm_head"), Vs, m.logits_local.data(), false);
   lap(timings_.linear_s);
   m.logits_all.resize(static_cast<size_t>(N * L * Vs));
   if (N > 1) {

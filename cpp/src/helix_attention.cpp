@@ -1,12 +1,11 @@
 #include "helix/helix_attention.hpp"
 
-#include <omp.h>
-
 #include <chrono>
 #include <cstring>
 #include <vector>
 
 #include "helix/ops/attention.hpp"
+#include "helix/ops/head_linear.hpp"
 #include "helix/ops/merge_states.hpp"
 
 namespace helix {
@@ -91,31 +90,6 @@ void append_owned(PagedKVCache& cache, const TensorView& new_kv, const int64_t* 
   }
 }
 
-// v[t,h,:] = W_UV[h] @ o[t,h,:] with W_UV[h]: [Dv, R] (row-major). o: [T, H, R], v: [T, H, Dv].
-template <class Wt>
-void project_heads(const float* o, const Wt* w, float* v, int64_t T, int64_t H, int64_t R, int64_t Dv) {
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t h = 0; h < H; ++h) {
-    for (int64_t t = 0; t < T; ++t) {
-      const float* x = o + (t * H + h) * R;
-      float* y = v + (t * H + h) * Dv;
-      for (int64_t j = 0; j < Dv; ++j) {
-        const Wt* row = w + (h * Dv + j) * R;
-        float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t r = 0; r < R; ++r) {
-          if constexpr (std::is_same_v<Wt, float>) {
-            acc += row[r] * x[r];
-          } else {
-            acc += bf16_to_float(row[r]) * x[r];
-          }
-        }
-        y[j] = acc;
-      }
-    }
-  }
-}
-
 }  // namespace
 
 int64_t helix_exchange_bytes(int64_t cp, int64_t T, int64_t H_tp, int64_t width) {
@@ -149,11 +123,20 @@ void helix_attention(Communicator& cp_comm, PagedKVCache& cache, const TensorVie
   const float* values = o_part.data();
   if (w_uv.data != nullptr) {
     projected.resize(static_cast<size_t>(T * H * W));
-    if (w_uv.dtype == DType::Float32) {
-      project_heads(o_part.data(), w_uv.ptr<float>(), projected.data(), T, H, R, W);
-    } else {
-      project_heads(o_part.data(), w_uv.ptr<bf16_t>(), projected.data(), T, H, R, W);
-    }
+    HeadLinearParams hp;
+    hp.x = o_part.data();
+    hp.w = w_uv.data;
+    hp.w_dtype = w_uv.dtype;
+    hp.y = projected.data();
+    hp.T = T;
+    hp.H = H;
+    hp.N = W;
+    hp.K = R;
+    hp.ldx = H * R;
+    hp.x_head_stride = R;
+    hp.ldy = H * W;
+    hp.y_head_stride = W;
+    head_linear_cpu(hp);
     values = projected.data();
   }
   double t3 = now();

@@ -2,7 +2,7 @@
 
 Layout: N = tp * cp ranks, rank = tp_rank * cp + cp_rank.
 - q_a / q_b (or q_proj), kv_a and kv_b: replicated over CP, split by heads over TP (H_tp = H / tp heads);
-  kv_b is split into W_UK [H_tp, Dn, R] and W_UV [H_tp, Dv, R] for the absorbed form.
+  kv_b is split into W_UK^T [H_tp, R, Dn] and W_UV [H_tp, Dv, R] for the absorbed form.
 - o_proj: row-parallel over all N ranks: this rank holds the columns of head chunk `rank` (H / N heads).
 - dense MLP and shared experts: tensor-parallel over N (gate and up fused into one [2F/N, hidden] weight).
 - routed experts: expert-parallel over N (E / N experts each), or tensor-parallel (each expert's
@@ -71,7 +71,7 @@ def shard_weights(
         yield f"{e}.kv_a_layernorm", read(f"{p}.self_attn.kv_a_layernorm.weight", None, None)
         kv_b = read(f"{p}.self_attn.kv_b_proj.weight", slice(tp_rank * h_tp * (dn + dv), (tp_rank + 1) * h_tp * (dn + dv)), None)
         kv_b = kv_b.reshape(h_tp, dn + dv, r)
-        yield f"{e}.w_uk", np.ascontiguousarray(kv_b[:, :dn])
+        yield f"{e}.w_uk", np.ascontiguousarray(kv_b[:, :dn].transpose(0, 2, 1))  # W_UK^T [H_tp, R, Dn]
         yield f"{e}.w_uv", np.ascontiguousarray(kv_b[:, dn:])
         yield f"{e}.o_proj", read(f"{p}.self_attn.o_proj.weight", None, slice(rank * h_c * dv, (rank + 1) * h_c * dv))
         if cfg.is_moe_layer(i):
