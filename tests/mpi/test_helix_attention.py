@@ -51,7 +51,7 @@ def run_steps(tp, cp, steps, heads=8, R=32, P=16, tpb=4, dtype="float32", with_w
     for b in range(n_seqs):
         shard.cache.add_sequence(100 + b)
     keys = [np.zeros((0, D)) for _ in range(n_seqs)]
-    w_uv = rng.standard_normal((heads, Dv, R)).astype(np.float32) / np.sqrt(R)
+    w_uv = (rng.standard_normal((heads, Dv, R)) / np.sqrt(R)).astype(np.float32)
     store = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
     for step in steps:
         seqs = sorted(step)
