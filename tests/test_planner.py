@@ -7,7 +7,6 @@ import math
 from dataclasses import replace
 
 import pytest
-
 from helix import planner as P
 
 PAPER_ARGS = ["--model", "deepseek-r1", "--hardware", "gb200-nvl72", "--precision", "fp4",
@@ -51,14 +50,18 @@ def test_paper_headline(paper_json: dict) -> None:
     # The Helix point behind batch_gain really meets the baseline's best TTL.
     detail = paper_json["detail"]
     assert detail["helix_at_baseline_ttl"]["ttl_ms"] <= detail["baseline_best"]["ttl_ms"] * (1 + 1e-9)
-    assert detail["helix_at_baseline_ttl"]["users"] == round(paper_json["batch_gain"] * detail["baseline_best"]["users"])
+    assert detail["helix_at_baseline_ttl"]["users"] == round(
+        paper_json["batch_gain"] * detail["baseline_best"]["users"]
+    )
     # The baseline's fastest layout duplicates the latent cache (TP only), as the paper describes.
     assert detail["baseline_best"]["layout"].startswith("baseline:tp")
 
 
 def test_llama_405b_is_a_smaller_win() -> None:
     # Paper: Llama-405B (GQA, 8 KV heads) gains less (1.13x interactivity) than DeepSeek-R1.
-    r = P.plan(P.get_model("llama-405b"), P.get_hardware("gb200-nvl72"), P.Precision("fp4", "fp4"), 1 << 20, 64)
+    r = P.plan(
+        P.get_model("llama-405b"), P.get_hardware("gb200-nvl72"), P.Precision("fp4", "fp4"), 1 << 20, 64
+    )
     assert 1.0 < r.interactivity_gain < 1.5
 
 
@@ -67,8 +70,8 @@ def test_frontiers_are_monotone(paper_json: dict) -> None:
         assert pts, fam
         users = [p["tokens_per_s_user"] for p in pts]
         gpu = [p["tokens_per_s_gpu"] for p in pts]
-        assert all(a > b for a, b in zip(users, users[1:])), fam
-        assert all(a < b for a, b in zip(gpu, gpu[1:])), fam
+        assert all(a > b for a, b in zip(users, users[1:], strict=False)), fam
+        assert all(a < b for a, b in zip(gpu, gpu[1:], strict=False)), fam
         for p in pts:  # tokens/s/user = 1/TTL, tokens/s/GPU = users / (TTL * N)
             assert p["tokens_per_s_user"] == pytest.approx(1e3 / p["ttl_ms"])
             assert p["tokens_per_s_gpu"] == pytest.approx(p["users"] * 1e3 / (p["ttl_ms"] * 64))

@@ -112,7 +112,8 @@ class ModelSpec:
             raise PlannerError(f"model {self.name}: n_dense_layers must be in [0, n_layers]")
         if self.n_heads % self.n_kv_heads:
             raise PlannerError(
-                f"model {self.name}: n_heads ({self.n_heads}) is not divisible by n_kv_heads ({self.n_kv_heads})"
+                f"model {self.name}: n_heads ({self.n_heads}) is not divisible by "
+                f"n_kv_heads ({self.n_kv_heads})"
             )
         if self.attention == "mla":
             if self.n_kv_heads != 1:
@@ -216,9 +217,18 @@ class ModelSpec:
             + self.n_kv_heads * self.attn_kv_params_per_kv_head
             + self.o_proj_params
         )
-        moe = self.n_experts * self.expert_params + self.n_shared_experts * self.expert_params + self.router_params
+        moe = (
+            self.n_experts * self.expert_params
+            + self.n_shared_experts * self.expert_params
+            + self.router_params
+        )
         embed = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-        return self.n_layers * attn + self.n_dense_layers * self.dense_ffn_params + self.n_moe_layers * moe + embed
+        return (
+            self.n_layers * attn
+            + self.n_dense_layers * self.dense_ffn_params
+            + self.n_moe_layers * moe
+            + embed
+        )
 
 
 # DeepSeek-V3 dims: FACTS §3 (the model's config.json). R1 has V3's architecture.
@@ -913,7 +923,11 @@ def memory_per_gpu(
     n_layers = stage_dense + stage_moe
     heads = model.n_heads // tp
     kv_heads = max(1, model.n_kv_heads // tp)
-    attn = model.attn_shared_params + heads * model.attn_q_params_per_head + kv_heads * model.attn_kv_params_per_kv_head
+    attn = (
+        model.attn_shared_params
+        + heads * model.attn_q_params_per_head
+        + kv_heads * model.attn_kv_params_per_kv_head
+    )
     attn += model.o_proj_params / (kvp * tp if helix else tp)
     group = layout.ffn_tp * layout.ffn_ep
     dense = model.dense_ffn_params / group
@@ -922,7 +936,13 @@ def memory_per_gpu(
     weights = (n_layers * attn + stage_dense * dense + stage_moe * moe) * wb
     # Embedding and lm_head, vocab-parallel over one stage's GPUs (first and last stage; count both).
     embed_group = layout.stage_gpus if helix else tp
-    weights += model.vocab * model.hidden * (1 if model.tied_embeddings else 2) / embed_group * PRECISIONS[prec.lm_head]
+    weights += (
+        model.vocab
+        * model.hidden
+        * (1 if model.tied_embeddings else 2)
+        / embed_group
+        * PRECISIONS[prec.lm_head]
+    )
     # KV: every one of the pp micro-batches keeps its cache on every stage, for that stage's layers.
     requests = layout.pp * math.ceil(batch / layout.dp)
     kv = requests * n_layers * math.ceil(context / kvp) * kv_heads * model.kv_values_per_kv_head * kvb
@@ -948,12 +968,12 @@ def predict_step(
     prec = Precision(weights=precision, kv=precision) if isinstance(precision, str) else precision
     check_layout(model_cfg, layout)
     dense_t = _layer_time(model_cfg, hw, layout, batch, context, prec, moe=False)
-    moe_t = _layer_time(model_cfg, hw, layout, batch, context, prec, moe=True) if model_cfg.is_moe else dense_t
+    moe_t = (
+        _layer_time(model_cfg, hw, layout, batch, context, prec, moe=True) if model_cfg.is_moe else dense_t
+    )
     stage_times = []
     for n_dense, n_moe in _stages(model_cfg, layout.pp):
-        stage_times.append(
-            sum(n_dense * dense_t[k] + n_moe * moe_t[k] for k in _LAYER_SUM_KEYS)
-        )
+        stage_times.append(sum(n_dense * dense_t[k] + n_moe * moe_t[k] for k in _LAYER_SUM_KEYS))
     out = {k: model_cfg.n_dense_layers * dense_t[k] + model_cfg.n_moe_layers * moe_t[k] for k in dense_t}
     # lm_head: vocab-parallel over the last stage (Helix: all its GPUs; baseline: the TP group).
     g = layout.stage_gpus if layout.kind == HELIX else layout.tp
@@ -1058,7 +1078,9 @@ class PlanResult:
 DEFAULT_BATCHES = [2**i for i in range(0, 13)]
 
 
-def _point(model: ModelSpec, hw: Hardware, layout: Layout, b: int, ctx: int, prec: Precision, gpus: int) -> Point | None:
+def _point(
+    model: ModelSpec, hw: Hardware, layout: Layout, b: int, ctx: int, prec: Precision, gpus: int
+) -> Point | None:
     s = predict_step(model, hw, layout, b, ctx, prec)
     if not s["fits"]:
         return None
@@ -1096,7 +1118,7 @@ def plan(
     if not batches or min(batches) < 1:
         raise PlannerError("batch sizes must be >= 1")
     layouts = enumerate_layouts(model, gpus)
-    fams: dict[str, list[Layout]] = {f: [l for l in layouts if l.family == f] for f in FAMILIES}
+    fams: dict[str, list[Layout]] = {f: [x for x in layouts if x.family == f] for f in FAMILIES}
     if not fams[BASELINE]:
         raise PlannerError(f"{gpus} GPUs give no valid baseline layout for {model.name}")
     if not fams[HELIX]:
@@ -1106,7 +1128,7 @@ def plan(
         )
     frontiers: dict[str, list[Point]] = {}
     for fam, lays in fams.items():
-        pts = [p for l in lays for b in batches if (p := _point(model, hw, l, b, context, prec, gpus))]
+        pts = [p for x in lays for b in batches if (p := _point(model, hw, x, b, context, prec, gpus))]
         frontiers[fam] = pareto_frontier(pts)
     if not frontiers[BASELINE] or not (frontiers[HELIX] or frontiers[HELIX_HOPB]):
         raise PlannerError(
@@ -1149,7 +1171,12 @@ def plan(
     return PlanResult(
         model=model.name,
         hardware=hw.name,
-        precision={"weights": prec.weights, "kv": prec.kv, "attention_math": prec.attention, "lm_head": prec.lm_head},
+        precision={
+            "weights": prec.weights,
+            "kv": prec.kv,
+            "attention_math": prec.attention,
+            "lm_head": prec.lm_head,
+        },
         context=context,
         gpus=gpus,
         batches=list(batches),
@@ -1169,21 +1196,27 @@ def _table(result: PlanResult) -> str:
         f"{result.model} on {result.gpus} x {result.hardware}, context {result.context}, precision "
         f"weights={result.precision['weights']} kv={result.precision['kv']} "
         f"attention-math={result.precision['attention_math']}",
-        f"layouts: " + ", ".join(f"{k} {v}" for k, v in result.n_layouts.items()),
+        "layouts: " + ", ".join(f"{k} {v}" for k, v in result.n_layouts.items()),
     ]
     for fam, pts in result.frontiers.items():
         lines.append("")
         lines.append(f"{fam} frontier ({len(pts)} points)")
-        lines.append(f"  {'tok/s/user':>10} {'tok/s/GPU':>10} {'TTL ms':>8} {'users':>6}  layout (x replicas, micro-batch)")
+        lines.append(
+            f"  {'tok/s/user':>10} {'tok/s/GPU':>10} {'TTL ms':>8} {'users':>6}  "
+            "layout (x replicas, micro-batch)"
+        )
         for p in pts:
             lines.append(
                 f"  {p.tokens_per_s_user:10.1f} {p.tokens_per_s_gpu:10.2f} {p.ttl_ms:8.3f} {p.users:6d}  "
                 f"{p.layout} (x{p.replicas}, b={p.batch})"
             )
     lines.append("")
-    lines.append(f"interactivity_gain = {result.interactivity_gain:.3f}  (best baseline TTL / best Helix TTL)")
     lines.append(
-        f"batch_gain         = {result.batch_gain:.2f}  (users Helix serves at the baseline's best TTL / the baseline's)"
+        f"interactivity_gain = {result.interactivity_gain:.3f}  (best baseline TTL / best Helix TTL)"
+    )
+    lines.append(
+        f"batch_gain         = {result.batch_gain:.2f}  "
+        "(users Helix serves at the baseline's best TTL / the baseline's)"
     )
     return "\n".join(lines)
 
@@ -1213,8 +1246,9 @@ def _plot(result: PlanResult, path: str) -> None:
     ax.set_xlabel("tokens/s/GPU (throughput)")
     ax.set_ylabel("tokens/s/user (interactivity)")
     ax.set_title(
-        f"{result.model}, {result.gpus} x {result.hardware}, {result.precision['weights']}, ctx {result.context}\n"
-        f"interactivity x{result.interactivity_gain:.2f}, users at baseline's best TTL x{result.batch_gain:.1f}",
+        f"{result.model}, {result.gpus} x {result.hardware}, {result.precision['weights']}, "
+        f"ctx {result.context}\ninteractivity x{result.interactivity_gain:.2f}, "
+        f"users at baseline's best TTL x{result.batch_gain:.1f}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
@@ -1229,7 +1263,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="helix plan",
         description="Roofline planner for decode: Pareto frontier of layouts (baseline vs Helix).",
     )
-    p.add_argument("--model", default="deepseek-r1", help=f"preset ({', '.join(MODEL_PRESETS)}) or config.json path")
+    p.add_argument(
+        "--model", default="deepseek-r1", help=f"preset ({', '.join(MODEL_PRESETS)}) or config.json path"
+    )
     p.add_argument(
         "--hardware", default="gb200-nvl72", help=f"preset ({', '.join(HARDWARE_PRESETS)}) or 'custom'"
     )
@@ -1241,7 +1277,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kernel-overhead",
         type=float,
-        help=f"fixed cost per kernel, us (presets: {_KERNEL_OVERHEAD / _US:g}; custom: 0); see docs/planner.md",
+        help=f"fixed cost per kernel, us (presets: {_KERNEL_OVERHEAD / _US:g}; custom: 0); docs/planner.md",
     )
     p.add_argument("--precision", default="bf16", help="weights and KV precision: bf16, fp8, fp4")
     p.add_argument("--kv-precision", help="KV cache precision if it differs from --precision")
@@ -1259,7 +1295,7 @@ def _hardware_from_args(args: argparse.Namespace) -> Hardware:
     custom = [args.bandwidth, args.flops, args.link_bandwidth, args.link_latency]
     if args.hardware.lower() == "custom" or any(v is not None for v in custom):
         names = ["--bandwidth", "--flops", "--link-bandwidth", "--link-latency"]
-        missing = [n for n, v in zip(names, custom) if v is None]
+        missing = [n for n, v in zip(names, custom, strict=True) if v is None]
         if missing:
             raise PlannerError(f"custom hardware needs {', '.join(names)}; missing {', '.join(missing)}")
         hw = custom_hardware(args.bandwidth, args.flops, args.link_bandwidth, args.link_latency)
@@ -1293,14 +1329,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             layout = parse_layout(args.layout)
             check_layout(model, layout)
             if args.gpus % layout.gpus:
-                raise PlannerError(f"layout {layout.label} uses {layout.gpus} GPUs, which does not divide --gpus {args.gpus}")
+                raise PlannerError(
+                    f"layout {layout.label} uses {layout.gpus} GPUs, which does not divide --gpus {args.gpus}"
+                )
             rows = [{"batch": b, **predict_step(model, hw, layout, b, args.context, prec)} for b in batches]
             if args.json:
                 print(json.dumps({"layout": layout.label, "steps": rows}))
             else:
                 for r in rows:
                     print(
-                        f"b={r['batch']:5d} ttl={r['ttl'] * 1e3:9.3f} ms  tok/s/GPU={r['tokens_per_s_gpu']:10.2f}  "
+                        f"b={r['batch']:5d} ttl={r['ttl'] * 1e3:9.3f} ms  "
+                        f"tok/s/GPU={r['tokens_per_s_gpu']:10.2f}  "
                         f"fits={bool(r['fits'])}  "
                         + " ".join(f"{k}={r[k] * 1e3:.3f}" for k in _LAYER_SUM_KEYS + ("lm_head",))
                     )
