@@ -1,20 +1,23 @@
 #include "arrays.hpp"
 
+#include <nanobind/stl/string.h>
+
 #include <string>
 
 namespace helix::bind {
 
 namespace {
 
-nb::module_& numpy() {
-  static nb::module_ np = nb::module_::import_("numpy");
+// Leaked on purpose: a static nb::object would be released after the interpreter is gone (crash at exit).
+nb::handle numpy() {
+  static nb::handle np = nb::module_::import_("numpy").release();
   return np;
 }
 
 nb::object numpy_dtype(DType dtype) {
   if (dtype == DType::BFloat16) {
-    static nb::object bf16 = nb::module_::import_("ml_dtypes").attr("bfloat16");
-    return bf16;
+    static nb::handle bf16 = nb::object(nb::module_::import_("ml_dtypes").attr("bfloat16")).release();
+    return nb::borrow(bf16);
   }
   return numpy().attr("dtype")(std::string(dtype_name(dtype)));
 }
