@@ -58,12 +58,22 @@ def run(quick: bool = False) -> dict[str, object]:
         for ctx in contexts:
             kernels = ["tensor_core"] + (["simple"] if batch == 1 and ctx <= 32768 else [])
             for kernel in kernels:
-                r = cuda.bench_paged_mla_attention(batch, ctx, 128, 576, 512, kernel, iters=5 if ctx > 65536 else 10)
+                r = cuda.bench_paged_mla_attention(
+                    batch, ctx, 128, 576, 512, kernel, iters=5 if ctx > 65536 else 10
+                )
                 secs = r["ms"] * 1e-3
                 floor = max(r["bytes"] / copy_bw, r["flops"] / gemm_rate)
-                rows.append(Row("paged_mla_attention", f"{kernel} b={batch} ctx={ctx // 1024}K", r["ms"],
-                                r["bytes"] / secs / 1e12, r["flops"] / secs / 1e12, floor / secs,
-                                {"bound_ms": floor * 1e3, "arith_intensity": r["flops"] / r["bytes"]}))
+                rows.append(
+                    Row(
+                        "paged_mla_attention",
+                        f"{kernel} b={batch} ctx={ctx // 1024}K",
+                        r["ms"],
+                        r["bytes"] / secs / 1e12,
+                        r["flops"] / secs / 1e12,
+                        floor / secs,
+                        {"bound_ms": floor * 1e3, "arith_intensity": r["flops"] / r["bytes"]},
+                    )
+                )
     for n_parts in (2, 8, 32, 256):
         m = 8 * 128 if n_parts <= 32 else 128  # batch 8 x 128 heads; 256 parts: one token
         r = cuda.bench_merge_states(n_parts, m, 512, iters=20)
@@ -86,8 +96,10 @@ def format_table(result: dict[str, object]) -> str:
         f"{'op':<20} {'case':<28} {'ms':>9} {'TB/s':>7} {'TFLOP/s':>8} {'of roofline':>11}",
     ]
     for r in result["rows"]:  # type: ignore[union-attr]
-        lines.append(f"{r['op']:<20} {r['case']:<28} {r['ms']:>9.4f} {r['tb_per_s']:>7.2f} "
-                     f"{r['tflop_per_s']:>8.1f} {100 * r['roofline_fraction']:>10.1f}%")
+        lines.append(
+            f"{r['op']:<20} {r['case']:<28} {r['ms']:>9.4f} {r['tb_per_s']:>7.2f} "
+            f"{r['tflop_per_s']:>8.1f} {100 * r['roofline_fraction']:>10.1f}%"
+        )
     return "\n".join(lines)
 
 
