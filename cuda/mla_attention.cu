@@ -335,6 +335,7 @@ void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKerne
   HELIX_CHECK(kernel != AttentionKernel::TensorCore || tensor_core_attention_supported(p.D, p.R),
               "paged_mla_attention: the tensor-core kernel needs D % 16 == 0, D <= 1024, R % 64 == 0, "
               "R <= 512; got D=", p.D, " R=", p.R);
+  HELIX_CHECK(p.T <= 65535, "paged_mla_attention: at most 65535 query tokens per launch (grid.y), got ", p.T);
   const Launch L = plan(p);
   HELIX_CHECK(L.splits == 1 || p.workspace != nullptr,
               "paged_mla_attention: a split-KV launch needs a workspace of attention_workspace_floats()");
