@@ -1,12 +1,233 @@
-// The CUDA backend's host API. Implemented in cuda/ when built with CUDA, else by cuda/no_cuda.cpp,
-// whose functions report that the backend is absent (and throw where work was asked for).
+// The CUDA backend's host API. Implemented in cuda/ when built with CUDA, else by cuda/no_cuda.cpp and
+// cuda/no_nccl.cpp, whose functions report that the backend is absent: every function that would touch a
+// device throws helix::Error("helix was built without CUDA"); device_count() returns 0.
+//
+// No CUDA header is included here (cpp/ stays CUDA-free): a stream is passed as the opaque `StreamHandle`
+// (the same type as cudaStream_t), and every pointer in a params struct is a device pointer.
+// Launch functions validate nothing: the op boundary (bindings, engine) checks shapes once.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "helix/comm.hpp"
+#include "helix/dtype.hpp"
+#include "helix/ops/merge_states.hpp"
+
+struct CUstream_st;  // cudaStream_t is CUstream_st*
+
 namespace helix::cuda {
+
+using StreamHandle = CUstream_st*;  // nullptr is the legacy default stream
 
 bool built_with_cuda();
 bool built_with_nccl();
 // Number of visible CUDA devices; 0 without CUDA or without a GPU (never throws).
 int device_count();
+// Throws helix::Error unless the backend is built and at least one device is visible.
+void require_device();
+void set_device(int device);
+// Name of the current device, e.g. "NVIDIA H100 80GB HBM3".
+const char* device_name();
+int multiprocessor_count();
+void synchronize();
+
+namespace detail {
+// Throws helix::Error("<file>:<line>: <expr> failed: <cudaGetErrorString>") unless code == cudaSuccess.
+void check_cuda(int code, const char* expr, const char* file, int line);
+}  // namespace detail
+
+}  // namespace helix::cuda
+
+// HELIX_CUDA_CHECK(cudaMalloc(...)): every CUDA runtime call goes through this (cuda/ only).
+#define HELIX_CUDA_CHECK(expr) ::helix::cuda::detail::check_cuda(static_cast<int>(expr), #expr, __FILE__, __LINE__)
+
+namespace helix::cuda {
+
+// An owned CUDA stream (non-blocking with respect to the default stream).
+class Stream {
+ public:
+  Stream();
+  ~Stream();
+  Stream(Stream&& other) noexcept;
+  Stream& operator=(Stream&& other) noexcept;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  StreamHandle handle() const { return stream_; }
+  void synchronize() const;
+
+ private:
+  StreamHandle stream_ = nullptr;
+};
+
+// Owned device memory (cudaMalloc / cudaFree). Size 0 holds no allocation.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  template <class T>
+  T* as() const { return static_cast<T*>(data_); }
+  size_t bytes() const { return bytes_; }
+  // Synchronous copies (the stream is synchronized before returning). `bytes` <= this->bytes().
+  void copy_from_host(const void* src, size_t bytes, StreamHandle stream = nullptr);
+  void copy_to_host(void* dst, size_t bytes, StreamHandle stream = nullptr) const;
+  void fill_zero(StreamHandle stream = nullptr);
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// ---- kernels --------------------------------------------------------------------------------------
+
+// Paged MLA partial attention (the CPU twin: ops/attention.hpp). Keys of query token t come from
+// sequence b = q_seq[t]: slot k of b is row k % tokens_per_block of pool block block_tables[b, k / tpb]
+// and has global position kv_pos[b, k]; slots k < num_slots[b] are valid. Key s is visible to t iff
+// kv_pos <= q_pos[t]. o[t,h] = softmax-weighted sum of kv[:, :R]; lse natural log; nothing visible
+// gives (0, -inf). Storage bf16, accumulation fp32.
+struct PagedMlaAttentionParams {
+  const bf16_t* q;             // [T, H, D]
+  const int64_t* q_pos;        // [T]
+  const int64_t* q_seq;        // [T] in [0, B)
+  const bf16_t* pool;          // [num_blocks, tokens_per_block, D]
+  const int32_t* block_tables; // [B, max_blocks]
+  const int64_t* kv_pos;       // [B, max_slots]
+  const int64_t* num_slots;    // [B], each <= min(max_slots, max_blocks * tokens_per_block)
+  float* o;                    // [T, H, R]
+  float* lse;                  // [T, H]
+  float* workspace;            // [workspace_floats(...)] split-KV partials; may be null when num_splits == 1
+  int64_t T = 0, H = 0, D = 0, R = 0;
+  int64_t B = 0, max_blocks = 0, max_slots = 0, tokens_per_block = 0;
+  int64_t max_num_slots = 0;   // max over b of num_slots[b] (host-known; sizes the split)
+  float scale = 1.f;
+  int num_splits = 0;          // 0: chosen from the device's SM count; else 1..256
+};
+
+enum class AttentionKernel : int {
+  Auto = 0,        // TensorCore when the shape allows it, else Simple
+  Simple = 1,      // one warp per (token, head, split), fp32 FMA; any D <= 1024, R <= D
+  TensorCore = 2,  // mma.sync m16n8k16 bf16 -> fp32, 32 heads x 32 keys per tile; D % 16 == 0,
+                   // R % 64 == 0, R <= 512, D <= 1024
+};
+
+// Splits that launch_paged_mla_attention uses for p (after resolving num_splits == 0).
+int attention_num_splits(const PagedMlaAttentionParams& p);
+// fp32 elements of workspace needed for p: num_splits * T * H * (R + 1), or 0 when num_splits == 1.
+int64_t attention_workspace_floats(const PagedMlaAttentionParams& p);
+bool tensor_core_attention_supported(int64_t D, int64_t R);
+void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKernel kernel, StreamHandle stream);
+
+// LSE merge of N <= 256 partial states (contract: ops/merge_states.hpp); pointers are device pointers.
+// Rows with D % 4 == 0 use 16-byte loads.
+void launch_merge_states(const MergeStatesParams& p, StreamHandle stream);
+
+// Copies n rows into the paged pool: pool row dst_rows[i] (= block * tokens_per_block + row) <- rows[i].
+struct KvAppendParams {
+  void* pool;               // [num_pool_rows, row_bytes] bytes (bf16 or f32 rows)
+  const void* rows;         // [n, row_bytes]
+  const int64_t* dst_rows;  // [n] in [0, num_pool_rows)
+  int64_t n = 0, row_bytes = 0;
+};
+void launch_kv_append(const KvAppendParams& p, StreamHandle stream);
+
+// out[t,:] = x[t,:] * rsqrt(mean(x[t,:]^2) + eps) * weight; fp32 math; x, weight, out of `dtype`.
+struct RmsNormParams {
+  const void* x;       // [T, N]
+  const void* weight;  // [N]
+  void* out;           // [T, N] (may alias x)
+  int64_t T = 0, N = 0;
+  float eps = 1e-6f;
+  DType dtype = DType::Float32;  // Float32 or BFloat16
+};
+void launch_rms_norm(const RmsNormParams& p, StreamHandle stream);
+
+// Interleaved-pair RoPE in place on channels [offset, offset + P) of every head:
+//   (x0, x1) <- (x0 c - x1 s, x0 s + x1 c),  c = cos(pos * inv_freq[i]) * attention_factor, s likewise.
+// The angle is computed in float64 (positions up to 2^20 keep full fp32 accuracy).
+struct RopeParams {
+  void* x;                   // [T, heads, width] of dtype
+  const int64_t* positions;  // [T] global positions
+  const float* inv_freq;     // [P / 2]
+  int64_t T = 0, heads = 0, width = 0, offset = 0, P = 0;
+  float attention_factor = 1.f;
+  DType dtype = DType::Float32;  // Float32 or BFloat16
+};
+void launch_rope(const RopeParams& p, StreamHandle stream);
+
+// out[t,i] = silu(gate[t,i]) * up[t,i]; rows strided so that a fused [T, 2I] gate|up buffer works.
+struct SiluMulParams {
+  const void* gate;  // [T, gate_stride], first I used
+  const void* up;    // [T, up_stride], first I used
+  void* out;         // [T, I]
+  int64_t T = 0, I = 0, gate_stride = 0, up_stride = 0;
+  DType dtype = DType::Float32;  // Float32 or BFloat16
+};
+void launch_silu_mul(const SiluMulParams& p, StreamHandle stream);
+
+// DeepSeek noaux_tc routing (FACTS.md §3): s = sigmoid(logits); selection on s + bias; group score = sum
+// of the top-2 biased scores of each of n_group groups; keep topk_group groups; top_k experts among
+// them (ties: lower index); weights = s (unbiased), renormalized when norm_topk_prob, times scaling.
+// Experts come out in descending biased-score order.
+struct MoeRouteParams {
+  const float* logits;  // [T, E] router logits (h @ gate^T) in fp32
+  const float* bias;    // [E] e_score_correction_bias
+  float* weights;       // [T, top_k]
+  int64_t* ids;         // [T, top_k]
+  int64_t T = 0, E = 0, n_group = 1, topk_group = 1, top_k = 1;
+  float routed_scaling_factor = 1.f;
+  bool norm_topk_prob = true;
+};
+// E <= 1024, n_group <= 32, E % n_group == 0, E / n_group >= 2, top_k <= topk_group * E / n_group.
+void launch_moe_route(const MoeRouteParams& p, StreamHandle stream);
+
+// y = x @ w^T through cuBLAS (cublasGemmEx, bf16 inputs, fp32 compute).
+struct LinearParams {
+  const bf16_t* x;  // [T, K]
+  const bf16_t* w;  // [N, K]  (PyTorch Linear layout)
+  void* y;          // [T, N] of y_dtype
+  int64_t T = 0, K = 0, N = 0;
+  DType y_dtype = DType::Float32;  // Float32 or BFloat16
+};
+bool built_with_cublas();
+void linear(const LinearParams& p, StreamHandle stream);
+
+// ---- NCCL ---------------------------------------------------------------------------------------
+
+constexpr size_t kNcclUniqueIdBytes = 128;  // sizeof(ncclUniqueId)
+struct NcclUniqueId {
+  unsigned char bytes[kNcclUniqueIdBytes];
+};
+NcclUniqueId nccl_unique_id();
+// An NCCL communicator of `size` ranks from an id every rank holds. Buffers passed to it are device
+// pointers; every collective runs on `stream` and returns after the stream has finished it.
+std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const NcclUniqueId& id,
+                                                     StreamHandle stream);
+// Collective over `bootstrap`: rank 0 makes the id and broadcasts it over the host communicator;
+// the NCCL communicator has bootstrap's rank and size.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, StreamHandle stream);
+
+// ---- benchmarks (device-resident data, timed with CUDA events) ----------------------------------
+
+struct BenchResult {
+  double ms = 0;       // mean time per call
+  double bytes = 0;    // bytes that must move per call
+  double flops = 0;    // floating-point operations per call
+};
+// Device-to-device copy of `bytes` (read + write counted) with a vectorized copy kernel.
+BenchResult bench_copy(size_t bytes, int iters);
+// Square-ish bf16 GEMM (fp32 accumulate) through cuBLAS: [m, k] x [k, n].
+BenchResult bench_gemm_bf16(int64_t m, int64_t n, int64_t k, int iters);
+// Decode partial attention: `batch` sequences of `context` keys, one query token each, block 64.
+BenchResult bench_paged_mla_attention(int64_t batch, int64_t context, int64_t heads, int64_t D, int64_t R,
+                                      AttentionKernel kernel, int iters);
+BenchResult bench_merge_states(int64_t N, int64_t M, int64_t D, int iters);
 
 }  // namespace helix::cuda

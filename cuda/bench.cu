@@ -1,0 +1,182 @@
+// Benchmarks on device-resident data, timed with CUDA events (warm-up call first, then `iters` calls).
+// Each result carries the bytes that must move and the FLOPs of one call, so callers can compare the
+// achieved rates with ceilings measured in the same run (bench_copy, bench_gemm_bf16).
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#include "common.cuh"
+
+namespace helix::cuda {
+
+namespace {
+
+__global__ void copy_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
+// Deterministic pseudo-random fill: bf16 values in [-1, 1) (keys, queries) or fp32 (partials, LSE).
+__global__ void fill_bf16_kernel(uint16_t* x, int64_t n, uint32_t seed, float scale) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    x[i] = detail::float_to_bf16_bits(scale * ((h & 0xffffff) / 8388608.f - 1.f));
+  }
+}
+
+__global__ void fill_f32_kernel(float* x, int64_t n, uint32_t seed, float scale) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    x[i] = scale * ((h & 0xffffff) / 8388608.f - 1.f);
+  }
+}
+
+void fill_bf16(DeviceBuffer& b, uint32_t seed, float scale) {
+  fill_bf16_kernel<<<1024, 256>>>(b.as<uint16_t>(), static_cast<int64_t>(b.bytes() / 2), seed, scale);
+  HELIX_CUDA_CHECK_LAUNCH("fill_bf16_kernel");
+}
+
+void fill_f32(DeviceBuffer& b, uint32_t seed, float scale) {
+  fill_f32_kernel<<<1024, 256>>>(b.as<float>(), static_cast<int64_t>(b.bytes() / 4), seed, scale);
+  HELIX_CUDA_CHECK_LAUNCH("fill_f32_kernel");
+}
+
+// Mean milliseconds of `fn` over `iters` launches on the default stream.
+double time_ms(const std::function<void()>& fn, int iters) {
+  iters = std::max(iters, 1);
+  fn();  // warm-up (also surfaces launch errors before timing)
+  HELIX_CUDA_CHECK(cudaDeviceSynchronize());
+  cudaEvent_t start, stop;
+  HELIX_CUDA_CHECK(cudaEventCreate(&start));
+  HELIX_CUDA_CHECK(cudaEventCreate(&stop));
+  HELIX_CUDA_CHECK(cudaEventRecord(start));
+  for (int i = 0; i < iters; ++i) fn();
+  HELIX_CUDA_CHECK(cudaEventRecord(stop));
+  HELIX_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0.f;
+  HELIX_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return static_cast<double>(ms) / iters;
+}
+
+}  // namespace
+
+BenchResult bench_copy(size_t bytes, int iters) {
+  require_device();
+  bytes = bytes / 16 * 16;
+  DeviceBuffer src(bytes), dst(bytes);
+  src.fill_zero();
+  const int64_t n = static_cast<int64_t>(bytes / 16);
+  const unsigned grid = static_cast<unsigned>(4 * multiprocessor_count());
+  BenchResult r;
+  r.ms = time_ms([&] { copy_kernel<<<grid, 512>>>(src.as<uint4>(), dst.as<uint4>(), n); }, iters);
+  HELIX_CUDA_CHECK_LAUNCH("copy_kernel");
+  r.bytes = 2.0 * static_cast<double>(bytes);
+  return r;
+}
+
+BenchResult bench_gemm_bf16(int64_t m, int64_t n, int64_t k, int iters) {
+  require_device();
+  DeviceBuffer x(m * k * 2), w(n * k * 2), y(m * n * 2);
+  fill_bf16(x, 1, 1.f);
+  fill_bf16(w, 2, 1.f);
+  LinearParams p;
+  p.x = x.as<bf16_t>();
+  p.w = w.as<bf16_t>();
+  p.y = y.data();
+  p.T = m;
+  p.N = n;
+  p.K = k;
+  p.y_dtype = DType::BFloat16;
+  BenchResult r;
+  r.ms = time_ms([&] { linear(p, nullptr); }, iters);
+  r.flops = 2.0 * m * n * k;
+  r.bytes = 2.0 * (m * k + n * k + m * n);
+  return r;
+}
+
+BenchResult bench_paged_mla_attention(int64_t batch, int64_t context, int64_t heads, int64_t D, int64_t R,
+                                      AttentionKernel kernel, int iters) {
+  require_device();
+  constexpr int64_t kBlock = 64;
+  const int64_t blocks_per_seq = (context + kBlock - 1) / kBlock;
+  const int64_t num_blocks = batch * blocks_per_seq;
+  DeviceBuffer q(batch * heads * D * 2), pool(num_blocks * kBlock * D * 2);
+  fill_bf16(q, 3, 1.f);
+  fill_bf16(pool, 4, 1.f);
+  // Host-made tables: sequence b owns blocks [b * blocks_per_seq, ...); slot k has position k.
+  std::vector<int32_t> tables(num_blocks);
+  for (int64_t i = 0; i < num_blocks; ++i) tables[i] = static_cast<int32_t>(i);
+  std::vector<int64_t> kv_pos(batch * context), num_slots(batch, context), q_pos(batch, context - 1), q_seq(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    q_seq[b] = b;
+    for (int64_t k = 0; k < context; ++k) kv_pos[b * context + k] = k;
+  }
+  DeviceBuffer d_tables(tables.size() * 4), d_kv_pos(kv_pos.size() * 8), d_num_slots(batch * 8), d_q_pos(batch * 8),
+      d_q_seq(batch * 8), o(batch * heads * R * 4), lse(batch * heads * 4);
+  d_tables.copy_from_host(tables.data(), tables.size() * 4);
+  d_kv_pos.copy_from_host(kv_pos.data(), kv_pos.size() * 8);
+  d_num_slots.copy_from_host(num_slots.data(), num_slots.size() * 8);
+  d_q_pos.copy_from_host(q_pos.data(), q_pos.size() * 8);
+  d_q_seq.copy_from_host(q_seq.data(), q_seq.size() * 8);
+  PagedMlaAttentionParams p;
+  p.q = q.as<bf16_t>();
+  p.q_pos = d_q_pos.as<int64_t>();
+  p.q_seq = d_q_seq.as<int64_t>();
+  p.pool = pool.as<bf16_t>();
+  p.block_tables = d_tables.as<int32_t>();
+  p.kv_pos = d_kv_pos.as<int64_t>();
+  p.num_slots = d_num_slots.as<int64_t>();
+  p.o = o.as<float>();
+  p.lse = lse.as<float>();
+  p.T = batch;
+  p.H = heads;
+  p.D = D;
+  p.R = R;
+  p.B = batch;
+  p.max_blocks = blocks_per_seq;
+  p.max_slots = context;
+  p.tokens_per_block = kBlock;
+  p.max_num_slots = context;
+  p.scale = 1.f / 24.f;
+  DeviceBuffer ws(static_cast<size_t>(attention_workspace_floats(p)) * 4);
+  p.workspace = ws.as<float>();
+  BenchResult r;
+  r.ms = time_ms([&] { launch_paged_mla_attention(p, kernel, nullptr); }, iters);
+  // Must move: every key once (bf16), the queries and the outputs. FLOPs: QK^T over D and PV over R.
+  r.bytes = 2.0 * batch * context * D + 2.0 * batch * heads * D + 4.0 * batch * heads * (R + 1);
+  r.flops = 2.0 * batch * heads * context * (D + R);
+  return r;
+}
+
+BenchResult bench_merge_states(int64_t N, int64_t M, int64_t D, int iters) {
+  require_device();
+  DeviceBuffer o_parts(N * M * D * 4), lse_parts(N * M * 4), o(M * D * 4), lse(M * 4);
+  fill_f32(o_parts, 5, 1.f);
+  fill_f32(lse_parts, 6, 4.f);
+  MergeStatesParams p;
+  p.o_parts = o_parts.as<float>();
+  p.lse_parts = lse_parts.as<float>();
+  p.o = o.as<float>();
+  p.lse = lse.as<float>();
+  p.N = N;
+  p.M = M;
+  p.D = D;
+  BenchResult r;
+  r.ms = time_ms([&] { launch_merge_states(p, nullptr); }, iters);
+  r.bytes = 4.0 * (N * M * D + N * M + M * D + M);
+  return r;
+}
+
+}  // namespace helix::cuda

@@ -1,0 +1,67 @@
+// Linear layers through cuBLAS: y[T, N] = x[T, K] @ w[N, K]^T with bf16 inputs and fp32 compute.
+// Row-major y is column-major y^T [N, T] = w (col-major [K, N], transposed) x x^T (col-major [K, T]).
+#include "common.cuh"
+
+#if HELIX_HAVE_CUBLAS
+#include <cublas_v2.h>
+#endif
+
+namespace helix::cuda {
+
+#if HELIX_HAVE_CUBLAS
+
+namespace {
+
+void check_cublas(cublasStatus_t status, const char* expr, const char* file, int line) {
+  if (status == CUBLAS_STATUS_SUCCESS) return;
+  throw Error(::helix::detail::concat(file, ":", line, ": ", expr, " failed: ", cublasGetStatusName(status), " (",
+                             cublasGetStatusString(status), ")"));
+}
+#define HELIX_CUBLAS_CHECK(expr) check_cublas((expr), #expr, __FILE__, __LINE__)
+
+// One handle per thread and device, created on first use. Never destroyed: destroying it from a static
+// destructor can run after the CUDA runtime has shut down.
+cublasHandle_t handle() {
+  constexpr int kMaxDevices = 64;
+  static thread_local cublasHandle_t handles[kMaxDevices] = {};
+  int dev = 0;
+  HELIX_CUDA_CHECK(cudaGetDevice(&dev));
+  HELIX_CHECK(dev < kMaxDevices, "linear: device index ", dev, " out of range");
+  if (handles[dev] == nullptr) HELIX_CUBLAS_CHECK(cublasCreate(&handles[dev]));
+  return handles[dev];
+}
+
+}  // namespace
+
+bool built_with_cublas() { return true; }
+
+void linear(const LinearParams& p, StreamHandle stream) {
+  if (p.T == 0 || p.N == 0) return;
+  HELIX_CHECK(p.y_dtype == DType::Float32 || p.y_dtype == DType::BFloat16,
+              "linear: output dtype must be float32 or bfloat16");
+  HELIX_CHECK(p.T <= 0x7fffffff && p.N <= 0x7fffffff && p.K <= 0x7fffffff, "linear: dimension too large");
+  if (p.K == 0) {
+    HELIX_CUDA_CHECK(cudaMemsetAsync(p.y, 0, p.T * p.N * dtype_size(p.y_dtype), stream));
+    return;
+  }
+  cublasHandle_t h = handle();
+  HELIX_CUBLAS_CHECK(cublasSetStream(h, stream));
+  const float alpha = 1.f, beta = 0.f;
+  const int m = static_cast<int>(p.N), n = static_cast<int>(p.T), k = static_cast<int>(p.K);
+  HELIX_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, p.w, CUDA_R_16BF, k, p.x,
+                                  CUDA_R_16BF, k, &beta, p.y,
+                                  p.y_dtype == DType::Float32 ? CUDA_R_32F : CUDA_R_16BF, m,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+#else
+
+bool built_with_cublas() { return false; }
+
+void linear(const LinearParams&, StreamHandle) {
+  throw Error("linear: helix was built with CUDA but without cuBLAS (install nvidia-cublas and reconfigure)");
+}
+
+#endif
+
+}  // namespace helix::cuda

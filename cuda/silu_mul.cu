@@ -1,0 +1,38 @@
+// SwiGLU activation of the MLP / experts: out = silu(gate) * up, fp32 math.
+#include <algorithm>
+
+#include "common.cuh"
+
+namespace helix::cuda {
+
+namespace {
+
+template <class T>
+__global__ void silu_mul_kernel(SiluMulParams p) {
+  const int64_t total = p.T * p.I;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = idx / p.I, i = idx % p.I;
+    const float g = detail::load_as_float(static_cast<const T*>(p.gate), t * p.gate_stride + i);
+    const float u = detail::load_as_float(static_cast<const T*>(p.up), t * p.up_stride + i);
+    detail::store_float(static_cast<T*>(p.out), idx, g / (1.f + expf(-g)) * u);
+  }
+}
+
+}  // namespace
+
+void launch_silu_mul(const SiluMulParams& p, StreamHandle stream) {
+  const int64_t total = p.T * p.I;
+  if (total == 0) return;
+  HELIX_CHECK(p.dtype == DType::Float32 || p.dtype == DType::BFloat16,
+              "silu_mul: dtype must be float32 or bfloat16");
+  const unsigned grid = std::min<unsigned>(detail::grid_dim(total, 256), 65535u);
+  if (p.dtype == DType::Float32) {
+    silu_mul_kernel<float><<<grid, 256, 0, stream>>>(p);
+  } else {
+    silu_mul_kernel<uint16_t><<<grid, 256, 0, stream>>>(p);
+  }
+  HELIX_CUDA_CHECK_LAUNCH("silu_mul_kernel");
+}
+
+}  // namespace helix::cuda

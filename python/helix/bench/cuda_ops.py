@@ -1,0 +1,121 @@
+"""CUDA kernel benchmarks against ceilings measured in the same run (DESIGN.md §7).
+
+Ceilings: a 16-byte-vector device copy (bandwidth, read + write counted) and a bf16 cuBLAS GEMM
+(tensor-core rate). Partial attention is DeepSeek-V3-shaped (128 heads, D = 576, R = 512, bf16 latent
+cache, one query token per sequence); its roofline time is max(bytes / copy bandwidth, FLOPs / GEMM
+rate) and the table reports the achieved fraction of it. merge_states is compared with copy bandwidth.
+
+    python -m helix.bench.cuda_ops [--quick] [--json PATH]
+
+Writes JSON to PATH, or to $OUT/cuda_ops.json when OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+from helix import _core
+
+__all__ = ["Row", "main", "run"]
+
+cuda = _core.cuda
+
+
+@dataclass
+class Row:
+    """One measured case: time per call, achieved rates, and the fraction of its ceiling."""
+
+    op: str
+    case: str
+    ms: float
+    tb_per_s: float
+    tflop_per_s: float
+    roofline_fraction: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ms <= 0:
+            raise ValueError(f"{self.op} {self.case}: non-positive time {self.ms}")
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    if cuda.device_count() == 0:
+        raise _core.HelixError("no CUDA device visible: the CUDA benchmarks need a GPU")
+    copy = cuda.bench_copy(1 << 30, iters=20)
+    copy_bw = copy["bytes"] / (copy["ms"] * 1e-3)  # bytes/s
+    gemm = cuda.bench_gemm_bf16(8192, 8192, 8192, iters=10)
+    gemm_rate = gemm["flops"] / (gemm["ms"] * 1e-3)  # FLOP/s
+    rows: list[Row] = [
+        Row("copy", "1 GiB d2d", copy["ms"], copy_bw / 1e12, 0.0, 1.0),
+        Row("gemm_bf16", "8192^3 cuBLAS", gemm["ms"], 0.0, gemm_rate / 1e12, 1.0),
+    ]
+    contexts = [8192, 32768] if quick else [8192, 32768, 65536, 131072, 262144]
+    for batch in (1, 8):
+        for ctx in contexts:
+            kernels = ["tensor_core"] + (["simple"] if batch == 1 and ctx <= 32768 else [])
+            for kernel in kernels:
+                r = cuda.bench_paged_mla_attention(
+                    batch, ctx, 128, 576, 512, kernel, iters=5 if ctx > 65536 else 10
+                )
+                secs = r["ms"] * 1e-3
+                floor = max(r["bytes"] / copy_bw, r["flops"] / gemm_rate)
+                rows.append(
+                    Row(
+                        "paged_mla_attention",
+                        f"{kernel} b={batch} ctx={ctx // 1024}K",
+                        r["ms"],
+                        r["bytes"] / secs / 1e12,
+                        r["flops"] / secs / 1e12,
+                        floor / secs,
+                        {"bound_ms": floor * 1e3, "arith_intensity": r["flops"] / r["bytes"]},
+                    )
+                )
+    for n_parts in (2, 8, 32, 256):
+        m = 8 * 128 if n_parts <= 32 else 128  # batch 8 x 128 heads; 256 parts: one token
+        r = cuda.bench_merge_states(n_parts, m, 512, iters=20)
+        secs = r["ms"] * 1e-3
+        bw = r["bytes"] / secs
+        rows.append(Row("merge_states", f"N={n_parts} M={m} D=512", r["ms"], bw / 1e12, 0.0, bw / copy_bw))
+    return {
+        "device": cuda.device_name(),
+        "sms": cuda.multiprocessor_count(),
+        "copy_tb_per_s": copy_bw / 1e12,
+        "gemm_bf16_tflop_per_s": gemm_rate / 1e12,
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def format_table(result: dict[str, object]) -> str:
+    lines = [
+        f"device: {result['device']} ({result['sms']} SMs); copy {result['copy_tb_per_s']:.2f} TB/s, "
+        f"bf16 GEMM {result['gemm_bf16_tflop_per_s']:.0f} TFLOP/s (both measured in this run)",
+        f"{'op':<20} {'case':<28} {'ms':>9} {'TB/s':>7} {'TFLOP/s':>8} {'of roofline':>11}",
+    ]
+    for r in result["rows"]:  # type: ignore[union-attr]
+        lines.append(
+            f"{r['op']:<20} {r['case']:<28} {r['ms']:>9.4f} {r['tb_per_s']:>7.2f} "
+            f"{r['tflop_per_s']:>8.1f} {100 * r['roofline_fraction']:>10.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helix.bench.cuda_ops", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="contexts 8K and 32K only")
+    ap.add_argument("--json", default=None, help="output path (default $OUT/cuda_ops.json when OUT is set)")
+    args = ap.parse_args(argv)
+    result = run(quick=args.quick)
+    path = args.json or (os.path.join(os.environ["OUT"], "cuda_ops.json") if os.environ.get("OUT") else None)
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    print(format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
