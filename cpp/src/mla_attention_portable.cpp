@@ -1,7 +1,6 @@
 // Portable tile operations of the MLA attention kernel: plain C++ that the compiler vectorizes for the
 // baseline x86-64 (SSE2) or any other target. The inner loops run along the query rows m (contiguous), so
-// they vectorize without intrinsics. bf16 keys are widened on the fly; q is rounded to bf16 first so the
-// product matches what the BF16 dot-product path computes.
+// they vectorize without intrinsics. bf16 keys are widened on the fly (exact); q stays as given.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -24,7 +23,6 @@ inline float key_at(const KV* row, int64_t i) {
 
 int64_t qpack_bytes_f32(int64_t D, int64_t Mp) { return D * Mp * 4; }
 
-template <bool RoundBf16>
 void pack_q_f32(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack) {
   float* out = static_cast<float*>(qpack);  // [D][Mp]
   for (int64_t m = 0; m < Mp; ++m) {
@@ -33,7 +31,6 @@ void pack_q_f32(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType
       if (m < M) {
         v = q_dtype == DType::Float32 ? static_cast<const float*>(rows[m])[d]
                                       : bf16_to_float(static_cast<const bf16_t*>(rows[m])[d]);
-        if (RoundBf16) v = bf16_to_float(float_to_bf16(v));
       }
       out[d * Mp + m] = v;
     }
@@ -92,9 +89,9 @@ void pv_portable(const float* P, const void* const* keys, int64_t nt, int64_t R,
   }
 }
 
-const TileOps kPortableF32{DType::Float32, qpack_bytes_f32, pack_q_f32<false>, qk_portable<float>, softmax_portable,
+const TileOps kPortableF32{DType::Float32, qpack_bytes_f32, pack_q_f32, qk_portable<float>, softmax_portable,
                            pv_portable<float>};
-const TileOps kPortableBf16{DType::BFloat16, qpack_bytes_f32, pack_q_f32<true>, qk_portable<bf16_t>, softmax_portable,
+const TileOps kPortableBf16{DType::BFloat16, qpack_bytes_f32, pack_q_f32, qk_portable<bf16_t>, softmax_portable,
                             pv_portable<bf16_t>};
 
 }  // namespace
