@@ -41,7 +41,7 @@ class Shard:
         return slice(first, first + self.h_c)
 
 
-def run_steps(tp, cp, steps, heads=8, R=32, P=16, tpb=4, dtype="float32", with_wuv=False, seed=0):
+def run_steps(tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", with_wuv=False, seed=0):
     """steps: list of {seq_index: number of new tokens}. Checks every step against the reference."""
     rng = np.random.default_rng(seed)
     D, Dv = R + P, 24
@@ -85,7 +85,7 @@ def run_steps(tp, cp, steps, heads=8, R=32, P=16, tpb=4, dtype="float32", with_w
 
 @pytest.mark.parametrize("tp,cp", layouts())
 def test_prefill_then_decode_across_block_boundaries(tp, cp):
-    # Two sequences of different lengths: a causal prompt chunk each, then decode steps whose new
+    # 3 heads per chunk (odd). Two sequences of different lengths: a causal prompt chunk each, then decode steps whose new
     # positions cross block boundaries, so the owner rank of the new token rotates.
     steps = [{0: 7, 1: 3}] + [{0: 1, 1: 1}] * 6 + [{1: 5}]
     run_steps(tp, cp, steps)
@@ -121,9 +121,9 @@ def test_every_rank_holds_only_its_positions():
 
 
 def test_bad_arguments_name_the_argument():
-    shard = Shard(1, N, 8, 48, "float32", 8, 4)
+    shard = Shard(1, N, 3 * N, 48, "float32", 8, 4)
     shard.cache.add_sequence(1)
-    q = np.zeros((2, 8, 48), np.float32)
+    q = np.zeros((2, 3 * N, 48), np.float32)
     kv = np.zeros((2, 48), np.float32)
     pos = np.arange(2, dtype=np.int64)
     with pytest.raises(helix.ArgumentError, match="q_seq_index"):

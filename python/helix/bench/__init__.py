@@ -5,4 +5,4 @@
 
 from __future__ import annotations
 
-__all__ = ["attention"]
+__all__ = ["attention", "cuda_ops"]
