@@ -107,6 +107,18 @@ struct Engine::Impl {
 
 namespace {
 
+// h += y; a NaN or Inf is reported with the layer and sub-block that produced it, never decoded silently.
+// h is replicated (after the all-reduce), so every rank throws the same error at the same point.
+void add_residual(std::vector<float>& h, const std::vector<float>& y, int64_t n, int64_t layer, const char* block,
+                  int64_t rank) {
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    h[static_cast<size_t>(i)] += y[static_cast<size_t>(i)];
+    finite &= std::isfinite(h[static_cast<size_t>(i)]);
+  }
+  HELIX_CHECK(finite, "non-finite hidden state (NaN or Inf) after the ", block, " of layer ", layer, " on rank ", rank);
+}
+
 std::string layer_name(int64_t layer, const char* name) { return "layers." + std::to_string(layer) + "." + name; }
 
 std::map<std::string, Expected> expected_shapes(const EngineConfig& c) {
@@ -255,6 +267,11 @@ void Engine::add_sequence(int64_t seq_id) {
 void Engine::free_sequence(int64_t seq_id) {
   HELIX_CHECK_ARG(caches_.front()->has_sequence(seq_id), "unknown sequence ", seq_id);
   for (auto& c : caches_) c->free_sequence(seq_id);
+}
+
+PagedKVCache& Engine::cache(int64_t layer) {
+  HELIX_CHECK_ARG(layer >= 0 && layer < config_.num_layers, "layer ", layer, " is outside [0, ", config_.num_layers, ")");
+  return *caches_[static_cast<size_t>(layer)];
 }
 
 int64_t Engine::num_free_blocks() const { return caches_.front()->num_free_blocks(); }
@@ -424,7 +441,7 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
     linear(attn_out, T, Hc * Dv, W_("o_proj"), hid, m.y.data(), false);
     lap(timings_.linear_s);
     all_reduce(m.y, T * hid);
-    for (int64_t i = 0; i < T * hid; ++i) m.h[static_cast<size_t>(i)] += m.y[static_cast<size_t>(i)];
+    add_residual(m.h, m.y, T * hid, l, "attention", c.rank);
 
     // --- FFN -------------------------------------------------------------------------------------
     rms_norm(m.h.data(), W_("post_attention_layernorm").f32(), m.x.data(), T, hid, hid, c.rms_norm_eps);
@@ -488,7 +505,7 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
       lap(timings_.linear_s);
     }
     all_reduce(m.y, T * hid);
-    for (int64_t i = 0; i < T * hid; ++i) m.h[static_cast<size_t>(i)] += m.y[static_cast<size_t>(i)];
+    add_residual(m.h, m.y, T * hid, l, "FFN", c.rank);
   }
 
   // --- final norm and the vocabulary-sharded lm_head, gathered over all ranks -----------------------
@@ -516,6 +533,9 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
     }
   }
   lap(timings_.allreduce_s);
+  for (int64_t i = 0; i < L * c.vocab_size; ++i) {
+    HELIX_CHECK(std::isfinite(out[i]), "non-finite logits (NaN or Inf) for row ", i / c.vocab_size, " on rank ", c.rank);
+  }
   timings_.steps += 1;
 }
 

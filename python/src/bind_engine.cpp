@@ -108,6 +108,8 @@ void bind_engine(nb::module_& m) {
       .def("free_sequence", &Engine::free_sequence, nb::arg("seq_id"))
       .def_prop_ro("num_free_blocks", &Engine::num_free_blocks)
       .def_prop_ro("num_kv_blocks", &Engine::num_kv_blocks)
+      .def("cache", &Engine::cache, nb::arg("layer"), nb::rv_policy::reference_internal,
+           "This rank's paged KV cache of one layer (read-only use: benchmarks fill it, tests inspect it).")
       .def(
           "step",
           [](Engine& e, nb::handle tokens, nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index,

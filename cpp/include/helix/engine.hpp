@@ -66,7 +66,8 @@ class Engine {
   void free_sequence(int64_t seq_id);
   int64_t num_free_blocks() const;
   int64_t num_kv_blocks() const { return config_.num_kv_blocks; }
-  const PagedKVCache& cache(int64_t layer) const { return *caches_.at(static_cast<size_t>(layer)); }
+  // This rank's cache of one layer (every layer's cache holds the same positions in the same slots).
+  PagedKVCache& cache(int64_t layer);
 
   // One forward pass over T tokens of B sequences (prompt chunks and decode tokens alike).
   // tokens [T] i64, positions [T] i64 global, seq_ids [B] i64, q_seq_index [T] i64 in [0,B),
