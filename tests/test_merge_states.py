@@ -1,4 +1,4 @@
-"""helix.ops.merge_states against the float64 reference (helix.reference_merge)."""
+"""helix.ops.merge_states against the float64 reference (helix.reference)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import helix
 import helix._core
 import numpy as np
 import pytest
-from helix.reference_merge import merge_states as ref_merge_states
+from helix.reference import merge_states as ref_merge_states
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import tol

@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from helix import reference_layers as ref
+from helix import reference as ref
 from tolerances import tol
 
 layers = pytest.importorskip("helix._core").layers

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helix import reference_layers as ref
+from helix import reference as ref
 from helix.rope import yarn_inv_freq, yarn_softmax_scale
 from tolerances import tol
 
