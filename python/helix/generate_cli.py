@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
             MPI.COMM_WORLD.Abort(2)
         return 2
+    finally:
+        # Drop the cached world communicator before interpreter shutdown: alive at exit, it is destroyed after
+        # nanobind's leak check (which then prints "leaked 1 instances") and possibly after MPI_Finalize.
+        world.cache_clear()
 
 
 def _generate(args: argparse.Namespace, comm) -> int:
@@ -148,7 +152,8 @@ def _generate(args: argparse.Namespace, comm) -> int:
     if comm.rank != 0:
         return 0
     if args.dump_logits:
-        np.save(args.dump_logits, np.asarray(first_logits, np.float32).reshape(len(first_logits), -1))
+        vocab = llm.engine.config.vocab_size
+        np.save(args.dump_logits, np.asarray(first_logits, np.float32).reshape(len(first_logits), vocab))
     ttl = stats.decode_step_ms or stats.step_ms
     if args.json:
         print(
