@@ -365,6 +365,21 @@ def test_cli_json_and_dump_logits(model, tmp_path, capsys):
     assert logits.argmax(axis=1).tolist() == obj["outputs"][0]["token_ids"]
 
 
+def test_cli_refused_request_in_json_and_empty_dump(model, tmp_path, capsys):
+    """A request that cannot fit is reported (finish_reason "refused", the reason) while the other completes;
+    --dump-logits of a refused first request is an empty [0, vocab] array."""
+    dump = tmp_path / "l.npy"
+    argv = ["--model", str(model), "--max-tokens", "16", "--tokens-per-block", "4", "--max-new-tokens", "12",
+            "--prompt-token-ids", ",".join(["3"] * 10), "--prompt-token-ids", "1,2", "--ignore-eos", "--json",
+            "--dump-logits", str(dump)]  # fmt: skip
+    assert generate_main(argv) == 0
+    refused, done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["outputs"]
+    assert refused["finish_reason"] == "refused" and "KV blocks" in refused["error"]
+    assert refused["token_ids"] == []
+    assert done["finish_reason"] == "length" and len(done["token_ids"]) == 12
+    assert np.load(dump).shape == (0, 1000)
+
+
 def test_cli_summary(model, capsys):
     assert (
         generate_main(

@@ -238,6 +238,7 @@ def test_readme_run_command(tmp_path):
     assert "[1] prompt 5 tokens -> 12 tokens (length)" in out, out
     assert "token-to-token latency: median" in out and " ms" in out, out
     assert "peak KV blocks per rank (per layer): [" in out, out
+    assert "leaked" not in out, out  # nanobind's shutdown check: no object outlives the interpreter
 
 
 @pytest.mark.oracle
