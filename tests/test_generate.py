@@ -419,6 +419,7 @@ def truncated_model(model, tmp_path_factory) -> Path:
         (["--top-k", "-2"], "top_k must be a non-negative integer"),
         (["--tokens-per-block", "0"], "tokens_per_block"),
         (["--max-tokens", "0"], "max_tokens"),
+        (["--max-batch-tokens", "0"], "max_batch_tokens must be a positive integer, got 0"),
     ],
 )
 def test_cli_bad_input(model, capsys, extra, message):

@@ -32,6 +32,8 @@ class LLM:
         expert_tensor_parallel: bool = False,
         progress: bool = True,
     ) -> None:
+        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         pc = parallel_config or ParallelConfig()
         self.parallel_config = pc
         self.engine = HelixEngine(
