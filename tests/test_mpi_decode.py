@@ -155,7 +155,8 @@ def test_greedy_matches_transformers(run, decoded, hf_reference):
             err_msg=f"{run} request {i}",
         )
         worst = max(worst, _max_diff(got[f"logits_{i}"], hf_logits[i][:m]))
-    print(f"{run}: max |logits - transformers| = {worst:.2e}")
+    step_ms = float(np.median(got["decode_step_ms"]))
+    print(f"{run}: max |logits - transformers| = {worst:.2e}; median decode step {step_ms:.2f} ms")
 
 
 @pytest.mark.parametrize("run", [r for r in RUNS if not r.endswith("_cp1")])
@@ -179,7 +180,8 @@ def test_sharded_equals_unsharded(run, decoded):
 def test_queued_requests_ran_one_at_a_time(decoded):
     """With a pool of 8 blocks per CP rank no two requests fit together: the peak stays within one request."""
     peak = decoded["A_tp2cp2_queue"]["peak_kv_blocks"]
-    assert peak.max() <= 7, peak  # the largest request holds ceil(ceil(73 / 4) / 2) = ... <= 7 per rank
+    # alone, a request holds at most ceil(ceil((13 + 34) / 4) / 2) = 6 blocks per CP rank; any two need >= 10
+    assert peak.max() <= 6, peak
     assert (decoded["A_tp2cp2"]["peak_kv_blocks"] > peak).any()
 
 

@@ -87,7 +87,9 @@ class LLM:
         ids = [self.encode(p) for p in prompts]
         if sampling_params is None:
             sampling_params = SamplingParams()
-        params = list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(ids)
+        params = (
+            list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(ids)
+        )
         if len(params) != len(ids):
             raise ValueError(f"{len(params)} sampling params for {len(ids)} prompts")
         seeds = [p.seed if p.seed is not None else self._shared_seed() + i for i, p in enumerate(params)]
