@@ -27,6 +27,14 @@ TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     # The same with transformers run in float64 with its float32 casts removed: agreement to float64
     # rounding (measured 3e-14), so only a semantic difference fails.
     ("model_logits", "float64"): (1e-10, 1e-10),
+    # helix's decoded logits (float32 engine, any layout) vs transformers' float32 DeepseekV3ForCausalLM along
+    # the same greedy path: issue 4 asks for 1e-4. Measured <= 2.7e-5 over tests/test_mpi_decode.py's shapes
+    # and layouts (float32 rounding in both, logits up to |13|); a wrong weight or formula is O(0.1-1).
+    ("decode_logits_vs_hf", "float32"): (1e-4, 0.0),
+    # helix sharded (cp 2/3/4, tp 2/4, tp2cp2, W_UV before the exchange, tensor-parallel experts) vs its own
+    # single-rank run: only the summation order differs (all-reduce of o_proj and FFN partials, LSE merge,
+    # split reductions), amplified through 3-4 layers: measured <= 1.2e-5 on logits up to |13|; 3x margin.
+    ("decode_logits_sharded", "float32"): (4e-5, 0.0),
     # fp32 dot products over D <= 576 and an fp32 online softmax (exp2 polynomial, ~2e-7 relative) of
     # O(1) scores; o is a convex combination of O(1) values: errors of a few 1e-6, margin x10.
     ("mla_attention", "float32"): (5e-5, 5e-5),

@@ -59,20 +59,46 @@ class GenerationStats:
         return self.generated_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
 
+def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """Index i with probability weights[i] / sum(weights) (one uniform draw)."""
+    c = np.cumsum(weights)
+    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(c) - 1))
+
+
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """Greedy for temperature 0, else temperature / top-k / top-p sampling over logits [vocab]."""
+    """Greedy for temperature 0, else temperature / top-k / top-p sampling over logits [vocab].
+
+    top-k keeps the k largest logits; top-p then keeps the smallest prefix (by decreasing probability,
+    renormalized after top-k) whose mass reaches top_p. Linear in the vocabulary: only the candidates are
+    sorted (a full sort of DeepSeek-V3's 129280 logits costs ~40 ms per token in NumPy).
+    """
     if params.temperature == 0.0:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / params.temperature
-    order = np.argsort(-z, kind="stable")
-    if params.top_k:
-        order = order[: params.top_k]
-    p = np.exp(z[order] - z[order[0]])
-    p /= p.sum()
+    z = np.asarray(logits, dtype=np.float64) / params.temperature
+    v = z.shape[0]
+    k = params.top_k if 0 < params.top_k < v else v
+    z_max = z.max()
+    if k == v and params.top_p >= 1.0:
+        return _draw(np.exp(z - z_max), rng)
+    if k < v:
+        cand = np.argpartition(-z, k - 1)[:k]
+        total = np.exp(z[cand] - z_max).sum()
+    else:
+        # top-p alone: the nucleus is a prefix of the sorted candidates; grow them until it fits.
+        total = np.exp(z - z_max).sum()
+        cand, m = np.arange(v), 256
+        while m < v // 4:
+            top = np.argpartition(-z, m - 1)[:m]
+            if np.exp(z[top] - z_max).sum() >= params.top_p * total:
+                cand = top
+                break
+            m *= 8
+    order = cand[np.argsort(-z[cand])]
+    p = np.exp(z[order] - z_max) / total
     if params.top_p < 1.0:
-        keep = int(np.searchsorted(np.cumsum(p), params.top_p) + 1)
-        order, p = order[:keep], p[:keep] / p[:keep].sum()
-    return int(order[rng.choice(len(order), p=p)])
+        keep = min(len(order), int(np.searchsorted(np.cumsum(p), params.top_p) + 1))
+        order, p = order[:keep], p[:keep]
+    return int(order[_draw(p, rng)])
 
 
 @dataclass
@@ -113,7 +139,7 @@ class Scheduler:
         eng, tpb, cp = self.engine, self.engine.tokens_per_block, self.engine.cp
         waiting: deque[_Request] = deque()
         outputs: list[RequestOutput] = []
-        for i, (prompt, p, seed) in enumerate(zip(prompts, params, seeds)):
+        for i, (prompt, p, seed) in enumerate(zip(prompts, params, seeds, strict=False)):
             out = RequestOutput(prompt_token_ids=list(prompt))
             outputs.append(out)
             need = blocks_per_cp_rank(len(prompt) + p.max_new_tokens, tpb, cp)
@@ -133,9 +159,9 @@ class Scheduler:
         start = time.perf_counter()
         while waiting or running:
             # Admit in arrival order while every CP rank has room for the whole request.
-            while waiting and all(n <= f for n, f in zip(waiting[0].reserved, self.free)):
+            while waiting and all(n <= f for n, f in zip(waiting[0].reserved, self.free, strict=False)):
                 req = waiting.popleft()
-                self.free = [f - n for f, n in zip(self.free, req.reserved)]
+                self.free = [f - n for f, n in zip(self.free, req.reserved, strict=False)]
                 req.seq_id = self._next_seq
                 self._next_seq += 1
                 eng.add_sequence(req.seq_id)
@@ -172,7 +198,7 @@ class Scheduler:
             stats.peak_kv_blocks = max(stats.peak_kv_blocks, eng.num_kv_blocks - eng.num_free_blocks)
             if len(tokens) == len(batch) and all(r.computed > len(r.prompt) for r in batch):
                 stats.decode_step_ms.append(dt)
-            for row, req in zip(logits, owners):
+            for row, req in zip(logits, owners, strict=False):
                 if on_logits is not None:
                     on_logits(req.index, row)
                 tok = sample(row, req.params, req.rng)
@@ -185,6 +211,6 @@ class Scheduler:
             for req in [r for r in running if r.output.finish_reason]:
                 running.remove(req)
                 eng.free_sequence(req.seq_id)
-                self.free = [f + n for f, n in zip(self.free, req.reserved)]
+                self.free = [f + n for f, n in zip(self.free, req.reserved, strict=False)]
         stats.wall_s = time.perf_counter() - start
         return outputs, stats

@@ -1,4 +1,4 @@
-"""``python -m helix generate``: decode prompts with Helix parallelism (``mpiexec -n N`` for N = tp * cp ranks)."""
+"""``python -m helix generate``: decode prompts with Helix parallelism (``mpiexec -n N``, N = tp * cp)."""
 
 from __future__ import annotations
 
@@ -14,37 +14,65 @@ __all__ = ["main", "build_parser"]
 
 def _token_ids(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError(f"expected at least one token id, got {text!r}")
+    return ids
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="helix generate", description=__doc__)
-    p.add_argument("--model", required=True, help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
-    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable: one request each)")
-    p.add_argument("--prompt-token-ids", action="append", default=[], type=_token_ids, metavar="1,2,3",
-                   help="a prompt as token ids (repeatable)")
+    p.add_argument(
+        "--model", required=True, help="checkpoint folder (config.json, *.safetensors, tokenizer.json)"
+    )
+    p.add_argument(
+        "--prompt", action="append", default=[], help="a text prompt (repeatable: one request each)"
+    )
+    p.add_argument(
+        "--prompt-token-ids",
+        action="append",
+        default=[],
+        type=_token_ids,
+        metavar="1,2,3",
+        help="a prompt as token ids (repeatable)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="storage of weights and KV cache (compute is float32)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="storage of weights and KV cache (compute is float32)",
+    )
     p.add_argument("--config", help="parallel configuration (JSON or YAML); the flags below override it")
     p.add_argument("--tp", type=int, help="tensor_parallel_size")
     p.add_argument("--cp", type=int, help="context_parallel_size")
     p.add_argument("--tokens-per-block", type=int, help="KV block size (cp_config and kv_cache_config)")
     p.add_argument("--max-tokens", type=int, help="KV pool size in tokens (kv_cache_config.max_tokens)")
-    p.add_argument("--max-batch-tokens", type=int, default=512, help="prompt tokens per step (chunked prefill)")
-    p.add_argument("--wuv-before-exchange", action="store_true",
-                   help="apply W_UV before the all-to-all (Dv instead of kv_lora_rank values per head)")
-    p.add_argument("--expert-tensor-parallel", action="store_true",
-                   help="split every expert over all ranks instead of distributing experts")
-    p.add_argument("--dump-logits", metavar="FILE.npy",
-                   help="save the logits of every generated step of the first request, [steps, vocab] float32")
+    p.add_argument(
+        "--max-batch-tokens", type=int, default=512, help="prompt tokens per step (chunked prefill)"
+    )
+    p.add_argument(
+        "--wuv-before-exchange",
+        action="store_true",
+        help="apply W_UV before the all-to-all (Dv instead of kv_lora_rank values per head)",
+    )
+    p.add_argument(
+        "--expert-tensor-parallel",
+        action="store_true",
+        help="split every expert over all ranks instead of distributing experts",
+    )
+    p.add_argument(
+        "--dump-logits",
+        metavar="FILE.npy",
+        help="save the logits of every generated step of the first request, [steps, vocab] float32",
+    )
     p.add_argument("--json", action="store_true", help="rank 0 prints one JSON object as the last line")
     return p
 
@@ -68,42 +96,84 @@ def main(argv: list[str] | None = None) -> int:
     from helix.comm import abort_on_exception, world
 
     abort_on_exception()
+    comm = world()
+    try:
+        return _generate(args, comm)
+    except (ValueError, OSError) as exc:
+        # A bad input (configuration, checkpoint, prompt, sampling parameter): its message, not a traceback.
+        # Any rank may be the only one to see it (a file it cannot read), so under MPI it ends the whole job.
+        prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
+        print(f"{prefix}helix generate: error: {exc}", file=sys.stderr, flush=True)
+        if comm.size > 1:
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Abort(2)
+        return 2
+    finally:
+        # Drop the cached world communicator before interpreter shutdown: alive at exit, it is destroyed after
+        # nanobind's leak check (which then prints "leaked 1 instances") and possibly after MPI_Finalize.
+        world.cache_clear()
+
+
+def _generate(args: argparse.Namespace, comm) -> int:
     from helix.generate import SamplingParams
     from helix.llm import LLM
 
-    comm = world()
     pc = _parallel_config(args)
     pc.check_world_size(comm.size)
     prompts: list = list(args.prompt) + list(args.prompt_token_ids)
     if not prompts:
         raise SystemExit("helix generate: give at least one --prompt or --prompt-token-ids")
     params = SamplingParams(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, ignore_eos=args.ignore_eos,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        ignore_eos=args.ignore_eos,
     )
-    llm = LLM(args.model, pc, dtype=args.dtype, comm=comm, max_batch_tokens=args.max_batch_tokens,
-              wuv_before_exchange=args.wuv_before_exchange, expert_tensor_parallel=args.expert_tensor_parallel,
-              progress=not args.json)
+    llm = LLM(
+        args.model,
+        pc,
+        dtype=args.dtype,
+        comm=comm,
+        max_batch_tokens=args.max_batch_tokens,
+        wuv_before_exchange=args.wuv_before_exchange,
+        expert_tensor_parallel=args.expert_tensor_parallel,
+        progress=not args.json,
+    )
     first_logits: list[np.ndarray] = []
-    outputs = llm.generate(prompts, params, on_logits=lambda i, row: first_logits.append(row.copy()) if i == 0 else None)
+    outputs = llm.generate(
+        prompts, params, on_logits=lambda i, row: first_logits.append(row.copy()) if i == 0 else None
+    )
     stats = llm.last_stats
     peak = np.array([stats.peak_kv_blocks], np.int64)
     peak_per_rank = comm.all_gather(peak).ravel() if comm.size > 1 else peak
     if comm.rank != 0:
         return 0
     if args.dump_logits:
-        np.save(args.dump_logits, np.asarray(first_logits, np.float32).reshape(len(first_logits), -1))
+        vocab = llm.engine.config.vocab_size
+        np.save(args.dump_logits, np.asarray(first_logits, np.float32).reshape(len(first_logits), vocab))
     ttl = stats.decode_step_ms or stats.step_ms
     if args.json:
-        print(json.dumps({
-            "outputs": [
-                {"prompt_token_ids": o.prompt_token_ids, "token_ids": o.token_ids, "text": o.text,
-                 "finish_reason": o.finish_reason, "error": o.error}
-                for o in outputs
-            ],
-            "ttl_ms": [round(v, 4) for v in ttl],
-            "tokens_per_s": stats.tokens_per_s,
-        }))
+        print(
+            json.dumps(
+                {
+                    "outputs": [
+                        {
+                            "prompt_token_ids": o.prompt_token_ids,
+                            "token_ids": o.token_ids,
+                            "text": o.text,
+                            "finish_reason": o.finish_reason,
+                            "error": o.error,
+                        }
+                        for o in outputs
+                    ],
+                    "ttl_ms": [round(v, 4) for v in ttl],
+                    "tokens_per_s": stats.tokens_per_s,
+                }
+            )
+        )
         return 0
     for i, o in enumerate(outputs):
         shown = o.text if o.text is not None else " ".join(map(str, o.token_ids))
@@ -112,10 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {shown}")
     if ttl:
         arr = np.asarray(ttl)
-        print(f"token-to-token latency: median {np.median(arr):.2f} ms, p90 {np.percentile(arr, 90):.2f} ms "
-              f"over {len(arr)} steps; {stats.tokens_per_s:.1f} tokens/s")
-    print(f"layout tp={pc.tensor_parallel_size} cp={pc.context_parallel_size}; peak KV blocks per rank (per layer): "
-          f"{peak_per_rank.tolist()} of {llm.engine.num_kv_blocks}")
+        print(
+            f"token-to-token latency: median {np.median(arr):.2f} ms, p90 {np.percentile(arr, 90):.2f} ms "
+            f"over {len(arr)} steps; {stats.tokens_per_s:.1f} tokens/s"
+        )
+    print(
+        f"layout tp={pc.tensor_parallel_size} cp={pc.context_parallel_size}; "
+        "peak KV blocks per rank (per layer): "
+        f"{peak_per_rank.tolist()} of {llm.engine.num_kv_blocks}"
+    )
     return 0
 
 

@@ -32,6 +32,8 @@ class LLM:
         expert_tensor_parallel: bool = False,
         progress: bool = True,
     ) -> None:
+        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         pc = parallel_config or ParallelConfig()
         self.parallel_config = pc
         self.engine = HelixEngine(
@@ -85,7 +87,9 @@ class LLM:
         ids = [self.encode(p) for p in prompts]
         if sampling_params is None:
             sampling_params = SamplingParams()
-        params = list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(ids)
+        params = (
+            list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(ids)
+        )
         if len(params) != len(ids):
             raise ValueError(f"{len(params)} sampling params for {len(ids)} prompts")
         seeds = [p.seed if p.seed is not None else self._shared_seed() + i for i, p in enumerate(params)]
