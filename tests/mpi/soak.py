@@ -75,7 +75,21 @@ def main() -> int:
     ap.add_argument("--max-replay", type=int, default=150, help="greedy requests re-run alone (the first ones)")
     args = ap.parse_args()
     abort_on_exception()
-    comm = world()
+    summary = soak(world(), **{k.replace("-", "_"): v for k, v in vars(args).items()})
+    if summary is not None:
+        print("SOAK " + json.dumps(summary), flush=True)
+    return 0
+
+
+def soak(
+    comm, model: str, tp: int = 1, cp: int = 2, requests: int = 300, wave: int = 50, tokens_per_block: int = 4,
+    max_tokens: int = 256, seed: int = 0, rss_bound_mib: float = 4.0, max_replay: int = 150,
+) -> dict | None:
+    """Runs the soak on `comm`'s ranks; returns the summary on rank 0 (None elsewhere). Raises on a failure."""
+    args = argparse.Namespace(
+        model=model, tp=tp, cp=cp, requests=requests, wave=wave, tokens_per_block=tokens_per_block,
+        max_tokens=max_tokens, seed=seed, rss_bound_mib=rss_bound_mib, max_replay=max_replay,
+    )
     pc = helix.ParallelConfig(
         tensor_parallel_size=args.tp, context_parallel_size=args.cp,
         tokens_per_block=args.tokens_per_block, max_tokens=args.max_tokens,
@@ -143,15 +157,14 @@ def main() -> int:
     growth = comm.all_gather(np.array([last_kib - first_kib], np.int64)).ravel().tolist() if comm.size > 1 else [
         last_kib - first_kib
     ]
-    if comm.rank == 0:
-        summary = {
-            "ranks": comm.size, "tp": args.tp, "cp": cp, "requests": done, "refused": refused,
-            "completed": done - refused, "generated_tokens": tokens, "greedy_replayed": len(greedy),
-            "kv_blocks_per_rank": pool, "soak_s": round(soak_s, 2), "replay_s": round(replay_s, 2),
-            "rss_first_kib": first_kib, "rss_last_kib": last_kib, "rss_growth_kib_per_rank": growth,
-        }  # fmt: skip
-        print("SOAK " + json.dumps(summary), flush=True)
-    return 0
+    if comm.rank != 0:
+        return None
+    return {
+        "ranks": comm.size, "tp": args.tp, "cp": cp, "requests": done, "refused": refused,
+        "completed": done - refused, "generated_tokens": tokens, "greedy_replayed": len(greedy),
+        "kv_blocks_per_rank": pool, "soak_s": round(soak_s, 2), "replay_s": round(replay_s, 2),
+        "rss_first_kib": first_kib, "rss_last_kib": last_kib, "rss_growth_kib_per_rank": growth,
+    }  # fmt: skip
 
 
 if __name__ == "__main__":
