@@ -146,7 +146,7 @@ def watch_peers() -> int:
             poller.register(fd, select.POLLIN)
         fd, _ = poller.poll()[0]
         dead, pid = fds[fd]
-        msg = f"[helix rank {rank}/{size}] rank {dead} (pid {pid}) on {host} died: aborting all ranks (MPI_Abort)\n"
+        msg = f"[helix rank {rank}/{size}] rank {dead} (pid {pid}) on {host} died: aborting all ranks\n"
         os.write(2, msg.encode())
         comm.Abort(1)
 

@@ -56,11 +56,12 @@ _MISSING = object()
 
 
 def _as_float(value: int | float, name: str, source: str) -> float:
-    """float(value) for a JSON number; an integer beyond float range is a ModelConfigError, not OverflowError."""
+    """float(value), where a JSON integer beyond float range is a ModelConfigError, not an OverflowError."""
     try:
         return float(value)
     except OverflowError as exc:
         raise ModelConfigError(f"{source}: {name}={value!r} is out of range for a float") from exc
+
 
 # Keys of the normalized rope_scaling dict (None when RoPE is not scaled).
 _YARN_DEFAULTS: dict[str, Any] = {
@@ -372,7 +373,10 @@ def _parse_rope(d: dict[str, Any], source: str) -> tuple[float, dict[str, Any] |
             raise ModelConfigError(f"{source}: max_position_embeddings={max_pos!r} is out of range") from exc
     if isinstance(factor, bool) or not isinstance(factor, (int, float)):
         raise ModelConfigError(f"{source}: {field_name}.factor={factor!r} must be a number")
-    normalized: dict[str, Any] = {"rope_type": "yarn", "factor": _as_float(factor, f"{field_name}.factor", source)}
+    normalized: dict[str, Any] = {
+        "rope_type": "yarn",
+        "factor": _as_float(factor, f"{field_name}.factor", source),
+    }
     normalized["original_max_position_embeddings"] = int(original)
     for key, default in _YARN_DEFAULTS.items():
         value = scaling.get(key, default)
