@@ -85,7 +85,9 @@ def mutate_bytes(draw: Callable[..., Any], data: bytes) -> bytes:
         elif op == "delete":
             del out[pos : pos + draw(st.integers(1, 8))]
         elif op == "utf8":
-            out[pos:pos] = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80\x80", b"\xfe\xfe"]))
+            out[pos:pos] = draw(
+                st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80\x80", b"\xfe\xfe"])
+            )
     return bytes(out)
 
 

@@ -9,13 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
-from mpi_launch import MPI_ENV, ROOT, mpiexec, run_mpi
-
 import helix
+import pytest
 from helix.checkpoint import Checkpoint
 from helix.tiny import make_tiny_model, write_safetensors
+from mpi_launch import MPI_ENV, ROOT, mpiexec, run_mpi
 
 # The soak model's size: faults show within a few decode steps, and the runs take about a second.
 FAULT_MODEL = dict(
@@ -58,7 +56,9 @@ POISONS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "value", "words"), POISONS, ids=["attn-nan", "ffn-huge", "moe-inf", "logits-nan"])
+@pytest.mark.parametrize(
+    ("name", "value", "words"), POISONS, ids=["attn-nan", "ffn-huge", "moe-inf", "logits-nan"]
+)
 def test_non_finite_single_process(fault_model, tmp_path, name, value, words):
     model = poisoned(fault_model, tmp_path / "m", name, value)
     llm = helix.LLM(model, progress=False)
@@ -85,13 +85,16 @@ def test_non_finite_under_mpiexec(fault_model, tmp_path):
 
 
 def _run_kill(model: Path, n: int, tp: int, victim: int, extra: list[str]) -> tuple[int, str, float]:
-    """Runs tests/mpi/fault_kill.py; returns (exit code, output, seconds from the SIGKILL to the job's end)."""
+    """Runs tests/mpi/fault_kill.py -> (exit code, output, seconds from the SIGKILL to the job's end)."""
     import os
 
     env = {**MPI_ENV, **os.environ}
-    env["PYTHONPATH"] = str(ROOT / "python") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = ["timeout", "-k", "5", "120", mpiexec(), *extra, "-n", str(n), sys.executable, "tests/mpi/fault_kill.py",
-           "--model", str(model), "--tp", str(tp), "--cp", str(n // tp), "--victim", str(victim)]  # fmt: skip
+    env["PYTHONPATH"] = str(ROOT / "python") + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    program = ["tests/mpi/fault_kill.py", "--model", str(model), "--tp", str(tp), "--cp", str(n // tp),
+               "--victim", str(victim)]  # fmt: skip
+    cmd = ["timeout", "-k", "5", "120", mpiexec(), *extra, "-n", str(n), sys.executable, *program]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="replace", timeout=150)  # fmt: skip
     end = time.time()
@@ -115,7 +118,10 @@ def test_sigkill_names_the_rank(fault_model, n, tp, victim):
     """With -disable-auto-cleanup the survivors' peer watcher (helix.comm.watch_peers) names the dead rank
     and its pid, then aborts the job."""
     code, out, after_kill = _run_kill(fault_model, n, tp, victim, ["-disable-auto-cleanup"])
-    print(f"SIGKILL of rank {victim} of {n} (-disable-auto-cleanup): job ended {after_kill:.2f} s later, exit {code}")
+    print(
+        f"SIGKILL of rank {victim} of {n} (-disable-auto-cleanup): job ended {after_kill:.2f} s later, "
+        f"exit {code}"
+    )
     pid = re.search(rf"FAULT rank {victim} pid (\d+)", out).group(1)
     assert code != 0 and code not in (124, 137), out
     assert re.search(rf"\[helix rank \d/{n}\] rank {victim} \(pid {pid}\) on \S+ died", out), out

@@ -25,7 +25,9 @@ DTYPES = sorted(SAFETENSORS_DTYPES)
 FP8 = np.dtype(ml_dtypes.float8_e4m3fn)
 
 
-def write_raw(path: Path, header: object, data: bytes, header_len: int | None = None, cut: int | None = None) -> None:
+def write_raw(
+    path: Path, header: object, data: bytes, header_len: int | None = None, cut: int | None = None
+) -> None:
     """A safetensors file from any header value: 8-byte length (the real one unless header_len), JSON, data;
     cut truncates the file to that many bytes."""
     raw = json.dumps(header).encode("utf-8") if not isinstance(header, bytes) else header
@@ -56,7 +58,9 @@ def _read_everything(model_dir: Path, files: list[Path]) -> None:
 
 shapes = st.one_of(
     st.lists(st.integers(0, 6), max_size=3),
-    st.lists(st.sampled_from([0, 1, 3, 2**31, 2**32 + 1, 2**62, 2**63, 2**64, 10**30, -1]), min_size=1, max_size=3),
+    st.lists(
+        st.sampled_from([0, 1, 3, 2**31, 2**32 + 1, 2**62, 2**63, 2**64, 10**30, -1]), min_size=1, max_size=3
+    ),
     json_values,
 )
 
@@ -66,13 +70,25 @@ def safetensors_files(draw) -> tuple[object, bytes, int | None, int | None]:
     """(header, data, header_len override, truncation) around a mostly well-formed layout."""
     header: dict[str, object] = {}
     offset = 0
-    names = draw(st.lists(st.sampled_from(["a", "b", "c", "model.norm.weight", "__metadata__", "é\x00"]),
-                          max_size=4, unique=True))
+    names = draw(
+        st.lists(
+            st.sampled_from(["a", "b", "c", "model.norm.weight", "__metadata__", "é\x00"]),
+            max_size=4,
+            unique=True,
+        )
+    )
     for name in names:
-        dtype = draw(st.one_of(st.sampled_from(DTYPES), st.sampled_from(["F32", "BF16", "F8_E4M3"]), json_values))
+        dtype = draw(
+            st.one_of(st.sampled_from(DTYPES), st.sampled_from(["F32", "BF16", "F8_E4M3"]), json_values)
+        )
         shape = draw(shapes)
         nbytes = 0
-        if isinstance(dtype, str) and dtype in SAFETENSORS_DTYPES and isinstance(shape, list) and all(isinstance(s, int) for s in shape):
+        if (
+            isinstance(dtype, str)
+            and dtype in SAFETENSORS_DTYPES
+            and isinstance(shape, list)
+            and all(isinstance(s, int) for s in shape)
+        ):
             nbytes = max(0, (int(np.prod(shape, dtype=object)) * SAFETENSORS_DTYPES[dtype][0] + 7) // 8)
         nbytes = min(nbytes, 1 << 12)
         how = draw(st.sampled_from(["contiguous", "contiguous", "overlap", "random", "junk"]))
@@ -94,8 +110,11 @@ def safetensors_files(draw) -> tuple[object, bytes, int | None, int | None]:
     data = draw(st.binary(min_size=min(data_len, 64), max_size=min(data_len, 64))) * (data_len // 64 + 1)
     data = data[:data_len] if data else bytes(data_len)
     header_value: object = header if draw(st.integers(0, 7)) else draw(json_values)
-    header_len = draw(st.one_of(st.none(), st.none(), st.sampled_from([0, 1, 7, 2**32, 2**63, 2**64 - 1]),
-                                st.integers(0, 300)))
+    header_len = draw(
+        st.one_of(
+            st.none(), st.none(), st.sampled_from([0, 1, 7, 2**32, 2**63, 2**64 - 1]), st.integers(0, 300)
+        )
+    )
     cut = draw(st.one_of(st.none(), st.none(), st.integers(0, 400)))
     return header_value, data, header_len, cut
 
@@ -151,7 +170,7 @@ def test_deeply_nested_header(tmp_path, kind):
 
 
 def test_duplicate_tensor_in_header(tmp_path):
-    """JSON keeps the last of two equal keys; a header naming a tensor twice is ambiguous, so it is refused."""
+    """JSON keeps the last of two equal keys; a header naming a tensor twice is ambiguous: refused."""
     path = tmp_path / "model.safetensors"
     entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
     write_raw(path, ('{"a":' + entry + ',"a":' + entry + "}").encode(), bytes(4))
@@ -178,8 +197,21 @@ def test_empty_tensor_with_huge_dimension(tmp_path, shape):
 # ---- the shard index ----------------------------------------------------------------------------
 
 file_names = st.one_of(
-    st.sampled_from(["a.safetensors", "a.safetensors", "b.safetensors", "../a.safetensors", "", ".", "..",
-                     "sub/a.safetensors", "/etc/passwd", "a.safetensors\x00", "config.json"]),
+    st.sampled_from(
+        [
+            "a.safetensors",
+            "a.safetensors",
+            "b.safetensors",
+            "../a.safetensors",
+            "",
+            ".",
+            "..",
+            "sub/a.safetensors",
+            "/etc/passwd",
+            "a.safetensors\x00",
+            "config.json",
+        ]
+    ),
     st.text(max_size=10),
     json_values,
 )
@@ -200,7 +232,9 @@ def indexes(draw) -> bytes:
 @given(index=indexes())
 def test_random_index(tmp_path_factory, index):
     folder = tmp_path_factory.mktemp("idx")
-    write_safetensors(folder / "a.safetensors", {"x": np.arange(2, dtype=np.float32), "y": np.ones(4, np.float32)})
+    write_safetensors(
+        folder / "a.safetensors", {"x": np.arange(2, dtype=np.float32), "y": np.ones(4, np.float32)}
+    )
     index_path = folder / "model.safetensors.index.json"
     index_path.write_bytes(index)
     with peak_allocation(2 << 20):
@@ -228,10 +262,17 @@ def fp8_cases(draw):
     rows, cols = draw(st.integers(1, 40)), draw(st.integers(1, 40))
     br, bc = draw(st.integers(1, 16)), draw(st.integers(1, 16))
     want = (-(-rows // br), -(-cols // bc))
-    scale_shape = draw(st.one_of(
-        st.just(want), st.just(want), st.just((want[1], want[0])), st.just((want[0],)), st.just((want[0] + 1, want[1])),
-        st.just((want[0], want[1], 1)), st.just((0, 0)),
-    ))
+    scale_shape = draw(
+        st.one_of(
+            st.just(want),
+            st.just(want),
+            st.just((want[1], want[0])),
+            st.just((want[0],)),
+            st.just((want[0] + 1, want[1])),
+            st.just((want[0], want[1], 1)),
+            st.just((0, 0)),
+        )
+    )
     scale_dtype = draw(st.sampled_from(["F32", "F32", "BF16", "F16", "F8_E4M3", "I32", "F64"]))
     with_scale = draw(st.integers(0, 9)) > 0
     q_shape = draw(st.sampled_from([(rows, cols), (rows, cols), (rows * cols,), (rows, cols, 1)]))
@@ -240,8 +281,14 @@ def fp8_cases(draw):
     return rows, cols, br, bc, scale_shape, scale_dtype, with_scale, q_shape, rows_slice, cols_slice
 
 
-_NP = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16, "F8_E4M3": FP8, "I32": np.int32,
-       "F64": np.float64}
+_NP = {
+    "F32": np.float32,
+    "BF16": ml_dtypes.bfloat16,
+    "F16": np.float16,
+    "F8_E4M3": FP8,
+    "I32": np.int32,
+    "F64": np.float64,
+}
 _CODES = {"F32": "F32", "BF16": "BF16", "F16": "F16", "F8_E4M3": "F8_E4M3", "I32": "I32", "F64": "F64"}
 
 
@@ -268,12 +315,16 @@ def test_fp8_scales(tmp_path_factory, case):
         tensors[FP8_NAME + "_scale_inv"] = (_CODES[scale_dtype], scale)
     path = folder / "model.safetensors"
     _write_tensors(path, tensors)
-    cfg_dict = dict(TINY_DEFAULT_CONFIG, quantization_config={"quant_method": "fp8", "weight_block_size": [br, bc]})
+    cfg_dict = dict(
+        TINY_DEFAULT_CONFIG, quantization_config={"quant_method": "fp8", "weight_block_size": [br, bc]}
+    )
     config = ModelConfig.from_dict(cfg_dict)
     ckpt = Checkpoint.open(folder, config=config)
     got = expect_valid_or(CheckpointError, path, lambda: ckpt.get(FP8_NAME, rows=rows_slice, cols=cols_slice))
     well_formed = (
-        with_scale and q_shape == (rows, cols) and scale_shape == (-(-rows // br), -(-cols // bc))
+        with_scale
+        and q_shape == (rows, cols)
+        and scale_shape == (-(-rows // br), -(-cols // bc))
         and scale_dtype in ("F32", "BF16", "F16")
     )
     assert (got is not None) == well_formed

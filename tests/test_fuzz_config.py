@@ -15,13 +15,25 @@ from helix.tiny import TINY_DEFAULT_CONFIG
 from hypothesis import given
 from hypothesis import strategies as st
 
-FP8_SECTION = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], "activation_scheme": "dynamic"}
-T5_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "original_max_position_embeddings": 512}
+FP8_SECTION = {
+    "quant_method": "fp8",
+    "fmt": "e4m3",
+    "weight_block_size": [128, 128],
+    "activation_scheme": "dynamic",
+}
+T5_ROPE = {
+    "rope_type": "yarn",
+    "rope_theta": 10000.0,
+    "factor": 40.0,
+    "original_max_position_embeddings": 512,
+}
 
 
 def _mutated_section(base: dict) -> st.SearchStrategy:
     """A dict section with each key kept, dropped or given a random value, and maybe an extra key."""
-    return st.fixed_dictionaries({}, optional={k: st.one_of(st.just(v), json_values) for k, v in base.items()})
+    return st.fixed_dictionaries(
+        {}, optional={k: st.one_of(st.just(v), json_values) for k, v in base.items()}
+    )
 
 
 @st.composite
@@ -42,7 +54,9 @@ def configs(draw) -> dict:
         elif choice == "section" and isinstance(value, dict):
             out[key] = draw(_mutated_section(value))
         elif choice == "section":
-            out[key] = draw(st.sampled_from([0, -1, 1, 2**64, 1.5, float("nan"), float("inf"), "1", None, [value]]))
+            out[key] = draw(
+                st.sampled_from([0, -1, 1, 2**64, 1.5, float("nan"), float("inf"), "1", None, [value]])
+            )
     return out
 
 
@@ -91,9 +105,7 @@ def test_non_utf8(tmp_path):
         ModelConfig.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize(
-    "original", [0, -1, "512", None, [512], float("nan"), float("inf"), 1e400, True]
-)
+@pytest.mark.parametrize("original", [0, -1, "512", None, [512], float("nan"), float("inf"), 1e400, True])
 def test_yarn_original_context(tmp_path, original):
     """original_max_position_embeddings feeds a division and int(): every bad value is a ModelConfigError."""
     d = json.loads(json.dumps(TINY_DEFAULT_CONFIG))
@@ -106,8 +118,16 @@ def test_yarn_original_context(tmp_path, original):
 
 
 @pytest.mark.parametrize(
-    "key", ["rope_theta", "routed_scaling_factor", "rms_norm_eps", "rope_scaling.factor", "rope_scaling.beta_fast",
-            "rope_scaling.mscale", "max_position_embeddings"]
+    "key",
+    [
+        "rope_theta",
+        "routed_scaling_factor",
+        "rms_norm_eps",
+        "rope_scaling.factor",
+        "rope_scaling.beta_fast",
+        "rope_scaling.mscale",
+        "max_position_embeddings",
+    ],
 )
 def test_integer_beyond_float_range(tmp_path, key):
     """JSON integers are unbounded in Python: 10**400 where a float is expected is a ModelConfigError."""

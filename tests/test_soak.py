@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from mpi_launch import run_mpi
-
 from helix.tiny import make_tiny_model
+from mpi_launch import run_mpi
 
 pytestmark = pytest.mark.mpi
 
@@ -29,7 +28,9 @@ def soak_model(tmp_path_factory):
     return path
 
 
-def _soak(model, n: int, tp: int, cp: int, requests: int, timeout: float, extra: list[str] | None = None) -> dict:
+def _soak(
+    model, n: int, tp: int, cp: int, requests: int, timeout: float, extra: list[str] | None = None
+) -> dict:
     args = ["tests/mpi/soak.py", "--model", str(model), "--tp", str(tp), "--cp", str(cp),
             "--requests", str(requests), *(extra or [])]  # fmt: skip
     result = run_mpi(n, args, timeout=timeout)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helix.comm import self_communicator
 from helix.tiny import make_tiny_model
 

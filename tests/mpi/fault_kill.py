@@ -28,7 +28,9 @@ def main() -> int:
     args = ap.parse_args()
     abort_on_exception()
     comm = world()
-    pc = helix.ParallelConfig(tensor_parallel_size=args.tp, context_parallel_size=args.cp, tokens_per_block=4, max_tokens=4096)
+    pc = helix.ParallelConfig(
+        tensor_parallel_size=args.tp, context_parallel_size=args.cp, tokens_per_block=4, max_tokens=4096
+    )
     llm = helix.LLM(args.model, pc, comm=comm, progress=False)
     seen = 0
 

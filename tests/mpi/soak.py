@@ -1,18 +1,20 @@
 """Soak program (run under mpiexec by tests/test_soak.py): streams many random requests through helix.LLM
 and checks that nothing is lost.
 
-Requests come in waves of random size (1 to 2 * --wave): each wave is one LLM.generate call whose requests queue in the scheduler
-and are admitted as KV blocks free up (continuous batching, so requests arrive while others decode).
+Requests come in waves of random size (1 to 2 * --wave): each wave is one LLM.generate call whose requests
+queue in the scheduler and are admitted as KV blocks free up (continuous batching: requests arrive while
+others decode).
 Prompt lengths are random, a few longer than one rank's pool allows (refused with a reason); max_new_tokens
 and the sampling settings (greedy or temperature / top-k / top-p, ignore_eos) are random. Every rank draws
 the same requests from the same seed.
 
 Checked on every rank after every wave: every KV block is free in the engine and in the scheduler's
 reservations; every request finished (eos / length, with a consistent token count) or was refused with a
-reason, and refused exactly when it cannot fit. At the end: every greedy request (the first --max-replay), run again
-alone, gives the same tokens; resident memory (VmRSS) after the last request has not grown by more than
---rss-bound-mib over its value after the first 100 requests. Any failed check raises, which aborts the whole job
-(helix.comm.abort_on_exception). Rank 0 prints one JSON summary line prefixed with "SOAK ".
+reason, and refused exactly when it cannot fit. At the end: every greedy request (the first --max-replay),
+run again alone, gives the same tokens; resident memory (VmRSS) after the last request has not grown by
+more than --rss-bound-mib over its value after the first 100 requests. Any failed check raises, which
+aborts the whole job (helix.comm.abort_on_exception). Rank 0 prints one JSON summary line, prefixed with
+"SOAK ".
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ import argparse
 import json
 import time
 
-import numpy as np
-
 import helix
+import numpy as np
 from helix.comm import abort_on_exception, world
 from helix.generate import blocks_per_cp_rank
 
@@ -72,7 +73,9 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rss-bound-mib", type=float, default=4.0)
-    ap.add_argument("--max-replay", type=int, default=150, help="greedy requests re-run alone (the first ones)")
+    ap.add_argument(
+        "--max-replay", type=int, default=150, help="greedy requests re-run alone (the first ones)"
+    )
     args = ap.parse_args()
     abort_on_exception()
     summary = soak(world(), **{k.replace("-", "_"): v for k, v in vars(args).items()})
@@ -82,13 +85,30 @@ def main() -> int:
 
 
 def soak(
-    comm, model: str, tp: int = 1, cp: int = 2, requests: int = 300, wave: int = 50, tokens_per_block: int = 4,
-    max_tokens: int = 256, seed: int = 0, rss_bound_mib: float = 4.0, max_replay: int = 150,
+    comm,
+    model: str,
+    tp: int = 1,
+    cp: int = 2,
+    requests: int = 300,
+    wave: int = 50,
+    tokens_per_block: int = 4,
+    max_tokens: int = 256,
+    seed: int = 0,
+    rss_bound_mib: float = 4.0,
+    max_replay: int = 150,
 ) -> dict | None:
-    """Runs the soak on `comm`'s ranks; returns the summary on rank 0 (None elsewhere). Raises on a failure."""
+    """Runs the soak on `comm`'s ranks; returns the summary on rank 0 (None elsewhere). Raises on failure."""
     args = argparse.Namespace(
-        model=model, tp=tp, cp=cp, requests=requests, wave=wave, tokens_per_block=tokens_per_block,
-        max_tokens=max_tokens, seed=seed, rss_bound_mib=rss_bound_mib, max_replay=max_replay,
+        model=model,
+        tp=tp,
+        cp=cp,
+        requests=requests,
+        wave=wave,
+        tokens_per_block=tokens_per_block,
+        max_tokens=max_tokens,
+        seed=seed,
+        rss_bound_mib=rss_bound_mib,
+        max_replay=max_replay,
     )
     pc = helix.ParallelConfig(
         tensor_parallel_size=args.tp, context_parallel_size=args.cp,
@@ -110,7 +130,7 @@ def soak(
         prompts, params = random_requests(rng, n, args.max_tokens, vocab)
         outs = llm.generate(prompts, params)
         assert len(outs) == n
-        for prompt, p, out in zip(prompts, params, outs):
+        for prompt, p, out in zip(prompts, params, outs, strict=True):
             fits = max(blocks_per_cp_rank(len(prompt) + p.max_new_tokens, tpb, cp)) <= pool
             if out.finish_reason == "refused":
                 assert not fits and out.error and "KV blocks" in out.error, (len(prompt), p, out)
@@ -154,9 +174,11 @@ def soak(
         f"rank {comm.rank}: VmRSS grew {growth_mib:.1f} MiB from {first_done} to {rss_after[-1][0]} requests "
         f"(bound {args.rss_bound_mib} MiB): {rss_after}"
     )
-    growth = comm.all_gather(np.array([last_kib - first_kib], np.int64)).ravel().tolist() if comm.size > 1 else [
-        last_kib - first_kib
-    ]
+    growth = (
+        comm.all_gather(np.array([last_kib - first_kib], np.int64)).ravel().tolist()
+        if comm.size > 1
+        else [last_kib - first_kib]
+    )
     if comm.rank != 0:
         return None
     return {
