@@ -12,6 +12,7 @@ import select
 import socket
 import sys
 import threading
+import time
 import traceback
 from types import TracebackType
 from typing import Any
@@ -148,6 +149,9 @@ def watch_peers() -> int:
         dead, pid = fds[fd]
         msg = f"[helix rank {rank}/{size}] rank {dead} (pid {pid}) on {host} died: aborting all ranks\n"
         os.write(2, msg.encode())
+        # mpiexec forwards stderr through its proxy, which stops reading once MPI_Abort starts the
+        # teardown: give it a moment to pass the line on first.
+        time.sleep(0.5)
         comm.Abort(1)
 
     threading.Thread(target=watch, name="helix-peer-watch", daemon=True).start()
