@@ -105,10 +105,13 @@ def _run_kill(model: Path, n: int, tp: int, victim: int, extra: list[str]) -> tu
 
 @pytest.mark.mpi
 def test_sigkill_ends_the_job(fault_model):
-    """Default mpiexec: hydra notices the dead rank and ends the job (it names a PID, not the rank)."""
+    """Default mpiexec: the job ends at once (hydra kills the survivors, usually before they can speak)."""
     code, out, after_kill = _run_kill(fault_model, 2, 1, 1, [])
     print(f"SIGKILL of rank 1 (default mpiexec): job ended {after_kill:.2f} s later, exit {code}")
-    assert code != 0 and "BAD TERMINATION" in out, out
+    # Whichever comes first ends it: hydra's cleanup ("BAD TERMINATION", naming some PID) or the
+    # survivors' peer watcher (naming the rank), when it wins the race.
+    assert code != 0 and code not in (124, 137), out
+    assert "BAD TERMINATION" in out or re.search(r"rank 1 \(pid \d+\) on \S+ died", out), out
     assert after_kill < KILL_DEADLINE_S, out
 
 
@@ -116,14 +119,21 @@ def test_sigkill_ends_the_job(fault_model):
 @pytest.mark.parametrize(("n", "tp", "victim"), [(2, 1, 1), (4, 2, 2)])
 def test_sigkill_names_the_rank(fault_model, n, tp, victim):
     """With -disable-auto-cleanup the survivors' peer watcher (helix.comm.watch_peers) names the dead rank
-    and its pid, then aborts the job."""
-    code, out, after_kill = _run_kill(fault_model, n, tp, victim, ["-disable-auto-cleanup"])
-    print(
-        f"SIGKILL of rank {victim} of {n} (-disable-auto-cleanup): job ended {after_kill:.2f} s later, "
-        f"exit {code}"
-    )
-    pid = re.search(rf"FAULT rank {victim} pid (\d+)", out).group(1)
-    assert code != 0 and code not in (124, 137), out
-    assert re.search(rf"\[helix rank \d/{n}\] rank {victim} \(pid {pid}\) on \S+ died", out), out
-    assert "finished without the fault" not in out, out
-    assert after_kill < KILL_DEADLINE_S, out
+    and its pid, then aborts the job. Every run must end fast and non-zero; the naming line is lost in
+    about 1 run of 15 on the 2-core dev machine (mpiexec's proxy tears down before forwarding it), so it
+    must show in at least one of up to 3 runs."""
+    named = 0
+    for _attempt in range(3):
+        code, out, after_kill = _run_kill(fault_model, n, tp, victim, ["-disable-auto-cleanup"])
+        print(
+            f"SIGKILL of rank {victim} of {n} (-disable-auto-cleanup): job ended {after_kill:.2f} s later, "
+            f"exit {code}"
+        )
+        assert code != 0 and code not in (124, 137), out
+        assert "finished without the fault" not in out, out
+        assert after_kill < KILL_DEADLINE_S, out
+        pid = re.search(rf"FAULT rank {victim} pid (\d+)", out).group(1)
+        if re.search(rf"\[helix rank \d/{n}\] rank {victim} \(pid {pid}\) on \S+ died", out):
+            named += 1
+            break
+    assert named, f"no run named rank {victim}; last output:\n{out}"
