@@ -74,6 +74,30 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the tensor."""
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json object_pairs_hook: JSON silently keeps the last of two equal keys; a header or index that
+    names a tensor twice is ambiguous, so it is refused."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _load_json(raw: str) -> object:
+    """json.loads refusing duplicate keys; RecursionError (nested past the parser's limit) and duplicates
+    come out as ValueError like any other malformed document."""
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicates)
+    except RecursionError as exc:
+        raise ValueError(f"nested too deeply ({exc})") from exc
+
+
 def layer_index(name: str) -> int | None:
     """Decoder layer index of a tensor name (``model.layers.L.*``), None for other tensors."""
     m = _LAYER_RE.match(name)
@@ -188,8 +212,8 @@ class SafetensorsFile:
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from exc
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = _load_json(raw.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, duplicates, nesting
             raise CheckpointError(f"{path}: corrupt header: not valid JSON ({exc})") from exc
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: corrupt header: expected a JSON object")
@@ -231,7 +255,7 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_len
     if not isinstance(entry, dict):
         raise corrupt("not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in SAFETENSORS_DTYPES:
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:  # a list or dict is unhashable
         raise corrupt(f"unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
@@ -249,6 +273,9 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_len
             f"data_offsets [{begin}, {end}] outside the data section ({data_len} bytes): truncated or corrupt"
         )
     bits = SAFETENSORS_DTYPES[dtype][0]
+    # Even an empty tensor's dimensions must describe an array that can exist (NumPy's intp limit).
+    if math.prod(s for s in shape if s) * max(bits, 8) // 8 >= 2**62:
+        raise corrupt(f"shape {shape} is larger than any array can be")
     nbytes = (math.prod(shape) * bits + 7) // 8
     if end - begin != nbytes:
         raise corrupt(f"data_offsets span {end - begin} bytes but shape {shape} of {dtype} needs {nbytes}")
@@ -382,6 +409,8 @@ class Checkpoint:
             raise CheckpointError(
                 f"{info.file}: tensor {name!r} has unsupported dtype {info.dtype} ({_SUPPORTED})"
             )
+        if info.dtype == "F8_E4M3":
+            self._check_scale(name, info)  # a malformed FP8 tensor is the file's fault, not the slice's
         if cols is not None and len(info.shape) < 2:
             raise ValueError(f"tensor {name!r} has {len(info.shape)} dimension(s); cols needs 2")
         r0, r1 = _resolve(rows, info.shape[0], "rows", name) if info.shape else (0, 0)
@@ -489,10 +518,10 @@ class Checkpoint:
 
 def _read_index(path: Path) -> dict[str, str]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _load_json(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, duplicates, nesting
         raise CheckpointError(f"{path}: corrupt index: not valid JSON ({exc})") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):

@@ -7,13 +7,17 @@ initializes MPI and hands over the communicator handle, so no Python-level MPI c
 from __future__ import annotations
 
 import functools
+import os
+import select
+import socket
 import sys
 import threading
+import time
 import traceback
 from types import TracebackType
 from typing import Any
 
-__all__ = ["abort_on_exception", "from_mpi4py", "self_communicator", "world"]
+__all__ = ["abort_on_exception", "from_mpi4py", "self_communicator", "watch_peers", "world"]
 
 
 def _mpi() -> Any | None:
@@ -100,4 +104,56 @@ def abort_on_exception() -> bool:
     sys.excepthook = excepthook
     threading.excepthook = thread_excepthook
     _installed = True
+    watch_peers()
     return True
+
+
+_watching = False
+
+
+def watch_peers() -> int:
+    """Name the rank when a peer process dies without a word (SIGKILL, the OOM killer, a segfault).
+
+    mpiexec (MPICH's hydra) then ends the job but names only some PID, not necessarily the dead one. Each
+    rank shares its (host, pid) once; a daemon thread waits on a pidfd of every other rank on the same host
+    (poll without the GIL; the engine's step releases it) and, when one exits, writes
+    "[helix rank k/n] rank r (pid p) on <host> died: aborting all ranks" to stderr and calls MPI_Abort.
+    Ranks on other hosts are not watched. Returns the number of peers watched; 0 for a single process or
+    where pidfd_open is unavailable. Idempotent; abort_on_exception() calls it.
+    """
+    global _watching
+    MPI = _mpi()
+    if MPI is None or _watching or not hasattr(os, "pidfd_open"):
+        return 0
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size <= 1:
+        return 0
+    host = socket.gethostname()
+    peers = comm.allgather((host, os.getpid()))
+    fds: dict[int, tuple[int, int]] = {}  # pidfd -> (rank, pid)
+    for r, (h, pid) in enumerate(peers):
+        if r != rank and h == host:
+            try:
+                fds[os.pidfd_open(pid)] = (r, pid)
+            except OSError:  # already gone, or no permission: leave it to mpiexec
+                continue
+    if not fds:
+        return 0
+
+    def watch() -> None:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        fd, _ = poller.poll()[0]
+        dead, pid = fds[fd]
+        msg = f"[helix rank {rank}/{size}] rank {dead} (pid {pid}) on {host} died: aborting all ranks\n"
+        os.write(2, msg.encode())
+        # mpiexec forwards stderr through its proxy, which stops reading once MPI_Abort starts the
+        # teardown: give it a moment to pass the line on first.
+        time.sleep(0.5)
+        comm.Abort(1)
+
+    threading.Thread(target=watch, name="helix-peer-watch", daemon=True).start()
+    _watching = True
+    return len(fds)

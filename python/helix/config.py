@@ -54,6 +54,15 @@ class Fp8BlockQuantization:
 
 _MISSING = object()
 
+
+def _as_float(value: int | float, name: str, source: str) -> float:
+    """float(value), where a JSON integer beyond float range is a ModelConfigError, not an OverflowError."""
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise ModelConfigError(f"{source}: {name}={value!r} is out of range for a float") from exc
+
+
 # Keys of the normalized rope_scaling dict (None when RoPE is not scaled).
 _YARN_DEFAULTS: dict[str, Any] = {
     "beta_fast": 32.0,
@@ -140,18 +149,18 @@ class ModelConfig:
             )
         if self.tie_word_embeddings:
             raise bad("tie_word_embeddings", "is not supported (DeepSeek-V3 has an untied lm_head)")
-        if not (self.rms_norm_eps > 0.0):
-            raise bad("rms_norm_eps", "must be positive")
-        if not (self.rope_theta > 0.0):
-            raise bad("rope_theta", "must be positive")
-        if not (self.routed_scaling_factor > 0.0):
-            raise bad("routed_scaling_factor", "must be positive")
+        for name in ("rms_norm_eps", "rope_theta", "routed_scaling_factor"):
+            if not (0.0 < getattr(self, name) < math.inf):
+                raise bad(name, "must be positive and finite")
         if self.rope_scaling is not None:
             rs = self.rope_scaling
             if rs.get("rope_type") != "yarn":
                 raise bad("rope_scaling", "has an unsupported rope type (only yarn or none)")
-            if not (float(rs["factor"]) > 0.0):
-                raise bad("rope_scaling", "needs a positive factor")
+            if not (0.0 < float(rs["factor"]) < math.inf):
+                raise bad("rope_scaling", "needs a positive, finite factor")
+            for key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor"):
+                if rs.get(key) is not None and not math.isfinite(rs[key]):
+                    raise bad("rope_scaling", f"needs a finite {key}")
             if not (int(rs["original_max_position_embeddings"]) > 0):
                 raise bad("rope_scaling", "needs a positive original_max_position_embeddings")
 
@@ -211,9 +220,11 @@ class ModelConfig:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ModelConfigError(f"{path}: cannot read the model configuration ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise ModelConfigError(f"{path}: not UTF-8 text ({exc})") from exc
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise ModelConfigError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise ModelConfigError(f"{path}: expected a JSON object at the top level")
@@ -243,7 +254,7 @@ class ModelConfig:
             value = need(name) if default is _MISSING else d.get(name, default)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise err(name, "must be a number")
-            return float(value)
+            return _as_float(value, name, source)
 
         model_type = d.get("model_type")
         if model_type != "deepseek_v3":
@@ -329,12 +340,12 @@ def _parse_rope(d: dict[str, Any], source: str) -> tuple[float, dict[str, Any] |
     if isinstance(theta, bool) or not isinstance(theta, (int, float)):
         raise ModelConfigError(f"{source}: rope_theta={theta!r} must be a number")
     if scaling is None:
-        return float(theta), None
+        return _as_float(theta, "rope_theta", source), None
     if not isinstance(scaling, dict):
         raise ModelConfigError(f"{source}: {field_name}={scaling!r} must be an object")
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type == "default":
-        return float(theta), None
+        return _as_float(theta, "rope_theta", source), None
     if rope_type != "yarn":
         raise ModelConfigError(
             f"{source}: {field_name} has rope type {rope_type!r}, "
@@ -346,11 +357,26 @@ def _parse_rope(d: dict[str, Any], source: str) -> tuple[float, dict[str, Any] |
         original = d["original_max_position_embeddings"]
     else:
         raise ModelConfigError(f"{source}: {field_name} (yarn) needs original_max_position_embeddings")
+    if isinstance(original, bool) or not isinstance(original, int) or original <= 0:
+        raise ModelConfigError(
+            f"{source}: {field_name}.original_max_position_embeddings={original!r} must be a positive integer"
+        )
     factor = scaling.get("factor")
     if factor is None:
         # transformers' rule when the factor is omitted: the context extension ratio.
-        factor = d.get("max_position_embeddings", 4096) / original
-    normalized: dict[str, Any] = {"rope_type": "yarn", "factor": float(factor)}
+        max_pos = d.get("max_position_embeddings", 4096)
+        if isinstance(max_pos, bool) or not isinstance(max_pos, int):
+            raise ModelConfigError(f"{source}: max_position_embeddings={max_pos!r} must be an integer")
+        try:
+            factor = max_pos / original
+        except OverflowError as exc:
+            raise ModelConfigError(f"{source}: max_position_embeddings={max_pos!r} is out of range") from exc
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise ModelConfigError(f"{source}: {field_name}.factor={factor!r} must be a number")
+    normalized: dict[str, Any] = {
+        "rope_type": "yarn",
+        "factor": _as_float(factor, f"{field_name}.factor", source),
+    }
     normalized["original_max_position_embeddings"] = int(original)
     for key, default in _YARN_DEFAULTS.items():
         value = scaling.get(key, default)
@@ -359,10 +385,10 @@ def _parse_rope(d: dict[str, Any], source: str) -> tuple[float, dict[str, Any] |
         if value is not None and key != "truncate":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ModelConfigError(f"{source}: {field_name}.{key}={value!r} must be a number")
-            value = float(value)
+            value = _as_float(value, f"{field_name}.{key}", source)
         normalized[key] = value
     normalized["truncate"] = bool(normalized["truncate"])
-    return float(theta), normalized
+    return _as_float(theta, "rope_theta", source), normalized
 
 
 def _parse_quantization(q: Any, source: str) -> Fp8BlockQuantization | None:

@@ -132,21 +132,24 @@ class ParallelConfig:
         path = Path(path)
         source = str(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(source, "", f"cannot read the file: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(source, "", f"not UTF-8 text: {e}") from e
         suffix = path.suffix.lower()
+        # RecursionError: a document nested deeper than the parser's recursion limit.
         if suffix == ".json":
             try:
                 data = json.loads(text)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RecursionError) as e:
                 raise ConfigError(source, "", f"invalid JSON: {e}") from e
         elif suffix in (".yaml", ".yml"):
             import yaml
 
             try:
                 data = yaml.safe_load(text)
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, RecursionError) as e:
                 raise ConfigError(source, "", f"invalid YAML: {e}") from e
             if data is None:
                 data = {}
