@@ -6,6 +6,7 @@ initializes MPI and hands over the communicator handle, so no Python-level MPI c
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import select
@@ -51,11 +52,14 @@ def from_mpi4py(comm: Any) -> Any:
 def world() -> Any:
     """The communicator of all ranks: MPI's COMM_WORLD when mpi4py works, else a size-1 communicator.
 
-    Cached: every call returns the same object (one duplicate of COMM_WORLD per process).
+    Cached: every call returns the same object (one duplicate of COMM_WORLD per process). The cache is
+    dropped at exit, before mpi4py's MPI_Finalize (atexit runs in reverse order), so the duplicate is
+    freed while MPI still runs.
     """
     MPI = _mpi()
     if MPI is None:
         return self_communicator()
+    atexit.register(world.cache_clear)
     return from_mpi4py(MPI.COMM_WORLD)
 
 

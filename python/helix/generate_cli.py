@@ -109,10 +109,6 @@ def main(argv: list[str] | None = None) -> int:
 
             MPI.COMM_WORLD.Abort(2)
         return 2
-    finally:
-        # Drop the cached world communicator before interpreter shutdown: alive at exit, it is destroyed after
-        # nanobind's leak check (which then prints "leaked 1 instances") and possibly after MPI_Finalize.
-        world.cache_clear()
 
 
 def _generate(args: argparse.Namespace, comm) -> int:
