@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from helix.bench.common import machine_info, median_time, progress, set_threads, write_json
+from helix.bench.common import machine_info, median_time, plot_lines, progress, set_threads, write_json
 
 __all__ = ["Row", "main", "run"]
 
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="at least this many timed calls per point")
     parser.add_argument("--min-seconds", type=float, default=0.3, help="and at least this long per point")
     parser.add_argument("--out", default="bench-results/attention.json")
+    parser.add_argument("--png", default="bench-results/attention.png")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     dtypes = tuple(args.dtypes.split(","))
@@ -102,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.S:>6} {r.kv_dtype:>8} {r.seconds * 1e3:8.3f} {r.gflops:8.1f} {r.gbytes_per_s:6.1f} "
               f"{r.numpy_seconds * 1e3:9.3f} {r.numpy_gflops:10.1f} {r.ratio_to_numpy:6.2f}")
     out = write_json(args.out, {"meta": meta, "rows": [asdict(r) for r in rows]})
-    print(f"wrote {out}")
+    series = {f"helix, {dt} KV": ([r.S for r in rows if r.kv_dtype == dt], [r.gflops for r in rows if r.kv_dtype == dt])
+              for dt in dtypes}
+    first = [r for r in rows if r.kv_dtype == dtypes[0]]
+    series["NumPy f32 matmul, same FLOPs"] = ([r.S for r in first], [r.numpy_gflops for r in first])
+    png = plot_lines(args.png, series, xlabel="S (keys)", ylabel="GFLOP/s",
+                     title=f"MLA attention H={H} D={D} T={T}, {args.threads} thread(s)")
+    print(f"wrote {out} and {png}")
     return 0
 
 

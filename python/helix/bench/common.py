@@ -41,6 +41,7 @@ __all__ = [
     "machine_info",
     "write_json",
     "plot_lines",
+    "plot_bars",
     "progress",
     "run_mpi_worker",
     "worker_communicator",
@@ -240,6 +241,30 @@ def plot_lines(
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_bars(path: str | Path, labels: Sequence[str], values: Sequence[float], *, ylabel: str, title: str,
+              logy: bool = False) -> Path:
+    """One bar per label, value printed on top, into a small PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=90)
+    bars = ax.bar(list(labels), list(values), color=["tab:blue", "tab:orange", "tab:green", "tab:red"][: len(labels)])
+    for bar, v in zip(bars, values):
+        ax.annotate(f"{v:.4g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
