@@ -24,58 +24,83 @@ def _meta_line(meta: dict) -> str:
 
 
 def attention(d: dict) -> str:
-    out = [_meta_line(d["meta"]), "", "| S | KV | ms | GFLOP/s | NumPy f32 GFLOP/s | ratio |", "|---|---|---|---|---|---|"]
+    out = [
+        _meta_line(d["meta"]),
+        "",
+        "| S | KV | ms | GFLOP/s | NumPy f32 GFLOP/s | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in d["rows"]:
-        out.append(f"| {r['S']} | {r['kv_dtype']} | {r['seconds'] * 1e3:.2f} | {r['gflops']:.1f} | "
-                   f"{r['numpy_gflops']:.1f} | {r['ratio_to_numpy']:.2f} |")
+        out.append(
+            f"| {r['S']} | {r['kv_dtype']} | {r['seconds'] * 1e3:.2f} | {r['gflops']:.1f} | "
+            f"{r['numpy_gflops']:.1f} | {r['ratio_to_numpy']:.2f} |"
+        )
     return "\n".join(out)
 
 
 def ops(d: dict) -> str:
     m = d["meta"]
-    out = [_meta_line(m), f"Ceilings in the same run: copy {m['copy_gbs']:.1f} GB/s, NumPy f32 matmul "
-           f"{m['matmul_gflops']:.1f} GFLOP/s.", "",
-           "| op | case | ms | GB/s | GFLOP/s | / copy | / NumPy |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        _meta_line(m),
+        f"Ceilings in the same run: copy {m['copy_gbs']:.1f} GB/s, NumPy f32 matmul "
+        f"{m['matmul_gflops']:.1f} GFLOP/s.",
+        "",
+        "| op | case | ms | GB/s | GFLOP/s | / copy | / NumPy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in d["rows"]:
-        out.append(f"| {r['op']} | {r['case']} | {r['ms']:.3f} | {r['gbytes_per_s']:.1f} | {r['gflops']:.1f} | "
-                   f"{r['ratio_to_copy']:.2f} | {r['ratio_to_numpy']:.2f} |")
+        out.append(
+            f"| {r['op']} | {r['case']} | {r['ms']:.3f} | {r['gbytes_per_s']:.1f} | {r['gflops']:.1f} | "
+            f"{r['ratio_to_copy']:.2f} | {r['ratio_to_numpy']:.2f} |"
+        )
     return "\n".join(out)
 
 
 def helix_step(d: dict) -> str:
-    out = [_meta_line(d["meta"]), "",
-           "| ranks | context | T | bytes/rank (formula) | measured | step ms | attention ms | all-to-all ms | a2a / step |",
-           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        _meta_line(d["meta"]),
+        "",
+        "| ranks | context | T | bytes/rank (formula) | measured | step ms | attention ms | all-to-all ms | a2a / step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in d["rows"]:
         flag = " *" if r["oversubscribed"] else ""
-        out.append(f"| {r['ranks']}{flag} | {r['context']} | {r['T']} | {r['bytes_formula']} | {r['bytes_measured']} | "
-                   f"{r['step_ms']:.2f} | {r['attention_ms']:.2f} | {r['all_to_all_ms']:.3f} | "
-                   f"{r['exchange_share']:.3f} |")  # fmt: skip
+        out.append(
+            f"| {r['ranks']}{flag} | {r['context']} | {r['T']} | {r['bytes_formula']} | {r['bytes_measured']} | "
+            f"{r['step_ms']:.2f} | {r['attention_ms']:.2f} | {r['all_to_all_ms']:.3f} | "
+            f"{r['exchange_share']:.3f} |"
+        )
     return "\n".join(out)
 
 
 def decode(d: dict) -> str:
     m = d["meta"]
-    c = m["ceilings_by_threads"]
-    out = [_meta_line(m), f"Ceilings: 1 thread copy {c['1']['copy_gbs']:.1f} GB/s, matmul {c['1']['matmul_gflops']:.0f} "
-           f"GFLOP/s; 2 threads {c['2']['copy_gbs']:.1f} GB/s, {c['2']['matmul_gflops']:.0f} GFLOP/s.", "",
-           "| config | context | ms/token (median) | min | KV MiB/rank | attention | all-to-all | linear | MoE | "
-           "all-reduce | other | planner ms | measured / planner |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        _meta_line(m),
+        "",
+        "| config | context | ms/token (median) | min | KV MiB/rank | attention | all-to-all | linear | MoE | "
+        "all-reduce | other | copy GB/s | matmul GFLOP/s | planner ms | measured / planner |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in d["rows"]:
-        s, p = r["shares"], r["planner"]
-        out.append(f"| {r['config']} | {r['context']} | {r['step_ms']:.1f} | {r['step_ms_min']:.1f} | "
-                   f"{r['kv_bytes_per_rank'] / 2**20:.1f} | {s['attention']:.2f} | {s['exchange']:.2f} | "
-                   f"{s['linear']:.2f} | {s['moe']:.2f} | {s['allreduce']:.2f} | {s['other']:.2f} | "
-                   f"{p['predicted_ms']:.1f} | {p['measured_over_predicted']:.2f} |")  # fmt: skip
+        s, p, c = r["shares"], r["planner"], r["ceilings"]
+        out.append(
+            f"| {r['config']} | {r['context']} | {r['step_ms']:.1f} | {r['step_ms_min']:.1f} | "
+            f"{r['kv_bytes_per_rank'] / 2**20:.1f} | {s['attention']:.2f} | {s['exchange']:.2f} | "
+            f"{s['linear']:.2f} | {s['moe']:.2f} | {s['allreduce']:.2f} | {s['other']:.2f} | "
+            f"{c['copy_gbs']:.1f} | {c['matmul_gflops']:.0f} | {p['predicted_ms']:.1f} | "
+            f"{p['measured_over_predicted']:.2f} |"
+        )
     return "\n".join(out)
 
 
 def peer(d: dict) -> str:
     r = d["result"]
-    return (f"{_meta_line(d['meta'])}\n\n| context | threads | helix ms/token | transformers ms/token | speedup |\n"
-            f"|---|---|---|---|---|\n| {r['context']} | {r['threads']} | {r['helix_step_ms']:.1f} | "
-            f"{r['hf_step_ms']:.1f} | {r['speedup']:.1f}x |")
+    return (
+        f"{_meta_line(d['meta'])}\n\n| context | threads | helix ms/token | transformers ms/token | speedup |\n"
+        f"|---|---|---|---|---|\n| {r['context']} | {r['threads']} | {r['helix_step_ms']:.1f} | "
+        f"{r['hf_step_ms']:.1f} | {r['speedup']:.1f}x |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

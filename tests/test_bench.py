@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-
 from helix.bench import common
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +40,9 @@ def test_ceilings_are_positive_and_threads_validated():
 
 
 def test_json_and_plots(tmp_path):
-    out = common.write_json(tmp_path / "a" / "r.json", {"x": np.float32(1.5), "t": common.Timing(2.0, 1.0, 3)})
+    out = common.write_json(
+        tmp_path / "a" / "r.json", {"x": np.float32(1.5), "t": common.Timing(2.0, 1.0, 3)}
+    )
     assert json.loads(out.read_text()) == {"x": 1.5, "t": {"median": 2.0, "min": 1.0, "n": 3}}
     common.plot_lines(tmp_path / "l.png", {"a": ([1, 2], [3, 4])}, xlabel="x", ylabel="y", title="t")
     common.plot_bars(tmp_path / "b.png", ["a", "b"], [1.0, 10.0], ylabel="y", title="t", logy=True)
@@ -53,20 +54,53 @@ def test_json_and_plots(tmp_path):
 def test_attention_suite(tmp_path, capsys):
     from helix.bench import attention
 
-    args = ["--sizes", "256,512", "--threads", "1", "--repeats", "1", "--min-seconds", "0",
-            "--out", str(tmp_path / "a.json"), "--png", str(tmp_path / "a.png")]  # fmt: skip
+    args = [
+        "--sizes",
+        "256,512",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--min-seconds",
+        "0",
+        "--out",
+        str(tmp_path / "a.json"),
+        "--png",
+        str(tmp_path / "a.png"),
+    ]
     assert attention.main(args) == 0
     rows = json.loads((tmp_path / "a.json").read_text())["rows"]
-    assert {(r["S"], r["kv_dtype"]) for r in rows} == {(s, d) for s in (256, 512) for d in ("float32", "bfloat16")}
+    assert {(r["S"], r["kv_dtype"]) for r in rows} == {
+        (s, d) for s in (256, 512) for d in ("float32", "bfloat16")
+    }
     assert all(r["ratio_to_numpy"] > 0 for r in rows) and _png(tmp_path / "a.png")
 
 
 def test_ops_suite(tmp_path, capsys):
     from helix.bench import ops
 
-    args = ["--attention-sizes", "256", "--tokens", "1,2", "--linear", "kv_a_proj", "--repeats", "1",
-            "--min-seconds", "0", "--pool-mb", "8", "--copy-mb", "4", "--matmul-n", "128",
-            "--out", str(tmp_path / "o.json"), "--png", str(tmp_path / "o.png")]  # fmt: skip
+    args = [
+        "--attention-sizes",
+        "256",
+        "--tokens",
+        "1,2",
+        "--linear",
+        "kv_a_proj",
+        "--repeats",
+        "1",
+        "--min-seconds",
+        "0",
+        "--pool-mb",
+        "8",
+        "--copy-mb",
+        "4",
+        "--matmul-n",
+        "128",
+        "--out",
+        str(tmp_path / "o.json"),
+        "--png",
+        str(tmp_path / "o.png"),
+    ]
     assert ops.main(args) == 0
     data = json.loads((tmp_path / "o.json").read_text())
     kinds = {r["op"] for r in data["rows"]}
@@ -83,8 +117,22 @@ def test_ops_suite(tmp_path, capsys):
 def test_helix_step_suite(tmp_path, capsys):
     from helix.bench import helix_step
 
-    args = ["--ranks", "1,2", "--contexts", "200", "--batches", "1,3", "--repeats", "1", "--timeout", "120",
-            "--out", str(tmp_path / "h.json"), "--png", str(tmp_path / "h.png")]  # fmt: skip
+    args = [
+        "--ranks",
+        "1,2",
+        "--contexts",
+        "200",
+        "--batches",
+        "1,3",
+        "--repeats",
+        "1",
+        "--timeout",
+        "120",
+        "--out",
+        str(tmp_path / "h.json"),
+        "--png",
+        str(tmp_path / "h.png"),
+    ]
     assert helix_step.main(args) == 0
     rows = json.loads((tmp_path / "h.json").read_text())["rows"]
     assert {(r["ranks"], r["T"]) for r in rows} == {(n, t) for n in (1, 2) for t in (1, 3)}
@@ -103,9 +151,27 @@ def test_decode_suite(tmp_path, capsys):
     from helix.bench import decode
 
     model = tmp_path / "model"
-    args = ["--model", "tiny", "--model-dir", str(model), "--contexts", "40,100", "--configs", "cp1,cp2",
-            "--steps", "1", "--copy-mb", "4", "--timeout", "120", "--no-progress",
-            "--out", str(tmp_path / "d.json"), "--png", str(tmp_path / "d.png")]  # fmt: skip
+    args = [
+        "--model",
+        "tiny",
+        "--model-dir",
+        str(model),
+        "--contexts",
+        "40,100",
+        "--configs",
+        "cp1,cp2",
+        "--steps",
+        "1",
+        "--copy-mb",
+        "4",
+        "--timeout",
+        "120",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "d.json"),
+        "--png",
+        str(tmp_path / "d.png"),
+    ]
     assert decode.main(args) == 0
     data = json.loads((tmp_path / "d.json").read_text())
     rows = data["rows"]
@@ -115,8 +181,11 @@ def test_decode_suite(tmp_path, capsys):
     for r in rows:
         assert sum(r["shares"].values()) == pytest.approx(1.0)
         # Fullest rank: cp1 holds every position; cp2 the most of the 32-token blocks dealt round-robin.
-        owned = r["context"] if r["ranks"] == 1 else max(
-            sum(1 for p in range(r["context"]) if (p // 32) % 2 == k) for k in (0, 1))
+        owned = (
+            r["context"]
+            if r["ranks"] == 1
+            else max(sum(1 for p in range(r["context"]) if (p // 32) % 2 == k) for k in (0, 1))
+        )
         assert r["kv_bytes_per_rank"] == owned * row_bytes
         assert r["planner"]["predicted_ms"] > 0 and r["planner"]["measured_over_predicted"] > 0
     assert set(rows[0]["shares"]) == {"attention", "exchange", "linear", "moe", "allreduce", "other"}
@@ -130,8 +199,21 @@ def test_peer_suite_json_line(tmp_path, capsys):
 
     model = decode.ensure_model("tiny", tmp_path / "model")
     capsys.readouterr()
-    args = ["--model", "tiny", "--model-dir", str(model), "--context", "64", "--steps", "1", "--json",
-            "--out", str(tmp_path / "p.json"), "--png", str(tmp_path / "p.png")]  # fmt: skip
+    args = [
+        "--model",
+        "tiny",
+        "--model-dir",
+        str(model),
+        "--context",
+        "64",
+        "--steps",
+        "1",
+        "--json",
+        "--out",
+        str(tmp_path / "p.json"),
+        "--png",
+        str(tmp_path / "p.png"),
+    ]
     assert peer.main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)

@@ -60,10 +60,14 @@ def run(sizes: tuple[int, ...], dtypes: tuple[str, ...], repeats: int, min_secon
         # The NumPy ceiling: the same two products as contiguous float32 matmuls.
         a, b = q[0], np.ascontiguousarray(kv32.T)
         p, v = rng.random((H, S), dtype=np.float32), np.ascontiguousarray(kv32[:, :R])
-        t_np = median_time(lambda: (np.matmul(a, b), np.matmul(p, v)), repeats, min_seconds)
+        t_np = median_time(lambda a=a, b=b, p=p, v=v: (a @ b, p @ v), repeats, min_seconds)
         for name in dtypes:
             kv = kv32 if name == "float32" else kv32.astype(ml_dtypes.bfloat16)
-            t = median_time(lambda kv=kv: ops.mla_attention(q, kv, q_pos, kv_pos, 0.07, R), repeats, min_seconds)
+            t = median_time(
+                lambda kv=kv, kv_pos=kv_pos: ops.mla_attention(q, kv, q_pos, kv_pos, 0.07, R),
+                repeats,
+                min_seconds,
+            )
             flops = attention_flops(S)
             moved = kv.nbytes + q.nbytes + T * H * R * 4
             rows.append(Row(S, name, t, flops / t / 1e9, moved / t / 1e9, t_np, flops / t_np / 1e9, t_np / t))
@@ -95,20 +99,36 @@ def main(argv: list[str] | None = None) -> int:
         "flops": "2*T*H*S*(D+R)",
         "timing": "median of repeated calls",
     }
-    print(f"MLA attention, H={H} D={D} R={R} T={T}; {meta['cpu']}, {args.threads} threads, "
-          f"kernels={meta.get('attention_kernels')}, numpy OpenBLAS core={meta['openblas_core']} "
-          f"(OPENBLAS_CORETYPE={meta['OPENBLAS_CORETYPE']})")
-    print(f"{'S':>6} {'kv':>8} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6} {'numpy ms':>9} {'np GFLOP/s':>10} {'ratio':>6}")
+    print(
+        f"MLA attention, H={H} D={D} R={R} T={T}; {meta['cpu']}, {args.threads} threads, "
+        f"kernels={meta.get('attention_kernels')}, numpy OpenBLAS core={meta['openblas_core']} "
+        f"(OPENBLAS_CORETYPE={meta['OPENBLAS_CORETYPE']})"
+    )
+    print(
+        f"{'S':>6} {'kv':>8} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6} {'numpy ms':>9} {'np GFLOP/s':>10} {'ratio':>6}"
+    )
     for r in rows:
-        print(f"{r.S:>6} {r.kv_dtype:>8} {r.seconds * 1e3:8.3f} {r.gflops:8.1f} {r.gbytes_per_s:6.1f} "
-              f"{r.numpy_seconds * 1e3:9.3f} {r.numpy_gflops:10.1f} {r.ratio_to_numpy:6.2f}")
+        print(
+            f"{r.S:>6} {r.kv_dtype:>8} {r.seconds * 1e3:8.3f} {r.gflops:8.1f} {r.gbytes_per_s:6.1f} "
+            f"{r.numpy_seconds * 1e3:9.3f} {r.numpy_gflops:10.1f} {r.ratio_to_numpy:6.2f}"
+        )
     out = write_json(args.out, {"meta": meta, "rows": [asdict(r) for r in rows]})
-    series = {f"helix, {dt} KV": ([r.S for r in rows if r.kv_dtype == dt], [r.gflops for r in rows if r.kv_dtype == dt])
-              for dt in dtypes}
+    series = {
+        f"helix, {dt} KV": (
+            [r.S for r in rows if r.kv_dtype == dt],
+            [r.gflops for r in rows if r.kv_dtype == dt],
+        )
+        for dt in dtypes
+    }
     first = [r for r in rows if r.kv_dtype == dtypes[0]]
     series["NumPy f32 matmul, same FLOPs"] = ([r.S for r in first], [r.numpy_gflops for r in first])
-    png = plot_lines(args.png, series, xlabel="S (keys)", ylabel="GFLOP/s",
-                     title=f"MLA attention H={H} D={D} T={T}, {args.threads} thread(s)")
+    png = plot_lines(
+        args.png,
+        series,
+        xlabel="S (keys)",
+        ylabel="GFLOP/s",
+        title=f"MLA attention H={H} D={D} T={T}, {args.threads} thread(s)",
+    )
     print(f"wrote {out} and {png}")
     return 0
 

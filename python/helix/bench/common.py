@@ -66,7 +66,9 @@ class Timing:
             raise ValueError(f"bad timing: median {self.median}, min {self.min}, n {self.n}")
 
 
-def time_calls(fn: Callable[[], object], repeats: int = 5, min_seconds: float = 0.0, warmup: int = 1) -> Timing:
+def time_calls(
+    fn: Callable[[], object], repeats: int = 5, min_seconds: float = 0.0, warmup: int = 1
+) -> Timing:
     """Times ``fn()`` at least ``repeats`` times and for at least ``min_seconds`` in all (at most 1000 calls)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -249,8 +251,15 @@ def plot_lines(
     return out
 
 
-def plot_bars(path: str | Path, labels: Sequence[str], values: Sequence[float], *, ylabel: str, title: str,
-              logy: bool = False) -> Path:
+def plot_bars(
+    path: str | Path,
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    ylabel: str,
+    title: str,
+    logy: bool = False,
+) -> Path:
     """One bar per label, value printed on top, into a small PNG (matplotlib, Agg backend)."""
     import matplotlib
 
@@ -258,8 +267,10 @@ def plot_bars(path: str | Path, labels: Sequence[str], values: Sequence[float], 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=90)
-    bars = ax.bar(list(labels), list(values), color=["tab:blue", "tab:orange", "tab:green", "tab:red"][: len(labels)])
-    for bar, v in zip(bars, values):
+    bars = ax.bar(
+        list(labels), list(values), color=["tab:blue", "tab:orange", "tab:green", "tab:red"][: len(labels)]
+    )
+    for bar, v in zip(bars, values, strict=True):
         ax.annotate(f"{v:.4g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
     if logy:
         ax.set_yscale("log")
@@ -309,8 +320,19 @@ def run_mpi_worker(
     env = {**os.environ, **MPI_ENV, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
     python_dir = str(ROOT / "python")
     env["PYTHONPATH"] = python_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    command = ["timeout", "-k", "5", str(int(timeout)), _mpiexec(), "-n", str(ranks), sys.executable, "-m", module,
-               *args]  # fmt: skip
+    command = [
+        "timeout",
+        "-k",
+        "5",
+        str(int(timeout)),
+        _mpiexec(),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        module,
+        *args,
+    ]
     rc = subprocess.run(command, env=env, stdin=subprocess.DEVNULL).returncode
     if rc != 0:
         why = " (timed out)" if rc in (124, 137) else ""

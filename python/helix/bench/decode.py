@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -39,9 +38,9 @@ from helix.bench.common import (
     plot_lines,
     progress,
     run_mpi_worker,
-    worker_communicator,
     set_threads,
     time_calls,
+    worker_communicator,
     write_json,
 )
 
@@ -93,6 +92,7 @@ class Row:
     kv_bytes_per_rank: int  # the sequence's rows on the fullest rank, all layers
     shares: dict[str, float]  # attention, exchange, linear, moe, allreduce, other: fraction of the step
     allreduce_latency_us: float  # an all-reduce of one hidden vector (the link latency the planner uses)
+    ceilings: dict[str, float]  # copy_gbs, matmul_gflops of one rank, all ranks measuring at once, mean
 
     def __post_init__(self) -> None:
         if self.context < 1 or not self.step_ms > 0 or self.ranks < 1 or self.threads < 1:
@@ -142,16 +142,33 @@ def fill_kv(engine: Any, seq_id: int, context: int, rng: np.random.Generator, ch
     return written
 
 
-def run_worker(model_dir: str, config: str, contexts: list[int], steps: int, out: str, show: bool) -> None:
+def rank_ceilings(comm: Any, copy_bytes: int) -> dict[str, float]:
+    """Copy GB/s and NumPy f32 matmul GFLOP/s of this rank with its threads, every rank measuring at the same
+    time (so each figure is one rank's share of the machine, as during the steps); mean over the ranks."""
+    comm.barrier()
+    mine = np.array([copy_bandwidth(copy_bytes, repeats=3), matmul_gflops(1536, repeats=3)], np.float64)
+    every = comm.all_gather(mine.view(np.float32)).view(np.float64).reshape(comm.size, 2)
+    return {"copy_gbs": float(every[:, 0].mean()), "matmul_gflops": float(every[:, 1].mean())}
+
+
+def run_worker(
+    model_dir: str, config: str, contexts: list[int], steps: int, out: str, show: bool, copy_bytes: int
+) -> None:
     """One rank of one configuration: every context, rank 0 writes the rows."""
     from helix.engine import HelixEngine
 
     comm = worker_communicator()
     ranks, threads = CONFIGS[config]
     set_threads(threads)
-    engine = HelixEngine(model_dir, comm=comm, cp=comm.size, tokens_per_block=TOKENS_PER_BLOCK,
-                         max_tokens=max(contexts) + steps + 2 * TOKENS_PER_BLOCK, dtype="bfloat16",
-                         progress=show and comm.rank == 0)  # fmt: skip
+    engine = HelixEngine(
+        model_dir,
+        comm=comm,
+        cp=comm.size,
+        tokens_per_block=TOKENS_PER_BLOCK,
+        max_tokens=max(contexts) + steps + 2 * TOKENS_PER_BLOCK,
+        dtype="bfloat16",
+        progress=show and comm.rank == 0,
+    )
     core = engine._engine
     hidden = np.ones(engine.config.hidden_size, np.float32)
     ar_us = time_calls(lambda: comm.all_reduce_sum(hidden), 50).median * 1e6 if comm.size > 1 else 0.0
@@ -159,12 +176,14 @@ def run_worker(model_dir: str, config: str, contexts: list[int], steps: int, out
     rows: list[dict] = []
     one = np.zeros(1, np.int64)
     for context in progress(contexts, f"decode {config}", enabled=show and comm.rank == 0):
+        ceilings = rank_ceilings(comm, copy_bytes)
         written = fill_kv(engine, SEQ, context, rng)
         pos = [context]
 
-        def step() -> None:
-            core.step(np.array([3], np.int64), np.array([pos[0]], np.int64), np.array([SEQ], np.int64), one,
-                      one)  # fmt: skip
+        def step(pos: list[int] = pos) -> None:
+            core.step(
+                np.array([3], np.int64), np.array([pos[0]], np.int64), np.array([SEQ], np.int64), one, one
+            )
             pos[0] += 1
 
         step()  # warm-up
@@ -175,53 +194,66 @@ def run_worker(model_dir: str, config: str, contexts: list[int], steps: int, out
         spent = {k[:-2]: after[k] - before[k] for k in after if k.endswith("_s")}
         total = sum(spent.values()) or 1.0
         kv_max = comm.all_gather(np.array([written], np.int64)).max()
-        rows.append(asdict(Row(config, comm.size, threads, context, t.median * 1e3, t.min * 1e3, int(kv_max),
-                               {k: v / total for k, v in spent.items()}, ar_us)))  # fmt: skip
+        rows.append(
+            asdict(
+                Row(
+                    config,
+                    comm.size,
+                    threads,
+                    context,
+                    t.median * 1e3,
+                    t.min * 1e3,
+                    int(kv_max),
+                    {k: v / total for k, v in spent.items()},
+                    ar_us,
+                    ceilings,
+                )
+            )
+        )
         engine.free_sequence(SEQ)
     if comm.rank == 0:
         write_json(out, {"rows": rows})
 
 
-def measure_ceilings(copy_bytes: int) -> dict[str, dict[str, float]]:
-    """Copy GB/s and NumPy f32 matmul GFLOP/s with 1 and 2 threads (best of 5 each)."""
-    out: dict[str, dict[str, float]] = {}
-    for n in (1, 2):
-        set_threads(n)
-        out[str(n)] = {"copy_gbs": copy_bandwidth(copy_bytes), "matmul_gflops": matmul_gflops()}
-    set_threads(1)
-    return out
-
-
-def planner_prediction(model_dir: str | Path, row: Row, ceilings: dict[str, dict[str, float]]) -> dict:
-    """predict_step for this row's layout on a custom preset of one rank's measured share of the machine."""
+def planner_prediction(model_dir: str | Path, row: Row) -> dict:
+    """predict_step for this row's layout on a custom preset made of one rank's measured ceilings (copy
+    bandwidth as the memory bandwidth, NumPy f32 matmul as the FLOP/s of every precision: the CPU kernels
+    compute in f32), the link latency from the measured all-reduce and the link bandwidth = copy."""
     from helix import planner
 
     spec = planner.get_model(str(model_dir))
-    cores = os.cpu_count() or 1
+    bw, gflops = row.ceilings["copy_gbs"], row.ceilings["matmul_gflops"]
     if row.ranks > 1:
-        # Every rank runs one thread at once on its own core: each gets the all-cores figure / ranks.
-        c = ceilings[str(min(row.ranks, cores, 2))]
-        bw, gflops = c["copy_gbs"] / row.ranks, c["matmul_gflops"] / row.ranks
         layout = planner.Layout("helix", kvp=row.ranks, tp=1, ffn_tp=1, ffn_ep=row.ranks)
     else:
-        c = ceilings[str(min(row.threads, 2))]
-        bw, gflops = c["copy_gbs"], c["matmul_gflops"]
         layout = planner.Layout("baseline", tp=1)
-    hw = planner.custom_hardware(bandwidth_gbs=bw, tflops=gflops / 1e3, link_bandwidth_gbs=bw,
-                                 link_latency_us=max(row.allreduce_latency_us / 2, 1.0), name="this-cpu")  # fmt: skip
+    hw = planner.custom_hardware(
+        bandwidth_gbs=bw,
+        tflops=gflops / 1e3,
+        link_bandwidth_gbs=bw,
+        link_latency_us=max(row.allreduce_latency_us / 2, 1.0),
+        name="this-cpu",
+    )
     pred = planner.predict_step(spec, hw, layout, batch=1, context=row.context, precision="bf16")
-    return {"predicted_ms": pred["ttl"] * 1e3, "measured_over_predicted": row.step_ms / (pred["ttl"] * 1e3),
-            "bandwidth_gbs": bw, "gflops": gflops, "layout": layout.label}  # fmt: skip
+    return {
+        "predicted_ms": pred["ttl"] * 1e3,
+        "measured_over_predicted": row.step_ms / (pred["ttl"] * 1e3),
+        "bandwidth_gbs": bw,
+        "gflops": gflops,
+        "layout": layout.label,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="helix bench decode", description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default=",".join(map(str, DEFAULT_CONTEXTS)))
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
-    parser.add_argument("--steps", type=int, default=3, help="timed decode steps per point (median)")
+    parser.add_argument("--steps", type=int, default=5, help="timed decode steps per point (median)")
     parser.add_argument("--model", default="bench", choices=sorted(MODEL_PRESETS))
-    parser.add_argument("--model-dir", default=None, help="checkpoint cache (default build/bench-model[-tiny])")
-    parser.add_argument("--copy-mb", type=int, default=512)
+    parser.add_argument(
+        "--model-dir", default=None, help="checkpoint cache (default build/bench-model[-tiny])"
+    )
+    parser.add_argument("--copy-mb", type=int, default=256, help="copy-ceiling array size per rank")
     parser.add_argument("--out", default="bench-results/decode.json")
     parser.add_argument("--png", default="bench-results/decode.png")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
@@ -232,50 +264,93 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in args.configs.split(",") if c]
     if set(configs) - set(CONFIGS) or min(contexts) < 1 or args.steps < 1:
         parser.error(f"--configs of {', '.join(CONFIGS)}; --contexts and --steps positive")
-    model_dir = args.model_dir or str(ROOT / "build" / ("bench-model" if args.model == "bench" else "bench-model-tiny"))
+    model_dir = args.model_dir or str(
+        ROOT / "build" / ("bench-model" if args.model == "bench" else "bench-model-tiny")
+    )
     if args.worker:
-        run_worker(model_dir, configs[0], contexts, args.steps, args.worker, not args.no_progress)
+        run_worker(
+            model_dir, configs[0], contexts, args.steps, args.worker, not args.no_progress, args.copy_mb << 20
+        )
         return 0
 
     ensure_model(args.model, model_dir)
     start = time.time()
-    ceilings = measure_ceilings(args.copy_mb << 20)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in configs:
             ranks, threads = CONFIGS[name]
             part = str(Path(tmp) / f"{name}.json")
             extra = ["--no-progress"] if args.no_progress else []
-            run_mpi_worker(ranks, "helix.bench.decode", ["--worker", part, "--configs", name, "--contexts",
-                                                         args.contexts, "--steps", str(args.steps), "--model",
-                                                         args.model, "--model-dir", model_dir, *extra],
-                           threads=threads, timeout=args.timeout)  # fmt: skip
+            run_mpi_worker(
+                ranks,
+                "helix.bench.decode",
+                [
+                    "--worker",
+                    part,
+                    "--configs",
+                    name,
+                    "--contexts",
+                    args.contexts,
+                    "--steps",
+                    str(args.steps),
+                    "--model",
+                    args.model,
+                    "--model-dir",
+                    model_dir,
+                    "--copy-mb",
+                    str(args.copy_mb),
+                    *extra,
+                ],
+                threads=threads,
+                timeout=args.timeout,
+            )
             rows += [Row(**r) for r in json.loads(Path(part).read_text())["rows"]]
-    planned = [planner_prediction(model_dir, r, ceilings) for r in rows]
+    planned = [planner_prediction(model_dir, r) for r in rows]
 
-    meta = {**machine_info(), "model": args.model, "model_overrides": MODEL_PRESETS[args.model],
-            "weights": "bfloat16", "kv": "bfloat16", "tokens_per_block": TOKENS_PER_BLOCK,
-            "timing": f"median of {args.steps} single-token steps after 1 warm-up (rank 0 clock)",
-            "ceilings_by_threads": ceilings, "seconds": time.time() - start}  # fmt: skip
-    print(f"Decode, model {args.model!r} (bf16 weights and KV); {meta['cpu']}, {meta['cores']} cores, "
-          f"load {meta['loadavg_1_5_15'][0]:.2f}; ceilings 1 thread: copy {ceilings['1']['copy_gbs']:.1f} GB/s, "
-          f"matmul {ceilings['1']['matmul_gflops']:.0f} GFLOP/s; 2 threads: {ceilings['2']['copy_gbs']:.1f} GB/s, "
-          f"{ceilings['2']['matmul_gflops']:.0f} GFLOP/s")
-    print(f"{'config':<13} {'context':>7} {'ms':>9} {'KV MB/rank':>10} {'attn':>5} {'a2a':>5} {'lin':>5} "
-          f"{'moe':>5} {'ar':>5} {'other':>5} {'plan ms':>8} {'meas/plan':>9}")
-    for r, p in zip(rows, planned):
+    meta = {
+        **machine_info(),
+        "model": args.model,
+        "model_overrides": MODEL_PRESETS[args.model],
+        "weights": "bfloat16",
+        "kv": "bfloat16",
+        "tokens_per_block": TOKENS_PER_BLOCK,
+        "timing": f"median of {args.steps} single-token steps after 1 warm-up (rank 0 clock)",
+        "ceilings": "per point, per rank (copy, NumPy f32 matmul), all ranks at once, mean over ranks",
+        "seconds": time.time() - start,
+    }
+    print(
+        f"Decode, model {args.model!r} (bf16 weights and KV); {meta['cpu']}, {meta['cores']} cores, "
+        f"load {meta['loadavg_1_5_15'][0]:.2f}; ceilings per rank (copy GB/s, f32 matmul GFLOP/s) per point"
+    )
+    print(
+        f"{'config':<13} {'context':>7} {'ms':>9} {'KV MB/rank':>10} {'attn':>5} {'a2a':>5} {'lin':>5} "
+        f"{'moe':>5} {'ar':>5} {'other':>5} {'copy':>5} {'mm':>4} {'plan ms':>8} {'meas/plan':>9}"
+    )
+    for r, p in zip(rows, planned, strict=True):
         s = r.shares
-        print(f"{r.config:<13} {r.context:>7} {r.step_ms:9.2f} {r.kv_bytes_per_rank / 2**20:10.1f} "
-              f"{s.get('attention', 0):5.2f} {s.get('exchange', 0):5.2f} {s.get('linear', 0):5.2f} "
-              f"{s.get('moe', 0):5.2f} {s.get('allreduce', 0):5.2f} {s.get('other', 0):5.2f} "
-              f"{p['predicted_ms']:8.2f} {p['measured_over_predicted']:9.2f}")
-    out = write_json(args.out, {"meta": meta, "rows": [asdict(r) | {"planner": p} for r, p in zip(rows, planned)]})
+        print(
+            f"{r.config:<13} {r.context:>7} {r.step_ms:9.2f} {r.kv_bytes_per_rank / 2**20:10.1f} "
+            f"{s.get('attention', 0):5.2f} {s.get('exchange', 0):5.2f} {s.get('linear', 0):5.2f} "
+            f"{s.get('moe', 0):5.2f} {s.get('allreduce', 0):5.2f} {s.get('other', 0):5.2f} "
+            f"{r.ceilings['copy_gbs']:5.1f} {r.ceilings['matmul_gflops']:4.0f} {p['predicted_ms']:8.2f} "
+            f"{p['measured_over_predicted']:9.2f}"
+        )
+    out = write_json(
+        args.out,
+        {"meta": meta, "rows": [asdict(r) | {"planner": p} for r, p in zip(rows, planned, strict=True)]},
+    )
     series = {}
     for name in configs:
         pts = [r for r in rows if r.config == name]
         series[name] = ([r.context for r in pts], [r.step_ms for r in pts])
-    png = plot_lines(args.png, series, xlabel="context (tokens)", ylabel="ms per token (median)",
-                     title=f"decode latency, {args.model} model, bf16 ({meta['cpu'][:40]})", logy=True)  # fmt: skip
+    png = plot_lines(
+        args.png,
+        series,
+        xlabel="context (tokens)",
+        ylabel="ms per token (median)",
+        title=f"decode latency, {args.model} model, bf16 ({meta['cpu'][:40]})",
+        logy=True,
+    )
     print(f"wrote {out} and {png}")
     return 0
 

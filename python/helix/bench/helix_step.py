@@ -22,13 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from helix.bench.common import machine_info, plot_lines, progress, run_mpi_worker, time_calls, worker_communicator, write_json
+from helix.bench.common import (
+    machine_info,
+    plot_lines,
+    progress,
+    run_mpi_worker,
+    worker_communicator,
+    write_json,
+)
 
 __all__ = ["Row", "main", "run_worker"]
 
@@ -60,71 +69,93 @@ class Row:
         return self.all_to_all_ms / self.step_ms
 
 
-def run_worker(contexts: list[int], batches: list[int], repeats: int, out: str) -> None:
-    """One rank of the job: every (context, T) point; rank 0 writes the rows (slowest rank's times)."""
+def _timed_after_barrier(comm, fn, repeats: int) -> float:
+    """Median seconds of fn() on this rank; every call starts right after a barrier (not timed)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        comm.barrier()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _point(comm, rng: np.random.Generator, context: int, T: int, repeats: int) -> Row:
+    """One (context, T) point on this rank; times are the slowest rank's medians."""
     import ml_dtypes
 
     from helix import _core
 
-    comm = worker_communicator()
     cp, rank = comm.size, comm.rank
-    rng = np.random.default_rng(rank)
     scale = D**-0.5
-    rows: list[dict] = []
+    blocks = -(-(context + (repeats + 2) * T + 4 * TPB) // TPB) // cp + 2
+    cache = _core.PagedKVCache(blocks, TPB, D, "bfloat16", rank, cp)
+    cache.add_sequence(0)
+    owned = np.arange(context, dtype=np.int64)
+    owned = owned[(owned // TPB) % cp == rank]
+    if len(owned):
+        cache.append(
+            0, owned, rng.standard_normal((len(owned), D), dtype=np.float32).astype(ml_dtypes.bfloat16)
+        )
+    q = rng.standard_normal((T, H, D), dtype=np.float32)
+    new_kv = rng.standard_normal((T, D), dtype=np.float32).astype(ml_dtypes.bfloat16)
+    seq_ids, q_index = np.zeros(1, np.int64), np.zeros(T, np.int64)
+    next_pos = [context]  # each step appends T new tokens at the next positions
+
+    def step() -> None:
+        pos = np.arange(next_pos[0], next_pos[0] + T, dtype=np.int64)
+        next_pos[0] += T
+        _core.helix_attention(comm, cache, q, new_kv, pos, seq_ids, q_index, scale, R)
+
+    def attention() -> None:
+        _core.ops.paged_mla_attention(q, np.full(T, next_pos[0], np.int64), cache, seq_ids, q_index, scale, R)
+
+    send = np.ones((cp, T * (H // cp) * (R + 1)), np.float32)
+    mine = np.array(
+        [
+            _timed_after_barrier(comm, step, repeats),
+            _timed_after_barrier(comm, attention, repeats),
+            _timed_after_barrier(comm, lambda: comm.all_to_all(send), max(repeats, 20)),
+        ],
+        np.float64,
+    )
+    worst = comm.all_gather(mine.view(np.float32)).view(np.float64).reshape(cp, 3).max(axis=0)
+    return Row(
+        ranks=cp,
+        context=context,
+        T=T,
+        bytes_formula=int(_core.helix_exchange_bytes(cp, T, H, R)),
+        bytes_measured=int(send.nbytes * (cp - 1) // cp),
+        step_ms=float(worst[0] * 1e3),
+        attention_ms=float(worst[1] * 1e3),
+        all_to_all_ms=float(worst[2] * 1e3),
+        oversubscribed=cp > (os.cpu_count() or 1),
+    )
+
+
+def run_worker(contexts: list[int], batches: list[int], repeats: int, out: str) -> None:
+    """One rank of the job: every (context, T) point; rank 0 writes the rows."""
+    comm = worker_communicator()
+    rng = np.random.default_rng(comm.rank)
     points = [(c, t) for c in contexts for t in batches]
-    for context, T in progress(points, f"helix step cp={cp}", enabled=rank == 0):
-        calls = repeats + 2  # warm-up and timed steps each append T tokens
-        blocks = -(-(context + calls * 4 * T + 4 * TPB) // TPB) // cp + 2
-        cache = _core.PagedKVCache(blocks, TPB, D, "bfloat16", rank, cp)
-        cache.add_sequence(0)
-        owned = np.array([p for p in range(context) if (p // TPB) % cp == rank], dtype=np.int64)
-        rows_kv = rng.standard_normal((len(owned), D), dtype=np.float32).astype(ml_dtypes.bfloat16)
-        if len(owned):
-            cache.append(0, owned, rows_kv)
-        q = rng.standard_normal((T, H, D), dtype=np.float32)
-        seq_ids = np.zeros(1, np.int64)
-        q_index = np.zeros(T, np.int64)
-        next_pos = [context]
-
-        def step() -> None:
-            pos = np.arange(next_pos[0], next_pos[0] + T, dtype=np.int64)
-            next_pos[0] += T
-            new_kv = rng.standard_normal((T, D), dtype=np.float32).astype(ml_dtypes.bfloat16)
-            comm.barrier()
-            _core.helix_attention(comm, cache, q, new_kv, pos, seq_ids, q_index, scale, R)
-
-        def attention() -> None:
-            comm.barrier()
-            _core.ops.paged_mla_attention(q, np.full(T, next_pos[0], np.int64), cache, seq_ids, q_index, scale, R)
-
-        send = np.ones((cp, T * (H // cp) * (R + 1)), np.float32)
-
-        def all_to_all() -> None:
-            comm.barrier()
-            comm.all_to_all(send)
-
-        t_step = time_calls(step, repeats).median
-        t_attn = time_calls(attention, repeats).median
-        t_a2a = time_calls(all_to_all, max(repeats, 20)).median
-        # The slowest rank sets the step: gather every rank's medians.
-        times = comm.all_gather(np.array([t_step, t_attn, t_a2a], np.float64).view(np.float32))
-        worst = times.view(np.float64).reshape(cp, 3).max(axis=0)
-        rows.append(asdict(Row(
-            ranks=cp, context=context, T=T,
-            bytes_formula=int(_core.helix_exchange_bytes(cp, T, H, R)),
-            bytes_measured=int(send.nbytes * (cp - 1) // cp),
-            step_ms=float(worst[0] * 1e3), attention_ms=float(worst[1] * 1e3), all_to_all_ms=float(worst[2] * 1e3),
-            oversubscribed=cp > (os.cpu_count() or 1),
-        )))  # fmt: skip
-    if rank == 0:
+    rows = [
+        asdict(_point(comm, rng, c, t, repeats))
+        for c, t in progress(points, f"helix step cp={comm.size}", enabled=comm.rank == 0)
+    ]
+    if comm.rank == 0:
         write_json(out, {"rows": rows})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="helix bench helix", description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default=",".join(map(str, DEFAULT_RANKS)), help="MPI rank counts (cp)")
-    parser.add_argument("--contexts", default=",".join(map(str, DEFAULT_CONTEXTS)), help="total context tokens")
-    parser.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)), help="query tokens T per step")
+    parser.add_argument(
+        "--contexts", default=",".join(map(str, DEFAULT_CONTEXTS)), help="total context tokens"
+    )
+    parser.add_argument(
+        "--batches", default=",".join(map(str, DEFAULT_BATCHES)), help="query tokens T per step"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per point (median)")
     parser.add_argument("--out", default="bench-results/helix_step.json")
     parser.add_argument("--png", default="bench-results/helix_step.png")
@@ -144,33 +175,67 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n in ranks:
             part = str(Path(tmp) / f"cp{n}.json")
-            run_mpi_worker(n, "helix.bench.helix_step", ["--worker", "--contexts", args.contexts, "--batches",
-                                                         args.batches, "--repeats", str(args.repeats),
-                                                         "--out", part], threads=1, timeout=args.timeout)  # fmt: skip
+            run_mpi_worker(
+                n,
+                "helix.bench.helix_step",
+                [
+                    "--worker",
+                    "--contexts",
+                    args.contexts,
+                    "--batches",
+                    args.batches,
+                    "--repeats",
+                    str(args.repeats),
+                    "--out",
+                    part,
+                ],
+                threads=1,
+                timeout=args.timeout,
+            )
             rows += [Row(**r) for r in json.loads(Path(part).read_text())["rows"]]
 
-    meta = {**machine_info(1), "shape": {"H": H, "R": R, "P": P, "tokens_per_block": TPB, "kv": "bfloat16"},
-            "timing": "median per rank over the calls, slowest rank", "threads_per_rank": 1,
-            "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}  # fmt: skip
-    print(f"Helix attention step, H={H} R={R} P={P} bf16 KV, 1 thread per rank; {meta['cpu']}, "
-          f"{meta['cores']} cores, load {meta['loadavg_1_5_15'][0]:.2f}")
-    print(f"{'ranks':>5} {'context':>7} {'T':>3} {'bytes/rank':>10} {'measured':>9} {'step ms':>8} "
-          f"{'attn ms':>8} {'a2a ms':>7} {'a2a/step':>8}")
+    meta = {
+        **machine_info(1),
+        "shape": {"H": H, "R": R, "P": P, "tokens_per_block": TPB, "kv": "bfloat16"},
+        "timing": "median per rank over the calls, slowest rank",
+        "threads_per_rank": 1,
+        "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",
+    }
+    print(
+        f"Helix attention step, H={H} R={R} P={P} bf16 KV, 1 thread per rank; {meta['cpu']}, "
+        f"{meta['cores']} cores, load {meta['loadavg_1_5_15'][0]:.2f}"
+    )
+    print(
+        f"{'ranks':>5} {'context':>7} {'T':>3} {'bytes/rank':>10} {'measured':>9} {'step ms':>8} "
+        f"{'attn ms':>8} {'a2a ms':>7} {'a2a/step':>8}"
+    )
     for r in rows:
         flag = " (oversubscribed)" if r.oversubscribed else ""
-        print(f"{r.ranks:>5} {r.context:>7} {r.T:>3} {r.bytes_formula:>10} {r.bytes_measured:>9} "
-              f"{r.step_ms:8.2f} {r.attention_ms:8.2f} {r.all_to_all_ms:7.3f} {r.exchange_share:8.3f}{flag}")
-    out = write_json(args.out, {"meta": meta, "rows": [asdict(r) | {"exchange_share": r.exchange_share}
-                                                        for r in rows]})
+        print(
+            f"{r.ranks:>5} {r.context:>7} {r.T:>3} {r.bytes_formula:>10} {r.bytes_measured:>9} "
+            f"{r.step_ms:8.2f} {r.attention_ms:8.2f} {r.all_to_all_ms:7.3f} {r.exchange_share:8.3f}{flag}"
+        )
+    out = write_json(
+        args.out, {"meta": meta, "rows": [asdict(r) | {"exchange_share": r.exchange_share} for r in rows]}
+    )
     series = {}
     for n in ranks:
         for T in batches:
             pts = [r for r in rows if r.ranks == n and r.T == T]
             series[f"cp={n} T={T} step"] = ([r.context for r in pts], [r.step_ms for r in pts])
             if n > 1:
-                series[f"cp={n} T={T} all-to-all"] = ([r.context for r in pts], [r.all_to_all_ms for r in pts])
-    png = plot_lines(args.png, series, xlabel="context (tokens, total)", ylabel="ms (slowest rank)",
-                     title="Helix attention step vs its all-to-all (H=128, bf16 KV)", logy=True)
+                series[f"cp={n} T={T} all-to-all"] = (
+                    [r.context for r in pts],
+                    [r.all_to_all_ms for r in pts],
+                )
+    png = plot_lines(
+        args.png,
+        series,
+        xlabel="context (tokens, total)",
+        ylabel="ms (slowest rank)",
+        title="Helix attention step vs its all-to-all (H=128, bf16 KV)",
+        logy=True,
+    )
     print(f"wrote {out} and {png}")
     return 0
 

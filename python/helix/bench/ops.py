@@ -14,7 +14,6 @@ streaming, not cache bandwidth.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -97,8 +96,17 @@ def run(
     rows: list[Row] = []
 
     for a in attention.run(attention_sizes, ("float32", "bfloat16"), repeats, min_seconds):
-        rows.append(Row("mla_attention", f"S={a.S} kv={a.kv_dtype}", a.seconds * 1e3, a.gbytes_per_s, a.gflops,
-                        a.gbytes_per_s / copy_gbs, a.gflops / mm_gflops))  # fmt: skip
+        rows.append(
+            Row(
+                "mla_attention",
+                f"S={a.S} kv={a.kv_dtype}",
+                a.seconds * 1e3,
+                a.gbytes_per_s,
+                a.gflops,
+                a.gbytes_per_s / copy_gbs,
+                a.gflops / mm_gflops,
+            )
+        )
 
     rng = np.random.default_rng(0)
     H, R = 128, 512
@@ -109,24 +117,50 @@ def run(
             t = time_calls(lambda o=o, lse=lse: _core.ops.merge_states(o, lse), repeats, min_seconds).median
             moved = o.nbytes + lse.nbytes + T * H * (R + 1) * 4
             flops = 4 * n * T * H * R  # scale and accumulate per input element (+ normalize), roughly
-            rows.append(Row("merge_states", f"N={n} T={T}", t * 1e3, moved / t / 1e9, flops / t / 1e9,
-                            moved / t / 1e9 / copy_gbs, flops / t / 1e9 / mm_gflops))  # fmt: skip
+            rows.append(
+                Row(
+                    "merge_states",
+                    f"N={n} T={T}",
+                    t * 1e3,
+                    moved / t / 1e9,
+                    flops / t / 1e9,
+                    moved / t / 1e9 / copy_gbs,
+                    flops / t / 1e9 / mm_gflops,
+                )
+            )
 
     for name, (N, K) in progress(list(shapes.items()), "linear", enabled=show_progress):
         pool32 = _weight_pool((N, K), np.dtype(np.float32), pool_bytes, rng)
         xs = {T: rng.standard_normal((T, K), dtype=np.float32) for T in tokens}
-        t_np = {T: time_calls(_rotating(lambda w, x=xs[T]: np.matmul(x, w.T), pool32), repeats, min_seconds).median
-                for T in tokens}  # fmt: skip
+        t_np = {
+            T: time_calls(
+                _rotating(lambda w, x=xs[T]: np.matmul(x, w.T), pool32), repeats, min_seconds
+            ).median
+            for T in tokens
+        }
         for dtype in ("float32", "bfloat16"):
-            pool = pool32 if dtype == "float32" else _weight_pool((N, K), np.dtype(ml_dtypes.bfloat16),
-                                                                  pool_bytes // 2, rng)  # fmt: skip
+            pool = (
+                pool32
+                if dtype == "float32"
+                else _weight_pool((N, K), np.dtype(ml_dtypes.bfloat16), pool_bytes // 2, rng)
+            )
             for T in tokens:
-                t = time_calls(_rotating(lambda w, x=xs[T]: _core.layers.linear(x, w), pool), repeats,
-                               min_seconds).median  # fmt: skip
+                t = time_calls(
+                    _rotating(lambda w, x=xs[T]: _core.layers.linear(x, w), pool), repeats, min_seconds
+                ).median
                 moved = pool[0].nbytes + xs[T].nbytes + T * N * 4
                 flops = 2 * T * N * K
-                rows.append(Row("linear", f"{name} [{N}x{K}] {dtype} T={T}", t * 1e3, moved / t / 1e9,
-                                flops / t / 1e9, moved / t / 1e9 / copy_gbs, t_np[T] / t))  # fmt: skip
+                rows.append(
+                    Row(
+                        "linear",
+                        f"{name} [{N}x{K}] {dtype} T={T}",
+                        t * 1e3,
+                        moved / t / 1e9,
+                        flops / t / 1e9,
+                        moved / t / 1e9 / copy_gbs,
+                        t_np[T] / t,
+                    )
+                )
             del pool
         del pool32
     return {"copy_gbs": copy_gbs, "matmul_gflops": mm_gflops, "rows": rows}
@@ -161,24 +195,41 @@ def main(argv: list[str] | None = None) -> int:
         pool_bytes=args.pool_mb << 20,
         matmul_n=args.matmul_n,
     )
-    meta = {**machine_info(args.threads), "timing": "median of repeated calls; ceilings: best of 5",
-            "copy_gbs": result["copy_gbs"], "matmul_gflops": result["matmul_gflops"]}  # fmt: skip
+    meta = {
+        **machine_info(args.threads),
+        "timing": "median of repeated calls; ceilings: best of 5",
+        "copy_gbs": result["copy_gbs"],
+        "matmul_gflops": result["matmul_gflops"],
+    }
     rows: list[Row] = result["rows"]
-    print(f"Decode ops; {meta['cpu']}, {args.threads} thread(s), load {meta['loadavg_1_5_15'][0]:.2f}; ceilings: "
-          f"copy {result['copy_gbs']:.1f} GB/s, NumPy f32 matmul {result['matmul_gflops']:.1f} GFLOP/s")
+    print(
+        f"Decode ops; {meta['cpu']}, {args.threads} thread(s), load {meta['loadavg_1_5_15'][0]:.2f}; ceilings: "
+        f"copy {result['copy_gbs']:.1f} GB/s, NumPy f32 matmul {result['matmul_gflops']:.1f} GFLOP/s"
+    )
     print(f"{'op':<14} {'case':<40} {'ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'/copy':>6} {'/numpy':>7}")
     for r in rows:
-        print(f"{r.op:<14} {r.case:<40} {r.ms:8.3f} {r.gbytes_per_s:7.1f} {r.gflops:8.1f} "
-              f"{r.ratio_to_copy:6.2f} {r.ratio_to_numpy:7.2f}")
+        print(
+            f"{r.op:<14} {r.case:<40} {r.ms:8.3f} {r.gbytes_per_s:7.1f} {r.gflops:8.1f} "
+            f"{r.ratio_to_copy:6.2f} {r.ratio_to_numpy:7.2f}"
+        )
     out = write_json(args.out, {"meta": meta, "rows": [asdict(r) for r in rows]})
     lin = [r for r in rows if r.op == "linear" and r.case.endswith("T=1")]
     series = {
-        dt: (list(range(len([r for r in lin if dt in r.case]))), [r.gbytes_per_s for r in lin if dt in r.case])
+        dt: (
+            list(range(len([r for r in lin if dt in r.case]))),
+            [r.gbytes_per_s for r in lin if dt in r.case],
+        )
         for dt in ("float32", "bfloat16")
     }
     series["copy ceiling"] = (list(range(len(names))), [result["copy_gbs"]] * len(names))
-    png = plot_lines(args.png, series, xlabel="linear shape: " + ", ".join(names), ylabel="GB/s of weights",
-                     title=f"decode linear, T=1, {args.threads} thread(s)", logx=False)  # fmt: skip
+    png = plot_lines(
+        args.png,
+        series,
+        xlabel="linear shape: " + ", ".join(names),
+        ylabel="GB/s of weights",
+        title=f"decode linear, T=1, {args.threads} thread(s)",
+        logx=False,
+    )
     print(f"wrote {out} and {png}")
     return 0
 

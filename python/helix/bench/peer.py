@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import numpy as np
@@ -38,8 +37,9 @@ def helix_step_time(model_dir: str, context: int, steps: int, threads: int) -> f
     from helix.engine import HelixEngine
 
     set_threads(threads)
-    engine = HelixEngine(model_dir, comm=self_communicator(), max_tokens=context + steps + 64, dtype="bfloat16",
-                         progress=False)  # fmt: skip
+    engine = HelixEngine(
+        model_dir, comm=self_communicator(), max_tokens=context + steps + 64, dtype="bfloat16", progress=False
+    )
     fill_kv(engine, 1, context, np.random.default_rng(0))
     core, one, state = engine._engine, np.zeros(1, np.int64), {"i": 0}
 
@@ -86,14 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per system (median)")
     parser.add_argument("--threads", type=int, default=1, help="threads for both systems")
     parser.add_argument("--model", default="bench", choices=sorted(MODEL_PRESETS))
-    parser.add_argument("--model-dir", default=None, help="checkpoint cache (default build/bench-model[-tiny])")
+    parser.add_argument(
+        "--model-dir", default=None, help="checkpoint cache (default build/bench-model[-tiny])"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     parser.add_argument("--out", default="bench-results/peer.json")
     parser.add_argument("--png", default="bench-results/peer.png")
     args = parser.parse_args(argv)
     if args.context < 1 or args.steps < 1 or args.threads < 1:
         parser.error("--context, --steps and --threads must be positive")
-    model_dir = args.model_dir or str(ROOT / "build" / ("bench-model" if args.model == "bench" else "bench-model-tiny"))
+    model_dir = args.model_dir or str(
+        ROOT / "build" / ("bench-model" if args.model == "bench" else "bench-model-tiny")
+    )
     ensure_model(args.model, model_dir)
     start = time.time()
     t_helix = helix_step_time(model_dir, args.context, args.steps, args.threads)
@@ -106,18 +110,32 @@ def main(argv: list[str] | None = None) -> int:
         "hf_step_ms": t_hf * 1e3,
         "speedup": t_hf / t_helix,
     }
-    meta = {**machine_info(args.threads), "model": args.model, "helix": "cp=1, bf16 weights and KV cache",
-            "hf": f"transformers DeepseekV3ForCausalLM, float32, attn_implementation={attn_impl}",
-            "timing": f"median of {args.steps} steps after 1 warm-up", "seconds": time.time() - start}  # fmt: skip
+    meta = {
+        **machine_info(args.threads),
+        "model": args.model,
+        "helix": "cp=1, bf16 weights and KV cache",
+        "hf": f"transformers DeepseekV3ForCausalLM, float32, attn_implementation={attn_impl}",
+        "timing": f"median of {args.steps} steps after 1 warm-up",
+        "seconds": time.time() - start,
+    }
     write_json(args.out, {"meta": meta, "result": result})
-    plot_bars(args.png, ["helix (bf16)", "transformers (f32)"], [result["helix_step_ms"], result["hf_step_ms"]],
-              ylabel="ms per token", title=f"decode step at {args.context} tokens, {args.threads} thread(s)",
-              logy=True)  # fmt: skip
+    plot_bars(
+        args.png,
+        ["helix (bf16)", "transformers (f32)"],
+        [result["helix_step_ms"], result["hf_step_ms"]],
+        ylabel="ms per token",
+        title=f"decode step at {args.context} tokens, {args.threads} thread(s)",
+        logy=True,
+    )
     if not args.json:
-        print(f"Peer: model {args.model!r} at context {args.context}, {args.threads} thread(s); {meta['cpu']}, "
-              f"load {meta['loadavg_1_5_15'][0]:.2f}")
-        print(f"helix {result['helix_step_ms']:.1f} ms/token, transformers {result['hf_step_ms']:.1f} ms/token, "
-              f"speedup {result['speedup']:.1f}x (wrote {args.out}, {args.png})")
+        print(
+            f"Peer: model {args.model!r} at context {args.context}, {args.threads} thread(s); {meta['cpu']}, "
+            f"load {meta['loadavg_1_5_15'][0]:.2f}"
+        )
+        print(
+            f"helix {result['helix_step_ms']:.1f} ms/token, transformers {result['hf_step_ms']:.1f} ms/token, "
+            f"speedup {result['speedup']:.1f}x (wrote {args.out}, {args.png})"
+        )
     else:
         print(json.dumps(result))
     return 0
