@@ -164,13 +164,20 @@ def openblas_core() -> str | None:
 
 
 def cpu_model() -> str:
+    """The model name, with family/model/stepping (a hypervisor often hides the marketing name) and the
+    SIMD extensions that matter here."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    name = fields.get("model name", platform.processor() or "unknown")
+    flags = set(fields.get("flags", "").split())
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    family = f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+    return f"{name} ({family}; {' '.join(simd) or 'no AVX2'})"
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
