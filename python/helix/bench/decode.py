@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         **machine_info(),
+        "threads": "per configuration (ranks x threads)",
         "model": args.model,
         "model_overrides": MODEL_PRESETS[args.model],
         "weights": "bfloat16",
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         series,
         xlabel="context (tokens)",
         ylabel="ms per token (median)",
-        title=f"decode latency, {args.model} model, bf16 ({meta['cpu'][:40]})",
+        title=f"decode latency, {args.model} model, bf16 weights and KV",
         logy=True,
     )
     print(f"wrote {out} and {png}")
