@@ -20,7 +20,8 @@ def _load(path: Path) -> dict | None:
 
 def _meta_line(meta: dict) -> str:
     load = meta.get("loadavg_1_5_15", [float("nan")])[0]
-    return f"_{meta.get('cpu')}, {meta.get('threads')} thread(s), load {load:.2f} at the end, {meta.get('date')}_"
+    threads = meta.get("threads")
+    return f"_{meta.get('cpu')}, {threads} thread(s), load {load:.2f} at the end, {meta.get('date')}_"
 
 
 def attention(d: dict) -> str:
@@ -61,13 +62,15 @@ def helix_step(d: dict) -> str:
     out = [
         _meta_line(d["meta"]),
         "",
-        "| ranks | context | T | bytes/rank (formula) | measured | step ms | attention ms | all-to-all ms | a2a / step |",
+        "| ranks | context | T | bytes/rank (formula) | measured | step ms | attention ms | all-to-all ms "
+        "| a2a / step |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in d["rows"]:
         flag = " *" if r["oversubscribed"] else ""
         out.append(
-            f"| {r['ranks']}{flag} | {r['context']} | {r['T']} | {r['bytes_formula']} | {r['bytes_measured']} | "
+            f"| {r['ranks']}{flag} | {r['context']} | {r['T']} | {r['bytes_formula']} | "
+            f"{r['bytes_measured']} | "
             f"{r['step_ms']:.2f} | {r['attention_ms']:.2f} | {r['all_to_all_ms']:.3f} | "
             f"{r['exchange_share']:.3f} |"
         )
@@ -79,7 +82,8 @@ def decode(d: dict) -> str:
     out = [
         _meta_line(m),
         "",
-        "| config | context | ms/token (median) | min | KV MiB/rank | attention | all-to-all | linear | MoE | "
+        "| config | context | ms/token (median) | min | KV MiB/rank | attention | all-to-all | linear "
+        "| MoE | "
         "all-reduce | other | copy GB/s | matmul GFLOP/s | planner ms | measured / planner |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -98,7 +102,8 @@ def decode(d: dict) -> str:
 def peer(d: dict) -> str:
     r = d["result"]
     return (
-        f"{_meta_line(d['meta'])}\n\n| context | threads | helix ms/token | transformers ms/token | speedup |\n"
+        f"{_meta_line(d['meta'])}\n\n"
+        "| context | threads | helix ms/token | transformers ms/token | speedup |\n"
         f"|---|---|---|---|---|\n| {r['context']} | {r['threads']} | {r['helix_step_ms']:.1f} | "
         f"{r['hf_step_ms']:.1f} | {r['speedup']:.1f}x |"
     )

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(OPENBLAS_CORETYPE={meta['OPENBLAS_CORETYPE']})"
     )
     print(
-        f"{'S':>6} {'kv':>8} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6} {'numpy ms':>9} {'np GFLOP/s':>10} {'ratio':>6}"
+        f"{'S':>6} {'kv':>8} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6} {'numpy ms':>9} "
+        f"{'np GFLOP/s':>10} {'ratio':>6}"
     )
     for r in rows:
         print(

@@ -69,7 +69,8 @@ class Timing:
 def time_calls(
     fn: Callable[[], object], repeats: int = 5, min_seconds: float = 0.0, warmup: int = 1
 ) -> Timing:
-    """Times ``fn()`` at least ``repeats`` times and for at least ``min_seconds`` in all (at most 1000 calls)."""
+    """Times ``fn()`` at least ``repeats`` times and for at least ``min_seconds`` in all (at most 1000
+    calls), after ``warmup`` untimed calls."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
@@ -114,7 +115,8 @@ def copy_bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """NumPy float32 matmul of two n x n matrices, GFLOP/s (best of ``repeats``), with the BLAS threads set."""
+    """NumPy float32 matmul of two n x n matrices, GFLOP/s (best of ``repeats``), on the threads that
+    set_threads gave OpenBLAS."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)

@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[Row] = result["rows"]
     print(
-        f"Decode ops; {meta['cpu']}, {args.threads} thread(s), load {meta['loadavg_1_5_15'][0]:.2f}; ceilings: "
+        f"Decode ops; {meta['cpu']}, {args.threads} thread(s), load {meta['loadavg_1_5_15'][0]:.2f}; "
+        "ceilings: "
         f"copy {result['copy_gbs']:.1f} GB/s, NumPy f32 matmul {result['matmul_gflops']:.1f} GFLOP/s"
     )
     print(f"{'op':<14} {'case':<40} {'ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'/copy':>6} {'/numpy':>7}")

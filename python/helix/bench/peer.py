@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             f"load {meta['loadavg_1_5_15'][0]:.2f}"
         )
         print(
-            f"helix {result['helix_step_ms']:.1f} ms/token, transformers {result['hf_step_ms']:.1f} ms/token, "
+            f"helix {result['helix_step_ms']:.1f} ms/token, "
+            f"transformers {result['hf_step_ms']:.1f} ms/token, "
             f"speedup {result['speedup']:.1f}x (wrote {args.out}, {args.png})"
         )
     else:
