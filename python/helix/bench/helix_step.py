@@ -6,7 +6,7 @@ For each rank count the suite launches itself under mpiexec (one OpenMP thread p
 the positions it owns of a sequence of `context` tokens (block rule, 32 tokens per block) and times:
 
 - step: helix._core.helix_attention (append of the T new rows + partial attention + one all-to-all +
-  merge), with a barrier before each call so every rank starts together;
+  merge); every timed call starts right after an (untimed) barrier so that all ranks start together;
 - attention: helix.ops.paged_mla_attention over the same local shard (the partial-attention share);
 - all-to-all: Communicator.all_to_all of a float32 buffer of the step's message size
   ([cp, T * H/cp * (R + 1)]: o and lse per head of each destination chunk).
