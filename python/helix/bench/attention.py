@@ -12,18 +12,12 @@ kernel OpenBLAS picked, so a run's ceiling can be judged.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import glob
-import json
 import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
+
+from helix.bench.common import machine_info, median_time, plot_lines, progress, set_threads, write_json
 
 __all__ = ["Row", "main", "run"]
 
@@ -51,42 +45,6 @@ def attention_flops(S: int) -> int:
     return 2 * T * H * S * (D + R)
 
 
-def median_time(fn: Callable[[], object], repeats: int, min_seconds: float) -> float:
-    """Median wall time of one call, over at least `repeats` calls and `min_seconds` in all (after a warm-up)."""
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 1000):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _openblas() -> ctypes.CDLL | None:
-    """NumPy's bundled OpenBLAS (scipy-openblas), for its core name and thread count; None if not found."""
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*.so"))
-    return ctypes.CDLL(libs[0]) if libs else None
-
-
-def _openblas_call(lib: ctypes.CDLL | None, names: tuple[str, ...], *args: int) -> object:
-    for name in names:
-        fn = getattr(lib, name, None) if lib is not None else None
-        if fn is not None:
-            return fn(*args)
-    return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run(sizes: tuple[int, ...], dtypes: tuple[str, ...], repeats: int, min_seconds: float) -> list[Row]:
     import ml_dtypes
 
@@ -96,16 +54,20 @@ def run(sizes: tuple[int, ...], dtypes: tuple[str, ...], repeats: int, min_secon
     rows: list[Row] = []
     q = rng.standard_normal((T, H, D), dtype=np.float32)
     q_pos = np.array([1 << 40], dtype=np.int64)
-    for S in sizes:
+    for S in progress(sizes, "attention S"):
         kv32 = rng.standard_normal((S, D), dtype=np.float32)
         kv_pos = np.arange(S, dtype=np.int64)
         # The NumPy ceiling: the same two products as contiguous float32 matmuls.
         a, b = q[0], np.ascontiguousarray(kv32.T)
         p, v = rng.random((H, S), dtype=np.float32), np.ascontiguousarray(kv32[:, :R])
-        t_np = median_time(lambda: (np.matmul(a, b), np.matmul(p, v)), repeats, min_seconds)
+        t_np = median_time(lambda a=a, b=b, p=p, v=v: (a @ b, p @ v), repeats, min_seconds)
         for name in dtypes:
             kv = kv32 if name == "float32" else kv32.astype(ml_dtypes.bfloat16)
-            t = median_time(lambda kv=kv: ops.mla_attention(q, kv, q_pos, kv_pos, 0.07, R), repeats, min_seconds)
+            t = median_time(
+                lambda kv=kv, kv_pos=kv_pos: ops.mla_attention(q, kv, q_pos, kv_pos, 0.07, R),
+                repeats,
+                min_seconds,
+            )
             flops = attention_flops(S)
             moved = kv.nbytes + q.nbytes + T * H * R * 4
             rows.append(Row(S, name, t, flops / t / 1e9, moved / t / 1e9, t_np, flops / t_np / 1e9, t_np / t))
@@ -120,45 +82,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="at least this many timed calls per point")
     parser.add_argument("--min-seconds", type=float, default=0.3, help="and at least this long per point")
     parser.add_argument("--out", default="bench-results/attention.json")
+    parser.add_argument("--png", default="bench-results/attention.png")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     dtypes = tuple(args.dtypes.split(","))
     if args.threads < 1 or any(s <= 0 for s in sizes) or not set(dtypes) <= {"float32", "bfloat16"}:
         parser.error("--threads and --sizes must be positive; --dtypes float32 and/or bfloat16")
 
-    from helix import ops
-
-    blas = _openblas()
-    _openblas_call(blas, ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads"), args.threads)
-    ops.set_num_threads(args.threads)
-    corename = None
-    if blas is not None and hasattr(blas, "scipy_openblas_get_corename64_"):
-        blas.scipy_openblas_get_corename64_.restype = ctypes.c_char_p
-        corename = blas.scipy_openblas_get_corename64_().decode()
+    set_threads(args.threads)
 
     rows = run(sizes, dtypes, args.repeats, args.min_seconds)
 
     meta = {
-        "cpu": _cpu_model(),
-        "threads": args.threads,
-        "kernel_path": ops.kernel_path(),
-        "openblas_core": corename,
-        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
+        **machine_info(args.threads),
         "shape": {"H": H, "D": D, "R": R, "T": T},
         "flops": "2*T*H*S*(D+R)",
+        "timing": "median of repeated calls",
     }
-    print(f"MLA attention, H={H} D={D} R={R} T={T}; {meta['cpu']}, {args.threads} threads, "
-          f"kernels={meta['kernel_path']}, numpy OpenBLAS core={corename} "
-          f"(OPENBLAS_CORETYPE={meta['OPENBLAS_CORETYPE']})")
-    print(f"{'S':>6} {'kv':>8} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6} {'numpy ms':>9} {'np GFLOP/s':>10} {'ratio':>6}")
+    print(
+        f"MLA attention, H={H} D={D} R={R} T={T}; {meta['cpu']}, {args.threads} threads, "
+        f"kernels={meta.get('attention_kernels')}, numpy OpenBLAS core={meta['openblas_core']} "
+        f"(OPENBLAS_CORETYPE={meta['OPENBLAS_CORETYPE']})"
+    )
+    print(
+        f"{'S':>6} {'kv':>8} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6} {'numpy ms':>9} "
+        f"{'np GFLOP/s':>10} {'ratio':>6}"
+    )
     for r in rows:
-        print(f"{r.S:>6} {r.kv_dtype:>8} {r.seconds * 1e3:8.3f} {r.gflops:8.1f} {r.gbytes_per_s:6.1f} "
-              f"{r.numpy_seconds * 1e3:9.3f} {r.numpy_gflops:10.1f} {r.ratio_to_numpy:6.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
-    print(f"wrote {out}")
+        print(
+            f"{r.S:>6} {r.kv_dtype:>8} {r.seconds * 1e3:8.3f} {r.gflops:8.1f} {r.gbytes_per_s:6.1f} "
+            f"{r.numpy_seconds * 1e3:9.3f} {r.numpy_gflops:10.1f} {r.ratio_to_numpy:6.2f}"
+        )
+    out = write_json(args.out, {"meta": meta, "rows": [asdict(r) for r in rows]})
+    series = {
+        f"helix, {dt} KV": (
+            [r.S for r in rows if r.kv_dtype == dt],
+            [r.gflops for r in rows if r.kv_dtype == dt],
+        )
+        for dt in dtypes
+    }
+    first = [r for r in rows if r.kv_dtype == dtypes[0]]
+    series["NumPy f32 matmul, same FLOPs"] = ([r.S for r in first], [r.numpy_gflops for r in first])
+    png = plot_lines(
+        args.png,
+        series,
+        xlabel="S (keys)",
+        ylabel="GFLOP/s",
+        title=f"MLA attention H={H} D={D} T={T}, {args.threads} thread(s)",
+    )
+    print(f"wrote {out} and {png}")
     return 0
 
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every CPU benchmark suite and writes bench-results/ (JSON, PNG, logs). Re-run on a quiet machine:
+#   bash benchmarks/run_all.sh [THREADS]     (THREADS: the 2-thread pass of attention, ops and peer; default 2)
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset so that NumPy's OpenBLAS picks its kernel for this CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T2=${1:-2}
+PY=".venv/bin/python"
+run() { echo "== $* (load: $(cut -d' ' -f1-3 /proc/loadavg))"; env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=python "$PY" -m helix bench "$@"; }
+mkdir -p bench-results
+run attention --threads 1 --out bench-results/attention-1t.json --png bench-results/attention-1t.png | tee bench-results/attention-1t.log
+run ops --threads 1 --out bench-results/ops-1t.json --png bench-results/ops-1t.png | tee bench-results/ops-1t.log
+run helix | tee bench-results/helix_step.log
+run decode | tee bench-results/decode.log
+run peer --threads 1 --out bench-results/peer-1t.json --png bench-results/peer-1t.png | tee bench-results/peer-1t.log
+run attention --threads "$T2" --out bench-results/attention-${T2}t.json --png bench-results/attention-${T2}t.png | tee bench-results/attention-${T2}t.log
+run peer --threads "$T2" --out bench-results/peer-${T2}t.json --png bench-results/peer-${T2}t.png | tee bench-results/peer-${T2}t.log

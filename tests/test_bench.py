@@ -1,0 +1,222 @@
+"""Smoke tests of the benchmark suites at tiny sizes (each a few seconds), so that they never rot.
+
+They check structure and invariants (JSON written, PNG written, bytes formula == measured message size,
+shares sum to 1, KV bytes per rank, the peer's JSON line), not speed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helix.bench import common
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png(path) -> bool:
+    return path.exists() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_time_calls_counts_and_orders():
+    t = common.time_calls(lambda: sum(range(100)), repeats=4)
+    assert t.n >= 4 and 0 < t.min <= t.median
+    with pytest.raises(ValueError):
+        common.time_calls(lambda: None, repeats=0)
+    with pytest.raises(ValueError):
+        common.Timing(median=1.0, min=2.0, n=1)
+
+
+def test_ceilings_are_positive_and_threads_validated():
+    common.set_threads(1)
+    assert common.copy_bandwidth(1 << 20, repeats=2) > 0
+    assert common.matmul_gflops(64, repeats=2) > 0
+    common.set_threads(2)
+    assert common.copy_bandwidth(1 << 20, repeats=2) > 0
+    common.set_threads(1)
+    with pytest.raises(ValueError):
+        common.set_threads(0)
+
+
+def test_json_and_plots(tmp_path):
+    out = common.write_json(
+        tmp_path / "a" / "r.json", {"x": np.float32(1.5), "t": common.Timing(2.0, 1.0, 3)}
+    )
+    assert json.loads(out.read_text()) == {"x": 1.5, "t": {"median": 2.0, "min": 1.0, "n": 3}}
+    common.plot_lines(tmp_path / "l.png", {"a": ([1, 2], [3, 4])}, xlabel="x", ylabel="y", title="t")
+    common.plot_bars(tmp_path / "b.png", ["a", "b"], [1.0, 10.0], ylabel="y", title="t", logy=True)
+    assert _png(tmp_path / "l.png") and _png(tmp_path / "b.png")
+    info = common.machine_info(1)
+    assert info["cores"] >= 1 and len(info["loadavg_1_5_15"]) == 3 and "OPENBLAS_CORETYPE" in info
+
+
+def test_attention_suite(tmp_path, capsys):
+    from helix.bench import attention
+
+    args = [
+        "--sizes",
+        "256,512",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--min-seconds",
+        "0",
+        "--out",
+        str(tmp_path / "a.json"),
+        "--png",
+        str(tmp_path / "a.png"),
+    ]
+    assert attention.main(args) == 0
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert {(r["S"], r["kv_dtype"]) for r in rows} == {
+        (s, d) for s in (256, 512) for d in ("float32", "bfloat16")
+    }
+    assert all(r["ratio_to_numpy"] > 0 for r in rows) and _png(tmp_path / "a.png")
+
+
+def test_ops_suite(tmp_path, capsys):
+    from helix.bench import ops
+
+    args = [
+        "--attention-sizes",
+        "256",
+        "--tokens",
+        "1,2",
+        "--linear",
+        "kv_a_proj",
+        "--repeats",
+        "1",
+        "--min-seconds",
+        "0",
+        "--pool-mb",
+        "8",
+        "--copy-mb",
+        "4",
+        "--matmul-n",
+        "128",
+        "--out",
+        str(tmp_path / "o.json"),
+        "--png",
+        str(tmp_path / "o.png"),
+    ]
+    assert ops.main(args) == 0
+    data = json.loads((tmp_path / "o.json").read_text())
+    kinds = {r["op"] for r in data["rows"]}
+    assert kinds == {"mla_attention", "merge_states", "linear"}
+    linear = [r for r in data["rows"] if r["op"] == "linear"]
+    assert len(linear) == 4  # float32 / bfloat16 x T = 1, 2
+    assert data["meta"]["copy_gbs"] > 0 and data["meta"]["matmul_gflops"] > 0
+    assert _png(tmp_path / "o.png")
+    with pytest.raises(SystemExit):
+        ops.main(["--linear", "no_such_layer"])
+
+
+@pytest.mark.mpi
+def test_helix_step_suite(tmp_path, capsys):
+    from helix.bench import helix_step
+
+    args = [
+        "--ranks",
+        "1,2",
+        "--contexts",
+        "200",
+        "--batches",
+        "1,3",
+        "--repeats",
+        "1",
+        "--timeout",
+        "120",
+        "--out",
+        str(tmp_path / "h.json"),
+        "--png",
+        str(tmp_path / "h.png"),
+    ]
+    assert helix_step.main(args) == 0
+    rows = json.loads((tmp_path / "h.json").read_text())["rows"]
+    assert {(r["ranks"], r["T"]) for r in rows} == {(n, t) for n in (1, 2) for t in (1, 3)}
+    for r in rows:
+        cp, T = r["ranks"], r["T"]
+        # FACTS §1 with fp32 partials: (cp-1)/cp * T * H * (R + 1) * 4 bytes.
+        assert r["bytes_formula"] == r["bytes_measured"] == (cp - 1) * T * 128 // cp * 513 * 4
+        assert r["step_ms"] > 0 and r["attention_ms"] > 0
+    assert _png(tmp_path / "h.png")
+    with pytest.raises(SystemExit):
+        helix_step.main(["--ranks", "3"])  # 128 heads are not divisible by 3
+
+
+@pytest.mark.mpi
+def test_decode_suite(tmp_path, capsys):
+    from helix.bench import decode
+
+    model = tmp_path / "model"
+    args = [
+        "--model",
+        "tiny",
+        "--model-dir",
+        str(model),
+        "--contexts",
+        "40,100",
+        "--configs",
+        "cp1,cp2",
+        "--steps",
+        "1",
+        "--copy-mb",
+        "4",
+        "--timeout",
+        "120",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "d.json"),
+        "--png",
+        str(tmp_path / "d.png"),
+    ]
+    assert decode.main(args) == 0
+    data = json.loads((tmp_path / "d.json").read_text())
+    rows = data["rows"]
+    assert {(r["config"], r["context"]) for r in rows} == {(c, n) for c in ("cp1", "cp2") for n in (40, 100)}
+    cfg = json.loads((model / "config.json").read_text())
+    row_bytes = (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * 2 * cfg["num_hidden_layers"]  # bf16
+    for r in rows:
+        assert sum(r["shares"].values()) == pytest.approx(1.0)
+        # Fullest rank: cp1 holds every position; cp2 the most of the 32-token blocks dealt round-robin.
+        owned = (
+            r["context"]
+            if r["ranks"] == 1
+            else max(sum(1 for p in range(r["context"]) if (p // 32) % 2 == k) for k in (0, 1))
+        )
+        assert r["kv_bytes_per_rank"] == owned * row_bytes
+        assert r["planner"]["predicted_ms"] > 0 and r["planner"]["measured_over_predicted"] > 0
+    assert set(rows[0]["shares"]) == {"attention", "exchange", "linear", "moe", "allreduce", "other"}
+    assert _png(tmp_path / "d.png")
+    assert decode.ensure_model("tiny", model) == model  # cached: not rewritten
+
+
+def test_peer_suite_json_line(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from helix.bench import decode, peer
+
+    model = decode.ensure_model("tiny", tmp_path / "model")
+    capsys.readouterr()
+    args = [
+        "--model",
+        "tiny",
+        "--model-dir",
+        str(model),
+        "--context",
+        "64",
+        "--steps",
+        "1",
+        "--json",
+        "--out",
+        str(tmp_path / "p.json"),
+        "--png",
+        str(tmp_path / "p.png"),
+    ]
+    assert peer.main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert {"helix_step_ms", "hf_step_ms", "speedup"} <= set(result)
+    assert result["speedup"] == pytest.approx(result["hf_step_ms"] / result["helix_step_ms"])
+    assert _png(tmp_path / "p.png")
