@@ -15,11 +15,12 @@ cores). OMP_NUM_THREADS=1 keeps each rank's OpenMP kernels from multiplying the 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from helix.comm import mpiexec
 
 __all__ = ["MPI_ENV", "MpiResult", "mpiexec", "run_mpi"]
 
@@ -44,17 +45,6 @@ class MpiResult:
 
     def describe(self) -> str:
         return f"$ {' '.join(self.command)}\nexit code {self.returncode}\n{self.output}"
-
-
-def mpiexec() -> str:
-    """mpiexec next to the interpreter (the venv's MPICH), else the one on PATH."""
-    candidate = Path(sys.executable).parent / "mpiexec"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("mpiexec")
-    if found is None:
-        raise FileNotFoundError("mpiexec not found next to the interpreter or on PATH")
-    return found
 
 
 def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict[str, str] | None = None) -> MpiResult:

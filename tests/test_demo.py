@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from helix.demo import DemoConfig, main, run
 
 

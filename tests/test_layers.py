@@ -5,14 +5,17 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 from helix import reference as ref
 from tolerances import tol
 
 layers = pytest.importorskip("helix._core").layers
 ArgumentError = pytest.importorskip("helix._core").ArgumentError
 
-ISAS = [isa for isa in ("avx512", "avx2", "portable") if isa == "portable" or layers.linear_isa() in ("avx512", isa)]
+ISAS = [
+    isa
+    for isa in ("avx512", "avx2", "portable")
+    if isa == "portable" or layers.linear_isa() in ("avx512", isa)
+]
 
 
 def _weight(rng: np.random.Generator, n: int, k: int, dtype: str) -> np.ndarray:
@@ -24,7 +27,15 @@ def _weight(rng: np.random.Generator, n: int, k: int, dtype: str) -> np.ndarray:
 
 # (T, N, K): decode sizes, ragged tails of every tile (rows % 4, tokens % 4, K % 16), T past one token
 # block (K = 8192 gives 32-token blocks).
-LINEAR_SHAPES = [(1, 64, 256), (1, 37, 100), (3, 21, 17), (5, 16, 1), (16, 40, 48), (17, 9, 33), (70, 20, 8192)]
+LINEAR_SHAPES = [
+    (1, 64, 256),
+    (1, 37, 100),
+    (3, 21, 17),
+    (5, 16, 1),
+    (16, 40, 48),
+    (17, 9, 33),
+    (70, 20, 8192),
+]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -98,7 +109,9 @@ def test_rms_norm_matches_reference(shape):
     rng = np.random.default_rng(shape[1])
     x = (rng.standard_normal(shape) * 3).astype(np.float32)
     w = rng.uniform(0.5, 1.5, shape[1]).astype(np.float32)
-    np.testing.assert_allclose(layers.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6), **tol("rms_norm", "float32"))
+    np.testing.assert_allclose(
+        layers.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6), **tol("rms_norm", "float32")
+    )
     expected = ref.rms_norm(x, w, 1e-6)
     assert layers.rms_norm(x, w, 1e-6, out=x) is x  # in place
     np.testing.assert_allclose(x, expected, **tol("rms_norm", "float32"))
@@ -156,11 +169,14 @@ def test_embedding_shards_sum_to_the_full_table(dtype):
 
 def test_embedding_ids_outside_the_shard_give_zero_rows_and_errors():
     table = np.ones((4, 3), np.float32)
-    np.testing.assert_array_equal(layers.embedding(np.array([-1, 3, 4, 10], np.int64), table, 4), [[0] * 3, [0] * 3,
-                                                                                                    [1] * 3, [0] * 3])
+    np.testing.assert_array_equal(
+        layers.embedding(np.array([-1, 3, 4, 10], np.int64), table, 4), [[0] * 3, [0] * 3, [1] * 3, [0] * 3]
+    )
     with pytest.raises(ArgumentError, match="'ids'"):
         layers.embedding(np.array([1], np.int32), table)
     with pytest.raises(ArgumentError, match="'vocab_start'"):
         layers.embedding(np.array([1], np.int64), table, -1)
     with pytest.raises(ArgumentError, match="'out'"):
-        layers.embedding(np.array([1], np.int64), table, out=np.ones((1, 3), np.float32)[:, ::-1].copy()[:, :2])
+        layers.embedding(
+            np.array([1], np.int64), table, out=np.ones((1, 3), np.float32)[:, ::-1].copy()[:, :2]
+        )

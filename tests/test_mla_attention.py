@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import helix
 import ml_dtypes
 import numpy as np
 import pytest
+from helix import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import helix
-from helix import reference
 from tolerances import tol
 
 ops = helix.ops
@@ -104,8 +103,9 @@ def test_empty_shard_and_invisible_keys(kernel_path, dtype):
     rng = np.random.default_rng(3)
     q = rng.standard_normal((3, 5, 24), dtype=np.float32).astype(dtype)
     # S = 0: nothing to attend to.
-    o, lse = ops.mla_attention(q, np.zeros((0, 24), dtype), np.arange(3, dtype=np.int64),
-                               np.zeros(0, np.int64), 0.3, 16)
+    o, lse = ops.mla_attention(
+        q, np.zeros((0, 24), dtype), np.arange(3, dtype=np.int64), np.zeros(0, np.int64), 0.3, 16
+    )
     assert o.shape == (3, 5, 16) and np.all(o == 0) and np.all(np.isneginf(lse))
     # Keys all in the future of the first query token, visible to the last one only.
     kv = rng.standard_normal((70, 24), dtype=np.float32).astype(dtype)
@@ -201,7 +201,7 @@ def lse_merge(parts):
     safe = np.where(np.isfinite(mx), mx, 0.0)
     w = np.exp(lses - safe)  # -inf -> 0
     total = w.sum(axis=0)
-    o = sum(wi[..., None] * oi.astype(np.float64) for wi, (oi, _) in zip(w, parts))
+    o = sum(wi[..., None] * oi.astype(np.float64) for wi, (oi, _) in zip(w, parts, strict=True))
     with np.errstate(invalid="ignore", divide="ignore"):
         o = np.where(total[..., None] > 0, o / np.where(total > 0, total, 1.0)[..., None], 0.0)
         lse = np.where(total > 0, safe + np.log(np.where(total > 0, total, 1.0)), -np.inf)
@@ -219,7 +219,9 @@ def lse_merge(parts):
 )
 def test_sharded_merge_equals_unsharded(data, n_shards, S, T, H, D):
     R = data.draw(st.integers(1, D))
-    assignment = np.array(data.draw(st.lists(st.integers(0, n_shards - 1), min_size=S, max_size=S)), dtype=np.int64)
+    assignment = np.array(
+        data.draw(st.lists(st.integers(0, n_shards - 1), min_size=S, max_size=S)), dtype=np.int64
+    )
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     q, kv, _, kv_pos = make_inputs(rng, T, H, D, S, shuffle=True)
     q_pos = np.sort(rng.integers(-1, S + 1, size=T)).astype(np.int64)  # some tokens may see nothing

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 from helix import reference as ref
 from tolerances import tol
 
@@ -22,13 +21,29 @@ ROUTINGS = [
 ]
 
 
-def _hf_config(e: int, top_k: int, n_group: int, topk_group: int, norm: bool, scale: float, hidden: int = 32,
-               inter: int = 16):
+def _hf_config(
+    e: int,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm: bool,
+    scale: float,
+    hidden: int = 32,
+    inter: int = 16,
+):
     transformers = pytest.importorskip("transformers")
-    return transformers.DeepseekV3Config(hidden_size=hidden, moe_intermediate_size=inter, n_routed_experts=e,
-                                         num_experts_per_tok=top_k, n_group=n_group, topk_group=topk_group,
-                                         norm_topk_prob=norm, routed_scaling_factor=scale, n_shared_experts=1,
-                                         num_attention_heads=4)
+    return transformers.DeepseekV3Config(
+        hidden_size=hidden,
+        moe_intermediate_size=inter,
+        n_routed_experts=e,
+        num_experts_per_tok=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=norm,
+        routed_scaling_factor=scale,
+        n_shared_experts=1,
+        num_attention_heads=4,
+    )
 
 
 @pytest.mark.parametrize("routing", ROUTINGS, ids=lambda r: f"E{r[0]}k{r[1]}g{r[2]}/{r[3]}")
@@ -65,11 +80,12 @@ def test_moe_route_matches_transformers_router(routing):
     idx, weight = layers.moe_route(logits, bias, top_k, n_group, topk_group, norm, scale)
     # HF's top-k is unsorted: compare per token as {expert: weight}.
     for t in range(h.shape[0]):
-        ours = dict(zip(idx[t].tolist(), weight[t].tolist()))
-        theirs = dict(zip(hf_idx[t].tolist(), hf_weight[t].tolist()))
+        ours = dict(zip(idx[t].tolist(), weight[t].tolist(), strict=True))
+        theirs = dict(zip(hf_idx[t].tolist(), hf_weight[t].tolist(), strict=True))
         assert sorted(ours) == sorted(theirs), f"token {t}"
-        np.testing.assert_allclose([ours[x] for x in sorted(ours)], [theirs[x] for x in sorted(ours)],
-                                   **tol("moe_route", "float32"))
+        np.testing.assert_allclose(
+            [ours[x] for x in sorted(ours)], [theirs[x] for x in sorted(ours)], **tol("moe_route", "float32")
+        )
 
 
 def test_moe_route_group_limit_and_bias_only_select():
@@ -112,15 +128,22 @@ def test_moe_experts_sharded_over_ranks_matches_reference(dtype, t):
     e, top_k, hidden, inter = 8, 3, 48, 24
     gate_up, down = _experts(rng, e, hidden, inter, dtype)
     h = rng.standard_normal((t, hidden)).astype(np.float32)
-    idx, weight = layers.moe_route(rng.standard_normal((t, e)).astype(np.float32), np.zeros(e, np.float32),
-                                   top_k, 1, 1, True, 2.5)
+    idx, weight = layers.moe_route(
+        rng.standard_normal((t, e)).astype(np.float32), np.zeros(e, np.float32), top_k, 1, 1, True, 2.5
+    )
     full = ref.moe_experts(h, idx, weight, gate_up, down)
     total = np.zeros((t, hidden))
     for first, count in [(0, 3), (3, 2), (5, 3)]:  # three expert-parallel ranks of uneven size
-        out = layers.moe_experts(h, idx, weight, gate_up[first : first + count], down[first : first + count], first)
-        np.testing.assert_allclose(out, ref.moe_experts(h, idx, weight, gate_up[first : first + count],
-                                                        down[first : first + count], first),
-                                   **tol("moe_experts", dtype))
+        out = layers.moe_experts(
+            h, idx, weight, gate_up[first : first + count], down[first : first + count], first
+        )
+        np.testing.assert_allclose(
+            out,
+            ref.moe_experts(
+                h, idx, weight, gate_up[first : first + count], down[first : first + count], first
+            ),
+            **tol("moe_experts", dtype),
+        )
         total += out
     np.testing.assert_allclose(total, full, **tol("moe_experts", dtype))
 
@@ -134,8 +157,9 @@ def test_moe_experts_accumulates_and_skips_foreign_experts():
     base = rng.standard_normal((3, 16)).astype(np.float32)
     out = base.copy()
     assert layers.moe_experts(h, idx, weight, gate_up, down, 10, out) is out
-    np.testing.assert_allclose(out, base + ref.moe_experts(h, idx, weight, gate_up, down, 10),
-                               **tol("moe_experts", "float32"))
+    np.testing.assert_allclose(
+        out, base + ref.moe_experts(h, idx, weight, gate_up, down, 10), **tol("moe_experts", "float32")
+    )
     np.testing.assert_array_equal(out[1], base[1])  # routed only to other ranks' experts
 
 
@@ -150,13 +174,24 @@ def test_moe_experts_matches_transformers_experts():
     rng = np.random.default_rng(4)
     gate_up, down = _experts(rng, e, hidden, inter, "float32")
     h = rng.standard_normal((5, hidden)).astype(np.float32)
-    idx, weight = layers.moe_route(rng.standard_normal((5, e)).astype(np.float32),
-                                   rng.standard_normal(e).astype(np.float32) * 0.1, top_k, 2, 1, True, 2.5)
+    idx, weight = layers.moe_route(
+        rng.standard_normal((5, e)).astype(np.float32),
+        rng.standard_normal(e).astype(np.float32) * 0.1,
+        top_k,
+        2,
+        1,
+        True,
+        2.5,
+    )
     with torch.no_grad():
         experts.gate_up_proj.copy_(torch.from_numpy(gate_up))
         experts.down_proj.copy_(torch.from_numpy(down))
-        hf = experts(torch.from_numpy(h), torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(weight)).numpy()
-    np.testing.assert_allclose(layers.moe_experts(h, idx, weight, gate_up, down), hf, **tol("moe_experts", "float32"))
+        hf = experts(
+            torch.from_numpy(h), torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(weight)
+        ).numpy()
+    np.testing.assert_allclose(
+        layers.moe_experts(h, idx, weight, gate_up, down), hf, **tol("moe_experts", "float32")
+    )
 
 
 def test_moe_experts_errors_name_the_argument():

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import helix
 import ml_dtypes
 import numpy as np
 import pytest
-
-import helix
 from helix import reference
 from tolerances import tol
 
@@ -16,7 +15,8 @@ BF16 = ml_dtypes.bfloat16
 
 def build_cache(rng, lengths, tokens_per_block, D, dtype, cp_rank=0, cp_size=1, chunk=7):
     """A cache holding sequences 10, 11, ... of the given lengths (the owned positions of 0..L-1, appended in
-    chunks), poisoned with NaN in every unused slot. Returns the cache and, per sequence, (rows, positions)."""
+    chunks), poisoned with NaN in every unused slot. Returns the cache and, per sequence,
+    (rows, positions)."""
     np_dtype = np.float32 if dtype == "float32" else BF16
     cache = helix.PagedKVCache(64, tokens_per_block, D, dtype, cp_rank, cp_size)
     seqs = []
@@ -85,11 +85,12 @@ def test_helix_shard_of_a_cp_group(cp_rank):
     """Each rank's cache holds only its own blocks; its partial attention is over those keys."""
     rng = np.random.default_rng(cp_rank)
     cache, seqs = build_cache(rng, [200, 45], 16, 24, "float32", cp_rank=cp_rank, cp_size=3)
-    for rows, positions in seqs:
+    for _rows, positions in seqs:
         assert all((p // 16) % 3 == cp_rank for p in positions)
     q = rng.standard_normal((3, 4, 24), dtype=np.float32)
-    run_and_check(cache, seqs, q, np.array([199, 44, 30], np.int64), np.array([0, 1, 0], np.int64), 0.2, 20,
-                  "float32")
+    run_and_check(
+        cache, seqs, q, np.array([199, 44, 30], np.int64), np.array([0, 1, 0], np.int64), 0.2, 20, "float32"
+    )
 
 
 def test_query_order_does_not_matter():
@@ -108,8 +109,15 @@ def good_args():
     rng = np.random.default_rng(13)
     cache, _ = build_cache(rng, [20, 9], 8, 16, "float32")
     q = rng.standard_normal((2, 4, 16), dtype=np.float32)
-    return dict(q=q, q_pos=np.array([19, 8], np.int64), cache=cache, seq_ids=np.array([10, 11], np.int64),
-                q_seq_index=np.array([0, 1], np.int64), scale=0.25, kv_lora_rank=12)
+    return dict(
+        q=q,
+        q_pos=np.array([19, 8], np.int64),
+        cache=cache,
+        seq_ids=np.array([10, 11], np.int64),
+        q_seq_index=np.array([0, 1], np.int64),
+        scale=0.25,
+        kv_lora_rank=12,
+    )
 
 
 BAD = [

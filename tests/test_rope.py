@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helix import reference as ref
 from helix.rope import yarn_inv_freq, yarn_softmax_scale
 from tolerances import tol
@@ -13,20 +12,62 @@ from tolerances import tol
 layers = pytest.importorskip("helix._core").layers
 ArgumentError = pytest.importorskip("helix._core").ArgumentError
 
-V3_YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "original_max_position_embeddings": 4096,
-           "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+V3_YARN = {
+    "rope_type": "yarn",
+    "rope_theta": 10000.0,
+    "factor": 40.0,
+    "original_max_position_embeddings": 4096,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+}
 
 # (rope_dim, max_position_embeddings, rope_parameters): DeepSeek-V3 itself, a small model whose mscale and
 # mscale_all_dim differ (attention factor != 1), the original config.json layout ("type"), no truncation,
 # an explicit attention_factor, and plain RoPE.
 CASES = [
     (64, 163840, V3_YARN),
-    (16, 2048, {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 512,
-                "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 1.0}),
-    (32, 8192, {"type": "yarn", "rope_theta": 50000.0, "factor": 8.0, "original_max_position_embeddings": 1024,
-                "beta_fast": 16, "beta_slow": 2, "mscale": 1.0, "mscale_all_dim": 0.5, "truncate": False}),
-    (16, 4096, {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0, "original_max_position_embeddings": 2048,
-                "attention_factor": 1.25}),
+    (
+        16,
+        2048,
+        {
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 512,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 0.707,
+            "mscale_all_dim": 1.0,
+        },
+    ),
+    (
+        32,
+        8192,
+        {
+            "type": "yarn",
+            "rope_theta": 50000.0,
+            "factor": 8.0,
+            "original_max_position_embeddings": 1024,
+            "beta_fast": 16,
+            "beta_slow": 2,
+            "mscale": 1.0,
+            "mscale_all_dim": 0.5,
+            "truncate": False,
+        },
+    ),
+    (
+        16,
+        4096,
+        {
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 2.0,
+            "original_max_position_embeddings": 2048,
+            "attention_factor": 1.25,
+        },
+    ),
     (16, 4096, {"rope_type": "default", "rope_theta": 10000.0}),
 ]
 
@@ -36,12 +77,25 @@ def _hf_config(rope_dim: int, max_pos: int, params: dict):
     params = dict(params)
     if "type" in params:  # the original layout: rope_scaling + top-level rope_theta
         theta = params.pop("rope_theta")
-        return transformers.DeepseekV3Config(hidden_size=64, num_attention_heads=4, qk_rope_head_dim=rope_dim,
-                                             qk_nope_head_dim=32, v_head_dim=32, max_position_embeddings=max_pos,
-                                             rope_scaling=params, rope_theta=theta)
-    return transformers.DeepseekV3Config(hidden_size=64, num_attention_heads=4, qk_rope_head_dim=rope_dim,
-                                         qk_nope_head_dim=32, v_head_dim=32, max_position_embeddings=max_pos,
-                                         rope_parameters=params)
+        return transformers.DeepseekV3Config(
+            hidden_size=64,
+            num_attention_heads=4,
+            qk_rope_head_dim=rope_dim,
+            qk_nope_head_dim=32,
+            v_head_dim=32,
+            max_position_embeddings=max_pos,
+            rope_scaling=params,
+            rope_theta=theta,
+        )
+    return transformers.DeepseekV3Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        qk_rope_head_dim=rope_dim,
+        qk_nope_head_dim=32,
+        v_head_dim=32,
+        max_position_embeddings=max_pos,
+        rope_parameters=params,
+    )
 
 
 @pytest.mark.oracle
@@ -49,17 +103,22 @@ def _hf_config(rope_dim: int, max_pos: int, params: dict):
 def test_yarn_inv_freq_and_softmax_scale_match_transformers(case):
     rope_dim, max_pos, params = case
     config = _hf_config(rope_dim, max_pos, params)
-    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention, DeepseekV3RotaryEmbedding
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
+        DeepseekV3Attention,
+        DeepseekV3RotaryEmbedding,
+    )
 
     rotary = DeepseekV3RotaryEmbedding(config)
-    inv_freq, attention_factor = yarn_inv_freq(rope_dim, params["rope_theta"], params,
-                                               max_position_embeddings=max_pos)
+    inv_freq, attention_factor = yarn_inv_freq(
+        rope_dim, params["rope_theta"], params, max_position_embeddings=max_pos
+    )
     assert inv_freq.dtype == np.float64 and inv_freq.shape == (rope_dim // 2,)
     np.testing.assert_allclose(inv_freq, rotary.inv_freq.double().numpy(), **tol("yarn_inv_freq", "float32"))
     assert attention_factor == pytest.approx(rotary.attention_scaling, rel=1e-12)
     attn = DeepseekV3Attention(config, layer_idx=0)
     assert yarn_softmax_scale(32 + rope_dim, params, max_position_embeddings=max_pos) == pytest.approx(
-        attn.scaling, rel=1e-12)
+        attn.scaling, rel=1e-12
+    )
 
 
 def test_deepseek_v3_softmax_scale_and_frequency_bounds():
@@ -82,7 +141,9 @@ def test_yarn_rejects_bad_input():
         yarn_inv_freq(64, 10000.0, {"type": "yarn", "original_max_position_embeddings": 4096})
 
 
-@pytest.mark.parametrize("shape,offset", [((5, 3, 192), 128), ((1, 1, 64), 0), ((4, 576), 512), ((2, 7, 20), 3)])
+@pytest.mark.parametrize(
+    "shape,offset", [((5, 3, 192), 128), ((1, 1, 64), 0), ((4, 576), 512), ((2, 7, 20), 3)]
+)
 def test_rope_matches_reference(shape, offset):
     rng = np.random.default_rng(sum(shape) + offset)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -119,13 +180,15 @@ def test_rope_in_place_gives_transformers_dot_products(case):
     rotary = DeepseekV3RotaryEmbedding(config)
     pos_t = torch.from_numpy(positions)[None, :]
     cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos_t)
-    q_hf, k_hf = apply_rotary_pos_emb_interleave(torch.from_numpy(q).permute(1, 0, 2)[None],
-                                                 torch.from_numpy(k).permute(1, 0, 2)[None], cos, sin)
+    q_hf, k_hf = apply_rotary_pos_emb_interleave(
+        torch.from_numpy(q).permute(1, 0, 2)[None], torch.from_numpy(k).permute(1, 0, 2)[None], cos, sin
+    )
     q_hf = q_hf[0].permute(1, 0, 2).numpy()  # [T, H, P], de-interleaved
     k_hf = k_hf[0].permute(1, 0, 2).numpy()
 
-    inv_freq, attention_factor = yarn_inv_freq(rope_dim, params["rope_theta"], params,
-                                               max_position_embeddings=max_pos)
+    inv_freq, attention_factor = yarn_inv_freq(
+        rope_dim, params["rope_theta"], params, max_position_embeddings=max_pos
+    )
     inv_freq = inv_freq.astype(np.float32)
     q_ours, k_ours = q.copy(), k.copy()
     layers.rope(q_ours, positions, inv_freq, 0, attention_factor)

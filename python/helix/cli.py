@@ -29,8 +29,9 @@ _BENCHES = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="helix", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="helix", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in _DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -52,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         import helix
         from helix import _core
 
-        print(f"helix {helix.__version__}: cuda={_core.cuda.built_with_cuda()} nccl={_core.cuda.built_with_nccl()} "
-              f"gpus={_core.cuda.device_count()}")
+        print(
+            f"helix {helix.__version__}: cuda={_core.cuda.built_with_cuda()} "
+            f"nccl={_core.cuda.built_with_nccl()} "
+            f"gpus={_core.cuda.device_count()}"
+        )
     return 0
 
 

@@ -18,7 +18,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-__all__ = ["abort_on_exception", "from_mpi4py", "self_communicator", "watch_peers", "world"]
+__all__ = ["abort_on_exception", "from_mpi4py", "mpiexec", "self_communicator", "watch_peers", "world"]
 
 
 def _mpi() -> Any | None:
@@ -161,3 +161,17 @@ def watch_peers() -> int:
     threading.Thread(target=watch, name="helix-peer-watch", daemon=True).start()
     _watching = True
     return len(fds)
+
+
+def mpiexec() -> str:
+    """The mpiexec next to the interpreter (the venv's MPICH), else the one on PATH."""
+    import shutil
+    from pathlib import Path
+
+    candidate = Path(sys.executable).parent / "mpiexec"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("mpiexec")
+    if found is None:
+        raise FileNotFoundError("mpiexec not found next to the interpreter or on PATH")
+    return found

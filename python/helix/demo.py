@@ -40,7 +40,7 @@ class DemoConfig:
 
 
 def merge(o_parts: np.ndarray, lse_parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact merge of partial states: o_parts [N, T, H, R], lse_parts [N, T, H] -> (o [T, H, R], lse [T, H])."""
+    """Exact merge: o_parts [N, T, H, R], lse_parts [N, T, H] -> (o [T, H, R], lse [T, H])."""
     from helix import ops
 
     return ops.merge_states(np.ascontiguousarray(o_parts), np.ascontiguousarray(lse_parts))
@@ -114,18 +114,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     from helix import ops
 
-    print(f"Helix demo: MLA attention, {cfg.heads} heads, {cfg.head_dim}-wide latent keys "
-          f"({cfg.kv_lora_rank} value), {cfg.context} tokens in bfloat16, {cfg.shards} pieces "
-          f"(block rule, {cfg.tokens_per_block} tokens per block); kernels: {ops.kernel_path()}, "
-          f"{ops.num_threads()} threads")
+    print(
+        f"Helix demo: MLA attention, {cfg.heads} heads, {cfg.head_dim}-wide latent keys "
+        f"({cfg.kv_lora_rank} value), {cfg.context} tokens in bfloat16, {cfg.shards} pieces "
+        f"(block rule, {cfg.tokens_per_block} tokens per block); kernels: {ops.kernel_path()}, "
+        f"{ops.num_threads()} threads"
+    )
     r = run(cfg)
-    print(f"  time per piece      : {r['piece_seconds_mean'] * 1e3:8.2f} ms (max {r['piece_seconds_max'] * 1e3:.2f} ms)")
+    print(
+        f"  time per piece      : {r['piece_seconds_mean'] * 1e3:8.2f} ms "
+        f"(max {r['piece_seconds_max'] * 1e3:.2f} ms)"
+    )
     print(f"  merge time          : {r['merge_seconds'] * 1e3:8.3f} ms")
     print(f"  unsharded attention : {r['unsharded_seconds'] * 1e3:8.2f} ms")
-    print(f"  max |o - o_unsharded|     = {r['max_err_vs_unsharded_o']:.3e}   "
-          f"max |lse - lse_unsharded| = {r['max_err_vs_unsharded_lse']:.3e}")
-    print(f"  max |o - o_float64|       = {r['max_err_vs_float64_o']:.3e}   "
-          f"max |lse - lse_float64|   = {r['max_err_vs_float64_lse']:.3e}")
+    print(
+        f"  max |o - o_unsharded|     = {r['max_err_vs_unsharded_o']:.3e}   "
+        f"max |lse - lse_unsharded| = {r['max_err_vs_unsharded_lse']:.3e}"
+    )
+    print(
+        f"  max |o - o_float64|       = {r['max_err_vs_float64_o']:.3e}   "
+        f"max |lse - lse_float64|   = {r['max_err_vs_float64_lse']:.3e}"
+    )
     ok = r["max_err_vs_unsharded_o"] < 1e-4 and r["max_err_vs_float64_o"] < 1e-2
     print("  sharded == unsharded:", "yes" if ok else "NO")
     return 0 if ok else 1

@@ -14,7 +14,8 @@ __all__ = ["HelixEngine", "default_kv_blocks"]
 
 def default_kv_blocks(max_tokens: int, tokens_per_block: int, cp: int) -> int:
     """Blocks per rank so that one sequence of max_tokens fits (the block rule spreads it over cp ranks)."""
-    return -(-(-(-max_tokens // tokens_per_block)) // cp)
+    blocks = -(-max_tokens // tokens_per_block)
+    return -(-blocks // cp)
 
 
 class HelixEngine:
@@ -48,7 +49,9 @@ class HelixEngine:
         self.config = cfg = ModelConfig.from_pretrained(model_dir)
         n = tp * cp
         if cfg.num_attention_heads % n:
-            raise ValueError(f"num_attention_heads ({cfg.num_attention_heads}) is not divisible by tp * cp = {n}")
+            raise ValueError(
+                f"num_attention_heads ({cfg.num_attention_heads}) is not divisible by tp * cp = {n}"
+            )
         self.tp, self.cp, self.rank = tp, cp, self.comm.rank
         self.tokens_per_block = tokens_per_block
         self.eos_token_ids = tuple(cfg.eos_token_ids)
@@ -80,8 +83,14 @@ class HelixEngine:
         ckpt.validate(cfg)
         store = np.float32 if dtype == "float32" else __import__("ml_dtypes").bfloat16
         names = self._engine.expected_weights()
-        items = shard_weights(cfg, lambda nm, rows, cols: ckpt.get(nm, rows=rows, cols=cols),
-                              tp, cp, self.rank, expert_tensor_parallel)
+        items = shard_weights(
+            cfg,
+            lambda nm, rows, cols: ckpt.get(nm, rows=rows, cols=cols),
+            tp,
+            cp,
+            self.rank,
+            expert_tensor_parallel,
+        )
         if progress and self.rank == 0:
             from tqdm import tqdm
 

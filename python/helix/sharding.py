@@ -50,7 +50,10 @@ def shard_weights(
 
     def fused_gate_up(prefix: str, lo: int, hi: int) -> np.ndarray:
         return np.concatenate(
-            [read(f"{prefix}.gate_proj.weight", slice(lo, hi), None), read(f"{prefix}.up_proj.weight", slice(lo, hi), None)]
+            [
+                read(f"{prefix}.gate_proj.weight", slice(lo, hi), None),
+                read(f"{prefix}.up_proj.weight", slice(lo, hi), None),
+            ]
         )
 
     yield "embed_tokens", vocab_rows("model.embed_tokens.weight")
@@ -69,11 +72,18 @@ def shard_weights(
             yield f"{e}.q_proj", read(f"{p}.self_attn.q_proj.weight", q_rows, None)
         yield f"{e}.kv_a_proj_with_mqa", read(f"{p}.self_attn.kv_a_proj_with_mqa.weight", None, None)
         yield f"{e}.kv_a_layernorm", read(f"{p}.self_attn.kv_a_layernorm.weight", None, None)
-        kv_b = read(f"{p}.self_attn.kv_b_proj.weight", slice(tp_rank * h_tp * (dn + dv), (tp_rank + 1) * h_tp * (dn + dv)), None)
+        kv_b = read(
+            f"{p}.self_attn.kv_b_proj.weight",
+            slice(tp_rank * h_tp * (dn + dv), (tp_rank + 1) * h_tp * (dn + dv)),
+            None,
+        )
         kv_b = kv_b.reshape(h_tp, dn + dv, r)
         yield f"{e}.w_uk", np.ascontiguousarray(kv_b[:, :dn].transpose(0, 2, 1))  # W_UK^T [H_tp, R, Dn]
         yield f"{e}.w_uv", np.ascontiguousarray(kv_b[:, dn:])
-        yield f"{e}.o_proj", read(f"{p}.self_attn.o_proj.weight", None, slice(rank * h_c * dv, (rank + 1) * h_c * dv))
+        yield (
+            f"{e}.o_proj",
+            read(f"{p}.self_attn.o_proj.weight", None, slice(rank * h_c * dv, (rank + 1) * h_c * dv)),
+        )
         if cfg.is_moe_layer(i):
             yield f"{e}.gate", read(f"{p}.mlp.gate.weight", None, None)
             yield f"{e}.e_score_correction_bias", read(f"{p}.mlp.gate.e_score_correction_bias", None, None)
@@ -82,19 +92,30 @@ def shard_weights(
                 experts, f_lo, f_hi = range(n_exp), rank * fm // n, (rank + 1) * fm // n
             else:
                 experts, f_lo, f_hi = range(rank * n_exp // n, (rank + 1) * n_exp // n), 0, fm
-            yield f"{e}.experts.gate_up_proj", np.stack(
-                [fused_gate_up(f"{p}.mlp.experts.{x}", f_lo, f_hi) for x in experts]
+            yield (
+                f"{e}.experts.gate_up_proj",
+                np.stack([fused_gate_up(f"{p}.mlp.experts.{x}", f_lo, f_hi) for x in experts]),
             )
-            yield f"{e}.experts.down_proj", np.stack(
-                [read(f"{p}.mlp.experts.{x}.down_proj.weight", None, slice(f_lo, f_hi)) for x in experts]
+            yield (
+                f"{e}.experts.down_proj",
+                np.stack(
+                    [read(f"{p}.mlp.experts.{x}.down_proj.weight", None, slice(f_lo, f_hi)) for x in experts]
+                ),
             )
             if cfg.n_shared_experts:
                 fs = cfg.n_shared_experts * fm // n
-                yield f"{e}.shared_experts.gate_up_proj", fused_gate_up(f"{p}.mlp.shared_experts", rank * fs, (rank + 1) * fs)
-                yield f"{e}.shared_experts.down_proj", read(
-                    f"{p}.mlp.shared_experts.down_proj.weight", None, slice(rank * fs, (rank + 1) * fs)
+                yield (
+                    f"{e}.shared_experts.gate_up_proj",
+                    fused_gate_up(f"{p}.mlp.shared_experts", rank * fs, (rank + 1) * fs),
+                )
+                yield (
+                    f"{e}.shared_experts.down_proj",
+                    read(f"{p}.mlp.shared_experts.down_proj.weight", None, slice(rank * fs, (rank + 1) * fs)),
                 )
         else:
             f = cfg.intermediate_size // n
             yield f"{e}.mlp.gate_up_proj", fused_gate_up(f"{p}.mlp", rank * f, (rank + 1) * f)
-            yield f"{e}.mlp.down_proj", read(f"{p}.mlp.down_proj.weight", None, slice(rank * f, (rank + 1) * f))
+            yield (
+                f"{e}.mlp.down_proj",
+                read(f"{p}.mlp.down_proj.weight", None, slice(rank * f, (rank + 1) * f)),
+            )

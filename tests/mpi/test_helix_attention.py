@@ -6,11 +6,10 @@ positions), and checks the merged output of its head chunk against helix.referen
 
 from __future__ import annotations
 
+import helix
 import ml_dtypes
 import numpy as np
 import pytest
-
-import helix
 from helix import _core, reference
 from helix.comm import world
 from tolerances import tol
@@ -67,9 +66,16 @@ def run_steps(tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", wi
         q = rng.standard_normal((T, heads, D)).astype(np.float32)
         positions = np.asarray(positions, np.int64)
         out = _core.helix_attention(
-            shard.comm, shard.cache, np.ascontiguousarray(q[:, shard.tp_heads()]), np.concatenate(rows),
-            positions, np.asarray([100 + b for b in seqs], np.int64), np.asarray(q_index, np.int64),
-            scale, R, np.ascontiguousarray(w_uv[shard.tp_heads()]) if with_wuv else None,
+            shard.comm,
+            shard.cache,
+            np.ascontiguousarray(q[:, shard.tp_heads()]),
+            np.concatenate(rows),
+            positions,
+            np.asarray([100 + b for b in seqs], np.int64),
+            np.asarray(q_index, np.int64),
+            scale,
+            R,
+            np.ascontiguousarray(w_uv[shard.tp_heads()]) if with_wuv else None,
         )
         for t in range(T):
             b = seqs[q_index[t]]
@@ -85,8 +91,8 @@ def run_steps(tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", wi
 
 @pytest.mark.parametrize("tp,cp", layouts())
 def test_prefill_then_decode_across_block_boundaries(tp, cp):
-    # 3 heads per chunk (odd). Two sequences of different lengths: a causal prompt chunk each, then decode steps whose new
-    # positions cross block boundaries, so the owner rank of the new token rotates.
+    # 3 heads per chunk (odd). Two sequences of different lengths: a causal prompt chunk each, then
+    # decode steps whose new positions cross block boundaries, so the owner rank of the new token rotates.
     steps = [{0: 7, 1: 3}] + [{0: 1, 1: 1}] * 6 + [{1: 5}]
     run_steps(tp, cp, steps)
 
@@ -127,11 +133,14 @@ def test_bad_arguments_name_the_argument():
     kv = np.zeros((2, 48), np.float32)
     pos = np.arange(2, dtype=np.int64)
     with pytest.raises(helix.ArgumentError, match="q_seq_index"):
-        _core.helix_attention(shard.comm, shard.cache, q, kv, pos, np.array([1], np.int64),
-                              np.array([0, 3], np.int64), 0.1, 32)
+        _core.helix_attention(
+            shard.comm, shard.cache, q, kv, pos, np.array([1], np.int64), np.array([0, 3], np.int64), 0.1, 32
+        )
     with pytest.raises(helix.ArgumentError, match="new_kv"):
-        _core.helix_attention(shard.comm, shard.cache, q, kv[:1], pos, np.array([1], np.int64),
-                              np.zeros(2, np.int64), 0.1, 32)
+        _core.helix_attention(
+            shard.comm, shard.cache, q, kv[:1], pos, np.array([1], np.int64), np.zeros(2, np.int64), 0.1, 32
+        )
     with pytest.raises(helix.ArgumentError, match="seq_ids"):
-        _core.helix_attention(shard.comm, shard.cache, q, kv, pos, np.array([7], np.int64),
-                              np.zeros(2, np.int64), 0.1, 32)
+        _core.helix_attention(
+            shard.comm, shard.cache, q, kv, pos, np.array([7], np.int64), np.zeros(2, np.int64), 0.1, 32
+        )

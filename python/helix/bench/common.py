@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from helix.comm import mpiexec
+
 __all__ = [
     "Timing",
     "time_calls",
@@ -309,18 +311,6 @@ def progress(items: Iterable[_T], desc: str, total: int | None = None, enabled: 
 MPI_ENV = {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}
 
 
-def _mpiexec() -> str:
-    candidate = Path(sys.executable).parent / "mpiexec"
-    if candidate.exists():
-        return str(candidate)
-    import shutil
-
-    found = shutil.which("mpiexec")
-    if found is None:
-        raise FileNotFoundError("mpiexec not found next to the interpreter or on PATH")
-    return found
-
-
 def run_mpi_worker(
     ranks: int, module: str, args: Sequence[str], *, threads: int = 1, timeout: float = 600
 ) -> None:
@@ -334,7 +324,7 @@ def run_mpi_worker(
         "-k",
         "5",
         str(int(timeout)),
-        _mpiexec(),
+        mpiexec(),
         "-n",
         str(ranks),
         sys.executable,
