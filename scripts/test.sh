@@ -6,6 +6,9 @@
 # module (docs/reliability.md). HELIX_SANITIZE_TESTS=0 skips that stage. Extra arguments go to pytest.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+echo "== lint (ruff check, ruff format --check) =="
+ruff check python tests benchmarks
+ruff format --check python tests benchmarks
 echo "== C++ tests (ctest) =="
 ctest --test-dir build --output-on-failure -j 2 --timeout 300
 echo "== Python and MPI tests (pytest) =="
