@@ -14,5 +14,5 @@ timeout 300 python -m helix demo
 MODEL=build/tiny-model
 [ -f "$MODEL/config.json" ] || python -m helix make-tiny-model "$MODEL" --seed 0
 echo "== helix generate: $MODEL on $NP MPI ranks (cp=$NP) =="
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} timeout 600 mpiexec -n "$NP" python -m helix generate --model "$MODEL" --cp "$NP" \
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} timeout 600 mpiexec -n "$NP" python -m helix generate --model "$MODEL" --cp "$NP" --tokens-per-block 8 \
   --prompt-token-ids 1,17,42,7,99,3 --prompt-token-ids 5,6,7 --max-new-tokens 24 "$@"
