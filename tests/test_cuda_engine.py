@@ -119,15 +119,19 @@ def test_float32_greedy_tokens_and_logits_match_cpu(model, tpb):
     params = SamplingParams(max_new_tokens=16, ignore_eos=True)
     runs = {}
     for device in ("cpu", "cuda"):
-        llm = LLM(model, ParallelConfig(tokens_per_block=tpb), max_batch_tokens=8, progress=False, device=device)
+        pc = ParallelConfig(tokens_per_block=tpb)
+        llm = LLM(model, pc, max_batch_tokens=8, progress=False, device=device)
         logits: dict[int, list[np.ndarray]] = {}
-        outs = llm.generate(PROMPTS, params, on_logits=lambda i, row, d=logits: d.setdefault(i, []).append(row.copy()))
+
+        def keep(i: int, row: np.ndarray, d: dict = logits) -> None:
+            d.setdefault(i, []).append(row.copy())
+
+        outs = llm.generate(PROMPTS, params, on_logits=keep)
         runs[device] = ([o.token_ids for o in outs], logits)
     assert runs["cuda"][0] == runs["cpu"][0]
     for i in range(len(PROMPTS)):
-        np.testing.assert_allclose(
-            np.asarray(runs["cuda"][1][i]), np.asarray(runs["cpu"][1][i]), **tol("cuda_engine_logits", "float32")
-        )
+        got, want = np.asarray(runs["cuda"][1][i]), np.asarray(runs["cpu"][1][i])
+        np.testing.assert_allclose(got, want, **tol("cuda_engine_logits", "float32"))
 
 
 @gpu
@@ -142,9 +146,11 @@ def test_float32_teacher_forced_logits_match_cpu_with_wuv_before_exchange(model)
 @gpu
 def test_bfloat16_agrees_on_most_argmaxes(model):
     cpu_llm = LLM(model, dtype="bfloat16", progress=False)
-    path = PROMPTS[0] + cpu_llm.generate([PROMPTS[0]], SamplingParams(max_new_tokens=24, ignore_eos=True))[0].token_ids
+    greedy = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    path = PROMPTS[0] + cpu_llm.generate([PROMPTS[0]], greedy)[0].token_ids
     cpu = _teacher_forced(cpu_llm.engine, path)
-    gpu_logits = _teacher_forced(HelixEngine(str(model), dtype="bfloat16", device="cuda", progress=False), path)
+    gpu_engine = HelixEngine(str(model), dtype="bfloat16", device="cuda", progress=False)
+    gpu_logits = _teacher_forced(gpu_engine, path)
     assert np.isfinite(gpu_logits).all()
     agreement = float(np.mean(gpu_logits.argmax(-1) == cpu.argmax(-1)))
     assert agreement >= BF16_ARGMAX_AGREEMENT, agreement

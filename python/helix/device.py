@@ -1,4 +1,4 @@
-"""Device selection: ``device="cpu"`` or ``"cuda"`` (one GPU per local rank), with a clear error when CUDA is absent."""
+"""Device selection: "cpu" or "cuda" (one GPU per local rank), with a clear error when CUDA is absent."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ def check_device_name(device: str) -> str:
 
 
 def local_rank() -> int:
-    """This process's rank among the ranks on its node: the launcher's variable, else MPI's shared-memory split."""
+    """This process's rank among the ranks of its node.
+
+    The launcher's variable when set, else the rank in MPI's shared-memory split of COMM_WORLD, else 0.
+    """
     for var in _LOCAL_RANK_VARS:
         value = os.environ.get(var, "")
         if value.isdigit():
@@ -43,7 +46,10 @@ def local_rank() -> int:
 
 
 def cuda_device_for_rank(rank_on_node: int | None = None) -> int:
-    """The CUDA device of this rank (its local rank: one GPU per rank), or DeviceUnavailableError saying why not."""
+    """The CUDA device of this rank: its local rank (one GPU per rank).
+
+    Raises DeviceUnavailableError saying why when the build has no CUDA, no GPU is visible, or too few are.
+    """
     from helix import _core
 
     if not _core.cuda.built_with_cuda():
