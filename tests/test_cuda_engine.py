@@ -26,6 +26,8 @@ gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU visible")
 no_gpu = pytest.mark.skipif(HAS_GPU, reason="a CUDA GPU is visible")
 NO_DEVICE = "without CUDA" if not _core.cuda.built_with_cuda() else "no CUDA GPU is visible"
 PROMPTS = [list(range(2, 15)), [0, 5, 17, 300, 499, 42], [7, 8]]
+# The GPU machine may have mpi4py without an MPI library in the build: one process, no MPI.
+SELF = _core.self_communicator()
 # bf16 on the GPU rounds every GEMM input to bf16 (the CPU engine keeps fp32 activations and widens bf16
 # weights): near-ties may flip, so "most argmaxes" is the claim.
 BF16_ARGMAX_AGREEMENT = 0.9
@@ -69,6 +71,14 @@ def test_compiled_cuda_engine_without_gpu_raises_helix_error():
         _core.cuda.CudaEngine(config, _core.self_communicator(), 0)
     with pytest.raises(_core.HelixError, match="without CUDA|no CUDA device|without NCCL"):
         _core.cuda.nccl_communicator(_core.self_communicator(), 0)
+
+
+@no_gpu
+def test_layer_benchmark_without_gpu_raises_helix_error():
+    from helix.bench import cuda_layer
+
+    with pytest.raises(_core.HelixError, match="no CUDA device visible"):
+        cuda_layer.run([1], 64, 1)
 
 
 def test_device_name_is_checked(model):
@@ -120,7 +130,7 @@ def test_float32_greedy_tokens_and_logits_match_cpu(model, tpb):
     runs = {}
     for device in ("cpu", "cuda"):
         pc = ParallelConfig(tokens_per_block=tpb)
-        llm = LLM(model, pc, max_batch_tokens=8, progress=False, device=device)
+        llm = LLM(model, pc, max_batch_tokens=8, progress=False, device=device, comm=SELF)
         logits: dict[int, list[np.ndarray]] = {}
 
         def keep(i: int, row: np.ndarray, d: dict = logits) -> None:
@@ -137,7 +147,7 @@ def test_float32_greedy_tokens_and_logits_match_cpu(model, tpb):
 @gpu
 def test_float32_teacher_forced_logits_match_cpu_with_wuv_before_exchange(model):
     tokens = PROMPTS[0] + PROMPTS[1] + PROMPTS[2] * 5
-    kw = dict(tokens_per_block=4, max_tokens=256, progress=False, wuv_before_exchange=True)
+    kw = dict(tokens_per_block=4, max_tokens=256, progress=False, wuv_before_exchange=True, comm=SELF)
     cpu = _teacher_forced(HelixEngine(str(model), **kw), tokens)
     gpu_logits = _teacher_forced(HelixEngine(str(model), device="cuda", **kw), tokens)
     np.testing.assert_allclose(gpu_logits, cpu, **tol("cuda_engine_logits", "float32"))
@@ -145,11 +155,11 @@ def test_float32_teacher_forced_logits_match_cpu_with_wuv_before_exchange(model)
 
 @gpu
 def test_bfloat16_agrees_on_most_argmaxes(model):
-    cpu_llm = LLM(model, dtype="bfloat16", progress=False)
+    cpu_llm = LLM(model, dtype="bfloat16", progress=False, comm=SELF)
     greedy = SamplingParams(max_new_tokens=24, ignore_eos=True)
     path = PROMPTS[0] + cpu_llm.generate([PROMPTS[0]], greedy)[0].token_ids
     cpu = _teacher_forced(cpu_llm.engine, path)
-    gpu_engine = HelixEngine(str(model), dtype="bfloat16", device="cuda", progress=False)
+    gpu_engine = HelixEngine(str(model), dtype="bfloat16", device="cuda", progress=False, comm=SELF)
     gpu_logits = _teacher_forced(gpu_engine, path)
     assert np.isfinite(gpu_logits).all()
     agreement = float(np.mean(gpu_logits.argmax(-1) == cpu.argmax(-1)))
@@ -159,7 +169,7 @@ def test_bfloat16_agrees_on_most_argmaxes(model):
 @gpu
 def test_cuda_engine_errors_match_cpu(model):
     """Capacity and bookkeeping errors: same exception types and messages as the CPU engine."""
-    kw = dict(tokens_per_block=4, max_tokens=8, progress=False)
+    kw = dict(tokens_per_block=4, max_tokens=8, progress=False, comm=SELF)
     engines = {d: HelixEngine(str(model), device=d, **kw) for d in ("cpu", "cuda")}
     messages = {}
     for device, eng in engines.items():
@@ -178,7 +188,7 @@ def test_cuda_engine_errors_match_cpu(model):
 
 @gpu
 def test_nccl_communicator_one_rank_from_python():
-    comm = _core.cuda.nccl_communicator(_core.self_communicator(), 0)
+    comm = _core.cuda.nccl_communicator(SELF, 0)
     assert (comm.rank, comm.size) == (0, 1)
     x = np.arange(10, dtype=np.float32)
     np.testing.assert_array_equal(comm.all_reduce_sum(x), x)

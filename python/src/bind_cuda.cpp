@@ -15,6 +15,7 @@
 #include "arrays.hpp"
 #include "helix/cuda.hpp"
 #include "helix/cuda_engine.hpp"
+#include "helix/engine_common.hpp"
 
 namespace nb = nanobind;
 
@@ -412,6 +413,16 @@ void bind_cuda_engine(nb::module_& c) {
           "name"_a, "weight"_a)
       .def("check_weights", &CudaEngine::check_weights)
       .def("expected_weights", &CudaEngine::expected_weights)
+      .def(
+          "expected_weight_shapes",
+          [](const CudaEngine& e) {
+            nb::dict d;
+            for (const auto& [name, w] : expected_weight_shapes(e.config())) {
+              d[name.c_str()] = nb::make_tuple(nb::cast(w.shape), w.matrix);
+            }
+            return d;
+          },
+          "{name: (shard shape, is_matrix)}: matrices may be float32 or bfloat16, the rest is float32.")
       .def("add_sequence", &CudaEngine::add_sequence, "seq_id"_a)
       .def("free_sequence", &CudaEngine::free_sequence, "seq_id"_a)
       .def_prop_ro("num_free_blocks", &CudaEngine::num_free_blocks)
