@@ -1,4 +1,4 @@
-// Linear layers through cuBLAS: y[T, N] = x[T, K] @ w[N, K]^T with bf16 inputs and fp32 compute.
+// Linear layers through cuBLAS: y[T, N] = x[T, K] @ w[N, K]^T with bf16 or fp32 inputs and fp32 compute.
 // Row-major y is column-major y^T [N, T] = w (col-major [K, N], transposed) x x^T (col-major [K, T]).
 #include "common.cuh"
 
@@ -35,23 +35,53 @@ cublasHandle_t handle() {
 
 bool built_with_cublas() { return true; }
 
+namespace {
+
+// cuBLAS types of a (x, w) input dtype: bf16 (fp32 compute) or strict fp32 (no TF32: the default math mode).
+cudaDataType_t input_type(DType dtype) {
+  HELIX_CHECK(dtype == DType::Float32 || dtype == DType::BFloat16, "linear: inputs must be float32 or bfloat16");
+  return dtype == DType::Float32 ? CUDA_R_32F : CUDA_R_16BF;
+}
+
+}  // namespace
+
 void linear(const LinearParams& p, StreamHandle stream) {
   if (p.T == 0 || p.N == 0) return;
   HELIX_CHECK(p.y_dtype == DType::Float32 || p.y_dtype == DType::BFloat16,
               "linear: output dtype must be float32 or bfloat16");
+  HELIX_CHECK(p.dtype == DType::BFloat16 || p.y_dtype == DType::Float32,
+              "linear: float32 inputs need a float32 output");
   HELIX_CHECK(p.T <= 0x7fffffff && p.N <= 0x7fffffff && p.K <= 0x7fffffff, "linear: dimension too large");
+  const cudaDataType_t in = input_type(p.dtype);
   if (p.K == 0) {
-    HELIX_CUDA_CHECK(cudaMemsetAsync(p.y, 0, p.T * p.N * dtype_size(p.y_dtype), stream));
+    if (!p.accumulate) HELIX_CUDA_CHECK(cudaMemsetAsync(p.y, 0, p.T * p.N * dtype_size(p.y_dtype), stream));
     return;
   }
   cublasHandle_t h = handle();
   HELIX_CUBLAS_CHECK(cublasSetStream(h, stream));
-  const float alpha = 1.f, beta = 0.f;
+  const float alpha = 1.f, beta = p.accumulate ? 1.f : 0.f;
   const int m = static_cast<int>(p.N), n = static_cast<int>(p.T), k = static_cast<int>(p.K);
-  HELIX_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, p.w, CUDA_R_16BF, k, p.x,
-                                  CUDA_R_16BF, k, &beta, p.y,
-                                  p.y_dtype == DType::Float32 ? CUDA_R_32F : CUDA_R_16BF, m,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  HELIX_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, p.w, in, k, p.x, in, k, &beta, p.y,
+                                  p.y_dtype == DType::Float32 ? CUDA_R_32F : CUDA_R_16BF, m, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+}
+
+// Batch h: y_h^T [N, T] (col-major, ld ldy) = w_h^T (w_h row-major [N, K] = col-major [K, N]) x x_h^T
+// (x_h row-major [T, K] with row stride ldx = col-major [K, T], ld ldx).
+void head_linear(const HeadLinearParams& p, StreamHandle stream) {
+  if (p.T == 0 || p.N == 0 || p.H == 0) return;
+  HELIX_CHECK(p.K > 0, "head_linear: K must be positive");
+  HELIX_CHECK(p.T <= 0x7fffffff && p.N <= 0x7fffffff && p.K <= 0x7fffffff && p.H <= 0x7fffffff &&
+                  p.ldx <= 0x7fffffff && p.ldy <= 0x7fffffff,
+              "head_linear: dimension too large");
+  const cudaDataType_t in = input_type(p.dtype);
+  cublasHandle_t h = handle();
+  HELIX_CUBLAS_CHECK(cublasSetStream(h, stream));
+  const float alpha = 1.f, beta = 0.f;
+  HELIX_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(p.N), static_cast<int>(p.T), static_cast<int>(p.K), &alpha, p.w,
+      in, static_cast<int>(p.K), p.N * p.K, p.x, in, static_cast<int>(p.ldx), p.x_head_stride, &beta, p.y, CUDA_R_32F,
+      static_cast<int>(p.ldy), p.y_head_stride, static_cast<int>(p.H), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 #else
@@ -60,6 +90,10 @@ bool built_with_cublas() { return false; }
 
 void linear(const LinearParams&, StreamHandle) {
   throw Error("linear: helix was built with CUDA but without cuBLAS (install nvidia-cublas and reconfigure)");
+}
+
+void head_linear(const HeadLinearParams&, StreamHandle) {
+  throw Error("head_linear: helix was built with CUDA but without cuBLAS (install nvidia-cublas and reconfigure)");
 }
 
 #endif

@@ -18,7 +18,6 @@ namespace helix::cuda {
 
 namespace {
 
-using detail::bf16_bits_to_float;
 using detail::float_to_bf16_bits;
 
 constexpr int kMaxSplits = 256;
@@ -58,13 +57,15 @@ __device__ __forceinline__ Dest dest(const PagedMlaAttentionParams& p, int num_s
   return {p.workspace, p.workspace + static_cast<int64_t>(num_splits) * p.T * p.H * p.R};
 }
 
-__device__ __forceinline__ const uint16_t* key_row(const PagedMlaAttentionParams& p, int64_t b, int64_t slot) {
+template <class T = uint16_t>
+__device__ __forceinline__ const T* key_row(const PagedMlaAttentionParams& p, int64_t b, int64_t slot) {
   const int64_t blk = p.block_tables[b * p.max_blocks + slot / p.tokens_per_block];
-  return p.pool + (blk * p.tokens_per_block + slot % p.tokens_per_block) * p.D;
+  return static_cast<const T*>(p.pool) + (blk * p.tokens_per_block + slot % p.tokens_per_block) * p.D;
 }
 
 // ---- Simple kernel: one warp per (split, token, head) ----------------------------------------------
-// Lane l holds q[d] and acc[d] for d = l + 32 i (D, R <= 1024).
+// Lane l holds q[d] and acc[d] for d = l + 32 i (D, R <= 1024). Elem: uint16_t (bf16) or float.
+template <class Elem>
 __global__ void __launch_bounds__(kSimpleWarps * 32)
     attention_simple_kernel(PagedMlaAttentionParams p, int64_t chunk, int num_splits) {
   const int lane = threadIdx.x & 31;
@@ -78,22 +79,22 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
   const int64_t end = min(p.num_slots[b], begin + chunk);
 
   float q[32], acc[32];
-  const uint16_t* qrow = p.q + (t * p.H + h) * p.D;
+  const Elem* qrow = static_cast<const Elem*>(p.q) + (t * p.H + h) * p.D;
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
     const int64_t d = lane + 32 * i;
-    q[i] = d < p.D ? bf16_bits_to_float(qrow[d]) : 0.f;
+    q[i] = d < p.D ? detail::load_as_float(qrow, d) : 0.f;
     acc[i] = 0.f;
   }
   float m = kNegInf, l = 0.f;
   for (int64_t s = begin; s < end; ++s) {
     if (p.kv_pos[b * p.max_slots + s] > qp) continue;  // same for the whole warp
-    const uint16_t* k = key_row(p, b, s);
+    const Elem* k = key_row<Elem>(p, b, s);
     float dot = 0.f;
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
       const int64_t d = lane + 32 * i;
-      if (d < p.D) dot = fmaf(q[i], bf16_bits_to_float(k[d]), dot);
+      if (d < p.D) dot = fmaf(q[i], detail::load_as_float(k, d), dot);
     }
     const float score = detail::warp_sum(dot) * p.scale;
     const float m_new = fmaxf(m, score);
@@ -103,7 +104,7 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
       const int64_t d = lane + 32 * i;
-      if (d < p.R) acc[i] = fmaf(e, bf16_bits_to_float(k[d]), acc[i] * alpha);
+      if (d < p.R) acc[i] = fmaf(e, detail::load_as_float(k, d), acc[i] * alpha);
     }
     m = m_new;
   }
@@ -175,7 +176,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   for (int i = tid; i < kHeadsTile * vec_per_row; i += blockDim.x) {
     const int r = i / vec_per_row, v = i % vec_per_row;
     uint4 val = make_uint4(0, 0, 0, 0);
-    if (h0 + r < p.H) val = reinterpret_cast<const uint4*>(p.q + (t * p.H + h0 + r) * p.D)[v];
+    if (h0 + r < p.H) val = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.q) + (t * p.H + h0 + r) * p.D)[v];
     *reinterpret_cast<uint4*>(q_s + r * ld + 8 * v) = val;
   }
   if (tid < kHeadsTile) {
@@ -329,9 +330,14 @@ void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKerne
   if (p.T == 0 || p.H == 0) return;
   HELIX_CHECK(p.D <= 1024 && p.R <= p.D, "paged_mla_attention: needs D <= 1024 and R <= D, got D=", p.D,
               " R=", p.R);
+  HELIX_CHECK(p.dtype == DType::BFloat16 || p.dtype == DType::Float32,
+              "paged_mla_attention: q and the pool must be bfloat16 or float32");
   if (kernel == AttentionKernel::Auto) {
-    kernel = tensor_core_attention_supported(p.D, p.R) ? AttentionKernel::TensorCore : AttentionKernel::Simple;
+    kernel = p.dtype == DType::BFloat16 && tensor_core_attention_supported(p.D, p.R) ? AttentionKernel::TensorCore
+                                                                                    : AttentionKernel::Simple;
   }
+  HELIX_CHECK(kernel != AttentionKernel::TensorCore || p.dtype == DType::BFloat16,
+              "paged_mla_attention: the tensor-core kernel needs bfloat16 q and pool");
   HELIX_CHECK(kernel != AttentionKernel::TensorCore || tensor_core_attention_supported(p.D, p.R),
               "paged_mla_attention: the tensor-core kernel needs D % 16 == 0, D <= 1024, R % 64 == 0, "
               "R <= 512; got D=", p.D, " R=", p.R);
@@ -349,7 +355,11 @@ void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKerne
     HELIX_CUDA_CHECK_LAUNCH("attention_tc_kernel");
   } else {
     const dim3 grid(L.splits, T, detail::grid_dim(p.H, kSimpleWarps));
-    attention_simple_kernel<<<grid, kSimpleWarps * 32, 0, stream>>>(p, L.chunk, L.splits);
+    if (p.dtype == DType::Float32) {
+      attention_simple_kernel<float><<<grid, kSimpleWarps * 32, 0, stream>>>(p, L.chunk, L.splits);
+    } else {
+      attention_simple_kernel<uint16_t><<<grid, kSimpleWarps * 32, 0, stream>>>(p, L.chunk, L.splits);
+    }
     HELIX_CUDA_CHECK_LAUNCH("attention_simple_kernel");
   }
   if (L.splits > 1) {

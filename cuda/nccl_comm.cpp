@@ -4,8 +4,10 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "helix/cuda.hpp"
 #include "helix/error.hpp"
@@ -96,6 +98,55 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<DeviceBuffer> barrier_buf_;
 };
 
+// Host buffers in and out, NCCL in between: every call stages its buffers through device memory on the
+// shared stream (for Python and tests; the engine hands NCCL device buffers directly).
+class NcclHostCommunicator final : public Communicator {
+ public:
+  NcclHostCommunicator(std::shared_ptr<Stream> stream, std::unique_ptr<Communicator> device_comm)
+      : stream_(std::move(stream)), dev_(std::move(device_comm)) {}
+
+  int rank() const override { return dev_->rank(); }
+  int size() const override { return dev_->size(); }
+
+  void all_to_all(const void* send, void* recv, size_t block_bytes) override {
+    const size_t total = block_bytes * static_cast<size_t>(size());
+    DeviceBuffer a = upload(send, total), b(std::max<size_t>(total, 1));
+    dev_->all_to_all(a.data(), b.data(), block_bytes);
+    b.copy_to_host(recv, total, stream_->handle());
+  }
+  void all_reduce_sum(void* data, int64_t count, DType dtype) override {
+    HELIX_CHECK_ARG(count >= 0, "all_reduce_sum: count must be >= 0, got ", count);
+    const size_t bytes = static_cast<size_t>(count) * dtype_size(dtype);
+    DeviceBuffer a = upload(data, bytes);
+    dev_->all_reduce_sum(a.data(), count, dtype);
+    a.copy_to_host(data, bytes, stream_->handle());
+  }
+  void all_gather(const void* send, void* recv, size_t block_bytes) override {
+    const size_t total = block_bytes * static_cast<size_t>(size());
+    DeviceBuffer a = upload(send, block_bytes), b(std::max<size_t>(total, 1));
+    dev_->all_gather(a.data(), b.data(), block_bytes);
+    b.copy_to_host(recv, total, stream_->handle());
+  }
+  void broadcast(void* data, size_t bytes, int root) override {
+    DeviceBuffer a = upload(data, bytes);
+    dev_->broadcast(a.data(), bytes, root);
+    a.copy_to_host(data, bytes, stream_->handle());
+  }
+  void barrier() override { dev_->barrier(); }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    return std::make_unique<NcclHostCommunicator>(stream_, dev_->split(color, key));
+  }
+
+ private:
+  DeviceBuffer upload(const void* src, size_t bytes) {
+    DeviceBuffer b(std::max<size_t>(bytes, 1));
+    b.copy_from_host(src, bytes, stream_->handle());
+    return b;
+  }
+  std::shared_ptr<Stream> stream_;  // shared with the communicators split from this one
+  std::unique_ptr<Communicator> dev_;
+};
+
 }  // namespace
 
 bool built_with_nccl() { return true; }
@@ -125,6 +176,17 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, St
   if (bootstrap.rank() == 0) id = nccl_unique_id();
   bootstrap.broadcast(id.bytes, sizeof id.bytes, 0);
   return make_nccl_communicator(bootstrap.rank(), bootstrap.size(), id, stream);
+}
+
+}  // namespace helix::cuda
+
+namespace helix::cuda {
+
+std::unique_ptr<Communicator> make_nccl_host_communicator(Communicator& bootstrap) {
+  require_device();
+  auto stream = std::make_shared<Stream>();
+  auto dev = make_nccl_communicator(bootstrap, stream->handle());
+  return std::make_unique<NcclHostCommunicator>(std::move(stream), std::move(dev));
 }
 
 }  // namespace helix::cuda

@@ -1,6 +1,7 @@
 // Built when the CUDA toolkit is absent (HELIX_ENABLE_CUDA=OFF or no nvcc): every CUDA entry point that
 // would touch a device throws helix::Error("helix was built without CUDA"); device_count() returns 0.
 #include "helix/cuda.hpp"
+#include "helix/cuda_engine.hpp"
 
 #include "helix/error.hpp"
 
@@ -67,6 +68,7 @@ void launch_rope(const RopeParams&, StreamHandle) { no_cuda(); }
 void launch_silu_mul(const SiluMulParams&, StreamHandle) { no_cuda(); }
 void launch_moe_route(const MoeRouteParams&, StreamHandle) { no_cuda(); }
 void linear(const LinearParams&, StreamHandle) { no_cuda(); }
+void head_linear(const HeadLinearParams&, StreamHandle) { no_cuda(); }
 
 BenchResult bench_copy(size_t, int) { no_cuda(); }
 BenchResult bench_gemm_bf16(int64_t, int64_t, int64_t, int) { no_cuda(); }
@@ -74,5 +76,27 @@ BenchResult bench_paged_mla_attention(int64_t, int64_t, int64_t, int64_t, int64_
   no_cuda();
 }
 BenchResult bench_merge_states(int64_t, int64_t, int64_t, int) { no_cuda(); }
+
+// The engine cannot be constructed, so no other member is ever reached; they throw all the same.
+struct CudaEngine::Impl {};
+CudaEngine::CudaEngine(const EngineConfig&, Communicator&, int) { no_cuda(); }
+CudaEngine::~CudaEngine() = default;
+void CudaEngine::set_weight(const std::string&, const TensorView&) { no_cuda(); }
+void CudaEngine::check_weights() const { no_cuda(); }
+std::vector<std::string> CudaEngine::expected_weights() const { no_cuda(); }
+void CudaEngine::add_sequence(int64_t) { no_cuda(); }
+void CudaEngine::free_sequence(int64_t) { no_cuda(); }
+int64_t CudaEngine::num_free_blocks() const { no_cuda(); }
+int64_t CudaEngine::num_kv_blocks() const { no_cuda(); }
+const PagedKVCache& CudaEngine::cache_metadata() const { no_cuda(); }
+void CudaEngine::step(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&,
+                      const TensorView&) {
+  no_cuda();
+}
+void CudaEngine::fill_sequence_random(int64_t, int64_t, uint64_t, float) { no_cuda(); }
+const EngineConfig& CudaEngine::config() const { no_cuda(); }
+const EngineTimings& CudaEngine::timings() const { no_cuda(); }
+int CudaEngine::device() const { no_cuda(); }
+int64_t CudaEngine::device_bytes() const { no_cuda(); }
 
 }  // namespace helix::cuda

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU check (under 8 minutes on one H100/H200): builds helix from source with CUDA, runs the GPU tests,
-# then benchmarks the CUDA kernels against the copy bandwidth and bf16 GEMM rate measured in the same run.
+# GPU check (under 8 minutes on one H100/H200): builds helix from source with CUDA, runs the GPU tests
+# (kernels vs CPU twins; the CUDA engine vs the CPU engine on the tiny model), the tiny-model greedy check
+# through `helix generate --device cpu|cuda`, then benchmarks the CUDA kernels against the copy bandwidth
+# and bf16 GEMM rate measured in the same run, and a DeepSeek-V3-shaped layer decode step (32K context).
 # Uses the machine's Python (torch, nanobind, NCCL, cuBLAS preinstalled; no network). MPI is optional:
 # without mpicc the build uses the no-MPI stub. Results: a table printed last, JSON in $OUT if set.
 #   HELIX_CUDA_ARCH   CUDA architectures to build (default 90a; 100a on Blackwell)
@@ -49,14 +51,49 @@ if [ -f "$BUILD/CTestTestfile.cmake" ]; then
   log "C++ tests (ctest -R cuda)"
   timeout 120 ctest --test-dir "$BUILD" -R Cuda --output-on-failure || status=1
 fi
-log "GPU tests (pytest tests/test_cuda_ops.py)"
+log "GPU tests (pytest tests/test_cuda_ops.py tests/test_cuda_engine.py)"
 junit=()
-[ -n "$OUT" ] && junit=(--junitxml "$OUT/test_cuda_ops.xml")
-timeout 240 "$PY" -m pytest tests/test_cuda_ops.py -q -p no:cacheprovider -o addopts="" "${junit[@]}" -rs || status=1
+[ -n "$OUT" ] && junit=(--junitxml "$OUT/test_cuda.xml")
+timeout 300 "$PY" -m pytest tests/test_cuda_ops.py tests/test_cuda_engine.py -q -p no:cacheprovider -o addopts="" \
+  "${junit[@]}" -rs || status=1
+
+# The tiny model through the CLI on both devices: the same greedy tokens (float32), one process.
+log "tiny model: helix generate --device cpu vs --device cuda (greedy, float32)"
+tiny=$(mktemp -d)
+greedy=(--model "$tiny/m" --prompt-token-ids 2,3,4,5,6,7,8,9 --prompt-token-ids 0,5,17,300 --max-new-tokens 24
+        --ignore-eos --tokens-per-block 4 --json)
+if timeout 60 "$PY" -m helix make-tiny-model "$tiny/m" >/dev/null &&
+   timeout 60 "$PY" -m helix generate "${greedy[@]}" --device cpu | tail -1 >"$tiny/cpu.json" &&
+   timeout 60 "$PY" -m helix generate "${greedy[@]}" --device cuda | tail -1 >"$tiny/cuda.json"; then
+  "$PY" - "$tiny/cpu.json" "$tiny/cuda.json" <<'PYEOF' || status=1
+import json, sys
+cpu, gpu = (json.load(open(p)) for p in sys.argv[1:3])
+same = [a["token_ids"] == b["token_ids"] for a, b in zip(cpu["outputs"], gpu["outputs"])]
+print(f"greedy tokens equal per prompt: {same}; cuda {gpu['tokens_per_s']:.1f} tok/s, cpu {cpu['tokens_per_s']:.1f} tok/s")
+sys.exit(0 if all(same) and len(same) == 2 else 1)
+PYEOF
+else
+  echo "tiny-model CLI check failed to run" >&2
+  status=1
+fi
+rm -rf "$tiny"
 
 log "benchmarks"
+bench_dir=${OUT:-$(mktemp -d)}
 bench_args=()
 [ "${HELIX_GPU_QUICK:-0}" = 1 ] && bench_args+=(--quick)
-timeout 180 "$PY" -m helix.bench.cuda_ops "${bench_args[@]}" || status=1
+timeout 180 "$PY" -m helix.bench.cuda_ops "${bench_args[@]}" --json "$bench_dir/cuda_ops.json" >/dev/null || status=1
+layer_args=(--context 32768 --batch 1 8 --steps 20)
+[ "${HELIX_GPU_QUICK:-0}" = 1 ] && layer_args=(--context 32768 --batch 1 --steps 10)
+timeout 150 "$PY" -m helix.bench.cuda_layer "${layer_args[@]}" --json "$bench_dir/cuda_layer.json" >/dev/null ||
+  status=1
 log "done (status $status)"
+# The short table, last.
+"$PY" - "$bench_dir" <<'PYEOF' || status=1
+import json, os, sys
+from helix.bench import cuda_layer, cuda_ops
+for name, mod in (("cuda_ops.json", cuda_ops), ("cuda_layer.json", cuda_layer)):
+    path = os.path.join(sys.argv[1], name)
+    print(mod.format_table(json.load(open(path))) if os.path.exists(path) else f"({name}: not produced)")
+PYEOF
 exit $status

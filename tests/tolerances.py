@@ -84,6 +84,11 @@ TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     # cuBLAS bf16 x bf16 with fp32 accumulation over K <= 1024; bf16 output is rounded.
     ("cuda.linear", "float32"): (1e-3, 1e-3),
     ("cuda.linear", "bfloat16"): (2e-2, 8e-3),
+    # The CUDA engine (float32 weights and cache: strict-fp32 cuBLAS, fp32 simple attention kernel) vs the
+    # CPU engine on the tiny model, teacher-forced over ~30 positions: only the summation order and the
+    # exp implementation differ, amplified through 4 layers, like ("decode_logits_vs_hf", "float32")
+    # (measured 2.7e-5 there). NOT YET MEASURED on a GPU: 1e-4 is the bound for decoded logits.
+    ("cuda_engine_logits", "float32"): (1e-4, 0.0),
 }
 
 

@@ -1,5 +1,7 @@
 #include "helix/engine.hpp"
 
+#include "helix/engine_common.hpp"
+
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -86,15 +88,10 @@ void head_linear(const float* x, int64_t ldx, int64_t x_head_stride, const Weigh
   head_linear_cpu(p);
 }
 
-struct Expected {
-  std::vector<int64_t> shape;
-  bool matrix;  // linear weights may be float32 or bfloat16; norms, router and bias are float32
-};
-
 }  // namespace
 
 struct Engine::Impl {
-  std::map<std::string, Expected> expected;
+  std::map<std::string, ExpectedWeight> expected;
   std::map<std::string, Weight> weights;
   // Workspaces, resized per step.
   std::vector<float> h, x, q, qa, kva, q_abs, attn, attn_v, y, gu, act, router_logits, route_w, logits_local,
@@ -119,104 +116,11 @@ void add_residual(std::vector<float>& h, const std::vector<float>& y, int64_t n,
   HELIX_CHECK(finite, "non-finite hidden state (NaN or Inf) after the ", block, " of layer ", layer, " on rank ", rank);
 }
 
-std::string layer_name(int64_t layer, const char* name) { return "layers." + std::to_string(layer) + "." + name; }
-
-std::map<std::string, Expected> expected_shapes(const EngineConfig& c) {
-  const int64_t N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank,
-                P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, hid = c.hidden_size;
-  std::map<std::string, Expected> e;
-  e["embed_tokens"] = {{c.vocab_shard(), hid}, true};
-  e["norm"] = {{hid}, false};
-  e["lm_head"] = {{c.vocab_shard(), hid}, true};
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    auto L = [&](const char* n) { return layer_name(l, n); };
-    e[L("input_layernorm")] = {{hid}, false};
-    e[L("post_attention_layernorm")] = {{hid}, false};
-    if (c.q_lora_rank > 0) {
-      e[L("q_a_proj")] = {{c.q_lora_rank, hid}, true};
-      e[L("q_a_layernorm")] = {{c.q_lora_rank}, false};
-      e[L("q_b_proj")] = {{Htp * (Dn + P), c.q_lora_rank}, true};
-    } else {
-      e[L("q_proj")] = {{Htp * (Dn + P), hid}, true};
-    }
-    e[L("kv_a_proj_with_mqa")] = {{R + P, hid}, true};
-    e[L("kv_a_layernorm")] = {{R}, false};
-    e[L("w_uk")] = {{Htp, R, Dn}, true};  // W_UK^T per head: q_abs = w_uk[h] @ q_nope
-    e[L("w_uv")] = {{Htp, Dv, R}, true};
-    e[L("o_proj")] = {{hid, Hc * Dv}, true};
-    if (c.is_moe_layer(l)) {
-      const int64_t E = c.n_routed_experts, Fm = c.moe_intermediate_size;
-      const int64_t n_local = c.expert_tensor_parallel ? E : E / N;
-      const int64_t Fe = c.expert_tensor_parallel ? Fm / N : Fm;
-      e[L("gate")] = {{E, hid}, false};
-      e[L("e_score_correction_bias")] = {{E}, false};
-      e[L("experts.gate_up_proj")] = {{n_local, 2 * Fe, hid}, true};
-      e[L("experts.down_proj")] = {{n_local, hid, Fe}, true};
-      if (c.n_shared_experts > 0) {
-        const int64_t Fs = c.n_shared_experts * Fm / N;
-        e[L("shared_experts.gate_up_proj")] = {{2 * Fs, hid}, true};
-        e[L("shared_experts.down_proj")] = {{hid, Fs}, true};
-      }
-    } else {
-      e[L("mlp.gate_up_proj")] = {{2 * c.intermediate_size / N, hid}, true};
-      e[L("mlp.down_proj")] = {{hid, c.intermediate_size / N}, true};
-    }
-  }
-  return e;
-}
-
-void validate_config(const EngineConfig& c) {
-  auto pos = [](int64_t v, const char* n) { HELIX_CHECK_ARG(v > 0, "engine config '", n, "' must be positive, got ", v); };
-  pos(c.vocab_size, "vocab_size");
-  pos(c.hidden_size, "hidden_size");
-  pos(c.num_layers, "num_layers");
-  pos(c.num_heads, "num_heads");
-  pos(c.kv_lora_rank, "kv_lora_rank");
-  pos(c.qk_rope_head_dim, "qk_rope_head_dim");
-  pos(c.qk_nope_head_dim, "qk_nope_head_dim");
-  pos(c.v_head_dim, "v_head_dim");
-  pos(c.tp, "tp");
-  pos(c.cp, "cp");
-  pos(c.tokens_per_block, "tokens_per_block");
-  pos(c.num_kv_blocks, "num_kv_blocks");
-  const int64_t N = c.world();
-  HELIX_CHECK_ARG(c.rank >= 0 && c.rank < N, "engine config 'rank' ", c.rank, " is outside [0, ", N, ")");
-  HELIX_CHECK_ARG(c.num_heads % N == 0, "num_heads (", c.num_heads, ") must be divisible by tp * cp (", N, ")");
-  HELIX_CHECK_ARG(c.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim must be even");
-  HELIX_CHECK_ARG(static_cast<int64_t>(c.rope_inv_freq.size()) == c.qk_rope_head_dim / 2,
-                  "rope_inv_freq must have qk_rope_head_dim / 2 = ", c.qk_rope_head_dim / 2, " entries");
-  HELIX_CHECK_ARG(c.kv_dtype == DType::Float32 || c.kv_dtype == DType::BFloat16, "kv_dtype must be float32 or bfloat16");
-  bool any_dense = false, any_moe = false;
-  for (int64_t l = 0; l < c.num_layers; ++l) (c.is_moe_layer(l) ? any_moe : any_dense) = true;
-  if (any_dense) {
-    HELIX_CHECK_ARG(c.intermediate_size % N == 0, "intermediate_size (", c.intermediate_size,
-                    ") must be divisible by tp * cp (", N, ")");
-  }
-  if (any_moe) {
-    HELIX_CHECK_ARG(c.num_experts_per_tok > 0 && c.num_experts_per_tok <= c.n_routed_experts,
-                    "num_experts_per_tok must be in [1, n_routed_experts]");
-    HELIX_CHECK_ARG(c.n_group > 0 && c.n_routed_experts % c.n_group == 0 && c.topk_group <= c.n_group,
-                    "n_group must divide n_routed_experts and topk_group <= n_group");
-    if (c.expert_tensor_parallel) {
-      HELIX_CHECK_ARG(c.moe_intermediate_size % N == 0, "moe_intermediate_size (", c.moe_intermediate_size,
-                      ") must be divisible by tp * cp (", N, ") for tensor-parallel experts");
-    } else {
-      HELIX_CHECK_ARG(c.n_routed_experts % N == 0, "n_routed_experts (", c.n_routed_experts,
-                      ") must be divisible by tp * cp (", N, ") for expert parallelism");
-    }
-    HELIX_CHECK_ARG((c.n_shared_experts * c.moe_intermediate_size) % N == 0,
-                    "the shared experts' width must be divisible by tp * cp (", N, ")");
-  }
-}
-
 }  // namespace
 
 Engine::Engine(const EngineConfig& config, Communicator& world) : config_(config), world_(world) {
-  validate_config(config_);
-  HELIX_CHECK_ARG(world.size() == config_.world(), "the communicator has ", world.size(),
-                  " ranks but tp * cp = ", config_.world());
-  HELIX_CHECK_ARG(world.rank() == config_.rank, "the communicator's rank ", world.rank(),
-                  " differs from the engine config's rank ", config_.rank);
+  validate_engine_config(config_);
+  check_engine_world(config_, world);
   const int64_t tp_rank = config_.rank / config_.cp, cp_rank = config_.rank % config_.cp;
   cp_comm_ = world.split(static_cast<int>(tp_rank), static_cast<int>(cp_rank));
   const int64_t D = config_.kv_lora_rank + config_.qk_rope_head_dim;
@@ -225,7 +129,7 @@ Engine::Engine(const EngineConfig& config, Communicator& world) : config_(config
                                                      config_.kv_dtype, cp_rank, config_.cp));
   }
   impl_ = std::make_unique<Impl>();
-  impl_->expected = expected_shapes(config_);
+  impl_->expected = expected_weight_shapes(config_);
 }
 
 Engine::~Engine() = default;
@@ -237,16 +141,7 @@ std::vector<std::string> Engine::expected_weights() const {
 }
 
 void Engine::set_weight(const std::string& name, const TensorView& w) {
-  auto it = impl_->expected.find(name);
-  HELIX_CHECK_ARG(it != impl_->expected.end(), "unknown weight '", name, "'");
-  const Expected& e = it->second;
-  HELIX_CHECK_ARG(w.shape == e.shape, "weight '", name, "' has shape ", shape_str(w.shape), ", expected ",
-                  shape_str(e.shape), " for this rank's shard");
-  if (e.matrix) {
-    check_tensor(w, name.c_str(), static_cast<int64_t>(e.shape.size()), {DType::Float32, DType::BFloat16});
-  } else {
-    check_tensor(w, name.c_str(), static_cast<int64_t>(e.shape.size()), {DType::Float32});
-  }
+  check_engine_weight(impl_->expected, name, w);
   Weight& dst = impl_->weights[name];
   dst.dtype = w.dtype;
   dst.shape = w.shape;
@@ -280,50 +175,8 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
                   const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits) {
   check_weights();
   const EngineConfig& c = config_;
-  check_tensor(tokens, "tokens", 1, {DType::Int64});
-  const int64_t T = tokens.dim(0);
-  HELIX_CHECK_ARG(T > 0, "argument 'tokens' is empty");
-  check_tensor(positions, "positions", 1, {DType::Int64});
-  check_dim(positions, "positions", 0, T, "the number of tokens");
-  check_tensor(logit_rows, "logit_rows", 1, {DType::Int64});
-  const int64_t L = logit_rows.dim(0);
-  for (int64_t i = 0; i < L; ++i) {
-    const int64_t r = logit_rows.ptr<int64_t>()[i];
-    HELIX_CHECK_ARG(r >= 0 && r < T, "argument 'logit_rows'[", i, "] = ", r, " is outside [0, ", T, ")");
-  }
-  check_tensor(logits, "logits", 2, {DType::Float32});
-  check_dim(logits, "logits", 0, L, "len(logit_rows)");
-  check_dim(logits, "logits", 1, c.vocab_size, "vocab_size");
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t id = tokens.ptr<int64_t>()[t];
-    HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument 'tokens'[", t, "] = ", id, " is outside the vocabulary [0, ",
-                    c.vocab_size, ")");
-  }
-  // The KV rows of every layer land in the same slots: check this rank's capacity once, before any work.
-  {
-    std::vector<int64_t> pos;
-    int64_t needed = 0;
-    check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
-    check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
-    check_dim(q_seq_index, "q_seq_index", 0, T, "the number of tokens");
-    for (int64_t b = 0; b < seq_ids.dim(0); ++b) {
-      const int64_t sid = seq_ids.ptr<int64_t>()[b];
-      HELIX_CHECK_ARG(caches_.front()->has_sequence(sid), "argument 'seq_ids'[", b, "] = ", sid,
-                      " is not a sequence of the engine (add_sequence first)");
-      pos.clear();
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t bi = q_seq_index.ptr<int64_t>()[t];
-        HELIX_CHECK_ARG(bi >= 0 && bi < seq_ids.dim(0), "argument 'q_seq_index'[", t, "] = ", bi,
-                        " is outside [0, ", seq_ids.dim(0), ")");
-        if (bi == b && caches_.front()->owns(positions.ptr<int64_t>()[t])) pos.push_back(positions.ptr<int64_t>()[t]);
-      }
-      needed += caches_.front()->blocks_needed(sid, pos.data(), static_cast<int64_t>(pos.size()));
-    }
-    if (needed > num_free_blocks()) {
-      throw KVCacheFullError(detail::concat("KV cache of rank ", c.rank, " needs ", needed,
-                                            " more blocks for this step but has ", num_free_blocks(), " free"));
-    }
-  }
+  check_step_inputs(c, *caches_.front(), tokens, positions, seq_ids, q_seq_index, logit_rows, logits);
+  const int64_t T = tokens.dim(0), L = logit_rows.dim(0);
 
   Impl& m = *impl_;
   const int64_t hid = c.hidden_size, N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(),
@@ -371,7 +224,7 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
   if (c.q_lora_rank > 0) m.qa.resize(static_cast<size_t>(T * c.q_lora_rank));
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    auto W_ = [&](const char* n) -> const Weight& { return m.w(layer_name(l, n)); };
+    auto W_ = [&](const char* n) -> const Weight& { return m.w(layer_weight_name(l, n)); };
     // --- attention -------------------------------------------------------------------------------
     rms_norm(m.h.data(), W_("input_layernorm").f32(), m.x.data(), T, hid, hid, c.rms_norm_eps);
     if (c.q_lora_rank > 0) {

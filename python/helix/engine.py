@@ -6,6 +6,7 @@ import numpy as np
 
 from helix.checkpoint import Checkpoint
 from helix.config import ModelConfig
+from helix.device import check_device_name, cuda_device_for_rank
 from helix.rope import yarn_inv_freq
 from helix.sharding import shard_weights
 
@@ -19,7 +20,12 @@ def default_kv_blocks(max_tokens: int, tokens_per_block: int, cp: int) -> int:
 
 
 class HelixEngine:
-    """One rank's engine: the model's sharded weights, per-layer paged KV caches, communicators."""
+    """One rank's engine: the model's sharded weights, per-layer paged KV caches, communicators.
+
+    device="cpu" runs the compiled CPU engine; device="cuda" the CUDA engine on this rank's GPU (its local
+    rank: one GPU per rank, NCCL between ranks). Without CUDA in the build or without a GPU, device="cuda"
+    raises helix.device.DeviceUnavailableError before any weight is read.
+    """
 
     def __init__(
         self,
@@ -34,12 +40,15 @@ class HelixEngine:
         wuv_before_exchange: bool = False,
         expert_tensor_parallel: bool = False,
         progress: bool = True,
+        device: str = "cpu",
     ) -> None:
         from helix import _core
         from helix.comm import world
 
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        self.device = check_device_name(device)
+        self.cuda_device = cuda_device_for_rank() if device == "cuda" else None
         self.comm = comm if comm is not None else world()
         if self.comm.size != tp * cp:
             raise ValueError(
@@ -77,7 +86,10 @@ class HelixEngine:
         ec.kv_dtype = dtype
         ec.wuv_before_exchange = wuv_before_exchange
         ec.expert_tensor_parallel = expert_tensor_parallel
-        self._engine = _core.Engine(ec, self.comm)
+        if self.cuda_device is None:
+            self._engine = _core.Engine(ec, self.comm)
+        else:
+            self._engine = _core.cuda.CudaEngine(ec, self.comm, self.cuda_device)
 
         ckpt = Checkpoint.open(model_dir, config=cfg)
         ckpt.validate(cfg)

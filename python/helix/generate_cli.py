@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="storage of weights and KV cache (compute is float32)",
     )
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the engine runs: cpu, or cuda (one GPU per local rank, NCCL between ranks)",
+    )
     p.add_argument("--config", help="parallel configuration (JSON or YAML); the flags below override it")
     p.add_argument("--tp", type=int, help="tensor_parallel_size")
     p.add_argument("--cp", type=int, help="context_parallel_size")
@@ -94,13 +100,15 @@ def _parallel_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from helix.comm import abort_on_exception, world
+    from helix.device import DeviceUnavailableError
 
     abort_on_exception()
     comm = world()
     try:
         return _generate(args, comm)
-    except (ValueError, OSError) as exc:
-        # A bad input (configuration, checkpoint, prompt, sampling parameter): its message, not a traceback.
+    except (ValueError, OSError, DeviceUnavailableError) as exc:
+        # A bad input (configuration, checkpoint, prompt, sampling parameter) or an unusable device: its
+        # message, not a traceback.
         # Any rank may be the only one to see it (a file it cannot read), so under MPI it ends the whole job.
         prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
         print(f"{prefix}helix generate: error: {exc}", file=sys.stderr, flush=True)
@@ -137,6 +145,7 @@ def _generate(args: argparse.Namespace, comm) -> int:
         wuv_before_exchange=args.wuv_before_exchange,
         expert_tensor_parallel=args.expert_tensor_parallel,
         progress=not args.json,
+        device=args.device,
     )
     first_logits: list[np.ndarray] = []
     outputs = llm.generate(

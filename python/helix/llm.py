@@ -31,7 +31,9 @@ class LLM:
         wuv_before_exchange: bool = False,
         expert_tensor_parallel: bool = False,
         progress: bool = True,
+        device: str = "cpu",
     ) -> None:
+        """device: "cpu", or "cuda" (one GPU per local rank; see helix.engine.HelixEngine)."""
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         pc = parallel_config or ParallelConfig()
@@ -47,6 +49,7 @@ class LLM:
             wuv_before_exchange=wuv_before_exchange,
             expert_tensor_parallel=expert_tensor_parallel,
             progress=progress,
+            device=device,
         )
         self.scheduler = Scheduler(self.engine, self.engine.eos_token_ids, max_batch_tokens)
         tok_path = Path(model_dir) / "tokenizer.json"

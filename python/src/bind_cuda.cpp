@@ -5,6 +5,8 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
 
 #include <algorithm>
 #include <string>
@@ -12,6 +14,8 @@
 
 #include "arrays.hpp"
 #include "helix/cuda.hpp"
+#include "helix/cuda_engine.hpp"
+#include "helix/engine_common.hpp"
 
 namespace nb = nanobind;
 
@@ -374,6 +378,102 @@ nb::dict nccl_collectives_one_rank(nb::handle x_obj) {
   return out;
 }
 
+nb::dict timings_dict(const EngineTimings& t) {
+  nb::dict d;
+  d["attention_s"] = t.attention_s;
+  d["exchange_s"] = t.exchange_s;
+  d["linear_s"] = t.linear_s;
+  d["moe_s"] = t.moe_s;
+  d["allreduce_s"] = t.allreduce_s;
+  d["other_s"] = t.other_s;
+  d["steps"] = t.steps;
+  return d;
+}
+
+void bind_cuda_engine(nb::module_& c) {
+  using namespace nb::literals;
+  using cuda::CudaEngine;
+  nb::class_<CudaEngine>(c, "CudaEngine",
+                         "The decoder engine of one rank on one GPU: helix._core.Engine's contract (same config, "
+                         "weights, step), with weights, KV cache and the Helix step on the device and NCCL "
+                         "between ranks.")
+      .def(
+          "__init__",
+          [](CudaEngine* self, const EngineConfig& config, Communicator& world, int device) {
+            nb::gil_scoped_release release;  // the NCCL bootstrap is collective over `world`
+            new (self) CudaEngine(config, world, device);
+          },
+          "config"_a, "world"_a, "device"_a = 0)
+      .def(
+          "set_weight",
+          [](CudaEngine& e, const std::string& name, nb::handle w) {
+            HostArray a = to_view(w, name.c_str());
+            e.set_weight(name, a.view);
+          },
+          "name"_a, "weight"_a)
+      .def("check_weights", &CudaEngine::check_weights)
+      .def("expected_weights", &CudaEngine::expected_weights)
+      .def(
+          "expected_weight_shapes",
+          [](const CudaEngine& e) {
+            nb::dict d;
+            for (const auto& [name, w] : expected_weight_shapes(e.config())) {
+              d[name.c_str()] = nb::make_tuple(nb::cast(w.shape), w.matrix);
+            }
+            return d;
+          },
+          "{name: (shard shape, is_matrix)}: matrices may be float32 or bfloat16, the rest is float32.")
+      .def("add_sequence", &CudaEngine::add_sequence, "seq_id"_a)
+      .def("free_sequence", &CudaEngine::free_sequence, "seq_id"_a)
+      .def_prop_ro("num_free_blocks", &CudaEngine::num_free_blocks)
+      .def_prop_ro("num_kv_blocks", &CudaEngine::num_kv_blocks)
+      .def_prop_ro("device", &CudaEngine::device)
+      .def_prop_ro("device_bytes", &CudaEngine::device_bytes)
+      .def("cache_metadata", &CudaEngine::cache_metadata, nb::rv_policy::reference_internal,
+           "This rank's KV bookkeeping (positions, block tables; its host pool holds no keys).")
+      .def(
+          "fill_sequence_random",
+          [](CudaEngine& e, int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
+            nb::gil_scoped_release release;
+            e.fill_sequence_random(seq_id, num_tokens, seed, scale);
+          },
+          "seq_id"_a, "num_tokens"_a, "seed"_a = 0, "scale"_a = 1.f,
+          "Benchmark aid: positions [0, num_tokens) of an empty sequence with random rows, straight into "
+          "every layer's device pool.")
+      .def(
+          "step",
+          [](CudaEngine& e, nb::handle tokens, nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index,
+             nb::handle logit_rows) {
+            HostArray ta = to_view(tokens, "tokens"), pa = to_view(positions, "positions"),
+                      sa = to_view(seq_ids, "seq_ids"), ia = to_view(q_seq_index, "q_seq_index"),
+                      la = to_view(logit_rows, "logit_rows");
+            HELIX_CHECK_ARG(la.view.ndim() == 1, "argument 'logit_rows' must be 1-D");
+            HostArray out = new_array({la.view.dim(0), e.config().vocab_size}, DType::Float32);
+            {
+              nb::gil_scoped_release release;
+              e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view);
+            }
+            return out.owner;
+          },
+          "tokens"_a, "positions"_a, "seq_ids"_a, "q_seq_index"_a, "logit_rows"_a,
+          "One forward pass on the GPU: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
+          "-> logits [L, vocab_size] float32 (host), identical on every rank.")
+      .def_prop_ro("timings", [](const CudaEngine& e) { return timings_dict(e.timings()); });
+
+  c.def(
+      "nccl_communicator",
+      [](Communicator& bootstrap, int device) {
+        nb::gil_scoped_release release;
+        cuda::set_device(device);
+        return cuda::make_nccl_host_communicator(bootstrap);
+      },
+      "bootstrap"_a, "device"_a = 0,
+      "An NCCL communicator over bootstrap's ranks (collective: rank 0 makes the unique id and broadcasts it "
+      "over `bootstrap`, e.g. helix.comm.world()), on CUDA device `device`. Its collectives take NumPy "
+      "arrays like any helix Communicator (staged through device memory).");
+  c.def("set_device", &cuda::set_device, "device"_a, "Makes `device` current for this thread.");
+}
+
 nb::dict bench_dict(const cuda::BenchResult& r) {
   nb::dict d;
   d["ms"] = r.ms;
@@ -433,6 +533,7 @@ void bind_cuda(nb::module_& m) {
   c.def("bench_merge_states",
         [](int64_t N, int64_t M, int64_t D, int iters) { return bench_dict(cuda::bench_merge_states(N, M, D, iters)); },
         "N"_a, "M"_a, "D"_a, "iters"_a = 20);
+  bind_cuda_engine(c);
 }
 
 }  // namespace helix::bind

@@ -92,12 +92,12 @@ class DeviceBuffer {
 // sequence b = q_seq[t]: slot k of b is row k % tokens_per_block of pool block block_tables[b, k / tpb]
 // and has global position kv_pos[b, k]; slots k < num_slots[b] are valid. Key s is visible to t iff
 // kv_pos <= q_pos[t]. o[t,h] = softmax-weighted sum of kv[:, :R]; lse natural log; nothing visible
-// gives (0, -inf). Storage bf16, accumulation fp32.
+// gives (0, -inf). Storage bf16 (or fp32 for the Simple kernel), accumulation fp32.
 struct PagedMlaAttentionParams {
-  const bf16_t* q;             // [T, H, D]
+  const void* q;               // [T, H, D] of dtype
   const int64_t* q_pos;        // [T]
   const int64_t* q_seq;        // [T] in [0, B)
-  const bf16_t* pool;          // [num_blocks, tokens_per_block, D]
+  const void* pool;            // [num_blocks, tokens_per_block, D] of dtype
   const int32_t* block_tables; // [B, max_blocks]
   const int64_t* kv_pos;       // [B, max_slots]
   const int64_t* num_slots;    // [B], each <= min(max_slots, max_blocks * tokens_per_block)
@@ -109,10 +109,11 @@ struct PagedMlaAttentionParams {
   int64_t max_num_slots = 0;   // max over b of num_slots[b] (host-known; sizes the split)
   float scale = 1.f;
   int num_splits = 0;          // 0: chosen from the device's SM count; else 1..256
+  DType dtype = DType::BFloat16;  // of q and pool: BFloat16 (both kernels) or Float32 (Simple only)
 };
 
 enum class AttentionKernel : int {
-  Auto = 0,        // TensorCore when the shape allows it, else Simple
+  Auto = 0,        // TensorCore when the shape and dtype (bf16) allow it, else Simple
   Simple = 1,      // one warp per (token, head, split), fp32 FMA; any D <= 1024, R <= D
   TensorCore = 2,  // mma.sync m16n8k16 bf16 -> fp32, 32 heads x 32 keys per tile; D % 16 == 0,
                    // R % 64 == 0, R <= 512, D <= 1024
@@ -188,16 +189,30 @@ struct MoeRouteParams {
 // E <= 1024, n_group <= 32, E % n_group == 0, E / n_group >= 2, top_k <= topk_group * E / n_group.
 void launch_moe_route(const MoeRouteParams& p, StreamHandle stream);
 
-// y = x @ w^T through cuBLAS (cublasGemmEx, bf16 inputs, fp32 compute).
+// y (+)= x @ w^T through cuBLAS (cublasGemmEx, fp32 compute). x and w share `dtype`: BFloat16 (y f32 or
+// bf16) or Float32 (y f32; strict fp32, no TF32).
 struct LinearParams {
-  const bf16_t* x;  // [T, K]
-  const bf16_t* w;  // [N, K]  (PyTorch Linear layout)
-  void* y;          // [T, N] of y_dtype
+  const void* x;  // [T, K] of dtype
+  const void* w;  // [N, K] of dtype (PyTorch Linear layout)
+  void* y;        // [T, N] of y_dtype
   int64_t T = 0, K = 0, N = 0;
   DType y_dtype = DType::Float32;  // Float32 or BFloat16
+  DType dtype = DType::BFloat16;   // of x and w
+  bool accumulate = false;         // y += x @ w^T instead of y =
 };
 bool built_with_cublas();
 void linear(const LinearParams& p, StreamHandle stream);
+
+// Per-head linear (the CUDA twin of ops/head_linear.hpp) as one strided batched GEMM:
+//   y[t, h*y_head_stride + n] = sum_k w[h, n, k] * x[t, h*x_head_stride + k]   for h < H.
+struct HeadLinearParams {
+  const void* x;  // [T, ldx] of dtype; head h reads K values at h * x_head_stride
+  const void* w;  // [H, N, K] of dtype
+  float* y;       // [T, ldy] f32; head h writes N values at h * y_head_stride
+  int64_t T = 0, H = 0, N = 0, K = 0, ldx = 0, x_head_stride = 0, ldy = 0, y_head_stride = 0;
+  DType dtype = DType::BFloat16;  // Float32 or BFloat16
+};
+void head_linear(const HeadLinearParams& p, StreamHandle stream);
 
 // ---- NCCL ---------------------------------------------------------------------------------------
 
@@ -213,6 +228,10 @@ std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const N
 // Collective over `bootstrap`: rank 0 makes the id and broadcasts it over the host communicator;
 // the NCCL communicator has bootstrap's rank and size.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, StreamHandle stream);
+// For host callers (Python, tests): an NCCL communicator over bootstrap's ranks whose buffers are HOST
+// pointers, staged through device memory on its own stream. Collective over `bootstrap`; the current
+// device must be set first.
+std::unique_ptr<Communicator> make_nccl_host_communicator(Communicator& bootstrap);
 
 // ---- benchmarks (device-resident data, timed with CUDA events) ----------------------------------
 

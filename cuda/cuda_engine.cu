@@ -1,0 +1,900 @@
+// The CUDA decoder engine (contract: cpp/include/helix/cuda_engine.hpp; the CPU twin: cpp/src/engine.cpp).
+//
+// One step, all on the engine's stream: embedding (vocabulary shard, all-reduce), then per layer
+//   RMSNorm -> q_a / q_b (or q_proj) and kv_a (cuBLAS) -> kv_a_layernorm, RoPE -> W_UK absorb (batched
+//   GEMM) -> append the owned latent rows to the device pool -> paged partial attention over the local
+//   shard -> [W_UV] -> pack (o, lse) per destination -> ONE all-to-all over the CP group (NCCL) ->
+//   merge_states -> [W_UV] -> o_proj -> all-reduce -> residual; FFN: dense MLP, or router + moe_route +
+//   the routed experts (host-side grouping of the routed tokens, one GEMM pair per local expert that got
+//   tokens) + shared experts -> all-reduce -> residual;
+// then the final norm of the logit rows, the vocabulary-sharded lm_head and the all-gather of the logits.
+// Activations are fp32; a linear with bf16 weights reads a bf16 copy of its input (fp32 accumulation).
+// Non-finite hidden states are flagged on the device and reported after the step with the layer and the
+// sub-block, like the CPU engine.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "helix/cuda_engine.hpp"
+#include "helix/engine_common.hpp"
+
+namespace helix::cuda {
+
+namespace {
+
+using detail::load_as_float;
+using detail::store_float;
+
+constexpr int kThreads = 256;
+
+unsigned blocks_for(int64_t n) { return std::min<unsigned>(detail::grid_dim(std::max<int64_t>(n, 1), kThreads), 65535u); }
+
+// ---- small kernels of the engine -------------------------------------------------------------------
+
+// out[t, :] = table[ids[t] - vocab_start, :] when the id is in this rank's shard [vocab_start, +V), else 0.
+template <class T>
+__global__ void embedding_kernel(const int64_t* ids, const T* table, float* out, int64_t n_tokens, int64_t V,
+                                 int64_t hidden, int64_t vocab_start) {
+  const int64_t total = n_tokens * hidden;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / hidden, d = i % hidden;
+    const int64_t row = ids[t] - vocab_start;
+    out[i] = row >= 0 && row < V ? load_as_float(table, row * hidden + d) : 0.f;
+  }
+}
+
+// y[i] = bf16(x[i])
+__global__ void to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = detail::float_to_bf16_bits(x[i]);
+  }
+}
+
+// h += y; *flag = 1 when a result is NaN or Inf.
+__global__ void add_residual_kernel(float* h, const float* y, int64_t n, int* flag) {
+  bool bad = false;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = h[i] + y[i];
+    h[i] = v;
+    bad |= !isfinite(v);
+  }
+  if (bad) *flag = 1;
+}
+
+// Router logits that are not finite become 0 (so routing stays in bounds) and raise *flag: the step
+// then fails with the layer named, as the CPU engine fails on the hidden state.
+__global__ void sanitize_kernel(float* x, int64_t n, int* flag) {
+  bool bad = false;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (!isfinite(x[i])) {
+      x[i] = 0.f;
+      bad = true;
+    }
+  }
+  if (bad) *flag = 1;
+}
+
+// dst[i, :] = src[rows[i], :] (width elements, src rows ld apart).
+template <class T, class Index>
+__global__ void gather_rows_kernel(const T* src, const Index* rows, T* dst, int64_t n, int64_t width, int64_t ld) {
+  const int64_t total = n * width;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / width, d = i % width;
+    dst[i] = src[static_cast<int64_t>(rows[r]) * ld + d];
+  }
+}
+
+// y[tok[i], :] += w[i] * src[i, :]; the tok[i] of one launch are distinct (a token meets an expert once).
+__global__ void scatter_add_weighted_kernel(float* y, const float* src, const int32_t* tok, const float* w, int64_t n,
+                                            int64_t width) {
+  const int64_t total = n * width;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / width, d = i % width;
+    y[static_cast<int64_t>(tok[r]) * width + d] += w[r] * src[i];
+  }
+}
+
+// Pool rows rows[i] (= block * tokens_per_block + row) of width D: uniform values in [-scale, scale) from a
+// hash of (seed, pool row, d), so that a filled cache is the same on every run.
+template <class T>
+__global__ void fill_random_kernel(T* pool, const int64_t* rows, int64_t n, int64_t D, uint64_t seed, float scale) {
+  const int64_t total = n * D;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = rows[i / D], d = i % D;
+    uint64_t x = seed ^ (static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull) ^ (static_cast<uint64_t>(d) << 32);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    const float u = static_cast<float>(x >> 40) * (1.f / 16777216.f);  // [0, 1)
+    store_float(pool, r * D + d, (2.f * u - 1.f) * scale);
+  }
+}
+
+// ---- device memory helpers ---------------------------------------------------------------------------
+
+struct DeviceWeight {
+  DType dtype = DType::Float32;
+  std::vector<int64_t> shape;
+  DeviceBuffer buf;
+  const void* data() const { return buf.data(); }
+  const float* f32() const { return buf.as<float>(); }
+};
+
+// A device buffer that only grows. cudaFree synchronizes the device, so growing never frees memory a
+// queued kernel still reads.
+class Scratch {
+ public:
+  void* get(size_t bytes) {
+    if (bytes > buf_.bytes()) buf_ = DeviceBuffer(std::max<size_t>(bytes, 2 * buf_.bytes()));
+    return buf_.data();
+  }
+  template <class T>
+  T* as(int64_t count) {
+    return static_cast<T*>(get(static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T)));
+  }
+  size_t bytes() const { return buf_.bytes(); }
+
+ private:
+  DeviceBuffer buf_;
+};
+
+// Host arrays packed into one staging vector and uploaded with one copy; offsets are 16-byte aligned.
+class Upload {
+ public:
+  template <class T>
+  size_t add(const T* data, int64_t count) {
+    const size_t off = (bytes_.size() + 15) & ~size_t{15};
+    bytes_.resize(off + static_cast<size_t>(count) * sizeof(T));
+    if (count > 0) std::memcpy(bytes_.data() + off, data, static_cast<size_t>(count) * sizeof(T));
+    return off;
+  }
+  // Copies to `dst` (grown as needed) on `stream`; returns the device base. A copy from pageable memory
+  // returns once the bytes are staged, so this object may die right after.
+  unsigned char* send(Scratch& dst, StreamHandle stream) {
+    auto* base = static_cast<unsigned char*>(dst.get(std::max<size_t>(bytes_.size(), 16)));
+    if (!bytes_.empty()) {
+      HELIX_CUDA_CHECK(cudaMemcpyAsync(base, bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, stream));
+    }
+    return base;
+  }
+
+ private:
+  std::vector<unsigned char> bytes_;
+};
+
+// Component times from CUDA events: mark(acc) charges the time since the previous mark to *acc.
+class StepTimer {
+ public:
+  ~StepTimer() {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  void start(StreamHandle stream) {
+    used_ = 0;
+    charges_.clear();
+    record(stream);
+  }
+  void mark(StreamHandle stream, double* acc) {
+    record(stream);
+    charges_.push_back(acc);
+  }
+  // After the stream has finished: adds every interval to its component.
+  void collect() {
+    for (size_t i = 0; i < charges_.size(); ++i) {
+      float ms = 0.f;
+      HELIX_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]));
+      *charges_[i] += ms * 1e-3;
+    }
+  }
+
+ private:
+  void record(StreamHandle stream) {
+    if (used_ == events_.size()) {
+      cudaEvent_t e = nullptr;
+      HELIX_CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    HELIX_CUDA_CHECK(cudaEventRecord(events_[used_++], stream));
+  }
+  std::vector<cudaEvent_t> events_;
+  std::vector<double*> charges_;
+  size_t used_ = 0;
+};
+
+}  // namespace
+
+struct CudaEngine::Impl {
+  EngineConfig config;
+  int device = 0;
+  Stream stream;
+  std::unique_ptr<Communicator> world_comm, cp_comm;  // NCCL (null for a single rank / cp == 1)
+  std::map<std::string, ExpectedWeight> expected;
+  std::map<std::string, DeviceWeight> weights;
+  std::unique_ptr<PagedKVCache> meta;  // host bookkeeping shared by all layers
+  std::vector<DeviceBuffer> pools;     // per layer: [num_kv_blocks, tokens_per_block, D] of kv_dtype
+  std::vector<unsigned char> zero_rows;  // rows handed to meta->append (its host pool is never read)
+  EngineTimings timings;
+  StepTimer timer;
+  DeviceBuffer flags;  // int32 [3 * num_layers]: per layer attention residual, router, FFN residual
+  // Workspaces (grown on demand).
+  Scratch meta_dev, ckv, app_rows, h, x, q, qa, kva, kv_rows, q_abs, q_att, o_part, lse_part, values, send, recv, o_parts,
+      lse_parts, lse_out, attn, attn_v, y, gu, act, bf16_in, router, route_w, route_ids, attn_ws, moe_meta, xe, ye,
+      logits_local, logits_all;
+
+  Impl(const EngineConfig& c, int dev) : config(c), device(dev), stream((set_device(dev), Stream())) {}
+
+  const DeviceWeight& w(const std::string& name) const { return weights.at(name); }
+  const DeviceWeight& lw(int64_t layer, const char* name) const { return w(layer_weight_name(layer, name)); }
+  StreamHandle s() const { return stream.handle(); }
+
+  // The input of a GEMM in the weight's dtype: x itself (f32) or a bf16 copy in `bf16_in`.
+  const void* as_input(const float* x, int64_t n, DType dtype) {
+    if (dtype == DType::Float32) return x;
+    auto* y = bf16_in.as<uint16_t>(n);
+    to_bf16_kernel<<<blocks_for(n), kThreads, 0, s()>>>(x, y, n);
+    HELIX_CUDA_CHECK_LAUNCH("to_bf16_kernel");
+    return y;
+  }
+
+  // y[T, N] (+)= x[T, K] @ w[N, K]^T; w_offset_elems selects a sub-matrix (an expert).
+  void linear(const float* x, int64_t T, int64_t K, const DeviceWeight& wt, int64_t N, float* y, bool accumulate,
+              int64_t w_offset_elems = 0) {
+    LinearParams p;
+    p.x = as_input(x, T * K, wt.dtype);
+    p.w = static_cast<const unsigned char*>(wt.data()) + w_offset_elems * dtype_size(wt.dtype);
+    p.y = y;
+    p.T = T;
+    p.K = K;
+    p.N = N;
+    p.y_dtype = DType::Float32;
+    p.dtype = wt.dtype;
+    p.accumulate = accumulate;
+    cuda::linear(p, s());
+  }
+
+  // Per-head linear over H heads starting at first_head of w [H_all, N, K]; x rows ldx apart (elements).
+  void head_linear(const float* x, int64_t T, int64_t ldx, int64_t x_head_stride, const DeviceWeight& wt, int64_t H,
+                   int64_t N, int64_t K, float* y, int64_t ldy, int64_t y_head_stride, int64_t first_head) {
+    HeadLinearParams p;
+    p.x = as_input(x, T * ldx, wt.dtype);
+    p.w = static_cast<const unsigned char*>(wt.data()) + first_head * N * K * dtype_size(wt.dtype);
+    p.y = y;
+    p.T = T;
+    p.H = H;
+    p.N = N;
+    p.K = K;
+    p.ldx = ldx;
+    p.x_head_stride = x_head_stride;
+    p.ldy = ldy;
+    p.y_head_stride = y_head_stride;
+    p.dtype = wt.dtype;
+    cuda::head_linear(p, s());
+  }
+
+  void rms_norm(const float* x, const float* wt, float* out, int64_t T, int64_t D, int64_t ld) {
+    if (ld == D) {
+      RmsNormParams p;
+      p.x = x;
+      p.weight = wt;
+      p.out = out;
+      p.T = T;
+      p.N = D;
+      p.eps = config.rms_norm_eps;
+      p.dtype = DType::Float32;
+      launch_rms_norm(p, s());
+      return;
+    }
+    // Strided rows (c_kv inside [T, R + P]): normalize a dense copy, then put it back.
+    HELIX_CHECK(x == out, "rms_norm: strided rows are normalized in place");
+    float* dense = ckv.as<float>(T * D);
+    HELIX_CUDA_CHECK(cudaMemcpy2DAsync(dense, D * 4, x, ld * 4, D * 4, T, cudaMemcpyDeviceToDevice, s()));
+    rms_norm(dense, wt, dense, T, D, D);
+    HELIX_CUDA_CHECK(cudaMemcpy2DAsync(out, ld * 4, dense, D * 4, D * 4, T, cudaMemcpyDeviceToDevice, s()));
+  }
+
+  void all_reduce(float* buf, int64_t count) {
+    if (world_comm) world_comm->all_reduce_sum(buf, count, DType::Float32);
+  }
+
+  void add_residual(float* hh, const float* yy, int64_t n, int flag_index) {
+    add_residual_kernel<<<blocks_for(n), kThreads, 0, s()>>>(hh, yy, n, flags.as<int>() + flag_index);
+    HELIX_CUDA_CHECK_LAUNCH("add_residual_kernel");
+  }
+
+  // Throws for the first flagged (layer, block) in layer order, as the CPU engine would have.
+  void check_flags(const std::vector<int>& f) const {
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      HELIX_CHECK(!f[3 * l], "non-finite hidden state (NaN or Inf) after the attention of layer ", l, " on rank ",
+                  config.rank);
+      HELIX_CHECK(!f[3 * l + 1], "non-finite router logits (NaN or Inf) in layer ", l, " on rank ", config.rank);
+      HELIX_CHECK(!f[3 * l + 2], "non-finite hidden state (NaN or Inf) after the FFN of layer ", l, " on rank ",
+                  config.rank);
+    }
+  }
+  std::vector<int> read_flags() {
+    std::vector<int> f(static_cast<size_t>(3 * config.num_layers));
+    flags.copy_to_host(f.data(), f.size() * sizeof(int), s());
+    return f;
+  }
+
+  void moe_ffn(int64_t l, int64_t T, float* yy);
+  void dense_ffn(int64_t l, int64_t T, float* yy);
+};
+
+CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int device) {
+  validate_engine_config(config);
+  check_engine_world(config, world);
+  HELIX_CHECK_ARG(device >= 0, "argument 'device' must be >= 0, got ", device);
+  require_device();
+  HELIX_CHECK_ARG(device < device_count(), "argument 'device' is ", device, " but ", device_count(),
+                  " CUDA devices are visible");
+  impl_ = std::make_unique<Impl>(config, device);
+  Impl& m = *impl_;
+  const EngineConfig& c = m.config;
+  if (c.world() > 1) {
+    m.world_comm = make_nccl_communicator(world, m.s());
+    if (c.cp > 1) {
+      const int64_t tp_rank = c.rank / c.cp, cp_rank = c.rank % c.cp;
+      m.cp_comm = m.world_comm->split(static_cast<int>(tp_rank), static_cast<int>(cp_rank));
+    }
+  }
+  const int64_t D = c.kv_lora_rank + c.qk_rope_head_dim;
+  m.meta = std::make_unique<PagedKVCache>(c.num_kv_blocks, c.tokens_per_block, D, c.kv_dtype, c.rank % c.cp, c.cp);
+  const size_t pool_bytes = static_cast<size_t>(c.num_kv_blocks * c.tokens_per_block * D * dtype_size(c.kv_dtype));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    m.pools.emplace_back(pool_bytes);
+    m.pools.back().fill_zero(m.s());
+  }
+  m.flags = DeviceBuffer(static_cast<size_t>(3 * c.num_layers) * sizeof(int));
+  m.expected = expected_weight_shapes(c);
+  m.stream.synchronize();
+}
+
+CudaEngine::~CudaEngine() {
+  if (impl_) cudaSetDevice(impl_->device);  // frees below must target the engine's device; never throws
+}
+
+const EngineConfig& CudaEngine::config() const { return impl_->config; }
+const EngineTimings& CudaEngine::timings() const { return impl_->timings; }
+int CudaEngine::device() const { return impl_->device; }
+
+int64_t CudaEngine::device_bytes() const {
+  const Impl& m = *impl_;
+  int64_t total = 0;
+  for (const auto& [n, wt] : m.weights) total += static_cast<int64_t>(wt.buf.bytes());
+  for (const auto& p : m.pools) total += static_cast<int64_t>(p.bytes());
+  for (const Scratch* s : {&m.meta_dev, &m.ckv, &m.app_rows, &m.h, &m.x, &m.q, &m.qa, &m.kva, &m.kv_rows, &m.q_abs, &m.q_att, &m.o_part,
+                           &m.lse_part, &m.values, &m.send, &m.recv, &m.o_parts, &m.lse_parts, &m.lse_out, &m.attn,
+                           &m.attn_v, &m.y, &m.gu, &m.act, &m.bf16_in, &m.router, &m.route_w, &m.route_ids,
+                           &m.attn_ws, &m.moe_meta, &m.xe, &m.ye, &m.logits_local, &m.logits_all}) {
+    total += static_cast<int64_t>(s->bytes());
+  }
+  return total;
+}
+
+std::vector<std::string> CudaEngine::expected_weights() const {
+  std::vector<std::string> names;
+  for (const auto& [n, e] : impl_->expected) names.push_back(n);
+  return names;
+}
+
+void CudaEngine::set_weight(const std::string& name, const TensorView& w) {
+  Impl& m = *impl_;
+  check_engine_weight(m.expected, name, w);
+  set_device(m.device);
+  DeviceWeight dst;
+  dst.dtype = w.dtype;
+  dst.shape = w.shape;
+  dst.buf = DeviceBuffer(static_cast<size_t>(std::max<int64_t>(w.nbytes(), 1)));
+  dst.buf.copy_from_host(w.data, static_cast<size_t>(w.nbytes()), m.s());
+  m.weights[name] = std::move(dst);
+}
+
+void CudaEngine::check_weights() const {
+  for (const auto& [n, e] : impl_->expected) {
+    HELIX_CHECK(impl_->weights.count(n), "weight '", n, "' was never set on rank ", impl_->config.rank);
+  }
+}
+
+void CudaEngine::add_sequence(int64_t seq_id) {
+  HELIX_CHECK_ARG(!impl_->meta->has_sequence(seq_id), "sequence ", seq_id, " already exists");
+  impl_->meta->add_sequence(seq_id);
+}
+
+void CudaEngine::free_sequence(int64_t seq_id) {
+  HELIX_CHECK_ARG(impl_->meta->has_sequence(seq_id), "unknown sequence ", seq_id);
+  impl_->meta->free_sequence(seq_id);
+}
+
+int64_t CudaEngine::num_free_blocks() const { return impl_->meta->num_free_blocks(); }
+int64_t CudaEngine::num_kv_blocks() const { return impl_->config.num_kv_blocks; }
+const PagedKVCache& CudaEngine::cache_metadata() const { return *impl_->meta; }
+
+void CudaEngine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
+  Impl& m = *impl_;
+  PagedKVCache& meta = *m.meta;
+  HELIX_CHECK_ARG(meta.has_sequence(seq_id), "unknown sequence ", seq_id);
+  HELIX_CHECK_ARG(meta.positions(seq_id).empty(), "fill_sequence_random: sequence ", seq_id, " is not empty");
+  HELIX_CHECK_ARG(num_tokens >= 0, "argument 'num_tokens' must be >= 0, got ", num_tokens);
+  set_device(m.device);
+  std::vector<int64_t> pos;
+  for (int64_t p = 0; p < num_tokens; ++p) {
+    if (meta.owns(p)) pos.push_back(p);
+  }
+  const auto n = static_cast<int64_t>(pos.size());
+  const int64_t needed = meta.blocks_needed(seq_id, pos.data(), n);
+  if (needed > meta.num_free_blocks()) {
+    throw KVCacheFullError(::helix::detail::concat("KV cache of rank ", m.config.rank, " needs ", needed,
+                                          " more blocks for this fill but has ", meta.num_free_blocks(), " free"));
+  }
+  m.zero_rows.assign(static_cast<size_t>(n * meta.row_bytes()), 0);
+  meta.append(seq_id, pos.data(), n, m.zero_rows.data());
+  if (n == 0) return;
+  const SequenceView v = meta.view(seq_id);
+  const int64_t tpb = meta.tokens_per_block(), D = meta.head_dim();
+  std::vector<int64_t> rows(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) rows[static_cast<size_t>(k)] = v.block_table[k / tpb] * tpb + k % tpb;
+  Upload up;
+  const size_t off = up.add(rows.data(), n);
+  auto* base = up.send(m.meta_dev, m.s());
+  const auto* d_rows = reinterpret_cast<const int64_t*>(base + off);
+  for (int64_t l = 0; l < m.config.num_layers; ++l) {
+    const uint64_t layer_seed = seed + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(l + 1);
+    if (m.config.kv_dtype == DType::Float32) {
+      fill_random_kernel<float><<<blocks_for(n * D), kThreads, 0, m.s()>>>(m.pools[l].as<float>(), d_rows, n, D,
+                                                                            layer_seed, scale);
+    } else {
+      fill_random_kernel<uint16_t><<<blocks_for(n * D), kThreads, 0, m.s()>>>(m.pools[l].as<uint16_t>(), d_rows, n,
+                                                                               D, layer_seed, scale);
+    }
+    HELIX_CUDA_CHECK_LAUNCH("fill_random_kernel");
+  }
+  m.stream.synchronize();
+}
+
+void CudaEngine::Impl::dense_ffn(int64_t l, int64_t T, float* yy) {
+  const int64_t F = config.intermediate_size / config.world(), hid = config.hidden_size;
+  float* g = gu.as<float>(T * 2 * F);
+  float* a = act.as<float>(T * F);
+  linear(x.as<float>(T * hid), T, hid, lw(l, "mlp.gate_up_proj"), 2 * F, g, false);
+  SiluMulParams sp;
+  sp.gate = g;
+  sp.up = g + F;
+  sp.out = a;
+  sp.T = T;
+  sp.I = F;
+  sp.gate_stride = 2 * F;
+  sp.up_stride = 2 * F;
+  sp.dtype = DType::Float32;
+  launch_silu_mul(sp, s());
+  linear(a, T, F, lw(l, "mlp.down_proj"), hid, yy, false);
+}
+
+// Routed experts: the routing comes back to the host (T * top_k ids and weights), tokens are grouped by
+// local expert, and each expert that got tokens runs gate_up -> silu_mul -> down on its rows only.
+void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
+  const EngineConfig& c = config;
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, Fm = c.moe_intermediate_size, hid = c.hidden_size,
+                N = c.world();
+  const float* xx = x.as<float>(T * hid);
+  float* logits = router.as<float>(T * E);
+  linear(xx, T, hid, lw(l, "gate"), E, logits, false);
+  sanitize_kernel<<<blocks_for(T * E), kThreads, 0, s()>>>(logits, T * E, flags.as<int>() + 3 * l + 1);
+  HELIX_CUDA_CHECK_LAUNCH("sanitize_kernel");
+  MoeRouteParams rp;
+  rp.logits = logits;
+  rp.bias = lw(l, "e_score_correction_bias").f32();
+  rp.weights = route_w.as<float>(T * K);
+  rp.ids = route_ids.as<int64_t>(T * K);
+  rp.T = T;
+  rp.E = E;
+  rp.n_group = c.n_group;
+  rp.topk_group = c.topk_group;
+  rp.top_k = K;
+  rp.routed_scaling_factor = c.routed_scaling_factor;
+  rp.norm_topk_prob = c.norm_topk_prob;
+  launch_moe_route(rp, s());
+  std::vector<int64_t> ids(static_cast<size_t>(T * K));
+  std::vector<float> wts(static_cast<size_t>(T * K));
+  HELIX_CUDA_CHECK(cudaMemcpyAsync(ids.data(), rp.ids, ids.size() * 8, cudaMemcpyDeviceToHost, s()));
+  HELIX_CUDA_CHECK(cudaMemcpyAsync(wts.data(), rp.weights, wts.size() * 4, cudaMemcpyDeviceToHost, s()));
+  HELIX_CUDA_CHECK(cudaStreamSynchronize(s()));
+  check_flags(read_flags());  // a flagged step ends here, before any expert runs on garbage
+
+  const int64_t n_local = c.expert_tensor_parallel ? E : E / N;
+  const int64_t Fe = c.expert_tensor_parallel ? Fm / N : Fm;
+  const int64_t first = c.expert_tensor_parallel ? 0 : c.rank * n_local;
+  // Bucket (token, weight) by local expert, in token order (as moe_experts_cpu).
+  std::vector<std::vector<int32_t>> tok(static_cast<size_t>(n_local));
+  std::vector<std::vector<float>> wt(static_cast<size_t>(n_local));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t e = ids[static_cast<size_t>(t * K + k)] - first;
+      if (e < 0 || e >= n_local) continue;
+      tok[e].push_back(static_cast<int32_t>(t));
+      wt[e].push_back(wts[static_cast<size_t>(t * K + k)]);
+    }
+  }
+  HELIX_CUDA_CHECK(cudaMemsetAsync(yy, 0, static_cast<size_t>(T * hid) * 4, s()));
+  Upload up;
+  std::vector<size_t> tok_off(static_cast<size_t>(n_local)), w_off(static_cast<size_t>(n_local));
+  int64_t max_rows = 0;
+  for (int64_t e = 0; e < n_local; ++e) {
+    tok_off[e] = up.add(tok[e].data(), static_cast<int64_t>(tok[e].size()));
+    w_off[e] = up.add(wt[e].data(), static_cast<int64_t>(wt[e].size()));
+    max_rows = std::max<int64_t>(max_rows, static_cast<int64_t>(tok[e].size()));
+  }
+  auto* base = up.send(moe_meta, s());
+  const DeviceWeight& gate_up = lw(l, "experts.gate_up_proj");
+  const DeviceWeight& down = lw(l, "experts.down_proj");
+  float* xr = xe.as<float>(max_rows * hid);
+  float* g = gu.as<float>(std::max<int64_t>(max_rows * 2 * Fe, T * 2 * Fe));
+  float* a = act.as<float>(std::max<int64_t>(max_rows * Fe, T * Fe));
+  float* yr = ye.as<float>(max_rows * hid);
+  SiluMulParams sp;
+  sp.gate_stride = 2 * Fe;
+  sp.up_stride = 2 * Fe;
+  sp.I = Fe;
+  sp.dtype = DType::Float32;
+  for (int64_t e = 0; e < n_local; ++e) {
+    const auto n = static_cast<int64_t>(tok[e].size());
+    if (n == 0) continue;
+    const auto* d_tok = reinterpret_cast<const int32_t*>(base + tok_off[e]);
+    const auto* d_w = reinterpret_cast<const float*>(base + w_off[e]);
+    gather_rows_kernel<float, int32_t><<<blocks_for(n * hid), kThreads, 0, s()>>>(xx, d_tok, xr, n, hid, hid);
+    HELIX_CUDA_CHECK_LAUNCH("gather_rows_kernel");
+    linear(xr, n, hid, gate_up, 2 * Fe, g, false, e * 2 * Fe * hid);
+    sp.gate = g;
+    sp.up = g + Fe;
+    sp.out = a;
+    sp.T = n;
+    launch_silu_mul(sp, s());
+    linear(a, n, Fe, down, hid, yr, false, e * hid * Fe);
+    scatter_add_weighted_kernel<<<blocks_for(n * hid), kThreads, 0, s()>>>(yy, yr, d_tok, d_w, n, hid);
+    HELIX_CUDA_CHECK_LAUNCH("scatter_add_weighted_kernel");
+  }
+  if (c.n_shared_experts > 0) {
+    const int64_t Fs = c.n_shared_experts * Fm / N;
+    float* gs = gu.as<float>(std::max<int64_t>(max_rows * 2 * Fe, T * 2 * Fs));
+    float* as = act.as<float>(std::max<int64_t>(max_rows * Fe, T * Fs));
+    linear(xx, T, hid, lw(l, "shared_experts.gate_up_proj"), 2 * Fs, gs, false);
+    SiluMulParams ss;
+    ss.gate = gs;
+    ss.up = gs + Fs;
+    ss.out = as;
+    ss.T = T;
+    ss.I = Fs;
+    ss.gate_stride = 2 * Fs;
+    ss.up_stride = 2 * Fs;
+    ss.dtype = DType::Float32;
+    launch_silu_mul(ss, s());
+    linear(as, T, Fs, lw(l, "shared_experts.down_proj"), hid, yy, true);
+  }
+}
+
+void CudaEngine::step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
+                      const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits) {
+  check_weights();
+  Impl& m = *impl_;
+  const EngineConfig& c = m.config;
+  PagedKVCache& meta = *m.meta;
+  check_step_inputs(c, meta, tokens, positions, seq_ids, q_seq_index, logit_rows, logits);
+  set_device(m.device);
+  const int64_t T = tokens.dim(0), L = logit_rows.dim(0), B = seq_ids.dim(0);
+  const int64_t hid = c.hidden_size, N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank,
+                P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, D = R + P, Dq = Dn + P,
+                cp = c.cp, cp_rank = c.rank % c.cp, tpb = c.tokens_per_block;
+  const int64_t W = c.wuv_before_exchange ? Dv : R;
+  const int64_t* pos = positions.ptr<int64_t>();
+  const int64_t* sids = seq_ids.ptr<int64_t>();
+  const int64_t* qsi = q_seq_index.ptr<int64_t>();
+  const StreamHandle st = m.s();
+
+  // ---- KV bookkeeping on the host: append the owned positions of every sequence (all layers share the
+  // slots), and find the pool row of each appended token. Capacity was checked above.
+  std::vector<int64_t> app_tok, app_row;
+  {
+    std::vector<std::vector<int64_t>> owned(static_cast<size_t>(B));
+    for (int64_t t = 0; t < T; ++t) {
+      if (meta.owns(pos[t])) owned[static_cast<size_t>(qsi[t])].push_back(t);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& toks = owned[static_cast<size_t>(b)];
+      if (toks.empty()) continue;
+      std::vector<int64_t> p;
+      for (int64_t t : toks) p.push_back(pos[t]);
+      const auto n = static_cast<int64_t>(toks.size());
+      m.zero_rows.assign(static_cast<size_t>(n * meta.row_bytes()), 0);
+      meta.append(sids[b], p.data(), n, m.zero_rows.data());
+      const SequenceView v = meta.view(sids[b]);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = v.num_tokens - n + i;
+        app_tok.push_back(toks[static_cast<size_t>(i)]);
+        app_row.push_back(static_cast<int64_t>(v.block_table[k / tpb]) * tpb + k % tpb);
+      }
+    }
+  }
+  // Block tables and slot positions of the batch, [B, max_blocks] / [B, max_slots].
+  int64_t max_blocks = 1, max_slots = 1, max_num_slots = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const SequenceView v = meta.view(sids[b]);
+    max_slots = std::max(max_slots, v.num_tokens);
+    max_num_slots = std::max(max_num_slots, v.num_tokens);
+    max_blocks = std::max(max_blocks, (v.num_tokens + tpb - 1) / tpb);
+  }
+  std::vector<int32_t> tables(static_cast<size_t>(B * max_blocks), 0);
+  std::vector<int64_t> kv_pos(static_cast<size_t>(B * max_slots), 0), num_slots(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const SequenceView v = meta.view(sids[b]);
+    num_slots[b] = v.num_tokens;
+    std::copy_n(v.block_table, (v.num_tokens + tpb - 1) / tpb, tables.data() + b * max_blocks);
+    std::copy_n(v.positions, v.num_tokens, kv_pos.data() + b * max_slots);
+  }
+  Upload up;
+  const size_t o_tokens = up.add(tokens.ptr<int64_t>(), T), o_pos = up.add(pos, T), o_qsi = up.add(qsi, T),
+               o_rows = up.add(logit_rows.ptr<int64_t>(), L),
+               o_app_tok = up.add(app_tok.data(), static_cast<int64_t>(app_tok.size())),
+               o_app_row = up.add(app_row.data(), static_cast<int64_t>(app_row.size())),
+               o_tables = up.add(tables.data(), B * max_blocks), o_kv_pos = up.add(kv_pos.data(), B * max_slots),
+               o_num_slots = up.add(num_slots.data(), B);
+  const size_t o_freq = up.add(c.rope_inv_freq.data(), static_cast<int64_t>(c.rope_inv_freq.size()));
+
+  m.timer.start(st);
+  unsigned char* base = up.send(m.meta_dev, st);
+  auto i64p = [&](size_t off) { return reinterpret_cast<const int64_t*>(base + off); };
+  const int64_t* d_tokens = i64p(o_tokens);
+  const int64_t* d_pos = i64p(o_pos);
+  const int64_t* d_qsi = i64p(o_qsi);
+  const int64_t* d_rows = i64p(o_rows);
+  const int64_t* d_app_tok = i64p(o_app_tok);
+  const int64_t* d_app_row = i64p(o_app_row);
+  const auto* d_tables = reinterpret_cast<const int32_t*>(base + o_tables);
+  const int64_t* d_kv_pos = i64p(o_kv_pos);
+  const int64_t* d_num_slots = i64p(o_num_slots);
+  const auto* d_freq = reinterpret_cast<const float*>(base + o_freq);
+  const auto n_app = static_cast<int64_t>(app_tok.size());
+  HELIX_CUDA_CHECK(cudaMemsetAsync(m.flags.data(), 0, m.flags.bytes(), st));
+
+  // ---- embedding --------------------------------------------------------------------------------------
+  float* h = m.h.as<float>(T * hid);
+  {
+    const DeviceWeight& table = m.w("embed_tokens");
+    const int64_t Vs = c.vocab_shard(), v0 = c.rank * Vs;
+    if (table.dtype == DType::Float32) {
+      embedding_kernel<float><<<blocks_for(T * hid), kThreads, 0, st>>>(d_tokens, table.buf.as<float>(), h, T, Vs,
+                                                                         hid, v0);
+    } else {
+      embedding_kernel<uint16_t><<<blocks_for(T * hid), kThreads, 0, st>>>(d_tokens, table.buf.as<uint16_t>(), h, T,
+                                                                            Vs, hid, v0);
+    }
+    HELIX_CUDA_CHECK_LAUNCH("embedding_kernel");
+  }
+  m.timer.mark(st, &m.timings.other_s);
+  m.all_reduce(h, T * hid);
+  m.timer.mark(st, &m.timings.allreduce_s);
+
+  float* x = m.x.as<float>(T * hid);
+  float* q = m.q.as<float>(T * Htp * Dq);
+  float* kva = m.kva.as<float>(T * D);
+  float* q_abs = m.q_abs.as<float>(T * Htp * D);
+  float* y = m.y.as<float>(T * hid);
+  float* qa = c.q_lora_rank > 0 ? m.qa.as<float>(T * c.q_lora_rank) : nullptr;
+  const size_t kv_es = dtype_size(c.kv_dtype);
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    // --- attention -------------------------------------------------------------------------------------
+    m.rms_norm(h, m.lw(l, "input_layernorm").f32(), x, T, hid, hid);
+    if (c.q_lora_rank > 0) {
+      m.linear(x, T, hid, m.lw(l, "q_a_proj"), c.q_lora_rank, qa, false);
+      m.rms_norm(qa, m.lw(l, "q_a_layernorm").f32(), qa, T, c.q_lora_rank, c.q_lora_rank);
+      m.linear(qa, T, c.q_lora_rank, m.lw(l, "q_b_proj"), Htp * Dq, q, false);
+    } else {
+      m.linear(x, T, hid, m.lw(l, "q_proj"), Htp * Dq, q, false);
+    }
+    m.linear(x, T, hid, m.lw(l, "kv_a_proj_with_mqa"), D, kva, false);
+    m.timer.mark(st, &m.timings.linear_s);
+    m.rms_norm(kva, m.lw(l, "kv_a_layernorm").f32(), kva, T, R, D);
+    RopeParams rp;
+    rp.positions = d_pos;
+    rp.inv_freq = d_freq;
+    rp.T = T;
+    rp.P = P;
+    rp.attention_factor = c.rope_attention_factor;
+    rp.dtype = DType::Float32;
+    rp.x = q;
+    rp.heads = Htp;
+    rp.width = Dq;
+    rp.offset = Dn;
+    launch_rope(rp, st);
+    rp.x = kva;
+    rp.heads = 1;
+    rp.width = D;
+    rp.offset = R;
+    launch_rope(rp, st);
+    // q_abs[t, h] = [W_UK[h] q_nope[t, h] | q_pe[t, h]]
+    m.head_linear(q, T, Htp * Dq, Dq, m.lw(l, "w_uk"), Htp, R, Dn, q_abs, Htp * D, D, 0);
+    HELIX_CUDA_CHECK(cudaMemcpy2DAsync(q_abs + R, D * 4, q + Dn, Dq * 4, P * 4, T * Htp, cudaMemcpyDeviceToDevice, st));
+    // The cache dtype's copy of the new latent rows, and of q for the kernel.
+    const void* new_kv = kva;
+    const void* q_att = q_abs;
+    if (c.kv_dtype == DType::BFloat16) {
+      auto* kb = m.kv_rows.as<uint16_t>(T * D);
+      to_bf16_kernel<<<blocks_for(T * D), kThreads, 0, st>>>(kva, kb, T * D);
+      HELIX_CUDA_CHECK_LAUNCH("to_bf16_kernel");
+      auto* qb = m.q_att.as<uint16_t>(T * Htp * D);
+      to_bf16_kernel<<<blocks_for(T * Htp * D), kThreads, 0, st>>>(q_abs, qb, T * Htp * D);
+      HELIX_CUDA_CHECK_LAUNCH("to_bf16_kernel");
+      new_kv = kb;
+      q_att = qb;
+    }
+    m.timer.mark(st, &m.timings.other_s);
+
+    // Append this rank's rows: gather them, then kv_append into the layer's pool.
+    if (n_app > 0) {
+      void* rows = m.app_rows.get(static_cast<size_t>(n_app * D) * kv_es);
+      if (c.kv_dtype == DType::BFloat16) {
+        gather_rows_kernel<uint16_t, int64_t><<<blocks_for(n_app * D), kThreads, 0, st>>>(
+            static_cast<const uint16_t*>(new_kv), d_app_tok, static_cast<uint16_t*>(rows), n_app, D, D);
+      } else {
+        gather_rows_kernel<float, int64_t><<<blocks_for(n_app * D), kThreads, 0, st>>>(
+            static_cast<const float*>(new_kv), d_app_tok, static_cast<float*>(rows), n_app, D, D);
+      }
+      HELIX_CUDA_CHECK_LAUNCH("gather_rows_kernel");
+      KvAppendParams ap;
+      ap.pool = m.pools[l].data();
+      ap.rows = rows;
+      ap.dst_rows = d_app_row;
+      ap.n = n_app;
+      ap.row_bytes = D * static_cast<int64_t>(kv_es);
+      launch_kv_append(ap, st);
+    }
+    // Partial attention over the local shard: o_part [T, Htp, R], lse_part [T, Htp].
+    float* o_part = m.o_part.as<float>(T * Htp * R);
+    float* lse_part = m.lse_part.as<float>(T * Htp);
+    {
+      PagedMlaAttentionParams ap;
+      ap.q = q_att;
+      ap.q_pos = d_pos;
+      ap.q_seq = d_qsi;
+      ap.pool = m.pools[l].data();
+      ap.block_tables = d_tables;
+      ap.kv_pos = d_kv_pos;
+      ap.num_slots = d_num_slots;
+      ap.o = o_part;
+      ap.lse = lse_part;
+      ap.T = T;
+      ap.H = Htp;
+      ap.D = D;
+      ap.R = R;
+      ap.B = B;
+      ap.max_blocks = max_blocks;
+      ap.max_slots = max_slots;
+      ap.tokens_per_block = tpb;
+      ap.max_num_slots = max_num_slots;
+      ap.scale = c.softmax_scale;
+      ap.dtype = c.kv_dtype;
+      ap.workspace = m.attn_ws.as<float>(attention_workspace_floats(ap));
+      launch_paged_mla_attention(ap, AttentionKernel::Auto, st);
+    }
+    // Optional W_UV before the exchange (exact: the merge is linear): values [T, Htp, W].
+    const float* values = o_part;
+    if (c.wuv_before_exchange) {
+      float* v = m.values.as<float>(T * Htp * W);
+      m.head_linear(o_part, T, Htp * R, R, m.lw(l, "w_uv"), Htp, Dv, R, v, Htp * W, W, 0);
+      values = v;
+    }
+    m.timer.mark(st, &m.timings.attention_s);
+
+    // Pack, exchange, merge. Block c of the exchange = [T, Hc, W] values of head chunk c, then [T, Hc] lse.
+    const float* merged = values;  // one CP rank: its partial state is the merged one (Hc == Htp)
+    if (cp > 1) {
+      float* merged_out = m.attn.as<float>(T * Hc * W);
+      const int64_t block = T * Hc * (W + 1);
+      float* send = m.send.as<float>(cp * block);
+      float* recv = m.recv.as<float>(cp * block);
+      for (int64_t ch = 0; ch < cp; ++ch) {
+        HELIX_CUDA_CHECK(cudaMemcpy2DAsync(send + ch * block, Hc * W * 4, values + ch * Hc * W, Htp * W * 4, Hc * W * 4,
+                                           T, cudaMemcpyDeviceToDevice, st));
+        HELIX_CUDA_CHECK(cudaMemcpy2DAsync(send + ch * block + T * Hc * W, Hc * 4, lse_part + ch * Hc, Htp * 4, Hc * 4,
+                                           T, cudaMemcpyDeviceToDevice, st));
+      }
+      m.timer.mark(st, &m.timings.attention_s);
+      m.cp_comm->all_to_all(send, recv, static_cast<size_t>(block) * 4);
+      m.timer.mark(st, &m.timings.exchange_s);
+      float* o_parts = m.o_parts.as<float>(cp * T * Hc * W);
+      float* lse_parts = m.lse_parts.as<float>(cp * T * Hc);
+      HELIX_CUDA_CHECK(cudaMemcpy2DAsync(o_parts, T * Hc * W * 4, recv, block * 4, T * Hc * W * 4, cp,
+                                         cudaMemcpyDeviceToDevice, st));
+      HELIX_CUDA_CHECK(cudaMemcpy2DAsync(lse_parts, T * Hc * 4, recv + T * Hc * W, block * 4, T * Hc * 4, cp,
+                                         cudaMemcpyDeviceToDevice, st));
+      MergeStatesParams mp;
+      mp.o_parts = o_parts;
+      mp.lse_parts = lse_parts;
+      mp.o = merged_out;
+      mp.lse = m.lse_out.as<float>(T * Hc);
+      mp.N = cp;
+      mp.M = T * Hc;
+      mp.D = W;
+      launch_merge_states(mp, st);
+      merged = merged_out;
+      m.timer.mark(st, &m.timings.attention_s);
+    }
+    const float* attn_out = merged;  // [T, Hc, Dv] after W_UV
+    if (!c.wuv_before_exchange) {
+      // This rank's chunk is heads [cp_rank * Hc, (cp_rank + 1) * Hc) of its TP rank's W_UV.
+      float* av = m.attn_v.as<float>(T * Hc * Dv);
+      m.head_linear(merged, T, Hc * R, R, m.lw(l, "w_uv"), Hc, Dv, R, av, Hc * Dv, Dv, cp_rank * Hc);
+      attn_out = av;
+      m.timer.mark(st, &m.timings.attention_s);
+    }
+    m.linear(attn_out, T, Hc * Dv, m.lw(l, "o_proj"), hid, y, false);
+    m.timer.mark(st, &m.timings.linear_s);
+    m.all_reduce(y, T * hid);
+    m.timer.mark(st, &m.timings.allreduce_s);
+    m.add_residual(h, y, T * hid, static_cast<int>(3 * l));
+
+    // --- FFN -------------------------------------------------------------------------------------------
+    m.rms_norm(h, m.lw(l, "post_attention_layernorm").f32(), x, T, hid, hid);
+    if (c.is_moe_layer(l)) {
+      m.moe_ffn(l, T, y);
+      m.timer.mark(st, &m.timings.moe_s);
+    } else {
+      m.dense_ffn(l, T, y);
+      m.timer.mark(st, &m.timings.linear_s);
+    }
+    m.all_reduce(y, T * hid);
+    m.timer.mark(st, &m.timings.allreduce_s);
+    m.add_residual(h, y, T * hid, static_cast<int>(3 * l + 2));
+  }
+
+  // --- final norm of the logit rows, vocabulary-sharded lm_head, all-gather ---------------------------------
+  const int64_t Vs = c.vocab_shard();
+  float* xr = m.xe.as<float>(L * hid);
+  gather_rows_kernel<float, int64_t><<<blocks_for(L * hid), kThreads, 0, st>>>(h, d_rows, xr, L, hid, hid);
+  HELIX_CUDA_CHECK_LAUNCH("gather_rows_kernel");
+  m.rms_norm(xr, m.w("norm").f32(), xr, L, hid, hid);
+  float* local = m.logits_local.as<float>(L * Vs);
+  m.linear(xr, L, hid, m.w("lm_head"), Vs, local, false);
+  m.timer.mark(st, &m.timings.linear_s);
+  float* all = local;
+  if (N > 1) {
+    all = m.logits_all.as<float>(N * L * Vs);
+    m.world_comm->all_gather(local, all, static_cast<size_t>(L * Vs) * 4);
+  }
+  std::vector<float> host(static_cast<size_t>(N * L * Vs));
+  HELIX_CUDA_CHECK(cudaMemcpyAsync(host.data(), all, host.size() * 4, cudaMemcpyDeviceToHost, st));
+  m.timer.mark(st, &m.timings.allreduce_s);
+  std::vector<int> flags(static_cast<size_t>(3 * c.num_layers));
+  HELIX_CUDA_CHECK(cudaMemcpyAsync(flags.data(), m.flags.data(), flags.size() * sizeof(int), cudaMemcpyDeviceToHost, st));
+  HELIX_CUDA_CHECK(cudaStreamSynchronize(st));
+  m.timer.collect();
+  m.check_flags(flags);
+  float* out = logits.ptr<float>();
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t v0 = r * Vs, n = std::min(Vs, c.vocab_size - v0);
+    if (n <= 0) continue;
+    for (int64_t i = 0; i < L; ++i) {
+      std::memcpy(out + i * c.vocab_size + v0, host.data() + (r * L + i) * Vs, static_cast<size_t>(n) * 4);
+    }
+  }
+  for (int64_t i = 0; i < L * c.vocab_size; ++i) {
+    HELIX_CHECK(std::isfinite(out[i]), "non-finite logits (NaN or Inf) for row ", i / c.vocab_size, " on rank ", c.rank);
+  }
+  m.timings.steps += 1;
+}
+
+}  // namespace helix::cuda
