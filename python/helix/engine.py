@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from helix.checkpoint import Checkpoint
@@ -93,7 +94,7 @@ class HelixEngine:
 
         ckpt = Checkpoint.open(model_dir, config=cfg)
         ckpt.validate(cfg)
-        store = np.float32 if dtype == "float32" else __import__("ml_dtypes").bfloat16
+        store = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
         names = self._engine.expected_weights()
         items = shard_weights(
             cfg,
@@ -107,12 +108,11 @@ class HelixEngine:
             from tqdm import tqdm
 
             items = tqdm(items, total=len(names), desc="loading weights", unit="tensor", leave=False)
-        matrices = {"embed_tokens", "lm_head"}
         for name, w in items:
-            is_matrix = w.ndim >= 2 and name.split(".")[-1] not in ("gate",)
-            if name in matrices or is_matrix:
+            # Linear weights are stored in `dtype`; norms, the router (gate) and its bias stay float32.
+            if w.ndim >= 2 and not name.endswith(".gate"):
                 w = w.astype(store)
-            self._engine.set_weight(name, np.ascontiguousarray(w, dtype=w.dtype))
+            self._engine.set_weight(name, np.ascontiguousarray(w))
         self._engine.check_weights()
 
     @property
