@@ -186,3 +186,5 @@ def test_incremental_stats_and_on_logits(llm, solo):
         llm.step(on_logits=lambda rid, row: rows.setdefault(rid, []).append(int(np.argmax(row))))
     assert [rows[i] for i in ids] == solo
     assert llm.stats.generated_tokens == 48 and llm.stats.wall_s > 0 and llm.stats.peak_kv_blocks > 0
+    old = llm.reset_stats()
+    assert old.generated_tokens == 48 and llm.stats.generated_tokens == 0 and llm.stats.step_ms == []

@@ -121,8 +121,13 @@ class LLM:
 
     @property
     def stats(self) -> GenerationStats:
-        """Step timings, tokens and peak KV blocks since this LLM was made or the last generate() ended."""
+        """Step timings, tokens and peak KV blocks since this LLM was made, the last reset_stats() or the
+        last generate(). It keeps one timing per step: a long-running loop should reset it now and then."""
         return self.scheduler.stats
+
+    def reset_stats(self) -> GenerationStats:
+        """Returns the statistics so far (see stats) and starts new ones."""
+        return self.scheduler.reset_stats()
 
     def generate(
         self,

@@ -3,7 +3,7 @@ incremental API, as a server loop would, and checks that nothing is lost.
 
 Requests arrive while others run: before every LLM.step a random number of new requests is added with
 LLM.add_request: Poisson arrivals whose rate is redrawn every 16 steps between 0 and 2 * --arrival per
-step (idle spells and steady load), plus, with probability --burst per step, 5-29 requests at once (they
+step (idle spells and steady load), plus, with probability --burst per step, 5-19 requests at once (they
 queue for KV blocks). Now and then (--abort-rate per step) a random unfinished request is aborted.
 Prompt lengths are random, a few longer than one rank's pool allows (refused with a reason);
 max_new_tokens and the sampling settings (greedy or temperature / top-k / top-p, ignore_eos) are random.
@@ -69,8 +69,8 @@ def main() -> int:
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--cp", type=int, default=2)
     ap.add_argument("--requests", type=int, default=300)
-    ap.add_argument("--arrival", type=float, default=0.5, help="mean new requests per step")
-    ap.add_argument("--burst", type=float, default=0.01, help="chance per step of 5-29 requests at once")
+    ap.add_argument("--arrival", type=float, default=0.3, help="mean new requests per step")
+    ap.add_argument("--burst", type=float, default=0.01, help="chance per step of 5-19 requests at once")
     ap.add_argument("--abort-rate", type=float, default=0.02, help="chance per step of aborting one request")
     ap.add_argument("--tokens-per-block", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=256)
@@ -111,7 +111,7 @@ def soak(
     tp: int = 1,
     cp: int = 2,
     requests: int = 300,
-    arrival: float = 0.5,
+    arrival: float = 0.3,
     burst: float = 0.01,
     abort_rate: float = 0.02,
     tokens_per_block: int = 4,
@@ -148,7 +148,7 @@ def soak(
     while submitted < requests or llm.has_unfinished_requests():
         if steps % 16 == 0:
             rate = float(rng.uniform(0, 2 * arrival))
-        arriving = int(rng.poisson(rate)) + (int(rng.integers(5, 30)) if rng.random() < burst else 0)
+        arriving = int(rng.poisson(rate)) + (int(rng.integers(5, 20)) if rng.random() < burst else 0)
         for _ in range(min(arriving, requests - submitted)):
             prompt, params = random_request(rng, max_tokens, vocab)
             joined += sched.num_running > 0  # arrives while others decode
@@ -164,6 +164,9 @@ def soak(
                 done += 1
         outs = llm.step()
         steps += 1
+        if steps % 500 == 0:  # as a server scrapes its metrics: the per-step timings would grow forever
+            scraped = llm.reset_stats()
+            assert len(scraped.step_ms) <= 500 and llm.stats.step_ms == []
         assert eng.num_free_blocks >= sched.free[cp_rank], f"rank {comm.rank}: blocks beyond its reservation"
         max_running = max(max_running, sched.num_running)
         max_waiting = max(max_waiting, sched.num_waiting)
