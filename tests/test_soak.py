@@ -1,5 +1,7 @@
-"""Soak under mpiexec: hundreds of random requests through helix.LLM on cp=2 (2 ranks) and tp2cp2 (4 ranks)
-lose no KV block, finish or are refused with a reason, reproduce greedily, and do not grow resident memory.
+"""Soak under mpiexec: hundreds of random requests arriving one by one through helix.LLM's incremental API
+(add_request between steps, some aborted) on cp=2 (2 ranks) and tp2cp2 (4 ranks) lose no KV block, finish
+or are refused with a reason, decode identically on every rank, reproduce greedily, and do not grow
+resident memory.
 The program and its checks: tests/mpi/soak.py. HELIX_SLOW=1 adds a long variant (5000 requests)."""
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def _soak(
     summary = json.loads(lines[0][5:])
     print(f"soak n={n}: {summary}")
     assert summary["requests"] == requests
-    assert summary["refused"] > 0 and summary["completed"] > 0  # both paths were taken
+    assert summary["refused"] > 0 and summary["completed"] > 0 and summary["aborted"] > 0  # every path taken
+    assert summary["joined_running_batch"] > requests // 4  # requests really arrived while others ran
+    assert summary["idle_points"] > 0 and summary["max_waiting"] > 0  # the queue both drained and built up
     assert summary["greedy_replayed"] > 0
     return summary
 

@@ -28,8 +28,9 @@ def soak_model(tmp_path_factory):
 
 def test_soak_single_process(soak_model):
     summary = soak(
-        self_communicator(), str(soak_model), tp=1, cp=1, requests=150, wave=25, max_tokens=128,
+        self_communicator(), str(soak_model), tp=1, cp=1, requests=150, arrival=0.15, max_tokens=128,
         rss_bound_mib=1e9 if SANITIZED else 4.0, max_replay=40,
     )  # fmt: skip
     print(f"soak single process: {summary}")
     assert summary["requests"] == 150 and summary["refused"] > 0 and summary["completed"] > 0
+    assert summary["aborted"] > 0 and summary["joined_running_batch"] > 0

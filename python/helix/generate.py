@@ -1,7 +1,9 @@
 """The decode loop: continuous batching of requests over the Helix engine, and sampling.
 
-Every rank runs this loop on the same inputs and sees the same logits (the engine gathers them), so
-every scheduling and sampling decision is identical across ranks without extra communication.
+The scheduler is incremental: ``add`` queues a request, ``step`` admits waiting requests and runs one engine
+step over the running ones, ``abort`` drops one. Every rank makes the same calls in the same order and
+sees the same logits (the engine gathers them), so every scheduling and sampling decision is identical
+across ranks without extra communication.
 KV blocks are reserved per CP rank for a request's whole length (prompt + max_new_tokens) when it is
 admitted: a running request never runs out of KV blocks; one that can never fit is refused with a reason.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,11 +42,18 @@ class SamplingParams:
 
 @dataclass
 class RequestOutput:
+    """One request's result, updated in place as it decodes (the same object at every step)."""
+
     prompt_token_ids: list[int]
     token_ids: list[int] = field(default_factory=list)
-    text: str | None = None
-    finish_reason: str | None = None  # "eos", "length" or "refused"
+    text: str | None = None  # the decoded tokens, set when the request finishes (with a tokenizer.json)
+    finish_reason: str | None = None  # None while running; "eos", "length", "refused" or "aborted"
     error: str | None = None  # why a request was refused
+    request_id: int = -1
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
 
 
 @dataclass
@@ -51,7 +61,7 @@ class GenerationStats:
     step_ms: list[float] = field(default_factory=list)  # wall time of every engine step
     decode_step_ms: list[float] = field(default_factory=list)  # steps that only decoded (token-to-token)
     generated_tokens: int = 0
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # time spent in Scheduler.step (scheduling, engine step, sampling)
     peak_kv_blocks: int = 0  # most KV blocks (per layer) this rank held at once
 
     @property
@@ -101,15 +111,14 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     return int(order[_draw(p, rng)])
 
 
-@dataclass
+@dataclass(eq=False)  # identity: requests are found in the queues by object
 class _Request:
-    index: int
-    seq_id: int
     prompt: list[int]
     params: SamplingParams
     rng: np.random.Generator
     output: RequestOutput
     reserved: list[int]  # blocks reserved on each CP rank
+    seq_id: int = -1  # the engine's sequence id once admitted
     computed: int = 0  # tokens whose KV is in the cache
 
     @property
@@ -124,93 +133,155 @@ def blocks_per_cp_rank(num_tokens: int, tokens_per_block: int, cp: int) -> list[
 
 
 class Scheduler:
-    """Runs requests to completion on an engine (see helix.engine.HelixEngine)."""
+    """Continuous batching of requests on an engine (see helix.engine.HelixEngine).
+
+    Requests are admitted in arrival order as soon as every CP rank has room for the whole request;
+    prompts are prefilled in chunks within max_batch_tokens per step, alongside the decoding requests.
+    Under MPI every rank must call add / step / abort identically (same arguments, same order): the
+    decisions are then the same everywhere without communication.
+    """
 
     def __init__(self, engine, eos_token_ids: tuple[int, ...], max_batch_tokens: int = 512) -> None:
         self.engine = engine
         self.eos = set(eos_token_ids)
         self.max_batch_tokens = max_batch_tokens
         self.free = [engine.num_kv_blocks] * engine.cp  # unreserved blocks per CP rank
+        self.stats = GenerationStats()  # since construction or the last reset_stats()
+        self._waiting: deque[_Request] = deque()
+        self._running: list[_Request] = []
+        self._live: dict[int, _Request] = {}  # waiting and running requests by id
+        self._refused: list[RequestOutput] = []  # refused at add, reported by the next step
+        self._next_id = 0
         self._next_seq = 0
 
-    def run(
-        self, prompts: list[list[int]], params: list[SamplingParams], seeds: list[int], on_logits=None
-    ) -> tuple[list[RequestOutput], GenerationStats]:
-        eng, tpb, cp = self.engine, self.engine.tokens_per_block, self.engine.cp
-        waiting: deque[_Request] = deque()
-        outputs: list[RequestOutput] = []
-        for i, (prompt, p, seed) in enumerate(zip(prompts, params, seeds, strict=False)):
-            out = RequestOutput(prompt_token_ids=list(prompt))
-            outputs.append(out)
-            need = blocks_per_cp_rank(len(prompt) + p.max_new_tokens, tpb, cp)
-            if not prompt:
-                out.finish_reason, out.error = "refused", "empty prompt"
-            elif any(n > eng.num_kv_blocks for n in need):
-                out.finish_reason = "refused"
-                out.error = (
-                    f"request {i} needs {max(need)} KV blocks on one CP rank for {len(prompt)} prompt + "
-                    f"{p.max_new_tokens} new tokens, but each rank's pool has {eng.num_kv_blocks} blocks of "
-                    f"{tpb} tokens (raise kv_cache_config.max_tokens or the CP size)"
-                )
-            else:
-                waiting.append(_Request(i, -1, list(prompt), p, np.random.default_rng(seed), out, need))
-        running: list[_Request] = []
-        stats = GenerationStats()
-        start = time.perf_counter()
-        while waiting or running:
-            # Admit in arrival order while every CP rank has room for the whole request.
-            while waiting and all(n <= f for n, f in zip(waiting[0].reserved, self.free, strict=False)):
-                req = waiting.popleft()
-                self.free = [f - n for f, n in zip(self.free, req.reserved, strict=False)]
-                req.seq_id = self._next_seq
-                self._next_seq += 1
-                eng.add_sequence(req.seq_id)
-                running.append(req)
-            # One step: a prompt chunk or the next token of every running request, within the token budget.
-            tokens, positions, q_index, logit_rows, owners = [], [], [], [], []
-            budget = self.max_batch_tokens
-            batch = []
-            for req in running:
-                todo = req.tokens[req.computed :]
-                n = min(len(todo), budget) if req.computed < len(req.prompt) else 1
-                if n <= 0:
-                    continue
-                b = len(batch)
-                batch.append(req)
-                tokens += todo[:n]
-                positions += range(req.computed, req.computed + n)
-                q_index += [b] * n
-                if req.computed + n == len(req.tokens):
-                    logit_rows.append(len(tokens) - 1)
-                    owners.append(req)
-                budget -= n
-                req.computed += n
-            t0 = time.perf_counter()
-            logits = eng.step(
-                np.asarray(tokens, np.int64),
-                np.asarray(positions, np.int64),
-                np.asarray([r.seq_id for r in batch], np.int64),
-                np.asarray(q_index, np.int64),
-                np.asarray(logit_rows, np.int64),
+    def add(self, prompt: list[int], params: SamplingParams, seed: int) -> int:
+        """Queues a request; returns its id. One that can never fit (or is empty) is refused: its output,
+        finish_reason "refused" with the reason in error, comes out of the next step()."""
+        eng, tpb = self.engine, self.engine.tokens_per_block
+        rid = self._next_id
+        self._next_id += 1
+        out = RequestOutput(prompt_token_ids=list(prompt), request_id=rid)
+        need = blocks_per_cp_rank(len(prompt) + params.max_new_tokens, tpb, eng.cp)
+        if not prompt:
+            out.finish_reason, out.error = "refused", "empty prompt"
+        elif any(n > eng.num_kv_blocks for n in need):
+            out.finish_reason = "refused"
+            out.error = (
+                f"request {rid} needs {max(need)} KV blocks on one CP rank for {len(prompt)} prompt + "
+                f"{params.max_new_tokens} new tokens, but each rank's pool has {eng.num_kv_blocks} blocks "
+                f"of {tpb} tokens (raise kv_cache_config.max_tokens or the CP size)"
             )
-            dt = (time.perf_counter() - t0) * 1e3
-            stats.step_ms.append(dt)
-            stats.peak_kv_blocks = max(stats.peak_kv_blocks, eng.num_kv_blocks - eng.num_free_blocks)
-            if len(tokens) == len(batch) and all(r.computed > len(r.prompt) for r in batch):
-                stats.decode_step_ms.append(dt)
-            for row, req in zip(logits, owners, strict=False):
-                if on_logits is not None:
-                    on_logits(req.index, row)
-                tok = sample(row, req.params, req.rng)
-                req.output.token_ids.append(tok)
-                stats.generated_tokens += 1
-                if tok in self.eos and not req.params.ignore_eos:
-                    req.output.finish_reason = "eos"
-                elif len(req.output.token_ids) >= req.params.max_new_tokens:
-                    req.output.finish_reason = "length"
-            for req in [r for r in running if r.output.finish_reason]:
-                running.remove(req)
-                eng.free_sequence(req.seq_id)
-                self.free = [f + n for f, n in zip(self.free, req.reserved, strict=False)]
-        stats.wall_s = time.perf_counter() - start
-        return outputs, stats
+        if out.finished:
+            self._refused.append(out)
+        else:
+            req = _Request(list(prompt), params, np.random.default_rng(seed), out, need)
+            self._waiting.append(req)
+            self._live[rid] = req
+        return rid
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def has_unfinished(self) -> bool:
+        """Whether a request is waiting, running, or refused and not yet reported by step()."""
+        return bool(self._live or self._refused)
+
+    def abort(self, request_id: int) -> RequestOutput | None:
+        """Drops a waiting or running request and frees its KV blocks; returns its output (finish_reason
+        "aborted", the tokens so far), or None when it had already finished. It is not reported by step()."""
+        if not 0 <= request_id < self._next_id:
+            raise KeyError(f"no request {request_id} was added")
+        req = self._live.pop(request_id, None)
+        if req is None:
+            return None
+        if req in self._waiting:
+            self._waiting.remove(req)
+        else:
+            self._retire(req)
+        req.output.finish_reason = "aborted"
+        return req.output
+
+    def reset_stats(self) -> GenerationStats:
+        """Starts new statistics; returns the previous ones."""
+        old, self.stats = self.stats, GenerationStats()
+        return old
+
+    def step(self, on_logits: Callable[[int, np.ndarray], None] | None = None) -> list[RequestOutput]:
+        """Admits waiting requests while blocks allow, then runs one engine step: a prompt chunk or the next
+        token of every running request. Returns the output of every request that changed: a new token
+        (output.finished tells whether it was the last) or refused since the last step; [] when there was
+        nothing to do. on_logits(request_id, logits[vocab]) is called before every token is sampled."""
+        changed, self._refused = self._refused, []
+        t_start = time.perf_counter()
+        eng, stats = self.engine, self.stats
+        while self._waiting and self._fits(self._waiting[0]):
+            req = self._waiting.popleft()
+            self.free = [f - n for f, n in zip(self.free, req.reserved, strict=True)]
+            req.seq_id = self._next_seq
+            self._next_seq += 1
+            eng.add_sequence(req.seq_id)
+            self._running.append(req)
+        if not self._running:
+            return changed
+        tokens, positions, q_index, logit_rows, owners = [], [], [], [], []
+        budget = self.max_batch_tokens
+        batch = []
+        for req in self._running:
+            todo = req.tokens[req.computed :]
+            n = min(len(todo), budget) if req.computed < len(req.prompt) else 1
+            if n <= 0:
+                continue
+            b = len(batch)
+            batch.append(req)
+            tokens += todo[:n]
+            positions += range(req.computed, req.computed + n)
+            q_index += [b] * n
+            if req.computed + n == len(req.tokens):
+                logit_rows.append(len(tokens) - 1)
+                owners.append(req)
+            budget -= n
+            req.computed += n
+        t0 = time.perf_counter()
+        logits = eng.step(
+            np.asarray(tokens, np.int64),
+            np.asarray(positions, np.int64),
+            np.asarray([r.seq_id for r in batch], np.int64),
+            np.asarray(q_index, np.int64),
+            np.asarray(logit_rows, np.int64),
+        )
+        dt = (time.perf_counter() - t0) * 1e3
+        stats.step_ms.append(dt)
+        stats.peak_kv_blocks = max(stats.peak_kv_blocks, eng.num_kv_blocks - eng.num_free_blocks)
+        if len(tokens) == len(batch) and all(r.computed > len(r.prompt) for r in batch):
+            stats.decode_step_ms.append(dt)
+        for row, req in zip(logits, owners, strict=True):
+            out = req.output
+            if on_logits is not None:
+                on_logits(out.request_id, row)
+            tok = sample(row, req.params, req.rng)
+            out.token_ids.append(tok)
+            stats.generated_tokens += 1
+            if tok in self.eos and not req.params.ignore_eos:
+                out.finish_reason = "eos"
+            elif len(out.token_ids) >= req.params.max_new_tokens:
+                out.finish_reason = "length"
+            changed.append(out)
+        for req in [r for r in self._running if r.output.finished]:
+            del self._live[req.output.request_id]
+            self._retire(req)
+        stats.wall_s += time.perf_counter() - t_start
+        return changed
+
+    def _fits(self, req: _Request) -> bool:
+        return all(n <= f for n, f in zip(req.reserved, self.free, strict=True))
+
+    def _retire(self, req: _Request) -> None:
+        """Takes a running request off the batch and returns its sequence and reserved blocks."""
+        self._running.remove(req)
+        self.engine.free_sequence(req.seq_id)
+        self.free = [f + n for f, n in zip(self.free, req.reserved, strict=True)]

@@ -1,4 +1,5 @@
-"""The Python API: ``helix.LLM(model_dir, parallel_config).generate(prompts, helix.SamplingParams(...))``."""
+"""The Python API: ``helix.LLM(model_dir, parallel_config).generate(prompts, helix.SamplingParams(...))``,
+or request by request: ``add_request`` / ``step`` / ``has_unfinished_requests`` / ``abort_request``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,19 @@ Prompt = str | Sequence[int]
 
 
 class LLM:
-    """A DeepSeek-V3-architecture model decoded with Helix parallelism across this job's ranks."""
+    """A DeepSeek-V3-architecture model decoded with Helix parallelism across this job's ranks.
+
+    Two ways to decode, one code path: ``generate`` takes a batch and returns when it is done; the
+    incremental API takes requests as they arrive, as a server loop would::
+
+        rid = llm.add_request(prompt, params)       # queued; admitted when KV blocks allow
+        while llm.has_unfinished_requests():
+            for out in llm.step():                   # one engine step over the running requests
+                ...                                  # out.token_ids so far; out.finished when done
+
+    Under MPI, add_request, step, abort_request and generate are collective: every rank must make the same
+    calls with the same arguments in the same order (the scheduler then decides identically everywhere).
+    """
 
     def __init__(
         self,
@@ -74,6 +87,48 @@ class LLM:
             raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
         return ids
 
+    def add_request(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> int:
+        """Queues one request (text or token ids); returns its id. Invalid input raises ValueError here; a
+        request that can never fit the KV pool is refused: the next step() returns its output with
+        finish_reason "refused" and the reason in error. Collective under MPI (a seed is broadcast from
+        rank 0 when sampling_params.seed is None)."""
+        return self._add(self.encode(prompt), self._check_params(sampling_params))
+
+    def step(self, on_logits: Callable[[int, np.ndarray], None] | None = None) -> list[RequestOutput]:
+        """Admits waiting requests as KV blocks free and runs one engine step over the running ones.
+
+        Returns the output of every request that changed in this step: a new token (its token_ids so far;
+        finished when it was the last one, finish_reason "eos" or "length") or refused since the last step.
+        Each request keeps one RequestOutput object, updated in place. [] when there is nothing to do.
+        on_logits(request_id, logits[vocab]) is called for every sampled token. Collective under MPI.
+        """
+        outputs = self.scheduler.step(on_logits)
+        if self.tokenizer is not None:
+            for out in outputs:
+                if out.finished:
+                    out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        return outputs
+
+    def has_unfinished_requests(self) -> bool:
+        """Whether a request is waiting, running, or refused and not yet returned by step()."""
+        return self.scheduler.has_unfinished()
+
+    def abort_request(self, request_id: int) -> RequestOutput | None:
+        """Drops a waiting or running request and frees its KV blocks. Returns its output (finish_reason
+        "aborted", the tokens so far), or None when it had already finished; KeyError for an id that was
+        never returned by add_request. Collective under MPI."""
+        return self.scheduler.abort(request_id)
+
+    @property
+    def stats(self) -> GenerationStats:
+        """Step timings, tokens and peak KV blocks since this LLM was made, the last reset_stats() or the
+        last generate(). It keeps one timing per step: a long-running loop should reset it now and then."""
+        return self.scheduler.stats
+
+    def reset_stats(self) -> GenerationStats:
+        """Returns the statistics so far (see stats) and starts new ones."""
+        return self.scheduler.reset_stats()
+
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
@@ -81,29 +136,56 @@ class LLM:
         *,
         on_logits: Callable[[int, np.ndarray], None] | None = None,
     ) -> list[RequestOutput]:
-        """Decodes every prompt; returns one RequestOutput per prompt, in order.
+        """Decodes every prompt; returns one RequestOutput per prompt, in order (add_request for each, then
+        step until they are done). Statistics of the call: last_stats.
 
-        on_logits(request_index, logits[vocab]) is called for every sampled token.
+        on_logits(request_index, logits[vocab]) is called for every sampled token. Requests added with
+        add_request must be finished or aborted first.
         """
+        if self.has_unfinished_requests():
+            raise RuntimeError(
+                "generate() needs the scheduler to itself: requests added with add_request are unfinished "
+                "(step() until has_unfinished_requests() is False, or abort_request them)"
+            )
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         ids = [self.encode(p) for p in prompts]
-        if sampling_params is None:
-            sampling_params = SamplingParams()
-        params = (
-            list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(ids)
-        )
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params = [self._check_params(sampling_params)] * len(ids)
+        else:
+            params = [self._check_params(p) for p in sampling_params]
         if len(params) != len(ids):
             raise ValueError(f"{len(params)} sampling params for {len(ids)} prompts")
-        seeds = [p.seed if p.seed is not None else self._shared_seed() + i for i, p in enumerate(params)]
-        outputs, self.last_stats = self.scheduler.run(ids, params, seeds, on_logits)
-        if self.tokenizer is not None:
-            for out in outputs:
-                out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
-        return outputs
+        self.scheduler.reset_stats()
+        index = {self._add(i, p): n for n, (i, p) in enumerate(zip(ids, params, strict=True))}
+        callback = None if on_logits is None else (lambda rid, row: on_logits(index[rid], row))
+        outputs: list[RequestOutput | None] = [None] * len(ids)
+        try:
+            while self.has_unfinished_requests():
+                for out in self.step(callback):
+                    if out.finished:
+                        outputs[index[out.request_id]] = out
+        except BaseException:
+            for rid in index:  # leave no request holding KV blocks behind
+                self.abort_request(rid)
+            raise
+        self.last_stats = self.scheduler.reset_stats()
+        return outputs  # type: ignore[return-value]  # every request finished
+
+    def _check_params(self, sampling_params: SamplingParams | None) -> SamplingParams:
+        if sampling_params is None:
+            return SamplingParams()
+        if not isinstance(sampling_params, SamplingParams):
+            raise TypeError(f"expected helix.SamplingParams, got {type(sampling_params).__name__}")
+        return sampling_params
+
+    def _add(self, ids: list[int], params: SamplingParams) -> int:
+        seed = params.seed if params.seed is not None else self._shared_seed()
+        return self.scheduler.add(ids, params, seed)
 
     def _shared_seed(self) -> int:
-        """A random seed chosen by rank 0 and shared, so that every rank samples the same tokens."""
+        """A random seed chosen by rank 0 and broadcast, so that every rank samples the same tokens.
+        A collective: every rank calls it at the same point (add_request), or the job deadlocks."""
         seed = np.array([np.random.SeedSequence().entropy % (2**62)], np.int64)
         comm = self.engine.comm
         return int(comm.broadcast(seed, 0)[0]) if comm.size > 1 else int(seed[0])
