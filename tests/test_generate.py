@@ -222,17 +222,6 @@ def test_python_api(model):
     assert single[0].token_ids == out[0].token_ids
 
 
-def test_decode_step_latency(llm):
-    """Performance sanity: a decode step of the tiny model (4 layers, hidden 256, batch 1, one rank) takes
-    ~0.6 ms median on the idle 2-core dev machine. The fastest of 31 steps is asserted (< 5 ms): the median
-    swings with other load on shared cores (OpenMP threads waiting for a descheduled sibling)."""
-    llm.generate([PROMPTS[0]], SamplingParams(max_new_tokens=32, ignore_eos=True))
-    steps = np.asarray(llm.last_stats.decode_step_ms)
-    median, best = float(np.median(steps)), float(steps.min())
-    print(f"tiny model decode step (1 rank, batch 1): median {median:.2f} ms, best {best:.2f} ms")
-    assert steps.min() < 5.0
-
-
 # ---- tokenizer ------------------------------------------------------------------------------------------
 
 
