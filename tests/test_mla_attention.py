@@ -17,7 +17,7 @@ BF16 = ml_dtypes.bfloat16
 
 def available_paths() -> list[str]:
     paths = ["auto", "portable"]
-    for path in ("avx512", "avx512_bf16"):
+    for path in ("avx512", "avx512_bf16", "amx"):
         try:
             ops.set_kernel_path(path)
             paths.append(path)
@@ -29,6 +29,7 @@ def available_paths() -> list[str]:
 
 
 PATHS = available_paths()
+needs_amx = pytest.mark.skipif("amx" not in PATHS, reason="no AMX-BF16 on this CPU (or the OS refused the tiles)")
 
 
 @pytest.fixture(params=PATHS)
@@ -136,6 +137,63 @@ def test_paths_agree():
     for o, lse in results.values():
         np.testing.assert_allclose(o, results["portable"][0], **tol("mla_attention", "float32"))
         np.testing.assert_allclose(lse, results["portable"][1], **tol("mla_attention", "float32"))
+
+
+@needs_amx
+@pytest.mark.parametrize("shape", SHAPES + [(2, 128, 576, 512, 1000), (1, 40, 64, 48, 333)])
+def test_amx_agrees_with_the_avx512_paths(shape):
+    """bf16 keys: AMX against the widened-f32 AVX-512 path and the AVX-512 BF16 path (bf16 tolerance: both
+    bf16 paths round the weights, relative to running maxima that differ with their key tiles)."""
+    T, H, D, R, S = shape
+    rng = np.random.default_rng([*shape, 8])
+    q, kv, q_pos, kv_pos = make_inputs(rng, T, H, D, S, np.float32, BF16, shuffle=True)
+    results = {}
+    for path in ("amx", "avx512", "avx512_bf16"):
+        if path not in PATHS:
+            continue
+        ops.set_kernel_path(path)
+        try:
+            results[path] = ops.mla_attention(q, kv, q_pos, kv_pos, D**-0.5, R)
+        finally:
+            ops.set_kernel_path("auto")
+    o, lse = results["amx"]
+    assert not np.isnan(o).any() and not np.isnan(lse).any()
+    for path in ("avx512", "avx512_bf16"):
+        if path in results:
+            np.testing.assert_allclose(o, results[path][0], **tol("mla_attention", "bfloat16"))
+            np.testing.assert_allclose(lse, results[path][1], **tol("mla_attention", "bfloat16"))
+
+
+@needs_amx
+def test_amx_auto_choice_and_float32_keys():
+    """Auto picks AMX for bf16 keys where it is available; float32 keys stay exact (the f32 FMA kernels)."""
+    ops.set_kernel_path("amx")
+    try:
+        assert ops.kernel_path() == "amx"
+        rng = np.random.default_rng(9)
+        q, kv, q_pos, kv_pos = make_inputs(rng, 2, 64, 96, 300, shuffle=True)
+        o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 64)
+    finally:
+        ops.set_kernel_path("auto")
+    check(o, lse, q, kv, q_pos, kv_pos, 0.1, 64, "float32")
+    assert ops.kernel_path() == "amx"
+
+
+@needs_amx
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_amx_key_splits_merge_exactly(threads):
+    """More threads than row blocks: the keys are split and the row-major AMX partials merged."""
+    rng = np.random.default_rng(threads)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 1, 128, 576, 1100, BF16, BF16, shuffle=True)
+    before = ops.num_threads()
+    ops.set_kernel_path("amx")
+    try:
+        ops.set_num_threads(threads)
+        o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 576**-0.5, 512)
+    finally:
+        ops.set_num_threads(before)
+        ops.set_kernel_path("auto")
+    check(o, lse, q, kv, q_pos, kv_pos, 576**-0.5, 512, "bfloat16")
 
 
 def test_threads_do_not_change_the_result():

@@ -43,10 +43,13 @@ void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& ca
 //   Portable:   plain C++ (compiler-vectorized for the baseline ISA); runs anywhere.
 //   Avx512:     AVX-512F float32 FMA micro-kernels; bfloat16 keys are widened to float32 per tile.
 //   Avx512Bf16: as Avx512, but bfloat16 keys use AVX-512 BF16 dot products (q and P rounded to bf16).
-// Auto: Avx512Bf16 on AMD CPUs with AVX512_BF16 (full-rate VDPBF16PS, e.g. Zen 4/5), Avx512 on other
-// AVX-512 CPUs (on Intel Xeons VDPBF16PS runs at about 0.6x the FMA instruction rate here, so widening is
+//   Amx:        as Avx512, but bfloat16 keys use AMX-BF16 tile products (q and P rounded to bf16, float32
+//               accumulation); float32 keys stay on the exact widened-f32 FMA kernels.
+// Auto: Amx where the CPU has AMX-BF16 and the OS grants the tile-data permission (Sapphire/Emerald Rapids
+// and later), else Avx512Bf16 on AMD CPUs with AVX512_BF16 (full-rate VDPBF16PS, e.g. Zen 4/5), Avx512 on
+// other AVX-512 CPUs (on Intel Xeons VDPBF16PS runs at about 0.6x the FMA instruction rate, so widening is
 // faster), else Portable. Tests force each path to compare them; forcing one the CPU lacks throws Error.
-enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16 };
+enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16, Amx };
 void set_mla_kernel_path(MlaKernelPath path);
 // The path Auto resolves to on this CPU, or the forced one.
 MlaKernelPath mla_kernel_path();
