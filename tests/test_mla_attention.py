@@ -140,7 +140,11 @@ def test_paths_agree():
 
 
 @needs_amx
-@pytest.mark.parametrize("shape", SHAPES + [(2, 128, 576, 512, 1000), (1, 40, 64, 48, 333)])
+@pytest.mark.parametrize(
+    "shape",
+    # + the AMX key tile (256 keys) exactly, one past it, and several tiles (in-place loads at D = 576, 64)
+    SHAPES + [(1, 16, 64, 64, 256), (2, 16, 64, 48, 257), (2, 128, 576, 512, 1000), (1, 40, 64, 48, 333)],
+)
 def test_amx_agrees_with_the_avx512_paths(shape):
     """bf16 keys: AMX against the widened-f32 AVX-512 path and the AVX-512 BF16 path (bf16 tolerance: both
     bf16 paths round the weights, relative to running maxima that differ with their key tiles)."""

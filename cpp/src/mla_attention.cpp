@@ -103,7 +103,7 @@ class AlignedBuffer {
 
 struct Workspace {
   AlignedBuffer qpack, scores, out, state, p_pairs, v_pairs, extra, qpos, wide;
-  std::vector<const void*> qrows, keys;
+  std::vector<const void*> qrows, keys, next_keys;
 };
 
 Workspace& thread_workspace() {
@@ -122,7 +122,8 @@ struct Job {
   const TileOps& ops;
   DType kv_dtype;
   int64_t nblocks, nsplit, Mp_max;
-  // nsplit > 1: [nblocks * nsplit][R*Mp_max + 2*Mp_max]: OT [R][Mp] or O [Mp][R] (ops.o_layout; Mp: the
+  int64_t ldo;  // OT [R][Mp]: R; O [Mp][ldo]: detail::o_row_stride(R)
+  // nsplit > 1: [nblocks * nsplit][ldo*Mp_max + 2*Mp_max]: OT [R][Mp] or O [Mp][ldo] (ops.o_layout; Mp: the
   // block's own), m_run, l_run
   float* partials;
 
@@ -133,11 +134,11 @@ struct Job {
   // Index of flat row f in the [T, H] outputs.
   int64_t out_row(int64_t f) const { return token(f) * p.H + f % p.H; }
   int64_t rows_in_block(int64_t b) const { return std::min(kRowBlock, num_tokens * p.H - b * kRowBlock); }
-  int64_t partial_stride() const { return p.R * Mp_max + 2 * Mp_max; }
+  int64_t partial_stride() const { return ldo * Mp_max + 2 * Mp_max; }
   int64_t num_key_tiles() const { return (keys.S + ops.key_tile - 1) / ops.key_tile; }
 };
 
-// One partial state of a row block: OT [R][Mp] or O [Mp][R], m_run [Mp] (log2 domain), l_run [Mp].
+// One partial state of a row block: OT [R][Mp] or O [Mp][ldo], m_run [Mp] (log2 domain), l_run [Mp].
 struct Partial {
   const float* OT;
   const float* m_run;
@@ -180,7 +181,7 @@ void finalize_rows(const Job& job, int64_t b, const Partial* parts, int64_t np, 
         for (int64_t k = 0; k < np; ++k) {
           const float w = weights[k * kChunk + i];
           if (w == 0.f) continue;
-          const float* src = parts[k].OT + (m0 + i) * R;
+          const float* src = parts[k].OT + (m0 + i) * job.ldo;
           for (int64_t r = 0; r < R; ++r) dst[r] += src[r] * w;
         }
       }
@@ -222,10 +223,10 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
   if (job.nsplit > 1) {
     float* slot = job.partials + (b * job.nsplit + split) * job.partial_stride();
     OT = slot;
-    m_run = slot + p.R * job.Mp_max;
+    m_run = slot + job.ldo * job.Mp_max;
     l_run = m_run + job.Mp_max;
   } else {
-    OT = ws.out.get<float>(p.R * Mp);
+    OT = ws.out.get<float>(job.ldo * Mp);
     m_run = state + Mp;
     l_run = state + 2 * Mp;
   }
@@ -251,10 +252,13 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
   ops.pack_q(ws.qrows.data(), M, Mp, p.D, p.q_dtype, qpack);
   std::fill(m_run, m_run + Mp, kNegInf);
   std::fill(l_run, l_run + Mp, 0.f);
-  std::fill(OT, OT + p.R * Mp, 0.f);
+  std::fill(OT, OT + job.ldo * Mp, 0.f);
 
   const float c = p.scale * detail::kLog2e;
   ws.keys.resize(static_cast<size_t>(key_tile));
+  ws.next_keys.resize(static_cast<size_t>(key_tile));
+  scratch.next_rows = ws.next_keys.data();
+  scratch.next_row_bytes = src.row_bytes;
   for (int64_t s0 = k_begin; s0 < k_end; s0 += key_tile) {
     const int64_t nt = std::min(key_tile, k_end - s0);
     int64_t k_min = std::numeric_limits<int64_t>::max(), k_max = std::numeric_limits<int64_t>::min();
@@ -264,6 +268,11 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
     }
     if (k_min > q_max) continue;  // no query of this block sees any key of the tile
     for (int64_t n = 0; n < nt; ++n) ws.keys[n] = src.row(s0 + n);
+    if (ops.o_layout == OLayout::RowMajor) {  // the AMX kernels prefetch the next tile's keys into L2
+      const int64_t next_nt = std::clamp<int64_t>(k_end - s0 - nt, 0, key_tile);
+      for (int64_t n = 0; n < next_nt; ++n) ws.next_keys[n] = src.row(s0 + nt + n);
+      scratch.next_count = next_nt;
+    }
     if (widen) {
       widen_tile(ws.keys.data(), nt, p.D, wide);
       for (int64_t n = 0; n < nt; ++n) ws.keys[n] = wide + n * p.D;
@@ -283,7 +292,7 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
       if (ops.o_layout == OLayout::RowMajor) {  // only the rows whose running max moved
         for (int64_t m = 0; m < Mp; ++m) {
           if (alpha[m] == 1.f) continue;
-          float* o = OT + m * p.R;
+          float* o = OT + m * job.ldo;
           const float a = alpha[m];
           for (int64_t r = 0; r < p.R; ++r) o[r] *= a;
         }
@@ -319,7 +328,8 @@ void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t n
   const int64_t ntiles = (src.S + ops.key_tile - 1) / ops.key_tile;
   const int64_t nsplit = std::clamp<int64_t>((nthreads + nblocks - 1) / nblocks, 1, std::clamp<int64_t>(ntiles, 1, kMaxSplit));
   const int64_t Mp_max = round_up(std::min(rows, kRowBlock), 16);
-  Job job{p, tokens, num_tokens, src, ops, kv_dtype, nblocks, nsplit, Mp_max, nullptr};
+  const int64_t ldo = ops.o_layout == OLayout::RowMajor ? detail::o_row_stride(p.R) : p.R;
+  Job job{p, tokens, num_tokens, src, ops, kv_dtype, nblocks, nsplit, Mp_max, ldo, nullptr};
   if (nsplit > 1) {
     job.partials = caller_partials().get<float>(nblocks * nsplit * job.partial_stride());
     HELIX_CHECK(job.partials != nullptr, "mla_attention: out of memory for the partial states");
@@ -346,7 +356,7 @@ void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t n
     Partial parts[kMaxSplit];
     for (int64_t k = 0; k < nsplit; ++k) {
       const float* slot = job.partials + (b * nsplit + k) * job.partial_stride();
-      parts[k] = Partial{slot, slot + p.R * Mp_max, slot + p.R * Mp_max + Mp_max};
+      parts[k] = Partial{slot, slot + job.ldo * Mp_max, slot + job.ldo * Mp_max + Mp_max};
     }
     finalize_rows(job, b, parts, nsplit, Mp, m0, std::min(M, m0 + 16));
   }

@@ -6,15 +6,16 @@
 //
 //   QK: St [n][m] = keys [n][d] . q^T [d][m]
 //       A = the key rows themselves, read straight from the cache (16 keys a tile, stride = row stride);
-//       B = q packed once per row block as [Dpad/2][Mp][2] bf16, which is already the pair layout.
-//       So the keys need no re-layout: only groups that are not 16 equally spaced rows, or D % 32 != 0,
-//       are copied into a zero-padded scratch.
+//       B = q packed once per row block as [Dpad/2][Mp (+16 padding)][2] bf16, which is already the pair
+//       layout (Dpad = D rounded up to 32). So the keys need no re-layout: only groups that are not 16
+//       equally spaced rows (a paged cache with blocks of fewer than 16 tokens, the tail of a tile) or
+//       D % 32 != 0 are copied into a zero-padded scratch. The next tile's keys are prefetched into L2.
 //   PV: O [m][r] += P^T [m][n] . V [n][r]
 //       A = P^T in bf16: the softmax weights St [n][m] transposed (16x16 32-bit transposes of bf16 pairs);
 //       B = V pairs [ntp/2][Rp][2]: two consecutive key rows interleaved, the one re-layout of the keys
 //       (R = 512 columns of each key, once per tile).
-//       The output accumulator is row-major O [Mp][R] (OLayout::RowMajor) and goes through the C tiles
-//       once per key tile (load, 2 * key_tile/32 products, store).
+//       The output accumulator is row-major O [Mp][o_row_stride(R)] (OLayout::RowMajor) and goes through
+//       the C tiles once per key tile (load, key_tile/32 products, store).
 // The online softmax between the two products is the AVX-512 one, in fp32, unchanged.
 //
 // Tile state is per thread: every qk/pv call loads the tile configuration and releases the tiles at the
@@ -46,7 +47,12 @@
 namespace helix::detail {
 namespace {
 
-constexpr int64_t kAmxKeyTile = 128;  // keys per online-softmax step: 4 AMX products per C tile round trip
+// Keys per online-softmax step: 8 AMX products per round trip of the output accumulators through L2
+// (measured on Emerald Rapids, DeepSeek shape: 256 keys ~10% faster than 128, ~15% faster than 64).
+constexpr int64_t kAmxKeyTile = 256;
+// Line prefetches of the next tile's keys per k-step of the tile products (4: the whole next tile is
+// requested during the first ~2/3 of the current one).
+constexpr int kPrefetchPerStep = 4;
 
 inline void tile_barrier() { __asm__ volatile("" ::: "memory"); }
 
@@ -78,18 +84,24 @@ const TileConfig kTileConfig = make_config();
 // [pt | ctmp | kcopy or vp]: kcopy lives only inside qk and vp only inside pv, so they share one region
 // (qk does not know R, pv does not know D).
 struct AmxScratch {
-  bf16_t* pt;      // [Mp][ntp]: P^T in bf16, ntp = round_up(nt, 32) <= kAmxKeyTile
-  float* ctmp;     // [32][16]: the accumulators of the last R % 16 columns
-  void* shared;    // qk: kcopy [kAmxKeyTile][Dpad] bf16, the key groups that cannot be loaded in place;
-                   // pv: vp [kAmxKeyTile/2][Rp] value pairs
+  bf16_t* pt;    // [Mp][pt_ld(ntp)]: P^T in bf16, ntp = round_up(nt, 32) <= kAmxKeyTile
+  float* ctmp;   // [32][16]: the accumulators of the last R % 16 columns
+  void* shared;  // qk: kcopy [kAmxKeyTile][Dpad] bf16, the key groups that cannot be loaded in place;
+                 // pv: vp [kAmxKeyTile/2][vp_ld(R)] value pairs
 };
 
-int64_t pt_bytes(int64_t Mp) { return round_up(Mp * kAmxKeyTile * 2, 64); }
+// Row strides of the packed operands are padded by one cache line: power-of-two strides (Mp*4, R*4 bytes)
+// would put the 16 rows of a tile into a few L1 sets.
+inline int64_t qpack_ld(int64_t Mp) { return Mp + 16; }           // 32-bit pairs per pair row of qpack
+inline int64_t pt_ld(int64_t ntp) { return ntp + 32; }            // bf16 per row of P^T
+inline int64_t vp_ld(int64_t R) { return round_up(R, 16) + 16; }  // 32-bit pairs per pair row of vp
+
+int64_t pt_bytes(int64_t Mp) { return round_up(Mp * pt_ld(kAmxKeyTile) * 2, 64); }
 constexpr int64_t kCtmpBytes = 32 * 16 * 4;
 
 int64_t extra_bytes_amx(int64_t D, int64_t R, int64_t Mp) {
   const int64_t kcopy = kAmxKeyTile * round_up(D, 32) * 2;
-  const int64_t vp = kAmxKeyTile / 2 * round_up(R, 16) * 4;
+  const int64_t vp = kAmxKeyTile / 2 * vp_ld(R) * 4;
   return pt_bytes(Mp) + kCtmpBytes + std::max(kcopy, vp);
 }
 
@@ -101,23 +113,65 @@ AmxScratch split_scratch(const TileScratch& s, int64_t Mp) {
 
 // ---- q packing: B operand of QK ------------------------------------------------------------------------
 
-int64_t qpack_bytes_amx(int64_t D, int64_t Mp) { return round_up(D, 32) / 2 * Mp * 4; }
+int64_t qpack_bytes_amx(int64_t D, int64_t Mp) { return round_up(D, 32) / 2 * qpack_ld(Mp) * 4; }
 
-// qpack [Dpad/2][Mp][2] bf16; d >= D and rows m >= M are zero.
+// qpack [Dpad/2][qpack_ld(Mp)] pairs of bf16; d >= D and rows m >= M are zero. Row m is rounded to bf16
+// (when float32) into a zero-padded line, whose 32-bit pairs are then scattered down column m.
 void pack_q_amx(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack) {
-  bf16_t* out = static_cast<bf16_t*>(qpack);
-  const int64_t Dpad = round_up(D, 32);
+  uint32_t* out = static_cast<uint32_t*>(qpack);
+  const int64_t Dpad = round_up(D, 32), ld = qpack_ld(Mp);
+  alignas(64) bf16_t line[2048];  // Dpad <= 2048 here; longer rows go element by element below
   for (int64_t m = 0; m < Mp; ++m) {
-    for (int64_t d = 0; d < Dpad; ++d) {
-      bf16_t v = 0;
-      if (m < M && d < D) {
-        v = q_dtype == DType::BFloat16 ? static_cast<const bf16_t*>(rows[m])[d]
-                                       : float_to_bf16(static_cast<const float*>(rows[m])[d]);
+    if (Dpad > 2048) {
+      for (int64_t d = 0; d < Dpad; ++d) {
+        bf16_t v = 0;
+        if (m < M && d < D) {
+          v = q_dtype == DType::BFloat16 ? static_cast<const bf16_t*>(rows[m])[d]
+                                         : float_to_bf16(static_cast<const float*>(rows[m])[d]);
+        }
+        reinterpret_cast<bf16_t*>(out)[((d / 2) * ld + m) * 2 + (d % 2)] = v;
       }
-      out[((d / 2) * Mp + m) * 2 + (d % 2)] = v;
+      continue;
     }
+    std::fill(line, line + Dpad, bf16_t{0});
+    if (m < M && q_dtype == DType::BFloat16) {
+      std::memcpy(line, rows[m], static_cast<size_t>(D) * 2);
+    } else if (m < M) {
+      const float* src = static_cast<const float*>(rows[m]);
+      for (int64_t d = 0; d < D; ++d) line[d] = float_to_bf16(src[d]);
+    }
+    uint32_t pairs[1024];
+    std::memcpy(pairs, line, static_cast<size_t>(Dpad) * 2);
+    for (int64_t k = 0; k < Dpad / 2; ++k) out[k * ld + m] = pairs[k];
   }
 }
+
+// ---- prefetch of the next tile's keys into L2 ---------------------------------------------------------
+
+// Issues the line prefetches of key rows [row_begin, row_end) of the next tile a few at a time, spread
+// over the tile products, so that the in-place A loads of the next QK find the keys in L2 (the products are
+// latency-bound on keys streaming from L3/DRAM otherwise).
+class Prefetcher {
+ public:
+  Prefetcher(const TileScratch& s, int64_t row_begin, int64_t row_end)
+      : rows_(s.next_rows), lines_((s.next_row_bytes + 63) / 64), row_(row_begin), row_end_(row_end) {
+    if (s.next_count == 0 || rows_ == nullptr) row_ = row_end_ = 0;
+    row_end_ = std::min(row_end_, s.next_count);
+  }
+  void step(int n) {
+    for (; n > 0 && row_ < row_end_; --n) {
+      _mm_prefetch(static_cast<const char*>(rows_[row_]) + line_ * 64, _MM_HINT_T1);
+      if (++line_ == lines_) {
+        line_ = 0;
+        ++row_;
+      }
+    }
+  }
+
+ private:
+  const void* const* rows_;
+  int64_t lines_, line_ = 0, row_, row_end_;
+};
 
 // ---- tile blocks: up to 2 x 2 accumulators -------------------------------------------------------------
 
@@ -125,12 +179,13 @@ void pack_q_amx(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType
 // 32 bf16 per step; B_j: 16 pair rows of qpack (stride ldb bytes) at column block j.
 template <int NN, int NM>
 HELIX_AMX void qk_block(const unsigned char* const* a, const int64_t* lda, const unsigned char* b, int64_t ldb,
-                        int64_t ksteps, unsigned char* c, int64_t ldc) {
+                        int64_t ksteps, unsigned char* c, int64_t ldc, Prefetcher& pf) {
   _tile_zero(0);
   if constexpr (NM > 1) _tile_zero(1);
   if constexpr (NN > 1) _tile_zero(2);
   if constexpr (NN > 1 && NM > 1) _tile_zero(3);
   for (int64_t k = 0; k < ksteps; ++k) {
+    pf.step(kPrefetchPerStep);
     _tile_loadd(4, a[0] + k * 64, lda[0]);
     if constexpr (NN > 1) _tile_loadd(5, a[1] + k * 64, lda[1]);
     _tile_loadd(6, b + k * 16 * ldb, ldb);
@@ -150,12 +205,13 @@ HELIX_AMX void qk_block(const unsigned char* const* a, const int64_t* lda, const
 // step; B_j: 16 pair rows of the value pairs (stride ldb) at column block j.
 template <int NM, int NR>
 HELIX_AMX void pv_block(const unsigned char* a, int64_t lda, const unsigned char* b, int64_t ldb, int64_t ksteps,
-                        unsigned char* c, int64_t ldc) {
+                        unsigned char* c, int64_t ldc, Prefetcher& pf) {
   _tile_loadd(0, c, ldc);
   if constexpr (NR > 1) _tile_loadd(1, c + 64, ldc);
   if constexpr (NM > 1) _tile_loadd(2, c + 16 * ldc, ldc);
   if constexpr (NM > 1 && NR > 1) _tile_loadd(3, c + 16 * ldc + 64, ldc);
   for (int64_t k = 0; k < ksteps; ++k) {
+    pf.step(kPrefetchPerStep);
     _tile_loadd(4, a + k * 64, lda);
     if constexpr (NM > 1) _tile_loadd(5, a + 16 * lda + k * 64, lda);
     _tile_loadd(6, b + k * 16 * ldb, ldb);
@@ -210,7 +266,9 @@ HELIX_AMX void qk_amx(const void* qpack, const void* const* keys, int64_t nt, in
   _tile_loadconfig(&kTileConfig);
   const unsigned char* qb = static_cast<const unsigned char*>(qpack);
   unsigned char* cb = reinterpret_cast<unsigned char*>(St);
-  const int64_t ldq = Mp * 4, ldc = Mp * 4, ksteps = Dpad / 32;
+  const int64_t ldq = qpack_ld(Mp) * 4, ldc = Mp * 4, ksteps = Dpad / 32;
+  Prefetcher pf(scratch, 0, (scratch.next_count + 1) / 2);  // pv_amx prefetches the other half
+  // Key pairs outer: a pair of key groups (2 x 36 KiB at D = 576) is reused from L1/L2 across the rows.
   for (int64_t g = 0; g < ngroups; g += 2) {
     const bool two_n = g + 1 < ngroups;
     for (int64_t m0 = 0; m0 < Mp; m0 += 32) {
@@ -218,13 +276,13 @@ HELIX_AMX void qk_amx(const void* qpack, const void* const* keys, int64_t nt, in
       unsigned char* c = cb + g * 16 * ldc + m0 * 4;
       const unsigned char* b = qb + m0 * 4;
       if (two_n && two_m) {
-        qk_block<2, 2>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc);
+        qk_block<2, 2>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc, pf);
       } else if (two_n) {
-        qk_block<2, 1>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc);
+        qk_block<2, 1>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc, pf);
       } else if (two_m) {
-        qk_block<1, 2>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc);
+        qk_block<1, 2>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc, pf);
       } else {
-        qk_block<1, 1>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc);
+        qk_block<1, 1>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc, pf);
       }
     }
   }
@@ -269,7 +327,7 @@ HELIX_AMX inline void transpose16x16(__m512i r[16]) {
   }
 }
 
-// P^T [Mp][ntp] bf16 from P [nt][Mp] fp32: pair k of row m is (P[2k][m], P[2k+1][m]); keys >= nt are 0.
+// P^T [Mp][pt_ld(ntp)] bf16 from P [nt][Mp] fp32: pair k of row m is (P[2k][m], P[2k+1][m]); keys >= nt are 0.
 HELIX_AMX void pack_pt(const float* P, int64_t nt, int64_t ntp, int64_t Mp, bf16_t* pt) {
   for (int64_t m0 = 0; m0 < Mp; m0 += 16) {
     for (int64_t n0 = 0; n0 < ntp; n0 += 32) {
@@ -281,12 +339,12 @@ HELIX_AMX void pack_pt(const float* P, int64_t nt, int64_t ntp, int64_t Mp, bf16
         w[k] = interleave_halves((__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // word m: pair k of row m0+m
       }
       transpose16x16(w);  // w[m]: the 16 pairs of row m0+m
-      for (int64_t m = 0; m < 16; ++m) _mm512_storeu_si512(pt + (m0 + m) * ntp + n0, w[m]);
+      for (int64_t m = 0; m < 16; ++m) _mm512_storeu_si512(pt + (m0 + m) * pt_ld(ntp) + n0, w[m]);
     }
   }
 }
 
-// vp [ntp/2][Rp] pairs: word r of pair row k is (key[2k][r], key[2k+1][r]); keys >= nt and r >= R are 0.
+// vp [ntp/2][vp_ld(R)] pairs: word r of pair row k is (key[2k][r], key[2k+1][r]); keys >= nt and r >= R are 0.
 HELIX_AMX void pack_values(const void* const* keys, int64_t nt, int64_t ntp, int64_t R, int64_t Rp, uint32_t* vp) {
   for (int64_t k = 0; k < ntp / 2; ++k) {
     const bf16_t* v0 = 2 * k < nt ? static_cast<const bf16_t*>(keys[2 * k]) : nullptr;
@@ -297,19 +355,7 @@ HELIX_AMX void pack_values(const void* const* keys, int64_t nt, int64_t ntp, int
       const __m256i x = v0 ? _mm256_maskz_loadu_epi16(mask, v0 + r) : _mm256_setzero_si256();
       const __m256i y = v1 ? _mm256_maskz_loadu_epi16(mask, v1 + r) : _mm256_setzero_si256();
       const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(x), y, 1);
-      _mm512_storeu_si512(vp + k * Rp + r, interleave_halves(both));
-    }
-  }
-}
-
-template <int NR>
-HELIX_AMX void pv_blocks(const unsigned char* a, int64_t lda, const unsigned char* b, int64_t ldb, int64_t ksteps,
-                         int64_t Mp, unsigned char* c, int64_t ldc) {
-  for (int64_t m0 = 0; m0 < Mp; m0 += 32) {
-    if (m0 + 16 < Mp) {
-      pv_block<2, NR>(a + m0 * lda, lda, b, ldb, ksteps, c + m0 * ldc, ldc);
-    } else {
-      pv_block<1, NR>(a + m0 * lda, lda, b, ldb, ksteps, c + m0 * ldc, ldc);
+      _mm512_storeu_si512(vp + k * vp_ld(R) + r, interleave_halves(both));
     }
   }
 }
@@ -326,13 +372,26 @@ HELIX_AMX void pv_amx(const float* P, const void* const* keys, int64_t nt, int64
   const unsigned char* a = reinterpret_cast<const unsigned char*>(ws.pt);
   const unsigned char* b = reinterpret_cast<const unsigned char*>(vp);
   unsigned char* c = reinterpret_cast<unsigned char*>(O);
-  const int64_t lda = ntp * 2, ldb = Rp * 4, ldc = R * 4, ksteps = ntp / 32;
+  const int64_t lda = pt_ld(ntp) * 2, ldb = vp_ld(R) * 4, ldc = o_row_stride(R) * 4, ksteps = ntp / 32;
   const int64_t Rfull = R / 16 * 16;
-  for (int64_t r0 = 0; r0 < Rfull; r0 += 32) {
-    if (r0 + 16 < Rfull) {
-      pv_blocks<2>(a, lda, b + r0 * 4, ldb, ksteps, Mp, c + r0 * 4, ldc);
-    } else {
-      pv_blocks<1>(a, lda, b + r0 * 4, ldb, ksteps, Mp, c + r0 * 4, ldc);
+  Prefetcher pf(scratch, (scratch.next_count + 1) / 2, scratch.next_count);
+  // Row pairs outer: their P^T rows (2 x 8 KiB) stay in L1 while the value pairs stream past.
+  for (int64_t m0 = 0; m0 < Mp; m0 += 32) {
+    const bool two_m = m0 + 16 < Mp;
+    for (int64_t r0 = 0; r0 < Rfull; r0 += 32) {
+      const bool two_r = r0 + 16 < Rfull;
+      const unsigned char* am = a + m0 * lda;
+      const unsigned char* br = b + r0 * 4;
+      unsigned char* cm = c + m0 * ldc + r0 * 4;
+      if (two_m && two_r) {
+        pv_block<2, 2>(am, lda, br, ldb, ksteps, cm, ldc, pf);
+      } else if (two_m) {
+        pv_block<2, 1>(am, lda, br, ldb, ksteps, cm, ldc, pf);
+      } else if (two_r) {
+        pv_block<1, 2>(am, lda, br, ldb, ksteps, cm, ldc, pf);
+      } else {
+        pv_block<1, 1>(am, lda, br, ldb, ksteps, cm, ldc, pf);
+      }
     }
   }
   if (Rfull < R) {  // the last R % 16 columns go through ctmp [32][16]
@@ -342,17 +401,19 @@ HELIX_AMX void pv_amx(const float* P, const void* const* keys, int64_t nt, int64
       const int64_t rows = std::min<int64_t>(32, Mp - m0);
       for (int64_t i = 0; i < rows; ++i) {
         float* dst = ws.ctmp + i * 16;
-        std::memcpy(dst, O + (m0 + i) * R + Rfull, static_cast<size_t>(rt) * 4);
+        std::memcpy(dst, O + (m0 + i) * o_row_stride(R) + Rfull, static_cast<size_t>(rt) * 4);
         std::fill(dst + rt, dst + 16, 0.f);
       }
       tile_barrier();
       if (rows > 16) {
-        pv_block<2, 1>(a + m0 * lda, lda, b + Rfull * 4, ldb, ksteps, ct, 64);
+        pv_block<2, 1>(a + m0 * lda, lda, b + Rfull * 4, ldb, ksteps, ct, 64, pf);
       } else {
-        pv_block<1, 1>(a + m0 * lda, lda, b + Rfull * 4, ldb, ksteps, ct, 64);
+        pv_block<1, 1>(a + m0 * lda, lda, b + Rfull * 4, ldb, ksteps, ct, 64, pf);
       }
       tile_barrier();
-      for (int64_t i = 0; i < rows; ++i) std::memcpy(O + (m0 + i) * R + Rfull, ws.ctmp + i * 16, rt * 4);
+      for (int64_t i = 0; i < rows; ++i) {
+        std::memcpy(O + (m0 + i) * o_row_stride(R) + Rfull, ws.ctmp + i * 16, static_cast<size_t>(rt) * 4);
+      }
     }
   }
   _tile_release();

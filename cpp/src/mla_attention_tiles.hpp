@@ -7,10 +7,13 @@
 //
 //   qpack  f32 keys:  [D][Mp] float           (q, rows m >= M zero)
 //          bf16 keys: [ceil(D/2)][Mp][2] bf16 (pairs of consecutive d for the BF16 dot product)
+//          AMX:       the same pairs, D rounded up to 32 and the rows padded (mla_attention_amx.cpp)
 //   keys   [nt] row pointers, each [D] of the key dtype
 //   St     [nt][Mp] float: raw dot products, then the softmax weights P in place
 //   OT     [R][Mp] float: the unnormalized output accumulator, transposed (OLayout::Transposed), or
-//   O      [Mp][R] float: row-major (OLayout::RowMajor, the AMX tiles: the weights are the A operand)
+//   O      [Mp][o_row_stride(R)] float: row-major (OLayout::RowMajor, the AMX tiles: the weights are the A
+//          operand); the row stride is padded by one cache line so that the 16 rows of a tile do not share
+//          a few L1 sets when R*4 is a power of two
 #pragma once
 
 #include <cstdint>
@@ -28,9 +31,14 @@ struct TileScratch {
   uint16_t* p_pairs;  // [key_tile/2][Mp][2]
   uint16_t* v_pairs;  // [key_tile/2][R][2]
   void* extra;        // TileOps::extra_bytes(D, R, Mp) bytes, 64-byte aligned (nullptr when 0)
+  // The key rows of the next tile (a prefetch hint; none when next_count == 0), each next_row_bytes long.
+  const void* const* next_rows = nullptr;  // [next_count]
+  int64_t next_count = 0;
+  int64_t next_row_bytes = 0;
 };
 
 enum class OLayout : uint8_t { Transposed, RowMajor };
+inline int64_t o_row_stride(int64_t R) { return R + 16; }
 
 struct TileOps {
   // The key dtype qk/pv read. Float32 ops serve bfloat16 keys too: the driver widens each tile first.
@@ -52,7 +60,7 @@ struct TileOps {
   // max (log2 domain) and sum; alpha: [Mp] factor for OT. Turns St into the weights P. Returns true when
   // some alpha != 1.
   bool (*softmax)(float* St, int64_t nt, int64_t Mp, float c, float* m_run, float* l_run, float* alpha);
-  // OT[r][m] (or O[m][r]) += sum_n P[n][m] * key[n][r] for r < R.
+  // OT[r][m] (or O[m][r], see o_row_stride) += sum_n P[n][m] * key[n][r] for r < R.
   void (*pv)(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* OT,
              const TileScratch& scratch);
 };
