@@ -58,13 +58,13 @@ def has_path(path: str) -> bool:
 HAS_AMX = has_path("amx")
 
 
-@pytest.mark.parametrize("path", ["auto", "portable", "amx"])
+@pytest.mark.parametrize("path", ["auto", "portable", "amx", "amx_split"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("tokens_per_block,D", [(16, 40), (32, 40), (8, 64), (16, 64), (48, 64)])
 def test_batch_of_sequences_at_block_boundaries(path, dtype, tokens_per_block, D):
     """D = 64 with 16 | tokens_per_block: the AMX kernel loads 16-key groups in place from the pool; with
     8 tokens per block or D % 32 != 0 it copies them (both next to NaN-poisoned unused slots)."""
-    if path == "amx" and not HAS_AMX:
+    if path.startswith("amx") and not HAS_AMX:
         pytest.skip("no AMX-BF16 on this CPU (or the OS refused the tiles)")
     rng = np.random.default_rng([tokens_per_block, D, dtype == "bfloat16"])
     tpb = tokens_per_block
@@ -85,9 +85,9 @@ def test_batch_of_sequences_at_block_boundaries(path, dtype, tokens_per_block, D
     assert np.all(o[0] == 0) and np.all(np.isneginf(lse[0]))  # the empty sequence
 
 
-@pytest.mark.parametrize("path", ["auto", "amx"])
+@pytest.mark.parametrize("path", ["auto", "amx", "amx_split"])
 def test_deepseek_shape_matches_contiguous_kernel(path):
-    if path == "amx" and not HAS_AMX:
+    if path.startswith("amx") and not HAS_AMX:
         pytest.skip("no AMX-BF16 on this CPU (or the OS refused the tiles)")
     ops.set_kernel_path(path)
     try:

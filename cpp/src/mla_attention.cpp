@@ -35,7 +35,7 @@ std::atomic<MlaKernelPath> g_forced_path{MlaKernelPath::Auto};
 MlaKernelPath auto_path() {
   static const MlaKernelPath path = [] {
     // AMX: bfloat16 keys only (select_ops keeps float32 keys on the exact widened-f32 FMA kernels).
-    if (detail::amx_tile_ops()) return MlaKernelPath::Amx;
+    if (detail::amx_tile_ops(true)) return MlaKernelPath::AmxSplit;
     if (detail::avx512_bf16_tile_ops() && __builtin_cpu_is("amd")) return MlaKernelPath::Avx512Bf16;
     if (detail::avx512_tile_ops()) return MlaKernelPath::Avx512;
     return MlaKernelPath::Portable;
@@ -46,7 +46,8 @@ MlaKernelPath auto_path() {
 const TileOps& select_ops(DType kv_dtype) {
   MlaKernelPath path = g_forced_path.load();
   if (path == MlaKernelPath::Auto) path = auto_path();
-  if (path == MlaKernelPath::Amx && kv_dtype == DType::BFloat16) return *detail::amx_tile_ops();
+  if (path == MlaKernelPath::Amx && kv_dtype == DType::BFloat16) return *detail::amx_tile_ops(false);
+  if (path == MlaKernelPath::AmxSplit && kv_dtype == DType::BFloat16) return *detail::amx_tile_ops(true);
   if (path == MlaKernelPath::Avx512Bf16 && kv_dtype == DType::BFloat16) return *detail::avx512_bf16_tile_ops();
   if (path != MlaKernelPath::Portable) return *detail::avx512_tile_ops();
   return detail::portable_tile_ops(kv_dtype);
@@ -369,9 +370,9 @@ void set_mla_kernel_path(MlaKernelPath path) {
               "this CPU (or build) has no AVX-512F: cannot force the avx512 path");
   HELIX_CHECK(path != MlaKernelPath::Avx512Bf16 || detail::avx512_bf16_tile_ops(),
               "this CPU (or build) has no AVX512_BF16: cannot force the avx512_bf16 path");
-  HELIX_CHECK(path != MlaKernelPath::Amx || detail::amx_tile_ops(),
-              "this CPU (or build) has no AMX-BF16, or the OS refused the AMX tile permission: cannot force the "
-              "amx path");
+  HELIX_CHECK((path != MlaKernelPath::Amx && path != MlaKernelPath::AmxSplit) || detail::amx_tile_ops(false),
+              "this CPU (or build) has no AMX-BF16, or the OS refused the AMX tile permission: cannot force the ",
+              mla_kernel_path_name(path), " path");
   g_forced_path.store(path);
 }
 
@@ -394,6 +395,7 @@ std::string_view mla_kernel_path_name(MlaKernelPath path) {
     case MlaKernelPath::Avx512: return "avx512";
     case MlaKernelPath::Avx512Bf16: return "avx512_bf16";
     case MlaKernelPath::Amx: return "amx";
+    case MlaKernelPath::AmxSplit: return "amx_split";
   }
   return "?";
 }

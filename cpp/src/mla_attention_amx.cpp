@@ -32,6 +32,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -84,7 +85,7 @@ const TileConfig kTileConfig = make_config();
 // [pt | ctmp | kcopy or vp]: kcopy lives only inside qk and vp only inside pv, so they share one region
 // (qk does not know R, pv does not know D).
 struct AmxScratch {
-  bf16_t* pt;    // [Mp][pt_ld(ntp)]: P^T in bf16, ntp = round_up(nt, 32) <= kAmxKeyTile
+  bf16_t* pt;    // [2][Mp][pt_ld(ntp)]: P^T in bf16 (split: hi, lo planes), ntp = round_up(nt, 32)
   float* ctmp;   // [32][16]: the accumulators of the last R % 16 columns
   void* shared;  // qk: kcopy [kAmxKeyTile][Dpad] bf16, the key groups that cannot be loaded in place;
                  // pv: vp [kAmxKeyTile/2][vp_ld(R)] value pairs
@@ -96,7 +97,9 @@ inline int64_t qpack_ld(int64_t Mp) { return Mp + 16; }           // 32-bit pair
 inline int64_t pt_ld(int64_t ntp) { return ntp + 32; }            // bf16 per row of P^T
 inline int64_t vp_ld(int64_t R) { return round_up(R, 16) + 16; }  // 32-bit pairs per pair row of vp
 
-int64_t pt_bytes(int64_t Mp) { return round_up(Mp * pt_ld(kAmxKeyTile) * 2, 64); }
+// One P^T plane; the split kernels keep two (hi, lo).
+int64_t pt_plane_bytes(int64_t Mp) { return round_up(Mp * pt_ld(kAmxKeyTile) * 2, 64); }
+int64_t pt_bytes(int64_t Mp) { return 2 * pt_plane_bytes(Mp); }
 constexpr int64_t kCtmpBytes = 32 * 16 * 4;
 
 int64_t extra_bytes_amx(int64_t D, int64_t R, int64_t Mp) {
@@ -113,36 +116,56 @@ AmxScratch split_scratch(const TileScratch& s, int64_t Mp) {
 
 // ---- q packing: B operand of QK ------------------------------------------------------------------------
 
-int64_t qpack_bytes_amx(int64_t D, int64_t Mp) { return round_up(D, 32) / 2 * qpack_ld(Mp) * 4; }
+// Bytes of one qpack plane; the split kernels keep two (hi, lo).
+int64_t qpack_plane_bytes(int64_t D, int64_t Mp) { return round_up(D, 32) / 2 * qpack_ld(Mp) * 4; }
 
-// qpack [Dpad/2][qpack_ld(Mp)] pairs of bf16; d >= D and rows m >= M are zero. Row m is rounded to bf16
-// (when float32) into a zero-padded line, whose 32-bit pairs are then scattered down column m.
-void pack_q_amx(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack) {
+template <bool Split>
+int64_t qpack_bytes_amx(int64_t D, int64_t Mp) {
+  return (Split ? 2 : 1) * qpack_plane_bytes(D, Mp);
+}
+
+// q row m as bf16 into hi[Dpad] (and, Split, the rounding error as bf16 into lo[Dpad]); zero-padded.
+// Round to nearest even, as float_to_bf16.
+template <bool Split>
+HELIX_AMX void round_q_row(const void* row, bool present, int64_t D, int64_t Dpad, DType q_dtype, bf16_t* hi,
+                           bf16_t* lo) {
+  std::fill(hi, hi + Dpad, bf16_t{0});
+  if (Split) std::fill(lo, lo + Dpad, bf16_t{0});
+  if (!present) return;
+  if (q_dtype == DType::BFloat16) {  // exact: lo stays 0
+    std::memcpy(hi, row, static_cast<size_t>(D) * 2);
+    return;
+  }
+  const float* src = static_cast<const float*>(row);
+  for (int64_t d = 0; d < D; d += 16) {
+    const __mmask16 mask = d + 16 <= D ? static_cast<__mmask16>(0xffff)
+                                       : static_cast<__mmask16>((1u << (D - d)) - 1u);
+    const __m512 x = _mm512_maskz_loadu_ps(mask, src + d);
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+    _mm256_mask_storeu_epi16(hi + d, mask, h);
+    if constexpr (Split) {
+      const __m512 xh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      _mm256_mask_storeu_epi16(lo + d, mask, (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, xh)));
+    }
+  }
+}
+
+// qpack [planes][Dpad/2][qpack_ld(Mp)] pairs of bf16 (plane 0: q rounded to bf16; Split: plane 1, the
+// rounding error rounded to bf16); d >= D and rows m >= M are zero. Each row is rounded into zero-padded
+// lines whose 32-bit pairs are then scattered down column m.
+template <bool Split>
+HELIX_AMX void pack_q_amx(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack) {
   uint32_t* out = static_cast<uint32_t*>(qpack);
   const int64_t Dpad = round_up(D, 32), ld = qpack_ld(Mp);
-  alignas(64) bf16_t line[2048];  // Dpad <= 2048 here; longer rows go element by element below
+  const int64_t plane = qpack_plane_bytes(D, Mp) / 4;
+  std::vector<uint32_t> hi(static_cast<size_t>(Dpad / 2)), lo(static_cast<size_t>(Split ? Dpad / 2 : 0));
   for (int64_t m = 0; m < Mp; ++m) {
-    if (Dpad > 2048) {
-      for (int64_t d = 0; d < Dpad; ++d) {
-        bf16_t v = 0;
-        if (m < M && d < D) {
-          v = q_dtype == DType::BFloat16 ? static_cast<const bf16_t*>(rows[m])[d]
-                                         : float_to_bf16(static_cast<const float*>(rows[m])[d]);
-        }
-        reinterpret_cast<bf16_t*>(out)[((d / 2) * ld + m) * 2 + (d % 2)] = v;
-      }
-      continue;
+    round_q_row<Split>(m < M ? rows[m] : nullptr, m < M, D, Dpad, q_dtype, reinterpret_cast<bf16_t*>(hi.data()),
+                       reinterpret_cast<bf16_t*>(lo.data()));
+    for (int64_t k = 0; k < Dpad / 2; ++k) out[k * ld + m] = hi[k];
+    if (Split) {
+      for (int64_t k = 0; k < Dpad / 2; ++k) out[plane + k * ld + m] = lo[k];
     }
-    std::fill(line, line + Dpad, bf16_t{0});
-    if (m < M && q_dtype == DType::BFloat16) {
-      std::memcpy(line, rows[m], static_cast<size_t>(D) * 2);
-    } else if (m < M) {
-      const float* src = static_cast<const float*>(rows[m]);
-      for (int64_t d = 0; d < D; ++d) line[d] = float_to_bf16(src[d]);
-    }
-    uint32_t pairs[1024];
-    std::memcpy(pairs, line, static_cast<size_t>(Dpad) * 2);
-    for (int64_t k = 0; k < Dpad / 2; ++k) out[k * ld + m] = pairs[k];
   }
 }
 
@@ -177,9 +200,10 @@ class Prefetcher {
 
 // C (i, j) [16 keys][16 rows] = sum_k A_i[k] . B_j[k]; A_i: 16 key rows at a[i] (row stride lda[i] bytes),
 // 32 bf16 per step; B_j: 16 pair rows of qpack (stride ldb bytes) at column block j.
-template <int NN, int NM>
+// Split: C also accumulates A_i[k] . B_j'[k], B' = the lo plane of qpack at b + b_lo.
+template <int NN, int NM, bool Split>
 HELIX_AMX void qk_block(const unsigned char* const* a, const int64_t* lda, const unsigned char* b, int64_t ldb,
-                        int64_t ksteps, unsigned char* c, int64_t ldc, Prefetcher& pf) {
+                        int64_t b_lo, int64_t ksteps, unsigned char* c, int64_t ldc, Prefetcher& pf) {
   _tile_zero(0);
   if constexpr (NM > 1) _tile_zero(1);
   if constexpr (NN > 1) _tile_zero(2);
@@ -194,6 +218,14 @@ HELIX_AMX void qk_block(const unsigned char* const* a, const int64_t* lda, const
     if constexpr (NM > 1) _tile_dpbf16ps(1, 4, 7);
     if constexpr (NN > 1) _tile_dpbf16ps(2, 5, 6);
     if constexpr (NN > 1 && NM > 1) _tile_dpbf16ps(3, 5, 7);
+    if constexpr (Split) {
+      _tile_loadd(6, b + b_lo + k * 16 * ldb, ldb);
+      if constexpr (NM > 1) _tile_loadd(7, b + b_lo + k * 16 * ldb + 64, ldb);
+      _tile_dpbf16ps(0, 4, 6);
+      if constexpr (NM > 1) _tile_dpbf16ps(1, 4, 7);
+      if constexpr (NN > 1) _tile_dpbf16ps(2, 5, 6);
+      if constexpr (NN > 1 && NM > 1) _tile_dpbf16ps(3, 5, 7);
+    }
   }
   _tile_stored(0, c, ldc);
   if constexpr (NM > 1) _tile_stored(1, c + 64, ldc);
@@ -203,9 +235,10 @@ HELIX_AMX void qk_block(const unsigned char* const* a, const int64_t* lda, const
 
 // C (i, j) [16 rows][16 columns r] += sum_k A_i[k] . B_j[k]; A_i: 16 rows of P^T (stride lda), 32 keys per
 // step; B_j: 16 pair rows of the value pairs (stride ldb) at column block j.
-template <int NM, int NR>
-HELIX_AMX void pv_block(const unsigned char* a, int64_t lda, const unsigned char* b, int64_t ldb, int64_t ksteps,
-                        unsigned char* c, int64_t ldc, Prefetcher& pf) {
+// Split: C also accumulates A_i'[k] . B_j[k], A' = the lo plane of P^T at a + a_lo.
+template <int NM, int NR, bool Split>
+HELIX_AMX void pv_block(const unsigned char* a, int64_t lda, int64_t a_lo, const unsigned char* b, int64_t ldb,
+                        int64_t ksteps, unsigned char* c, int64_t ldc, Prefetcher& pf) {
   _tile_loadd(0, c, ldc);
   if constexpr (NR > 1) _tile_loadd(1, c + 64, ldc);
   if constexpr (NM > 1) _tile_loadd(2, c + 16 * ldc, ldc);
@@ -220,6 +253,14 @@ HELIX_AMX void pv_block(const unsigned char* a, int64_t lda, const unsigned char
     if constexpr (NR > 1) _tile_dpbf16ps(1, 4, 7);
     if constexpr (NM > 1) _tile_dpbf16ps(2, 5, 6);
     if constexpr (NM > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
+    if constexpr (Split) {
+      _tile_loadd(4, a + a_lo + k * 64, lda);
+      if constexpr (NM > 1) _tile_loadd(5, a + a_lo + 16 * lda + k * 64, lda);
+      _tile_dpbf16ps(0, 4, 6);
+      if constexpr (NR > 1) _tile_dpbf16ps(1, 4, 7);
+      if constexpr (NM > 1) _tile_dpbf16ps(2, 5, 6);
+      if constexpr (NM > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
+    }
   }
   _tile_stored(0, c, ldc);
   if constexpr (NR > 1) _tile_stored(1, c + 64, ldc);
@@ -229,6 +270,7 @@ HELIX_AMX void pv_block(const unsigned char* a, int64_t lda, const unsigned char
 
 // ---- QK --------------------------------------------------------------------------------------------------
 
+template <bool Split>
 HELIX_AMX void qk_amx(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St,
                       const TileScratch& scratch) {
   const int64_t Dpad = round_up(D, 32);
@@ -266,7 +308,7 @@ HELIX_AMX void qk_amx(const void* qpack, const void* const* keys, int64_t nt, in
   _tile_loadconfig(&kTileConfig);
   const unsigned char* qb = static_cast<const unsigned char*>(qpack);
   unsigned char* cb = reinterpret_cast<unsigned char*>(St);
-  const int64_t ldq = qpack_ld(Mp) * 4, ldc = Mp * 4, ksteps = Dpad / 32;
+  const int64_t ldq = qpack_ld(Mp) * 4, ldc = Mp * 4, ksteps = Dpad / 32, q_lo = qpack_plane_bytes(D, Mp);
   Prefetcher pf(scratch, 0, (scratch.next_count + 1) / 2);  // pv_amx prefetches the other half
   // Key pairs outer: a pair of key groups (2 x 36 KiB at D = 576) is reused from L1/L2 across the rows.
   for (int64_t g = 0; g < ngroups; g += 2) {
@@ -276,13 +318,13 @@ HELIX_AMX void qk_amx(const void* qpack, const void* const* keys, int64_t nt, in
       unsigned char* c = cb + g * 16 * ldc + m0 * 4;
       const unsigned char* b = qb + m0 * 4;
       if (two_n && two_m) {
-        qk_block<2, 2>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc, pf);
+        qk_block<2, 2, Split>(a_base + g, a_stride + g, b, ldq, q_lo, ksteps, c, ldc, pf);
       } else if (two_n) {
-        qk_block<2, 1>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc, pf);
+        qk_block<2, 1, Split>(a_base + g, a_stride + g, b, ldq, q_lo, ksteps, c, ldc, pf);
       } else if (two_m) {
-        qk_block<1, 2>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc, pf);
+        qk_block<1, 2, Split>(a_base + g, a_stride + g, b, ldq, q_lo, ksteps, c, ldc, pf);
       } else {
-        qk_block<1, 1>(a_base + g, a_stride + g, b, ldq, ksteps, c, ldc, pf);
+        qk_block<1, 1, Split>(a_base + g, a_stride + g, b, ldq, q_lo, ksteps, c, ldc, pf);
       }
     }
   }
@@ -327,19 +369,35 @@ HELIX_AMX inline void transpose16x16(__m512i r[16]) {
   }
 }
 
-// P^T [Mp][pt_ld(ntp)] bf16 from P [nt][Mp] fp32: pair k of row m is (P[2k][m], P[2k+1][m]); keys >= nt are 0.
-HELIX_AMX void pack_pt(const float* P, int64_t nt, int64_t ntp, int64_t Mp, bf16_t* pt) {
+// x rounded to bf16 (round to nearest even), as float32.
+HELIX_AMX inline __m512 round_bf16(__m512 x) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// P^T [Mp][pt_ld(ntp)] bf16 from P [nt][Mp] fp32: pair k of row m is (P[2k][m], P[2k+1][m]); keys >= nt
+// are 0. Split: a second plane at pt + plane holds the rounding errors P - bf16(P), rounded to bf16.
+template <bool Split>
+HELIX_AMX void pack_pt(const float* P, int64_t nt, int64_t ntp, int64_t Mp, bf16_t* pt, int64_t plane) {
   for (int64_t m0 = 0; m0 < Mp; m0 += 16) {
     for (int64_t n0 = 0; n0 < ntp; n0 += 32) {
-      __m512i w[16];
+      __m512i w[16], e[16];
       for (int64_t k = 0; k < 16; ++k) {
         const int64_t n = n0 + 2 * k;
-        const __m512 lo = n < nt ? _mm512_loadu_ps(P + n * Mp + m0) : _mm512_setzero_ps();
-        const __m512 hi = n + 1 < nt ? _mm512_loadu_ps(P + (n + 1) * Mp + m0) : _mm512_setzero_ps();
-        w[k] = interleave_halves((__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // word m: pair k of row m0+m
+        const __m512 p0 = n < nt ? _mm512_loadu_ps(P + n * Mp + m0) : _mm512_setzero_ps();
+        const __m512 p1 = n + 1 < nt ? _mm512_loadu_ps(P + (n + 1) * Mp + m0) : _mm512_setzero_ps();
+        w[k] = interleave_halves((__m512i)_mm512_cvtne2ps_pbh(p1, p0));  // word m: pair k of row m0+m
+        if constexpr (Split) {
+          const __m512 r0 = _mm512_sub_ps(p0, round_bf16(p0)), r1 = _mm512_sub_ps(p1, round_bf16(p1));
+          e[k] = interleave_halves((__m512i)_mm512_cvtne2ps_pbh(r1, r0));
+        }
       }
       transpose16x16(w);  // w[m]: the 16 pairs of row m0+m
       for (int64_t m = 0; m < 16; ++m) _mm512_storeu_si512(pt + (m0 + m) * pt_ld(ntp) + n0, w[m]);
+      if constexpr (Split) {
+        transpose16x16(e);
+        for (int64_t m = 0; m < 16; ++m) _mm512_storeu_si512(pt + plane + (m0 + m) * pt_ld(ntp) + n0, e[m]);
+      }
     }
   }
 }
@@ -360,12 +418,14 @@ HELIX_AMX void pack_values(const void* const* keys, int64_t nt, int64_t ntp, int
   }
 }
 
+template <bool Split>
 HELIX_AMX void pv_amx(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* O,
                       const TileScratch& scratch) {
   const int64_t ntp = round_up(nt, 32), Rp = round_up(R, 16);
   const AmxScratch ws = split_scratch(scratch, Mp);
   uint32_t* vp = static_cast<uint32_t*>(ws.shared);
-  pack_pt(P, nt, ntp, Mp, ws.pt);
+  const int64_t plane = pt_plane_bytes(Mp);  // bytes
+  pack_pt<Split>(P, nt, ntp, Mp, ws.pt, plane / 2);
   pack_values(keys, nt, ntp, R, Rp, vp);
   tile_barrier();
   _tile_loadconfig(&kTileConfig);
@@ -384,13 +444,13 @@ HELIX_AMX void pv_amx(const float* P, const void* const* keys, int64_t nt, int64
       const unsigned char* br = b + r0 * 4;
       unsigned char* cm = c + m0 * ldc + r0 * 4;
       if (two_m && two_r) {
-        pv_block<2, 2>(am, lda, br, ldb, ksteps, cm, ldc, pf);
+        pv_block<2, 2, Split>(am, lda, plane, br, ldb, ksteps, cm, ldc, pf);
       } else if (two_m) {
-        pv_block<2, 1>(am, lda, br, ldb, ksteps, cm, ldc, pf);
+        pv_block<2, 1, Split>(am, lda, plane, br, ldb, ksteps, cm, ldc, pf);
       } else if (two_r) {
-        pv_block<1, 2>(am, lda, br, ldb, ksteps, cm, ldc, pf);
+        pv_block<1, 2, Split>(am, lda, plane, br, ldb, ksteps, cm, ldc, pf);
       } else {
-        pv_block<1, 1>(am, lda, br, ldb, ksteps, cm, ldc, pf);
+        pv_block<1, 1, Split>(am, lda, plane, br, ldb, ksteps, cm, ldc, pf);
       }
     }
   }
@@ -406,9 +466,9 @@ HELIX_AMX void pv_amx(const float* P, const void* const* keys, int64_t nt, int64
       }
       tile_barrier();
       if (rows > 16) {
-        pv_block<2, 1>(a + m0 * lda, lda, b + Rfull * 4, ldb, ksteps, ct, 64, pf);
+        pv_block<2, 1, Split>(a + m0 * lda, lda, plane, b + Rfull * 4, ldb, ksteps, ct, 64, pf);
       } else {
-        pv_block<1, 1>(a + m0 * lda, lda, b + Rfull * 4, ldb, ksteps, ct, 64, pf);
+        pv_block<1, 1, Split>(a + m0 * lda, lda, plane, b + Rfull * 4, ldb, ksteps, ct, 64, pf);
       }
       tile_barrier();
       for (int64_t i = 0; i < rows; ++i) {
@@ -439,15 +499,16 @@ bool amx_usable() {
 
 }  // namespace
 
-const TileOps* amx_tile_ops() {
+const TileOps* amx_tile_ops(bool split) {
   // Asked once per process (a function-local static is initialized exactly once, like std::call_once).
-  static const TileOps* const ops = []() -> const TileOps* {
-    if (!amx_usable()) return nullptr;
-    static const TileOps amx{DType::BFloat16, kAmxKeyTile, OLayout::RowMajor, extra_bytes_amx, qpack_bytes_amx,
-                             pack_q_amx, qk_amx, avx512_tile_ops()->softmax, pv_amx};
-    return &amx;
-  }();
-  return ops;
+  static const bool usable = amx_usable();
+  if (!usable) return nullptr;
+  static const TileOps amx{DType::BFloat16, kAmxKeyTile, OLayout::RowMajor, extra_bytes_amx, qpack_bytes_amx<false>,
+                           pack_q_amx<false>, qk_amx<false>, avx512_tile_ops()->softmax, pv_amx<false>};
+  static const TileOps amx_split{DType::BFloat16, kAmxKeyTile, OLayout::RowMajor, extra_bytes_amx,
+                                 qpack_bytes_amx<true>, pack_q_amx<true>, qk_amx<true>,
+                                 avx512_tile_ops()->softmax, pv_amx<true>};
+  return split ? &amx_split : &amx;
 }
 
 }  // namespace helix::detail
@@ -455,7 +516,7 @@ const TileOps* amx_tile_ops() {
 #else  // not x86-64 GCC/Clang
 
 namespace helix::detail {
-const TileOps* amx_tile_ops() { return nullptr; }
+const TileOps* amx_tile_ops(bool) { return nullptr; }
 }  // namespace helix::detail
 
 #endif

@@ -71,8 +71,9 @@ const TileOps* avx512_tile_ops();
 // AVX-512 BF16 dot-product kernels for bfloat16 keys; nullptr without AVX512_BF16.
 const TileOps* avx512_bf16_tile_ops();
 // AMX-BF16 tile kernels for bfloat16 keys; nullptr without AMX-BF16 + AVX512_BF16 or when the OS refuses
-// the tile-data permission.
-const TileOps* amx_tile_ops();
+// the tile-data permission. split: q and the softmax weights go in as bf16 hi + lo pairs (two products
+// each), so only about 2^-16 of their relative precision is lost instead of 2^-8.
+const TileOps* amx_tile_ops(bool split);
 inline int64_t no_extra_bytes(int64_t, int64_t, int64_t) { return 0; }
 
 // exp2 with underflow flushed to zero: weights below 2^-126 of the running max are dropped exactly, so no

@@ -47,11 +47,12 @@ nb::tuple paged_mla_attention_py(nb::handle q, nb::handle q_pos, const PagedKVCa
 
 MlaKernelPath parse_path(const std::string& name) {
   for (MlaKernelPath p : {MlaKernelPath::Auto, MlaKernelPath::Portable, MlaKernelPath::Avx512,
-                          MlaKernelPath::Avx512Bf16, MlaKernelPath::Amx}) {
+                          MlaKernelPath::Avx512Bf16, MlaKernelPath::Amx, MlaKernelPath::AmxSplit}) {
     if (mla_kernel_path_name(p) == name) return p;
   }
-  throw ArgumentError("argument 'path' must be 'auto', 'portable', 'avx512', 'avx512_bf16' or 'amx', got '" +
-                      name + "'");
+  throw ArgumentError(
+      "argument 'path' must be 'auto', 'portable', 'avx512', 'avx512_bf16', 'amx' or 'amx_split', got '" + name +
+      "'");
 }
 
 }  // namespace

@@ -49,7 +49,7 @@ void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& ca
 // and later), else Avx512Bf16 on AMD CPUs with AVX512_BF16 (full-rate VDPBF16PS, e.g. Zen 4/5), Avx512 on
 // other AVX-512 CPUs (on Intel Xeons VDPBF16PS runs at about 0.6x the FMA instruction rate, so widening is
 // faster), else Portable. Tests force each path to compare them; forcing one the CPU lacks throws Error.
-enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16, Amx };
+enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16, Amx, AmxSplit };
 void set_mla_kernel_path(MlaKernelPath path);
 // The path Auto resolves to on this CPU, or the forced one.
 MlaKernelPath mla_kernel_path();
