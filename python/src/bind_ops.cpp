@@ -74,14 +74,15 @@ void bind_ops(nb::module_& m) {
   ops.def(
       "set_kernel_path", [](const std::string& path) { set_mla_kernel_path(parse_path(path)); }, nb::arg("path"),
       "Force the attention micro-kernels: 'auto' (default), 'portable', 'avx512', 'avx512_bf16' (BF16 dot\n"
-      "products for bfloat16 keys) or 'amx' (AMX-BF16 tiles for bfloat16 keys); for tests and benchmarks.\n"
+      "products for bfloat16 keys), 'amx' (AMX-BF16 tiles for bfloat16 keys, q and weights rounded to bf16)\n"
+      "or 'amx_split' (AMX with q and weights as bf16 hi + lo pairs); for tests and benchmarks.\n"
       "Raises HelixError when the CPU (or the OS) does not offer the path.");
   ops.def("set_num_threads", &set_cpu_threads, nb::arg("n"), "Threads of the CPU kernels (OpenMP) for this thread.");
   ops.def("num_threads", &cpu_threads, "Threads the CPU kernels use.");
   ops.def(
       "kernel_path", [] { return std::string(mla_kernel_path_name(mla_kernel_path())); },
-      "The attention micro-kernels in use: 'portable', 'avx512', 'avx512_bf16' or 'amx' (float32 keys\n"
-      "run the avx512 kernels on the two bf16 paths).");
+      "The attention micro-kernels in use: 'portable', 'avx512', 'avx512_bf16', 'amx' or 'amx_split'\n"
+      "(float32 keys run the avx512 kernels on the bf16-only paths).");
 }
 
 }  // namespace helix::bind
