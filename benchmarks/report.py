@@ -28,12 +28,13 @@ def attention(d: dict) -> str:
     out = [
         _meta_line(d["meta"]),
         "",
-        "| S | KV | ms | GFLOP/s | GB/s | NumPy f32 GFLOP/s | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| S | KV | kernel | ms | GFLOP/s | GB/s | NumPy f32 GFLOP/s | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in d["rows"]:
         out.append(
-            f"| {r['S']} | {r['kv_dtype']} | {r['seconds'] * 1e3:.2f} | {r['gflops']:.1f} | "
+            f"| {r['S']} | {r['kv_dtype']} | {r.get('kernel', d['meta'].get('attention_kernels', '?'))} | "
+            f"{r['seconds'] * 1e3:.2f} | {r['gflops']:.1f} | "
             f"{r['gbytes_per_s']:.1f} | "
             f"{r['numpy_gflops']:.1f} | {r['ratio_to_numpy']:.2f} |"
         )

@@ -17,7 +17,7 @@ BF16 = ml_dtypes.bfloat16
 
 def available_paths() -> list[str]:
     paths = ["auto", "portable"]
-    for path in ("avx512", "avx512_bf16"):
+    for path in ("avx512", "avx512_bf16", "amx", "amx_split"):
         try:
             ops.set_kernel_path(path)
             paths.append(path)
@@ -29,6 +29,9 @@ def available_paths() -> list[str]:
 
 
 PATHS = available_paths()
+needs_amx = pytest.mark.skipif(
+    "amx" not in PATHS, reason="no AMX-BF16 on this CPU (or the OS refused the tiles)"
+)
 
 
 @pytest.fixture(params=PATHS)
@@ -136,6 +139,100 @@ def test_paths_agree():
     for o, lse in results.values():
         np.testing.assert_allclose(o, results["portable"][0], **tol("mla_attention", "float32"))
         np.testing.assert_allclose(lse, results["portable"][1], **tol("mla_attention", "float32"))
+
+
+AMX_SHAPES = [
+    *SHAPES,
+    # the AMX key tile (256 keys) exactly, one past it, and several tiles (in-place key loads at D = 576, 64)
+    (1, 16, 64, 64, 256),
+    (2, 16, 64, 48, 257),
+    (2, 128, 576, 512, 1000),
+    (1, 40, 64, 48, 333),
+]
+
+
+@needs_amx
+@pytest.mark.parametrize("amx", ["amx", "amx_split"])
+@pytest.mark.parametrize("shape", AMX_SHAPES)
+def test_amx_agrees_with_the_avx512_paths(amx, shape):
+    """bf16 keys, float32 q: both AMX paths against the widened-f32 AVX-512 path and the AVX-512 BF16 path
+    (bf16 tolerance: plain AMX rounds q and the weights to bf16, relative to running maxima that differ with
+    the key tiles), and the split AMX path against the float64 reference at float32 tolerance."""
+    T, H, D, R, S = shape
+    rng = np.random.default_rng([*shape, 8])
+    q, kv, q_pos, kv_pos = make_inputs(rng, T, H, D, S, np.float32, BF16, shuffle=True)
+    results = {}
+    for path in (amx, "avx512", "avx512_bf16"):
+        if path not in PATHS:
+            continue
+        ops.set_kernel_path(path)
+        try:
+            results[path] = ops.mla_attention(q, kv, q_pos, kv_pos, D**-0.5, R)
+        finally:
+            ops.set_kernel_path("auto")
+    o, lse = results[amx]
+    assert not np.isnan(o).any() and not np.isnan(lse).any()
+    for path in ("avx512", "avx512_bf16"):
+        if path in results:
+            np.testing.assert_allclose(o, results[path][0], **tol("mla_attention", "bfloat16"))
+            np.testing.assert_allclose(lse, results[path][1], **tol("mla_attention", "bfloat16"))
+    if amx == "amx_split":  # O(1) scores: as accurate as the float32 kernels
+        check(o, lse, q, kv, q_pos, kv_pos, D**-0.5, R, "float32")
+
+
+@needs_amx
+def test_amx_split_with_large_scores():
+    """Scores with a spread of about 20 (maxima ~60): the split path's q error (2^-17 relative) grows with
+    |score|."""
+    rng = np.random.default_rng(4)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 3, 17, 72, 300, np.float32, BF16)
+    q = q * np.float32(30 / np.sqrt(72) * 5)
+    ops.set_kernel_path("amx_split")
+    try:
+        o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 72**-0.5, 64)
+    finally:
+        ops.set_kernel_path("auto")
+    o_ref, lse_ref = reference.mla_attention(q, kv, q_pos, kv_pos, 72**-0.5, 64)
+    assert np.abs(lse_ref[np.isfinite(lse_ref)]).max() > 40  # the scores are large indeed
+    np.testing.assert_allclose(o, o_ref, **tol("mla_attention.amx_split", "bfloat16"))
+    finite = np.isfinite(lse_ref)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse_ref))
+    np.testing.assert_allclose(lse[finite], lse_ref[finite], **tol("mla_attention.amx_split", "bfloat16"))
+
+
+@needs_amx
+def test_amx_auto_choice_and_float32_keys():
+    """Auto picks the split AMX path for bf16 keys where AMX is available; float32 keys stay exact (the f32
+    FMA kernels) on both AMX paths."""
+    assert ops.kernel_path() == "amx_split"
+    rng = np.random.default_rng(9)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 2, 64, 96, 300, shuffle=True)
+    for path in ("amx", "amx_split"):
+        ops.set_kernel_path(path)
+        try:
+            assert ops.kernel_path() == path
+            o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 64)
+        finally:
+            ops.set_kernel_path("auto")
+        check(o, lse, q, kv, q_pos, kv_pos, 0.1, 64, "float32")
+
+
+@needs_amx
+@pytest.mark.parametrize("amx", ["amx", "amx_split"])
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_amx_key_splits_merge_exactly(amx, threads):
+    """More threads than row blocks: the keys are split and the row-major AMX partials merged."""
+    rng = np.random.default_rng(threads)
+    q, kv, q_pos, kv_pos = make_inputs(rng, 1, 128, 576, 1100, BF16, BF16, shuffle=True)
+    before = ops.num_threads()
+    ops.set_kernel_path(amx)
+    try:
+        ops.set_num_threads(threads)
+        o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 576**-0.5, 512)
+    finally:
+        ops.set_num_threads(before)
+        ops.set_kernel_path("auto")
+    check(o, lse, q, kv, q_pos, kv_pos, 576**-0.5, 512, "bfloat16" if amx == "amx" else "float32")
 
 
 def test_threads_do_not_change_the_result():

@@ -45,14 +45,31 @@ def run_and_check(cache, seqs, q, q_pos, q_seq_index, scale, R, dtype):
     return o, lse
 
 
-@pytest.mark.parametrize("path", ["auto", "portable"])
+def has_path(path: str) -> bool:
+    try:
+        ops.set_kernel_path(path)
+        return True
+    except helix.HelixError:
+        return False
+    finally:
+        ops.set_kernel_path("auto")
+
+
+HAS_AMX = has_path("amx")
+
+
+@pytest.mark.parametrize("path", ["auto", "portable", "amx", "amx_split"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("tokens_per_block", [16, 32])
-def test_batch_of_sequences_at_block_boundaries(path, dtype, tokens_per_block):
-    rng = np.random.default_rng([tokens_per_block, dtype == "bfloat16"])
+@pytest.mark.parametrize("tokens_per_block,D", [(16, 40), (32, 40), (8, 64), (16, 64), (48, 64)])
+def test_batch_of_sequences_at_block_boundaries(path, dtype, tokens_per_block, D):
+    """D = 64 with 16 | tokens_per_block: the AMX kernel loads 16-key groups in place from the pool; with
+    8 tokens per block or D % 32 != 0 it copies them (both next to NaN-poisoned unused slots)."""
+    if path.startswith("amx") and not HAS_AMX:
+        pytest.skip("no AMX-BF16 on this CPU (or the OS refused the tiles)")
+    rng = np.random.default_rng([tokens_per_block, D, dtype == "bfloat16"])
     tpb = tokens_per_block
     lengths = [0, 1, tpb - 1, tpb, tpb + 1, 3 * tpb, 150]
-    H, D, R = 5, 40, 32
+    H, R = 5, 32
     cache, seqs = build_cache(rng, lengths, tpb, D, dtype)
     # One decode token per sequence (sees everything), plus a 3-token causal chunk on the longest one.
     q_seq_index = np.array([*range(len(lengths)), 6, 6, 6], dtype=np.int64)
@@ -68,7 +85,18 @@ def test_batch_of_sequences_at_block_boundaries(path, dtype, tokens_per_block):
     assert np.all(o[0] == 0) and np.all(np.isneginf(lse[0]))  # the empty sequence
 
 
-def test_deepseek_shape_matches_contiguous_kernel():
+@pytest.mark.parametrize("path", ["auto", "amx", "amx_split"])
+def test_deepseek_shape_matches_contiguous_kernel(path):
+    if path.startswith("amx") and not HAS_AMX:
+        pytest.skip("no AMX-BF16 on this CPU (or the OS refused the tiles)")
+    ops.set_kernel_path(path)
+    try:
+        deepseek_shape_matches_contiguous_kernel()
+    finally:
+        ops.set_kernel_path("auto")
+
+
+def deepseek_shape_matches_contiguous_kernel():
     rng = np.random.default_rng(11)
     cache, seqs = build_cache(rng, [300], 32, 576, "bfloat16", chunk=64)
     q = rng.standard_normal((2, 128, 576), dtype=np.float32)

@@ -1,5 +1,6 @@
 // MLA partial attention on the CPU: the driver (work split, online softmax over key tiles, merge of the
-// per-thread partials) and the validated ops. The tile arithmetic lives in mla_attention_{avx512,portable}.cpp.
+// per-thread partials) and the validated ops. The tile arithmetic lives in
+// mla_attention_{amx,avx512,portable}.cpp.
 //
 // Work split: query rows (t, h) are flattened and cut into blocks of kRowBlock rows; when there are fewer
 // blocks than threads the keys of each block are split into `nsplit` contiguous ranges as well
@@ -22,8 +23,8 @@
 namespace helix {
 namespace {
 
-using detail::kKeyTile;
 using detail::kRowBlock;
+using detail::OLayout;
 using detail::TileOps;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -33,6 +34,8 @@ std::atomic<MlaKernelPath> g_forced_path{MlaKernelPath::Auto};
 
 MlaKernelPath auto_path() {
   static const MlaKernelPath path = [] {
+    // AMX: bfloat16 keys only (select_ops keeps float32 keys on the exact widened-f32 FMA kernels).
+    if (detail::amx_tile_ops(true)) return MlaKernelPath::AmxSplit;
     if (detail::avx512_bf16_tile_ops() && __builtin_cpu_is("amd")) return MlaKernelPath::Avx512Bf16;
     if (detail::avx512_tile_ops()) return MlaKernelPath::Avx512;
     return MlaKernelPath::Portable;
@@ -43,6 +46,8 @@ MlaKernelPath auto_path() {
 const TileOps& select_ops(DType kv_dtype) {
   MlaKernelPath path = g_forced_path.load();
   if (path == MlaKernelPath::Auto) path = auto_path();
+  if (path == MlaKernelPath::Amx && kv_dtype == DType::BFloat16) return *detail::amx_tile_ops(false);
+  if (path == MlaKernelPath::AmxSplit && kv_dtype == DType::BFloat16) return *detail::amx_tile_ops(true);
   if (path == MlaKernelPath::Avx512Bf16 && kv_dtype == DType::BFloat16) return *detail::avx512_bf16_tile_ops();
   if (path != MlaKernelPath::Portable) return *detail::avx512_tile_ops();
   return detail::portable_tile_ops(kv_dtype);
@@ -98,8 +103,8 @@ class AlignedBuffer {
 };
 
 struct Workspace {
-  AlignedBuffer qpack, scores, out, state, p_pairs, v_pairs, qpos, wide;
-  std::vector<const void*> qrows, keys;
+  AlignedBuffer qpack, scores, out, state, p_pairs, v_pairs, extra, qpos, wide;
+  std::vector<const void*> qrows, keys, next_keys;
 };
 
 Workspace& thread_workspace() {
@@ -118,8 +123,9 @@ struct Job {
   const TileOps& ops;
   DType kv_dtype;
   int64_t nblocks, nsplit, Mp_max;
-  // nsplit > 1: [nblocks * nsplit][R*Mp_max + 2*Mp_max]: OT (leading dimension: the block's own Mp),
-  // m_run, l_run
+  int64_t ldo;  // OT [R][Mp]: R; O [Mp][ldo]: detail::o_row_stride(R)
+  // nsplit > 1: [nblocks * nsplit][ldo*Mp_max + 2*Mp_max]: OT [R][Mp] or O [Mp][ldo] (ops.o_layout; Mp: the
+  // block's own), m_run, l_run
   float* partials;
 
   int64_t token(int64_t flat_row) const {
@@ -129,10 +135,11 @@ struct Job {
   // Index of flat row f in the [T, H] outputs.
   int64_t out_row(int64_t f) const { return token(f) * p.H + f % p.H; }
   int64_t rows_in_block(int64_t b) const { return std::min(kRowBlock, num_tokens * p.H - b * kRowBlock); }
-  int64_t partial_stride() const { return p.R * Mp_max + 2 * Mp_max; }
+  int64_t partial_stride() const { return ldo * Mp_max + 2 * Mp_max; }
+  int64_t num_key_tiles() const { return (keys.S + ops.key_tile - 1) / ops.key_tile; }
 };
 
-// One partial state of a row block: OT [R][Mp], m_run [Mp] (log2 domain), l_run [Mp].
+// One partial state of a row block: OT [R][Mp] or O [Mp][ldo], m_run [Mp] (log2 domain), l_run [Mp].
 struct Partial {
   const float* OT;
   const float* m_run;
@@ -168,6 +175,19 @@ void finalize_rows(const Job& job, int64_t b, const Partial* parts, int64_t np, 
       for (int64_t k = 0; k < np; ++k) weights[k * kChunk + i] = static_cast<float>(weights[k * kChunk + i] / l);
       job.p.lse[row] = static_cast<float>((mx + std::log2(l)) * 0.6931471805599453);
     }
+    if (job.ops.o_layout == OLayout::RowMajor) {
+      for (int64_t i = 0; i < mc; ++i) {
+        float* dst = o_rows[i];
+        std::fill(dst, dst + R, 0.f);
+        for (int64_t k = 0; k < np; ++k) {
+          const float w = weights[k * kChunk + i];
+          if (w == 0.f) continue;
+          const float* src = parts[k].OT + (m0 + i) * job.ldo;
+          for (int64_t r = 0; r < R; ++r) dst[r] += src[r] * w;
+        }
+      }
+      continue;
+    }
     for (int64_t r = 0; r < R; ++r) {
       float acc[kChunk] = {};
       for (int64_t k = 0; k < np; ++k) {
@@ -186,32 +206,36 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
   const TileOps& ops = job.ops;
   const int64_t M = job.rows_in_block(b);
   const int64_t Mp = round_up(M, 16);
-  const int64_t ntiles = (src.S + kKeyTile - 1) / kKeyTile;
-  const int64_t k_begin = std::min(src.S, ntiles * split / job.nsplit * kKeyTile);
-  const int64_t k_end = std::min(src.S, ntiles * (split + 1) / job.nsplit * kKeyTile);
+  const int64_t key_tile = ops.key_tile;
+  const int64_t ntiles = job.num_key_tiles();
+  const int64_t k_begin = std::min(src.S, ntiles * split / job.nsplit * key_tile);
+  const int64_t k_end = std::min(src.S, ntiles * (split + 1) / job.nsplit * key_tile);
 
   Workspace& ws = thread_workspace();
   void* qpack = ws.qpack.get<unsigned char>(ops.qpack_bytes(p.D, Mp));
-  float* St = ws.scores.get<float>(kKeyTile * Mp);
+  float* St = ws.scores.get<float>(key_tile * Mp);
   float* state = ws.state.get<float>(3 * Mp);
   int64_t* qpos = ws.qpos.get<int64_t>(Mp);
-  detail::TileScratch scratch{ws.p_pairs.get<uint16_t>(kKeyTile * Mp), ws.v_pairs.get<uint16_t>(kKeyTile * p.R)};
+  const int64_t extra_bytes = ops.extra_bytes(p.D, p.R, Mp);
+  detail::TileScratch scratch{ws.p_pairs.get<uint16_t>(key_tile * Mp), ws.v_pairs.get<uint16_t>(key_tile * p.R),
+                              extra_bytes > 0 ? ws.extra.get<unsigned char>(extra_bytes) : nullptr};
   float* OT;
   float *m_run, *l_run;
   if (job.nsplit > 1) {
     float* slot = job.partials + (b * job.nsplit + split) * job.partial_stride();
     OT = slot;
-    m_run = slot + p.R * job.Mp_max;
+    m_run = slot + job.ldo * job.Mp_max;
     l_run = m_run + job.Mp_max;
   } else {
-    OT = ws.out.get<float>(p.R * Mp);
+    OT = ws.out.get<float>(job.ldo * Mp);
     m_run = state + Mp;
     l_run = state + 2 * Mp;
   }
   float* alpha = state;
   const bool widen = job.kv_dtype != ops.key_dtype;  // bf16 keys on float32 micro-kernels
-  float* wide = widen ? ws.wide.get<float>(kKeyTile * p.D) : nullptr;
-  if (!qpack || !St || !state || !qpos || !scratch.p_pairs || !scratch.v_pairs || !OT || (widen && !wide)) {
+  float* wide = widen ? ws.wide.get<float>(key_tile * p.D) : nullptr;
+  if (!qpack || !St || !state || !qpos || !scratch.p_pairs || !scratch.v_pairs || !OT || (widen && !wide) ||
+      (extra_bytes > 0 && !scratch.extra)) {
     return false;
   }
 
@@ -229,12 +253,15 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
   ops.pack_q(ws.qrows.data(), M, Mp, p.D, p.q_dtype, qpack);
   std::fill(m_run, m_run + Mp, kNegInf);
   std::fill(l_run, l_run + Mp, 0.f);
-  std::fill(OT, OT + p.R * Mp, 0.f);
+  std::fill(OT, OT + job.ldo * Mp, 0.f);
 
   const float c = p.scale * detail::kLog2e;
-  ws.keys.resize(kKeyTile);
-  for (int64_t s0 = k_begin; s0 < k_end; s0 += kKeyTile) {
-    const int64_t nt = std::min(kKeyTile, k_end - s0);
+  ws.keys.resize(static_cast<size_t>(key_tile));
+  ws.next_keys.resize(static_cast<size_t>(key_tile));
+  scratch.next_rows = ws.next_keys.data();
+  scratch.next_row_bytes = src.row_bytes;
+  for (int64_t s0 = k_begin; s0 < k_end; s0 += key_tile) {
+    const int64_t nt = std::min(key_tile, k_end - s0);
     int64_t k_min = std::numeric_limits<int64_t>::max(), k_max = std::numeric_limits<int64_t>::min();
     for (int64_t n = 0; n < nt; ++n) {
       k_min = std::min(k_min, src.pos[s0 + n]);
@@ -242,11 +269,16 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
     }
     if (k_min > q_max) continue;  // no query of this block sees any key of the tile
     for (int64_t n = 0; n < nt; ++n) ws.keys[n] = src.row(s0 + n);
+    if (ops.o_layout == OLayout::RowMajor) {  // the AMX kernels prefetch the next tile's keys into L2
+      const int64_t next_nt = std::clamp<int64_t>(k_end - s0 - nt, 0, key_tile);
+      for (int64_t n = 0; n < next_nt; ++n) ws.next_keys[n] = src.row(s0 + nt + n);
+      scratch.next_count = next_nt;
+    }
     if (widen) {
       widen_tile(ws.keys.data(), nt, p.D, wide);
       for (int64_t n = 0; n < nt; ++n) ws.keys[n] = wide + n * p.D;
     }
-    ops.qk(qpack, ws.keys.data(), nt, p.D, Mp, St);
+    ops.qk(qpack, ws.keys.data(), nt, p.D, Mp, St, scratch);
     if (k_max > q_min) {  // causal mask: some (row, key) pairs are invisible
       for (int64_t n = 0; n < nt; ++n) {
         const int64_t kp = src.pos[s0 + n];
@@ -258,9 +290,18 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
       }
     }
     if (ops.softmax(St, nt, Mp, c, m_run, l_run, alpha)) {
-      for (int64_t r = 0; r < p.R; ++r) {
-        float* o = OT + r * Mp;
-        for (int64_t m = 0; m < Mp; ++m) o[m] *= alpha[m];
+      if (ops.o_layout == OLayout::RowMajor) {  // only the rows whose running max moved
+        for (int64_t m = 0; m < Mp; ++m) {
+          if (alpha[m] == 1.f) continue;
+          float* o = OT + m * job.ldo;
+          const float a = alpha[m];
+          for (int64_t r = 0; r < p.R; ++r) o[r] *= a;
+        }
+      } else {
+        for (int64_t r = 0; r < p.R; ++r) {
+          float* o = OT + r * Mp;
+          for (int64_t m = 0; m < Mp; ++m) o[m] *= alpha[m];
+        }
       }
     }
     ops.pv(St, ws.keys.data(), nt, p.R, Mp, OT, scratch);
@@ -285,10 +326,11 @@ void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t n
   const TileOps& ops = select_ops(kv_dtype);
   const int64_t nblocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t nthreads = omp_get_max_threads();
-  const int64_t ntiles = (src.S + kKeyTile - 1) / kKeyTile;
+  const int64_t ntiles = (src.S + ops.key_tile - 1) / ops.key_tile;
   const int64_t nsplit = std::clamp<int64_t>((nthreads + nblocks - 1) / nblocks, 1, std::clamp<int64_t>(ntiles, 1, kMaxSplit));
   const int64_t Mp_max = round_up(std::min(rows, kRowBlock), 16);
-  Job job{p, tokens, num_tokens, src, ops, kv_dtype, nblocks, nsplit, Mp_max, nullptr};
+  const int64_t ldo = ops.o_layout == OLayout::RowMajor ? detail::o_row_stride(p.R) : p.R;
+  Job job{p, tokens, num_tokens, src, ops, kv_dtype, nblocks, nsplit, Mp_max, ldo, nullptr};
   if (nsplit > 1) {
     job.partials = caller_partials().get<float>(nblocks * nsplit * job.partial_stride());
     HELIX_CHECK(job.partials != nullptr, "mla_attention: out of memory for the partial states");
@@ -315,7 +357,7 @@ void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t n
     Partial parts[kMaxSplit];
     for (int64_t k = 0; k < nsplit; ++k) {
       const float* slot = job.partials + (b * nsplit + k) * job.partial_stride();
-      parts[k] = Partial{slot, slot + p.R * Mp_max, slot + p.R * Mp_max + Mp_max};
+      parts[k] = Partial{slot, slot + job.ldo * Mp_max, slot + job.ldo * Mp_max + Mp_max};
     }
     finalize_rows(job, b, parts, nsplit, Mp, m0, std::min(M, m0 + 16));
   }
@@ -328,6 +370,9 @@ void set_mla_kernel_path(MlaKernelPath path) {
               "this CPU (or build) has no AVX-512F: cannot force the avx512 path");
   HELIX_CHECK(path != MlaKernelPath::Avx512Bf16 || detail::avx512_bf16_tile_ops(),
               "this CPU (or build) has no AVX512_BF16: cannot force the avx512_bf16 path");
+  HELIX_CHECK((path != MlaKernelPath::Amx && path != MlaKernelPath::AmxSplit) || detail::amx_tile_ops(false),
+              "this CPU (or build) has no AMX-BF16, or the OS refused the AMX tile permission: cannot force the ",
+              mla_kernel_path_name(path), " path");
   g_forced_path.store(path);
 }
 
@@ -349,6 +394,8 @@ std::string_view mla_kernel_path_name(MlaKernelPath path) {
     case MlaKernelPath::Portable: return "portable";
     case MlaKernelPath::Avx512: return "avx512";
     case MlaKernelPath::Avx512Bf16: return "avx512_bf16";
+    case MlaKernelPath::Amx: return "amx";
+    case MlaKernelPath::AmxSplit: return "amx_split";
   }
   return "?";
 }

@@ -191,7 +191,8 @@ void pack_q_bf16(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DTyp
   }
 }
 
-void qk_f32(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St) {
+void qk_f32(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St,
+            const TileScratch&) {
   const float* qp = static_cast<const float*>(qpack);
   for (int64_t d0 = 0; d0 < D; d0 += kDChunk) {
     const int64_t dlen = std::min(kDChunk, D - d0);
@@ -216,7 +217,8 @@ void pv_f32(const float* P, const void* const* keys, int64_t nt, int64_t R, int6
   }
 }
 
-void qk_bf16(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St) {
+void qk_bf16(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St,
+             const TileScratch&) {
   const uint32_t* qp = static_cast<const uint32_t*>(qpack);  // [ceil(D/2)][Mp] pairs
   for (int64_t d0 = 0; d0 < D; d0 += kDChunk) {  // kDChunk is even: chunks start on a pair
     const int64_t dend = std::min(d0 + kDChunk, D);
@@ -325,8 +327,10 @@ HELIX_AVX512F bool softmax_avx512(float* St, int64_t nt, int64_t Mp, float c, fl
   return changed != 0;
 }
 
-const TileOps kAvx512F32{DType::Float32, qpack_bytes_f32, pack_q_f32, qk_f32, softmax_avx512, pv_f32};
-const TileOps kAvx512Bf16{DType::BFloat16, qpack_bytes_bf16, pack_q_bf16, qk_bf16, softmax_avx512, pv_bf16};
+const TileOps kAvx512F32{DType::Float32, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_f32,
+                         pack_q_f32, qk_f32, softmax_avx512, pv_f32};
+const TileOps kAvx512Bf16{DType::BFloat16, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_bf16,
+                          pack_q_bf16, qk_bf16, softmax_avx512, pv_bf16};
 
 }  // namespace
 

@@ -38,7 +38,8 @@ void pack_q_f32(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType
 }
 
 template <class KV>
-void qk_portable(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St) {
+void qk_portable(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St,
+                 const TileScratch&) {
   const float* qp = static_cast<const float*>(qpack);
   for (int64_t n = 0; n < nt; ++n) {
     const KV* k = static_cast<const KV*>(keys[n]);
@@ -89,10 +90,10 @@ void pv_portable(const float* P, const void* const* keys, int64_t nt, int64_t R,
   }
 }
 
-const TileOps kPortableF32{DType::Float32, qpack_bytes_f32, pack_q_f32, qk_portable<float>, softmax_portable,
-                           pv_portable<float>};
-const TileOps kPortableBf16{DType::BFloat16, qpack_bytes_f32, pack_q_f32, qk_portable<bf16_t>, softmax_portable,
-                            pv_portable<bf16_t>};
+const TileOps kPortableF32{DType::Float32, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_f32,
+                           pack_q_f32, qk_portable<float>, softmax_portable, pv_portable<float>};
+const TileOps kPortableBf16{DType::BFloat16, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_f32,
+                            pack_q_f32, qk_portable<bf16_t>, softmax_portable, pv_portable<bf16_t>};
 
 }  // namespace
 

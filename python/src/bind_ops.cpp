@@ -46,10 +46,13 @@ nb::tuple paged_mla_attention_py(nb::handle q, nb::handle q_pos, const PagedKVCa
 }
 
 MlaKernelPath parse_path(const std::string& name) {
-  for (MlaKernelPath p : {MlaKernelPath::Auto, MlaKernelPath::Portable, MlaKernelPath::Avx512, MlaKernelPath::Avx512Bf16}) {
+  for (MlaKernelPath p : {MlaKernelPath::Auto, MlaKernelPath::Portable, MlaKernelPath::Avx512,
+                          MlaKernelPath::Avx512Bf16, MlaKernelPath::Amx, MlaKernelPath::AmxSplit}) {
     if (mla_kernel_path_name(p) == name) return p;
   }
-  throw ArgumentError("argument 'path' must be 'auto', 'portable', 'avx512' or 'avx512_bf16', got '" + name + "'");
+  throw ArgumentError(
+      "argument 'path' must be 'auto', 'portable', 'avx512', 'avx512_bf16', 'amx' or 'amx_split', got '" + name +
+      "'");
 }
 
 }  // namespace
@@ -70,13 +73,16 @@ void bind_ops(nb::module_& m) {
           "seq_ids [B] int64; q_seq_index [T] int64 in [0, B): the sequence each query token reads.");
   ops.def(
       "set_kernel_path", [](const std::string& path) { set_mla_kernel_path(parse_path(path)); }, nb::arg("path"),
-      "Force the attention micro-kernels: 'auto' (default), 'portable', 'avx512' or\n"
-      "'avx512_bf16' (BF16 dot products for bfloat16 keys); for tests and benchmarks.");
+      "Force the attention micro-kernels: 'auto' (default), 'portable', 'avx512', 'avx512_bf16' (BF16 dot\n"
+      "products for bfloat16 keys), 'amx' (AMX-BF16 tiles for bfloat16 keys, q and weights rounded to bf16)\n"
+      "or 'amx_split' (AMX with q and weights as bf16 hi + lo pairs); for tests and benchmarks.\n"
+      "Raises HelixError when the CPU (or the OS) does not offer the path.");
   ops.def("set_num_threads", &set_cpu_threads, nb::arg("n"), "Threads of the CPU kernels (OpenMP) for this thread.");
   ops.def("num_threads", &cpu_threads, "Threads the CPU kernels use.");
   ops.def(
       "kernel_path", [] { return std::string(mla_kernel_path_name(mla_kernel_path())); },
-      "The attention micro-kernels in use: 'portable', 'avx512' or 'avx512_bf16'.");
+      "The attention micro-kernels in use: 'portable', 'avx512', 'avx512_bf16', 'amx' or 'amx_split'\n"
+      "(float32 keys run the avx512 kernels on the bf16-only paths).");
 }
 
 }  // namespace helix::bind

@@ -95,7 +95,8 @@ class MlaAttention : public ::testing::TestWithParam<Case> {
 
 std::vector<MlaKernelPath> available_paths() {
   std::vector<MlaKernelPath> paths{MlaKernelPath::Portable};
-  for (MlaKernelPath p : {MlaKernelPath::Avx512, MlaKernelPath::Avx512Bf16}) {
+  for (MlaKernelPath p :
+       {MlaKernelPath::Avx512, MlaKernelPath::Avx512Bf16, MlaKernelPath::Amx, MlaKernelPath::AmxSplit}) {
     try {
       set_mla_kernel_path(p);
       paths.push_back(p);
@@ -119,8 +120,9 @@ TEST_P(MlaAttention, EveryPathMatchesNaiveLoop) {
     for (DType kv_dtype : {DType::Float32, DType::BFloat16}) {
       const void* kv = kv_dtype == DType::Float32 ? static_cast<const void*>(in.kv.data()) : in.kv_bf16.data();
       const KernelOutput r = run_kernel(in.q, kv, kv_dtype, in.q_pos, in.kv_pos, c, scale);
-      // The BF16 dot-product path rounds q and the weights to bf16.
-      const double tol = path == MlaKernelPath::Avx512Bf16 && kv_dtype == DType::BFloat16 ? 2e-2 : 5e-5;
+      // The BF16 dot-product paths round q and the weights to bf16 (AmxSplit keeps hi + lo parts).
+      const bool bf16_products = path == MlaKernelPath::Avx512Bf16 || path == MlaKernelPath::Amx;
+      const double tol = bf16_products && kv_dtype == DType::BFloat16 ? 2e-2 : 5e-5;
       SCOPED_TRACE(std::string(mla_kernel_path_name(path)) + " " + std::string(dtype_name(kv_dtype)));
       for (size_t i = 0; i < o_ref.size(); ++i) ASSERT_NEAR(r.o[i], o_ref[i], tol * (1 + std::abs(o_ref[i])));
       for (size_t i = 0; i < lse_ref.size(); ++i) {
@@ -149,6 +151,45 @@ TEST(MlaAttentionPaths, FastPathAgreesWithPortable) {
   for (size_t i = 0; i < ref.o.size(); ++i) ASSERT_NEAR(fast.o[i], ref.o[i], 5e-5);
   for (size_t i = 0; i < ref.lse.size(); ++i) ASSERT_NEAR(fast.lse[i], ref.lse[i], 5e-5);
   EXPECT_NE(mla_kernel_path(), MlaKernelPath::Auto);
+}
+
+bool has_path(MlaKernelPath path) {
+  try {
+    set_mla_kernel_path(path);
+    set_mla_kernel_path(MlaKernelPath::Auto);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+TEST(MlaAttentionPaths, AmxAgreesWithAvx512OnBf16Keys) {
+  if (!has_path(MlaKernelPath::Amx)) GTEST_SKIP() << "no AMX-BF16 on this CPU (or the OS refused the tiles)";
+  EXPECT_EQ(mla_kernel_path(), MlaKernelPath::AmxSplit);  // Auto takes AMX where it is available
+  for (const Case& c : {Case{1, 128, 576, 512, 700}, Case{3, 20, 100, 90, 333}, Case{1, 7, 32, 16, 16}}) {
+    const Inputs in = make_inputs(c, 9);
+    const float scale = 1.f / std::sqrt(float(c.D));
+    auto run = [&](MlaKernelPath path, const void* kv, DType dtype) {
+      set_mla_kernel_path(path);
+      KernelOutput r = run_kernel(in.q, kv, dtype, in.q_pos, in.kv_pos, c, scale);
+      set_mla_kernel_path(MlaKernelPath::Auto);
+      return r;
+    };
+    const KernelOutput ref = run(MlaKernelPath::Avx512, in.kv_bf16.data(), DType::BFloat16);
+    const KernelOutput amx = run(MlaKernelPath::Amx, in.kv_bf16.data(), DType::BFloat16);
+    const KernelOutput split = run(MlaKernelPath::AmxSplit, in.kv_bf16.data(), DType::BFloat16);
+    // float32 keys on the AMX paths run the exact float32 kernels.
+    const KernelOutput f32 = run(MlaKernelPath::Amx, in.kv.data(), DType::Float32);
+    for (size_t i = 0; i < ref.o.size(); ++i) {
+      ASSERT_NEAR(amx.o[i], ref.o[i], 1e-2 * (1 + std::abs(ref.o[i])));
+      ASSERT_NEAR(split.o[i], ref.o[i], 5e-5 * (1 + std::abs(ref.o[i])));
+      ASSERT_NEAR(f32.o[i], ref.o[i], 5e-5 * (1 + std::abs(ref.o[i])));
+    }
+    for (size_t i = 0; i < ref.lse.size(); ++i) {
+      ASSERT_NEAR(amx.lse[i], ref.lse[i], 1e-2 * (1 + std::abs(ref.lse[i])));
+      ASSERT_NEAR(split.lse[i], ref.lse[i], 5e-5 * (1 + std::abs(ref.lse[i])));
+    }
+  }
 }
 
 TEST(MlaAttentionPaths, EmptyShardGivesZeroAndMinusInfinity) {

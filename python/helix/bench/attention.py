@@ -4,6 +4,9 @@ For H = 128 heads, D = 576 (512 latent + 64 rope), R = 512, one query token and 
 kernel with float32 and bfloat16 keys and reports GFLOP/s (FLOPs = 2*T*H*S*(D+R)), GB/s (keys + q + o)
 and the ratio to NumPy's float32 matmul doing the same FLOPs in the same run:
 [128 x 576] @ [576 x S] plus [128 x S] @ [S x 512]. Times are medians of repeated calls.
+--kernel-paths times the same points with several forced micro-kernel paths (helix.ops.set_kernel_path);
+each row records the kernel that ran (float32 keys run the avx512 kernels on the bf16-only paths, and a
+(dtype, kernel) pair is timed once).
 
 NumPy's OpenBLAS reads OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE when it loads; the JSON records both and the
 kernel OpenBLAS picked, so a run's ceiling can be judged.
@@ -29,6 +32,7 @@ DEFAULT_SIZES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 class Row:
     S: int
     kv_dtype: str
+    kernel: str
     seconds: float
     gflops: float
     gbytes_per_s: float
@@ -45,7 +49,21 @@ def attention_flops(S: int) -> int:
     return 2 * T * H * S * (D + R)
 
 
-def run(sizes: tuple[int, ...], dtypes: tuple[str, ...], repeats: int, min_seconds: float) -> list[Row]:
+BF16_ONLY_PATHS = ("avx512_bf16", "amx", "amx_split")
+
+
+def kernel_for(path: str, kv_dtype: str) -> str:
+    """The micro-kernels that run for keys of kv_dtype under the (resolved) kernel path."""
+    return "avx512" if kv_dtype == "float32" and path in BF16_ONLY_PATHS else path
+
+
+def run(
+    sizes: tuple[int, ...],
+    dtypes: tuple[str, ...],
+    repeats: int,
+    min_seconds: float,
+    kernel_paths: tuple[str, ...] = ("auto",),
+) -> list[Row]:
     import ml_dtypes
 
     from helix import ops
@@ -63,14 +81,25 @@ def run(sizes: tuple[int, ...], dtypes: tuple[str, ...], repeats: int, min_secon
         t_np = median_time(lambda a=a, b=b, p=p, v=v: (a @ b, p @ v), repeats, min_seconds)
         for name in dtypes:
             kv = kv32 if name == "float32" else kv32.astype(ml_dtypes.bfloat16)
-            t = median_time(
-                lambda kv=kv, kv_pos=kv_pos: ops.mla_attention(q, kv, q_pos, kv_pos, 0.07, R),
-                repeats,
-                min_seconds,
-            )
-            flops = attention_flops(S)
-            moved = kv.nbytes + q.nbytes + T * H * R * 4
-            rows.append(Row(S, name, t, flops / t / 1e9, moved / t / 1e9, t_np, flops / t_np / 1e9, t_np / t))
+            done: set[str] = set()
+            for path in kernel_paths:
+                ops.set_kernel_path(path)
+                try:
+                    kernel = kernel_for(ops.kernel_path(), name)
+                    if kernel in done:
+                        continue
+                    done.add(kernel)
+                    t = median_time(
+                        lambda kv=kv, kv_pos=kv_pos: ops.mla_attention(q, kv, q_pos, kv_pos, 0.07, R),
+                        repeats,
+                        min_seconds,
+                    )
+                finally:
+                    ops.set_kernel_path("auto")
+                flops = attention_flops(S)
+                moved = kv.nbytes + q.nbytes + T * H * R * 4
+                rate, np_rate = flops / t / 1e9, flops / t_np / 1e9
+                rows.append(Row(S, name, kernel, t, rate, moved / t / 1e9, t_np, np_rate, t_np / t))
     return rows
 
 
@@ -78,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="helix bench attention", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated S values")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="key dtypes: float32,bfloat16")
+    parser.add_argument(
+        "--kernel-paths",
+        default="auto",
+        help="comma-separated kernel paths to time: auto,portable,avx512,avx512_bf16,amx,amx_split",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=7, help="at least this many timed calls per point")
     parser.add_argument("--min-seconds", type=float, default=0.3, help="and at least this long per point")
@@ -86,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     dtypes = tuple(args.dtypes.split(","))
+    kernel_paths = tuple(args.kernel_paths.split(","))
     if args.threads < 1 or any(s <= 0 for s in sizes) or not set(dtypes) <= {"float32", "bfloat16"}:
         parser.error("--threads and --sizes must be positive; --dtypes float32 and/or bfloat16")
 
     set_threads(args.threads)
 
-    rows = run(sizes, dtypes, args.repeats, args.min_seconds)
+    rows = run(sizes, dtypes, args.repeats, args.min_seconds, kernel_paths)
 
     meta = {
         **machine_info(args.threads),
@@ -105,24 +140,25 @@ def main(argv: list[str] | None = None) -> int:
         f"(OPENBLAS_CORETYPE={meta['OPENBLAS_CORETYPE']})"
     )
     print(
-        f"{'S':>6} {'kv':>8} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6} {'numpy ms':>9} "
+        f"{'S':>6} {'kv':>8} {'kernel':>11} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>6} {'numpy ms':>9} "
         f"{'np GFLOP/s':>10} {'ratio':>6}"
     )
     for r in rows:
         print(
-            f"{r.S:>6} {r.kv_dtype:>8} {r.seconds * 1e3:8.3f} {r.gflops:8.1f} {r.gbytes_per_s:6.1f} "
+            f"{r.S:>6} {r.kv_dtype:>8} {r.kernel:>11} {r.seconds * 1e3:8.3f} {r.gflops:8.1f} "
+            f"{r.gbytes_per_s:6.1f} "
             f"{r.numpy_seconds * 1e3:9.3f} {r.numpy_gflops:10.1f} {r.ratio_to_numpy:6.2f}"
         )
     out = write_json(args.out, {"meta": meta, "rows": [asdict(r) for r in rows]})
     series = {
-        f"helix, {dt} KV": (
-            [r.S for r in rows if r.kv_dtype == dt],
-            [r.gflops for r in rows if r.kv_dtype == dt],
+        f"helix, {dt} KV, {k}": (
+            [r.S for r in rows if (r.kv_dtype, r.kernel) == (dt, k)],
+            [r.gflops for r in rows if (r.kv_dtype, r.kernel) == (dt, k)],
         )
-        for dt in dtypes
+        for dt, k in dict.fromkeys((r.kv_dtype, r.kernel) for r in rows)
     }
-    first = [r for r in rows if r.kv_dtype == dtypes[0]]
-    series["NumPy f32 matmul, same FLOPs"] = ([r.S for r in first], [r.numpy_gflops for r in first])
+    numpy_by_size = {r.S: r.numpy_gflops for r in rows}
+    series["NumPy f32 matmul, same FLOPs"] = (list(numpy_by_size), list(numpy_by_size.values()))
     png = plot_lines(
         args.png,
         series,

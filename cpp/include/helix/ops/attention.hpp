@@ -5,9 +5,9 @@
 //   o[t,h,:]     = sum_s softmax_s(score) * kv[s, :kv_lora_rank]    (the latent is also the value)
 //   lse[t,h]     = log(sum_s exp(score))                     natural log; -inf and o = 0 when nothing is visible
 //
-// Accumulation is float32; q and kv may be float32 or bfloat16. With bfloat16 keys on the BF16 dot-product
-// path (see MlaKernelPath) q and the softmax weights are rounded to bfloat16 for the two products; the
-// running max, sum and output stay float32.
+// Accumulation is float32; q and kv may be float32 or bfloat16. With bfloat16 keys on the BF16 product
+// paths (Avx512Bf16, Amx; see MlaKernelPath) q and the softmax weights are rounded to bfloat16 for the two
+// products (AmxSplit: to a bf16 hi + lo pair); the running max, sum and output stay float32.
 #pragma once
 
 #include <cstdint>
@@ -43,10 +43,16 @@ void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& ca
 //   Portable:   plain C++ (compiler-vectorized for the baseline ISA); runs anywhere.
 //   Avx512:     AVX-512F float32 FMA micro-kernels; bfloat16 keys are widened to float32 per tile.
 //   Avx512Bf16: as Avx512, but bfloat16 keys use AVX-512 BF16 dot products (q and P rounded to bf16).
-// Auto: Avx512Bf16 on AMD CPUs with AVX512_BF16 (full-rate VDPBF16PS, e.g. Zen 4/5), Avx512 on other
-// AVX-512 CPUs (on Intel Xeons VDPBF16PS runs at about 0.6x the FMA instruction rate here, so widening is
-// faster), else Portable. Tests force each path to compare them; forcing one the CPU lacks throws Error.
-enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16 };
+//   Amx:        as Avx512, but bfloat16 keys use AMX-BF16 tile products (q and P rounded to bf16, float32
+//               accumulation); float32 keys stay on the exact widened-f32 FMA kernels.
+//   AmxSplit:   as Amx, but q and P go in as bf16 hi + lo pairs (two tile products each, 2^-17 relative
+//               instead of 2^-9): float32-grade results at O(1) scores, ~0.7x the speed of Amx.
+// Auto: AmxSplit where the CPU has AMX-BF16 and the OS grants the tile-data permission (Sapphire/Emerald
+// Rapids and later; ~4x the widened Avx512 kernels on bf16 keys there), else Avx512Bf16 on AMD CPUs with
+// AVX512_BF16 (full-rate VDPBF16PS, e.g. Zen 4/5), Avx512 on other AVX-512 CPUs (on Intel Xeons VDPBF16PS
+// runs at about 0.6x the FMA instruction rate, so widening is faster), else Portable. Tests force each path
+// to compare them; forcing one the CPU (or OS) lacks throws Error.
+enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16, Amx, AmxSplit };
 void set_mla_kernel_path(MlaKernelPath path);
 // The path Auto resolves to on this CPU, or the forced one.
 MlaKernelPath mla_kernel_path();
