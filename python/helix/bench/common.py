@@ -37,6 +37,7 @@ __all__ = [
     "median_time",
     "copy_bandwidth",
     "matmul_gflops",
+    "bf16_matmul_gflops",
     "set_threads",
     "openblas_core",
     "cpu_model",
@@ -123,6 +124,20 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     return 2 * n**3 / time_calls(lambda: np.matmul(a, b), repeats).min / 1e9
+
+
+def bf16_matmul_gflops(n: int = 2048, repeats: int = 5) -> float | None:
+    """A bfloat16 matmul of two n x n matrices (PyTorch's CPU kernels: oneDNN, AMX where the CPU has it),
+    GFLOP/s (best of ``repeats``), on OMP_NUM_THREADS threads; None when torch is not installed. The
+    ceiling for the bf16 attention math, which runs on AMX tiles on such CPUs."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn((n, n), generator=gen).to(torch.bfloat16)
+    b = torch.randn((n, n), generator=gen).to(torch.bfloat16)
+    return 2 * n**3 / time_calls(lambda: torch.matmul(a, b), repeats).min / 1e9
 
 
 # ----------------------------------------------------------------------------------------- threads

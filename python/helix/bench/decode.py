@@ -32,6 +32,7 @@ import numpy as np
 
 from helix.bench.common import (
     ROOT,
+    bf16_matmul_gflops,
     copy_bandwidth,
     machine_info,
     matmul_gflops,
@@ -143,12 +144,19 @@ def fill_kv(engine: Any, seq_id: int, context: int, rng: np.random.Generator, ch
 
 
 def rank_ceilings(comm: Any, copy_bytes: int) -> dict[str, float]:
-    """Copy GB/s and NumPy f32 matmul GFLOP/s of this rank with its threads, every rank measuring at the same
-    time (so each figure is one rank's share of the machine, as during the steps); mean over the ranks."""
+    """Copy GB/s, NumPy f32 matmul and bf16 matmul GFLOP/s of this rank with its threads, every rank
+    measuring at the same time (so each figure is one rank's share of the machine, as during the steps);
+    mean over the ranks. Without torch the bf16 figure is the f32 one."""
     comm.barrier()
-    mine = np.array([copy_bandwidth(copy_bytes, repeats=3), matmul_gflops(1536, repeats=3)], np.float64)
-    every = comm.all_gather(mine.view(np.float32)).view(np.float64).reshape(comm.size, 2)
-    return {"copy_gbs": float(every[:, 0].mean()), "matmul_gflops": float(every[:, 1].mean())}
+    f32 = matmul_gflops(1536, repeats=3)
+    bf16 = bf16_matmul_gflops(1536, repeats=3) or f32
+    mine = np.array([copy_bandwidth(copy_bytes, repeats=3), f32, bf16], np.float64)
+    every = comm.all_gather(mine.view(np.float32)).view(np.float64).reshape(comm.size, 3)
+    return {
+        "copy_gbs": float(every[:, 0].mean()),
+        "matmul_gflops": float(every[:, 1].mean()),
+        "bf16_matmul_gflops": float(every[:, 2].mean()),
+    }
 
 
 def run_worker(
@@ -217,8 +225,9 @@ def run_worker(
 
 def planner_prediction(model_dir: str | Path, row: Row) -> dict:
     """predict_step for this row's layout on a custom preset made of one rank's measured ceilings (copy
-    bandwidth as the memory bandwidth, NumPy f32 matmul as the FLOP/s of every precision: the CPU kernels
-    compute in f32), the link latency from the measured all-reduce and the link bandwidth = copy."""
+    bandwidth as the memory bandwidth; FLOP/s: the bf16 matmul for bf16 — the bf16 attention runs on AMX
+    tiles where the CPU has them — and NumPy's f32 matmul for the other precisions), the link latency from
+    the measured all-reduce and the link bandwidth = copy."""
     from helix import planner
 
     spec = planner.get_model(str(model_dir))
@@ -230,6 +239,7 @@ def planner_prediction(model_dir: str | Path, row: Row) -> dict:
     hw = planner.custom_hardware(
         bandwidth_gbs=bw,
         tflops=gflops / 1e3,
+        flops_per_precision={"bf16": row.ceilings.get("bf16_matmul_gflops", gflops) / 1e3},
         link_bandwidth_gbs=bw,
         link_latency_us=max(row.allreduce_latency_us / 2, 1.0),
         name="this-cpu",
