@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "arrays.hpp"
+#include "engine_step.hpp"
 #include "helix/cuda.hpp"
 #include "helix/cuda_engine.hpp"
 #include "helix/engine_common.hpp"
@@ -442,19 +443,7 @@ void bind_cuda_engine(nb::module_& c) {
           "every layer's device pool.")
       .def(
           "step",
-          [](CudaEngine& e, nb::handle tokens, nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index,
-             nb::handle logit_rows) {
-            HostArray ta = to_view(tokens, "tokens"), pa = to_view(positions, "positions"),
-                      sa = to_view(seq_ids, "seq_ids"), ia = to_view(q_seq_index, "q_seq_index"),
-                      la = to_view(logit_rows, "logit_rows");
-            HELIX_CHECK_ARG(la.view.ndim() == 1, "argument 'logit_rows' must be 1-D");
-            HostArray out = new_array({la.view.dim(0), e.config().vocab_size}, DType::Float32);
-            {
-              nb::gil_scoped_release release;
-              e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view);
-            }
-            return out.owner;
-          },
+          &engine_step<CudaEngine>,
           "tokens"_a, "positions"_a, "seq_ids"_a, "q_seq_index"_a, "logit_rows"_a,
           "One forward pass on the GPU: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
           "-> logits [L, vocab_size] float32 (host), identical on every rank.")

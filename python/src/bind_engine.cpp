@@ -4,6 +4,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "arrays.hpp"
+#include "engine_step.hpp"
 #include "helix/engine.hpp"
 #include "helix/helix_attention.hpp"
 
@@ -112,19 +113,7 @@ void bind_engine(nb::module_& m) {
            "This rank's paged KV cache of one layer (read-only use: benchmarks fill it, tests inspect it).")
       .def(
           "step",
-          [](Engine& e, nb::handle tokens, nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index,
-             nb::handle logit_rows) {
-            HostArray ta = to_view(tokens, "tokens"), pa = to_view(positions, "positions"),
-                      sa = to_view(seq_ids, "seq_ids"), ia = to_view(q_seq_index, "q_seq_index"),
-                      la = to_view(logit_rows, "logit_rows");
-            HELIX_CHECK_ARG(la.view.ndim() == 1, "argument 'logit_rows' must be 1-D");
-            HostArray out = new_array({la.view.dim(0), e.config().vocab_size}, DType::Float32);
-            {
-              nb::gil_scoped_release release;
-              e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view);
-            }
-            return out.owner;
-          },
+          &engine_step<Engine>,
           nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"), nb::arg("logit_rows"),
           "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
           "-> logits [L, vocab_size] float32, identical on every rank.")
