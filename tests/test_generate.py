@@ -441,6 +441,9 @@ def test_cli_bad_files(model, truncated_model, tmp_path, capsys):
     too_big = tmp_path / "cp2.yaml"
     too_big.write_text("context_parallel_size: 2\n")
     assert "but the job has 1 MPI ranks" in error(["--model", str(model), "--config", str(too_big)])
+    # Prompt ids are checked against config.json before the (here corrupt) weights are read.
+    err = error(["--model", str(truncated_model), "--prompt-token-ids", "5,1000"])
+    assert "outside the vocabulary" in err and "truncated" not in err
 
 
 def test_cli_config_file_with_overrides(model, tmp_path, capsys):

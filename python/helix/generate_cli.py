@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate(args: argparse.Namespace, comm) -> int:
+    from helix.config import ModelConfig
     from helix.generate import SamplingParams
-    from helix.llm import LLM
+    from helix.llm import LLM, check_prompt_ids
 
     pc = _parallel_config(args)
     pc.check_world_size(comm.size)
@@ -136,6 +137,10 @@ def _generate(args: argparse.Namespace, comm) -> int:
         seed=args.seed,
         ignore_eos=args.ignore_eos,
     )
+    # Token ids are checked against config.json before any weight is loaded.
+    vocab_size = ModelConfig.from_pretrained(args.model).vocab_size
+    for ids in args.prompt_token_ids:
+        check_prompt_ids(ids, vocab_size)
     llm = LLM(
         args.model,
         pc,

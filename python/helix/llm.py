@@ -13,9 +13,18 @@ from helix.engine import HelixEngine
 from helix.generate import GenerationStats, RequestOutput, SamplingParams, Scheduler
 from helix.parallel_config import ParallelConfig
 
-__all__ = ["LLM"]
+__all__ = ["LLM", "check_prompt_ids"]
 
 Prompt = str | Sequence[int]
+
+
+def check_prompt_ids(prompt: Sequence[int], vocab_size: int) -> list[int]:
+    """The prompt as a list of ints; ValueError naming the ids outside [0, vocab_size)."""
+    ids = [int(t) for t in prompt]
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+    return ids
 
 
 class LLM:
@@ -80,12 +89,7 @@ class LLM:
                     "this model folder has no tokenizer.json: give prompts as token ids (--prompt-token-ids)"
                 )
             return list(self.tokenizer.encode(prompt).ids)
-        ids = [int(t) for t in prompt]
-        vocab = self.engine.config.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-        return ids
+        return check_prompt_ids(prompt, self.engine.config.vocab_size)
 
     def add_request(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> int:
         """Queues one request (text or token ids); returns its id. Invalid input raises ValueError here; a
