@@ -56,3 +56,19 @@ def test_split(c):
     sub = c.split(3, 7)
     assert (sub.rank, sub.size) == (0, 1)
     assert "size=1" in repr(sub)
+
+
+def test_world_without_mpi_in_the_build_falls_back_to_one_process(monkeypatch):
+    """A build without MPI next to a working mpi4py: world() is the size-1 communicator in one process
+    (what make_mpi_communicator of cpp/src/no_mpi.cpp raises is a HelixError)."""
+
+    def built_without_mpi(_comm):
+        raise _core.HelixError("make_mpi_communicator: helix was built without MPI")
+
+    monkeypatch.setattr(comm, "from_mpi4py", built_without_mpi)
+    comm.world.cache_clear()
+    try:
+        w = comm.world()
+        assert (w.rank, w.size) == (0, 1)
+    finally:
+        comm.world.cache_clear()

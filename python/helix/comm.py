@@ -59,8 +59,17 @@ def world() -> Any:
     MPI = _mpi()
     if MPI is None:
         return self_communicator()
+    from helix import _core
+
+    try:
+        comm = from_mpi4py(MPI.COMM_WORLD)
+    except _core.HelixError:
+        # A build without MPI next to a working mpi4py (e.g. a system MPI): fine for one process.
+        if MPI.COMM_WORLD.Get_size() > 1:
+            raise
+        return self_communicator()
     atexit.register(world.cache_clear)
-    return from_mpi4py(MPI.COMM_WORLD)
+    return comm
 
 
 _installed = False
