@@ -7,7 +7,13 @@
 # without mpicc the build uses the no-MPI stub. Results: a table printed last, JSON in $OUT if set.
 #   HELIX_CUDA_ARCH   CUDA architectures to build (default 90a; 100a on Blackwell)
 #   HELIX_GPU_QUICK=1 shorter benchmark (contexts 8K and 32K)
+#   HELIX_GPU_BUDGET_S  wall-clock budget of the whole script in seconds (default 450): every stage's
+#                       timeout is cut to what is left, so a hang never eats the benchmark table
 set -euo pipefail
+DEADLINE=$((SECONDS + ${HELIX_GPU_BUDGET_S:-450}))
+# limit WANT [KEEP]: WANT seconds, or what is left of the budget less KEEP seconds for later stages (default
+# 30, the final table); at least 10.
+limit() { local left=$((DEADLINE - SECONDS - ${2:-30})); ((left < 10)) && left=10; echo $(($1 < left ? $1 : left)); }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY=${PYTHON:-$(command -v python3)}
@@ -42,19 +48,19 @@ command -v ninja >/dev/null && cmake_args+=(-G Ninja)
 log "configure ($BUILD)"
 cmake -S . -B "$BUILD" "${cmake_args[@]}" | sed -n '/feature summary/,$p'
 log "build"
-timeout 300 cmake --build "$BUILD" -j "$(nproc)" >"$BUILD/gpu-build.log" 2>&1 || { tail -50 "$BUILD/gpu-build.log"; exit 1; }
+timeout "$(limit 300)" cmake --build "$BUILD" -j "$(nproc)" >"$BUILD/gpu-build.log" 2>&1 || { tail -50 "$BUILD/gpu-build.log"; exit 1; }
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 export HELIX_EXPECT_CUDA=1
 
 status=0
 if [ -f "$BUILD/CTestTestfile.cmake" ]; then
   log "C++ tests (ctest -R cuda)"
-  timeout 120 ctest --test-dir "$BUILD" -R Cuda --output-on-failure || status=1
+  timeout "$(limit 120 200)" ctest --test-dir "$BUILD" -R Cuda --output-on-failure || status=1
 fi
 log "GPU tests (pytest tests/test_cuda_ops.py tests/test_cuda_engine.py)"
 junit=()
 [ -n "$OUT" ] && junit=(--junitxml "$OUT/test_cuda.xml")
-timeout 300 "$PY" -m pytest tests/test_cuda_ops.py tests/test_cuda_engine.py -q -p no:cacheprovider -o addopts="" \
+timeout "$(limit 240 180)" "$PY" -m pytest tests/test_cuda_ops.py tests/test_cuda_engine.py -q -p no:cacheprovider -o addopts="" \
   "${junit[@]}" -rs || status=1
 
 # The tiny model through the CLI on both devices: the same greedy tokens (float32), one process.
@@ -62,9 +68,9 @@ log "tiny model: helix generate --device cpu vs --device cuda (greedy, float32)"
 tiny=$(mktemp -d)
 greedy=(--model "$tiny/m" --prompt-token-ids 2,3,4,5,6,7,8,9 --prompt-token-ids 0,5,17,300 --max-new-tokens 24
         --ignore-eos --tokens-per-block 4 --json)
-if timeout 60 "$PY" -m helix make-tiny-model "$tiny/m" >/dev/null &&
-   timeout 60 "$PY" -m helix generate "${greedy[@]}" --device cpu | tail -1 >"$tiny/cpu.json" &&
-   timeout 60 "$PY" -m helix generate "${greedy[@]}" --device cuda | tail -1 >"$tiny/cuda.json"; then
+if timeout "$(limit 60)" "$PY" -m helix make-tiny-model "$tiny/m" >/dev/null &&
+   timeout "$(limit 60)" "$PY" -m helix generate "${greedy[@]}" --device cpu | tail -1 >"$tiny/cpu.json" &&
+   timeout "$(limit 60)" "$PY" -m helix generate "${greedy[@]}" --device cuda | tail -1 >"$tiny/cuda.json"; then
   "$PY" - "$tiny/cpu.json" "$tiny/cuda.json" <<'PYEOF' || status=1
 import json, sys
 cpu, gpu = (json.load(open(p)) for p in sys.argv[1:3])
@@ -82,10 +88,10 @@ log "benchmarks"
 bench_dir=${OUT:-$(mktemp -d)}
 bench_args=()
 [ "${HELIX_GPU_QUICK:-0}" = 1 ] && bench_args+=(--quick)
-timeout 180 "$PY" -m helix.bench.cuda_ops "${bench_args[@]}" --json "$bench_dir/cuda_ops.json" >/dev/null || status=1
+timeout "$(limit 180 90)" "$PY" -m helix.bench.cuda_ops "${bench_args[@]}" --json "$bench_dir/cuda_ops.json" >/dev/null || status=1
 layer_args=(--context 32768 --batch 1 8 --steps 20)
 [ "${HELIX_GPU_QUICK:-0}" = 1 ] && layer_args=(--context 32768 --batch 1 --steps 10)
-timeout 150 "$PY" -m helix.bench.cuda_layer "${layer_args[@]}" --json "$bench_dir/cuda_layer.json" >/dev/null ||
+timeout "$(limit 150)" "$PY" -m helix.bench.cuda_layer "${layer_args[@]}" --json "$bench_dir/cuda_layer.json" >/dev/null ||
   status=1
 log "done (status $status)"
 # The short table, last.
