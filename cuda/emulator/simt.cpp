@@ -216,11 +216,13 @@ void yield() {
 #endif
 }
 
+// Thrown through the failing fiber's frames so that their destructors run (the launch is abandoned;
+// fibers blocked elsewhere hold no heap objects: messages are only built on error paths).
+struct FiberAbort {};
+
 void fail(const std::string& message) {
   if (g.error.empty()) g.error = message;
-  g.current->state = State::Done;
-  yield();
-  __builtin_trap();  // never resumed
+  throw FiberAbort{};
 }
 
 void release_barrier() {
@@ -290,12 +292,15 @@ extern "C" void simt_fiber_main() {
 #if SIMT_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &g.scheduler_stack_bottom, &g.scheduler_stack_size);
 #endif
-  (*g.body)();
   Fiber& f = *g.current;
-  on_exit(f);
+  try {
+    (*g.body)();
+    on_exit(f);
+  } catch (const FiberAbort&) {
+  }
   f.state = State::Done;
   yield();
-  __builtin_trap();
+  __builtin_trap();  // a finished fiber is never resumed
 }
 
 namespace simt::detail {
@@ -343,10 +348,10 @@ void warp_collective(unsigned mask, CompleteFn complete, void* data, const char*
   }
   Warp& w = g.warps[f->warp];
   const unsigned bit = 1u << f->lane;
-  const std::string where = std::string(what) + " at " + site(loc.file_name(), static_cast<int>(loc.line()));
-  if (!(mask & bit)) fail(block_label() + ": thread " + std::to_string(f->tid.x) + " calls " + where + " with a mask that does not name its own lane");
-  if (mask & ~w.existing) fail(block_label() + ": " + where + " names lanes that do not exist in this block");
-  if (mask & w.exited) fail(block_label() + ": " + where + " names lanes that already exited");
+  const auto where = [&] { return std::string(what) + " at " + site(loc.file_name(), static_cast<int>(loc.line())); };
+  if (!(mask & bit)) fail(block_label() + ": thread " + std::to_string(f->tid.x) + " calls " + where() + " with a mask that does not name its own lane");
+  if (mask & ~w.existing) fail(block_label() + ": " + where() + " names lanes that do not exist in this block");
+  if (mask & w.exited) fail(block_label() + ": " + where() + " names lanes that already exited");
   if (w.arrived == 0) {
     w.mask = mask;
     w.complete = complete;
@@ -355,7 +360,7 @@ void warp_collective(unsigned mask, CompleteFn complete, void* data, const char*
     w.line = static_cast<int>(loc.line());
   } else if (w.mask != mask || w.complete != complete || w.line != static_cast<int>(loc.line()) ||
              std::strcmp(w.file, loc.file_name()) != 0) {
-    fail(block_label() + ": divergent warp collective: thread " + std::to_string(f->tid.x) + " reaches " + where +
+    fail(block_label() + ": divergent warp collective: thread " + std::to_string(f->tid.x) + " reaches " + where() +
          " while lanes of its warp wait at " + w.what + " " + site(w.file, w.line));
   }
   f->file = loc.file_name();
