@@ -53,6 +53,10 @@ namespace detail {
 void check_cuda(int code, const char* expr, const char* file, int line) {
   if (code == static_cast<int>(cudaSuccess)) return;
   const auto err = static_cast<cudaError_t>(code);
+  // The runtime also keeps this error as its "last error" (returned by the next cudaGetLastError):
+  // clear it, or the next kernel launch's check (HELIX_CUDA_CHECK_LAUNCH) reports this old failure
+  // against an innocent kernel. Sticky errors (a faulted context) come back from every later call anyway.
+  cudaGetLastError();
   throw Error(::helix::detail::concat(file, ":", line, ": ", expr, " failed: ", cudaGetErrorName(err), " (",
                      cudaGetErrorString(err), ")"));
 }

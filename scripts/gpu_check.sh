@@ -51,6 +51,11 @@ log "build"
 timeout "$(limit 300)" cmake --build "$BUILD" -j "$(nproc)" >"$BUILD/gpu-build.log" 2>&1 || { tail -50 "$BUILD/gpu-build.log"; exit 1; }
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 export HELIX_EXPECT_CUDA=1
+# This script's numbers and verdicts are about real hardware: refuse a SIMT-emulator module.
+if "$PY" -c "import sys; from helix import _core; sys.exit(1 if _core.cuda.emulated() else 0)"; then :; else
+  echo "gpu_check.sh: this build is the SIMT emulator (cuda/ on the CPU); it needs a real GPU build" >&2
+  exit 1
+fi
 
 status=0
 if [ -f "$BUILD/CTestTestfile.cmake" ]; then

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: sets everything up, then runs the C++ tests (ctest) and the Python tests
 # (pytest, which also launches the MPI tests under mpiexec), then the sanitizer stage: a second build
-# with AddressSanitizer + UndefinedBehaviorSanitizer in build-asan/ (CUDA off), its C++ tests with
-# LeakSanitizer on, and the Python tests that drive the runtime in one process against the sanitized
-# module (docs/reliability.md). HELIX_SANITIZE_TESTS=0 skips that stage. Extra arguments go to pytest.
+# with AddressSanitizer + UndefinedBehaviorSanitizer in build-asan/ whose CUDA backend is the SIMT
+# emulator (cuda/ compiled as C++ and run on the CPU, docs/cuda.md: ASan then also sees out-of-bounds
+# device accesses), its C++ tests with LeakSanitizer on, and the Python tests that drive the runtime in
+# one process against the sanitized module, the GPU tests included (docs/reliability.md).
+# HELIX_SANITIZE_TESTS=0 skips that stage. Extra arguments go to pytest.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 echo "== lint (ruff check, ruff format --check) =="
@@ -15,10 +17,10 @@ echo "== Python and MPI tests (pytest) =="
 python -m pytest tests -q -p no:cacheprovider "$@"
 
 [ "${HELIX_SANITIZE_TESTS:-1}" = 0 ] && exit 0
-echo "== sanitizers: ASan + UBSan build (build-asan/) =="
-if [ ! -f build-asan/build.ninja ]; then
+echo "== sanitizers: ASan + UBSan build with the emulated CUDA backend (build-asan/) =="
+if [ ! -f build-asan/build.ninja ] || ! grep -q "^HELIX_ENABLE_CUDA:STRING=EMULATOR$" build-asan/CMakeCache.txt; then
   cmake -S . -B build-asan -G Ninja -DPython_EXECUTABLE="$ROOT/.venv/bin/python" -DHELIX_BUILD_TESTS=ON \
-    -DHELIX_SANITIZE=ON -DHELIX_ENABLE_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    -DHELIX_SANITIZE=ON -DHELIX_ENABLE_CUDA=EMULATOR -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
 if ! cmake --build build-asan -- -j "${HELIX_BUILD_JOBS:-$(nproc)}" >build-asan/last-build.log 2>&1; then
   cat build-asan/last-build.log >&2
@@ -37,14 +39,16 @@ echo "== sanitizers: Python runtime tests against the sanitized module (ASan, UB
 # build-asan/python/helix/__init__.py loads the sanitized _core and every other module from python/.
 san_tests=(tests/test_kv_cache.py tests/test_layers.py tests/test_merge_states.py tests/test_mla_attention.py
   tests/test_paged_mla_attention.py tests/test_moe.py tests/test_rope.py tests/test_comm_self.py
-  tests/test_faults.py tests/test_soak_local.py)
+  tests/test_faults.py tests/test_soak_local.py
+  tests/test_cuda_ops.py tests/test_cuda_engine.py tests/test_simt_emulator.py)
 for f in tests/test_engine*.py tests/test_llm*.py tests/test_generate*.py; do [ -f "$f" ] && san_tests+=("$f"); done
 san_env=(env LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
-  ASAN_OPTIONS=detect_leaks=0 HELIX_SANITIZED=1 OMP_NUM_THREADS=2 PYTHONPATH="$ROOT/build-asan/python")
+  ASAN_OPTIONS=detect_leaks=0 HELIX_SANITIZED=1 OMP_NUM_THREADS=2 HELIX_EXPECT_CUDA=1
+  PYTHONPATH="$ROOT/build-asan/python")
 core=$("${san_env[@]}" python -c "import helix._core as c; print(c.__file__)")
 case "$core" in "$ROOT/build-asan/"*) ;; *) echo "[test] sanitized run imported $core" >&2; exit 1 ;; esac
 log=build-asan/last-pytest.log
-"${san_env[@]}" python -m pytest "${san_tests[@]}" -q -p no:cacheprovider -m "not mpi and not cuda and not oracle and not slow" 2>&1 | tee "$log"
+"${san_env[@]}" python -m pytest "${san_tests[@]}" -q -p no:cacheprovider -m "not mpi and not oracle and not slow" 2>&1 | tee "$log"
 if grep -q -E "ERROR: (Address|Leak)Sanitizer|runtime error:" "$log"; then
   echo "[test] sanitizer reports in $log" >&2
   exit 1

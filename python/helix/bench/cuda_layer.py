@@ -86,6 +86,8 @@ def run(batches: list[int], context: int, steps: int) -> dict[str, object]:
     cuda = _core.cuda
     if cuda.device_count() == 0:
         raise _core.HelixError("no CUDA device visible: the layer benchmark needs a GPU")
+    if cuda.emulated():
+        raise _core.HelixError("timings under the SIMT emulator mean nothing: benchmark on a real GPU")
     rng = np.random.default_rng(0)
     n_seqs = max(batches)
     config = _config(n_seqs, context, len(batches) * (steps + 3))

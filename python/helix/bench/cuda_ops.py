@@ -45,6 +45,8 @@ class Row:
 def run(quick: bool = False) -> dict[str, object]:
     if cuda.device_count() == 0:
         raise _core.HelixError("no CUDA device visible: the CUDA benchmarks need a GPU")
+    if cuda.emulated():
+        raise _core.HelixError("timings under the SIMT emulator mean nothing: benchmark on a real GPU")
     copy = cuda.bench_copy(1 << 30, iters=20)
     copy_bw = copy["bytes"] / (copy["ms"] * 1e-3)  # bytes/s
     gemm = cuda.bench_gemm_bf16(8192, 8192, 8192, iters=10)
