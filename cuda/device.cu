@@ -10,6 +10,12 @@ namespace helix::cuda {
 
 bool built_with_cuda() { return true; }
 
+#ifdef HELIX_CUDA_EMULATOR
+bool emulated() { return true; }
+#else
+bool emulated() { return false; }
+#endif
+
 int device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -12,6 +12,7 @@ namespace {
 }  // namespace
 
 bool built_with_cuda() { return false; }
+bool emulated() { return false; }
 bool built_with_cublas() { return false; }
 int device_count() { return 0; }
 void require_device() { no_cuda(); }

@@ -22,6 +22,8 @@ namespace helix::cuda {
 using StreamHandle = CUstream_st*;  // nullptr is the legacy default stream
 
 bool built_with_cuda();
+// True when the CUDA backend is the SIMT emulator (cuda/ compiled as C++ and run on the CPU, docs/cuda.md).
+bool emulated();
 bool built_with_nccl();
 // Number of visible CUDA devices; 0 without CUDA or without a GPU (never throws).
 int device_count();
