@@ -1,0 +1,78 @@
+"""The CUDA emulator's fake NCCL (cuda/emulator/nccl.cpp, NCCL over MPI) under mpiexec.
+
+tests/mpi/cuda_emu_nccl_check.cpp is compiled here with the venv's mpicxx against a ten-line stand-in
+CUDA runtime header (tests/mpi/cuda_emu_stub/), whose streams run queued "kernels" only when synchronized,
+and run as a plain process (one-rank communicators, no MPI) and under mpiexec with 1 to 4 ranks: grouped
+send/recv all-to-all, all-reduce in float32 and bfloat16 (rank order, bf16 rounding per step), all-gather
+and broadcast in and out of place, splits, errors. Only the exit code counts (see mpi_launch).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from mpi_launch import MPI_ENV, ROOT, mpiexec
+
+pytestmark = pytest.mark.mpi
+
+CHECK_SOURCE = ROOT / "tests" / "mpi" / "cuda_emu_nccl_check.cpp"
+NCCL_SOURCE = ROOT / "cuda" / "emulator" / "nccl.cpp"
+
+
+def _mpicxx() -> str | None:
+    beside = Path(mpiexec()).with_name("mpicxx")
+    return str(beside) if beside.exists() else shutil.which("mpicxx")
+
+
+@pytest.fixture(scope="module")
+def nccl_check(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cxx = _mpicxx()
+    if cxx is None:
+        pytest.skip("no mpicxx next to mpiexec or on PATH")
+    exe = tmp_path_factory.mktemp("cuda_emu") / "cuda_emu_nccl_check"
+    cmd = [
+        cxx,
+        "-std=c++20",
+        "-O1",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        f"-I{ROOT / 'tests' / 'mpi' / 'cuda_emu_stub'}",
+        f"-I{ROOT / 'cuda' / 'emulator' / 'include'}",
+        str(NCCL_SOURCE),
+        str(CHECK_SOURCE),
+        "-o",
+        str(exe),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+    return exe
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**MPI_ENV, **os.environ}
+    return subprocess.run(
+        ["timeout", "-k", "5", str(timeout), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+    )
+
+
+def test_fake_nccl_without_mpi(nccl_check: Path) -> None:
+    proc = _run([str(nccl_check), "self"], timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "cuda_emu_nccl_check: ok (self, no MPI)" in proc.stdout
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_fake_nccl_under_mpiexec(nccl_check: Path, n: int) -> None:
+    proc = _run([mpiexec(), "-n", str(n), str(nccl_check)], timeout=60)
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    assert f"cuda_emu_nccl_check: ok ({n} ranks)" in proc.stdout
