@@ -41,6 +41,7 @@ def nccl_check(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "-Wall",
         "-Wextra",
         "-Werror",
+        "-DHELIX_CUDA_EMULATOR=1",
         f"-I{ROOT / 'tests' / 'mpi' / 'cuda_emu_stub'}",
         f"-I{ROOT / 'cuda' / 'emulator' / 'include'}",
         str(NCCL_SOURCE),

@@ -215,6 +215,21 @@ ncclResult_t validate(const Op& op) {
     if (needs_send && op.send == nullptr) return fail(ncclInvalidArgument, fn + ": sendbuff is NULL");
     if (op.kind != Kind::Send && op.recv == nullptr) return fail(ncclInvalidArgument, fn + ": recvbuff is NULL");
   }
+#if defined(HELIX_CUDA_EMULATOR)
+  // As NCCL checks its buffer arguments with cudaPointerGetAttributes, but over the whole range: a host
+  // pointer or an overrun of a device allocation is a bug in the caller that real NCCL would not forgive.
+  if (op.count > 0) {
+    const size_t bytes = op.bytes();
+    const size_t recv_bytes = op.kind == Kind::AllGather ? bytes * static_cast<size_t>(n) : bytes;
+    const bool check_send = op.kind != Kind::Recv && (op.kind != Kind::Broadcast || op.comm->rank == op.peer);
+    if (check_send && !simt::is_device_range(op.send, bytes)) {
+      return fail(ncclInvalidArgument, fn + ": sendbuff is not " + std::to_string(bytes) + " bytes of device memory");
+    }
+    if (op.kind != Kind::Send && !simt::is_device_range(op.recv, recv_bytes)) {
+      return fail(ncclInvalidArgument, fn + ": recvbuff is not " + std::to_string(recv_bytes) + " bytes of device memory");
+    }
+  }
+#endif
   if ((op.kind == Kind::Send || op.kind == Kind::Recv || op.kind == Kind::Broadcast) &&
       (op.peer < 0 || op.peer >= n)) {
     return fail(ncclInvalidArgument, fn + ": " + (op.kind == Kind::Broadcast ? "root " : "peer ") +

@@ -25,6 +25,9 @@ struct CUstream_st {
 namespace {
 
 CUstream_st g_default_stream;  // cudaStream_t 0
+// Every buffer counts as device memory except this one range (simt::is_device_range below).
+const char* g_host_only = nullptr;
+size_t g_host_only_bytes = 0;
 bool g_mpi = false;
 int g_rank = 0;
 
@@ -234,6 +237,20 @@ void check_errors(ncclComm_t comm, int rank, int n, cudaStream_t s) {
   CHECK(ncclCommSplit(comm, -5, 0, &c, nullptr) == ncclInvalidArgument);
   CHECK(ncclCommDestroy(nullptr) == ncclSuccess);
 
+#if defined(HELIX_CUDA_EMULATOR)
+  // Host memory and overruns of device allocations are refused (the emulator's device-memory registry).
+  std::vector<float> host(8, 1.0f);
+  g_host_only = reinterpret_cast<const char*>(host.data());
+  g_host_only_bytes = host.size() * sizeof(float);
+  CHECK(ncclSend(host.data(), 8, ncclFloat32, rank, comm, s) == ncclInvalidArgument);
+  CHECK(ncclAllReduce(f, host.data() + 7, 1, ncclFloat32, ncclSum, comm, s) == ncclInvalidArgument);
+  CHECK(ncclAllGather(f, host.data(), 1, ncclFloat32, comm, s) == ncclInvalidArgument);
+  CHECK(ncclBroadcast(f, host.data() + 4, 8, ncclFloat32, rank, comm, s) == ncclInvalidArgument);  // host receive buffer
+  CHECK(ncclAllReduce(f, f, 0, ncclFloat32, ncclSum, comm, s) == ncclSuccess);  // nothing to check
+  g_host_only = nullptr;
+  g_host_only_bytes = 0;
+#endif
+
   // An invalid call inside a group fails the whole group, which then sends nothing.
   f[0] = 42.0f;
   CHECK_NCCL(ncclGroupStart());
@@ -313,6 +330,11 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   st->pending.clear();
   ++st->syncs;
   return cudaSuccess;
+}
+
+bool simt::is_device_range(const void* ptr, size_t bytes) {
+  const char* p = static_cast<const char*>(ptr);
+  return ptr != nullptr && (p + bytes <= g_host_only || p >= g_host_only + g_host_only_bytes);
 }
 
 int main(int argc, char** argv) {
