@@ -20,6 +20,10 @@
 
 namespace nb = nanobind;
 
+#ifndef HELIX_CUDA_EMULATOR
+#define HELIX_CUDA_EMULATOR 0
+#endif
+
 namespace helix::bind {
 
 namespace {
@@ -480,6 +484,11 @@ void bind_cuda(nb::module_& m) {
   c.def("built_with_nccl", &cuda::built_with_nccl, "True when the runtime was compiled with NCCL.");
   c.def("built_with_cublas", &cuda::built_with_cublas, "True when the runtime was compiled with cuBLAS.");
   c.def("device_count", &cuda::device_count, "Number of visible CUDA devices (0 without a GPU).");
+  // HELIX_CUDA_EMULATOR is a PUBLIC definition of helix_cuda in the SIMT-emulator build only.
+  c.def(
+      "emulated", [] { return HELIX_CUDA_EMULATOR != 0; },
+      "True when the CUDA backend is the SIMT emulator (cuda/ running on the CPU): results are checked, "
+      "timings mean nothing.");
   c.def("device_name", [] { return std::string(cuda::device_name()); }, "Name of the current CUDA device.");
   c.def("multiprocessor_count", &cuda::multiprocessor_count, "SMs of the current CUDA device.");
   c.def("tensor_core_attention_supported", &cuda::tensor_core_attention_supported, "D"_a, "R"_a,

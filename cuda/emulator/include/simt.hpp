@@ -32,7 +32,6 @@ typedef CUstream_st* cudaStream_t;
 #define __device__
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
-#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 // __shared__ declarations are rewritten by translate.py (per-block storage poisoned at every block
