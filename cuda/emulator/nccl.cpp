@@ -226,7 +226,8 @@ ncclResult_t validate(const Op& op) {
       return fail(ncclInvalidArgument, fn + ": sendbuff is not " + std::to_string(bytes) + " bytes of device memory");
     }
     if (op.kind != Kind::Send && !simt::is_device_range(op.recv, recv_bytes)) {
-      return fail(ncclInvalidArgument, fn + ": recvbuff is not " + std::to_string(recv_bytes) + " bytes of device memory");
+      return fail(ncclInvalidArgument,
+                  fn + ": recvbuff is not " + std::to_string(recv_bytes) + " bytes of device memory");
     }
   }
 #endif
@@ -308,8 +309,9 @@ ncclResult_t run_local_p2p(const std::vector<Op>& ops) {
     }
     for (size_t k = 0; k < sends.size(); ++k) {
       if (sends[k]->bytes() != recvs[k]->bytes()) {
-        return fail(ncclInvalidUsage, "ncclSend of " + std::to_string(sends[k]->bytes()) + " bytes matched with ncclRecv of " +
-                                          std::to_string(recvs[k]->bytes()) + " bytes");
+        return fail(ncclInvalidUsage, "ncclSend of " + std::to_string(sends[k]->bytes()) +
+                                          " bytes matched with ncclRecv of " + std::to_string(recvs[k]->bytes()) +
+                                          " bytes");
       }
       if (sends[k]->bytes() > 0 && recvs[k]->recv != sends[k]->send) {
         std::memmove(recvs[k]->recv, sends[k]->send, sends[k]->bytes());
@@ -336,8 +338,8 @@ ncclResult_t run_group(const std::vector<Op>& ops) {
     synced.push_back(op.stream);
     const cudaError_t ce = cudaStreamSynchronize(op.stream);
     if (ce != cudaSuccess) {
-      return fail(ncclUnhandledCudaError,
-                  std::string(kind_name(op.kind)) + ": cudaStreamSynchronize returned " + std::to_string(static_cast<int>(ce)));
+      return fail(ncclUnhandledCudaError, std::string(kind_name(op.kind)) + ": cudaStreamSynchronize returned " +
+                                              std::to_string(static_cast<int>(ce)));
     }
   }
   if (ncclResult_t r = run_local_p2p(ops); r != ncclSuccess) return r;
@@ -471,8 +473,8 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId,
   if (comm == nullptr) return fail(ncclInvalidArgument, "ncclCommInitRank: comm is NULL");
   *comm = nullptr;
   if (nranks < 1 || rank < 0 || rank >= nranks) {
-    return fail(ncclInvalidArgument,
-                "ncclCommInitRank: rank " + std::to_string(rank) + " out of range for nranks " + std::to_string(nranks));
+    return fail(ncclInvalidArgument, "ncclCommInitRank: rank " + std::to_string(rank) + " out of range for nranks " +
+                                         std::to_string(nranks));
   }
   if (nranks == 1) {
     *comm = new_comm(MPI_COMM_NULL, 0, 1);

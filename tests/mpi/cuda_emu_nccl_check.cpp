@@ -31,7 +31,9 @@ size_t g_host_only_bytes = 0;
 bool g_mpi = false;
 int g_rank = 0;
 
-void enqueue(cudaStream_t s, std::function<void()> kernel) { (s ? s : &g_default_stream)->pending.push_back(std::move(kernel)); }
+void enqueue(cudaStream_t s, std::function<void()> kernel) {
+  (s ? s : &g_default_stream)->pending.push_back(std::move(kernel));
+}
 
 [[noreturn]] void die(int line, const std::string& what) {
   std::fprintf(stderr, "[rank %d] cuda_emu_nccl_check.cpp:%d: check failed: %s\n", g_rank, line, what.c_str());
@@ -39,8 +41,8 @@ void enqueue(cudaStream_t s, std::function<void()> kernel) { (s ? s : &g_default
   if (g_mpi) MPI_Abort(MPI_COMM_WORLD, 1);
   std::exit(1);
 }
-#define CHECK(cond)                \
-  do {                             \
+#define CHECK(cond)                  \
+  do {                               \
     if (!(cond)) die(__LINE__, #cond); \
   } while (0)
 #define CHECK_NCCL(expr)                                                                               \
@@ -51,7 +53,8 @@ void enqueue(cudaStream_t s, std::function<void()> kernel) { (s ? s : &g_default
 
 // Deterministic test data: value of element i contributed by rank r.
 float value(int r, size_t i, int salt) {
-  return std::ldexp(static_cast<float>((r * 7919 + static_cast<int>(i) * 104729 + salt * 31) % 2001 - 1000), -7 - r % 5);
+  const int k = (r * 7919 + static_cast<int>(i) * 104729 + salt * 31) % 2001 - 1000;
+  return std::ldexp(static_cast<float>(k), -7 - r % 5);
 }
 
 // The expected bf16 rounding, computed independently of the code under test: scale the value so that its
@@ -245,7 +248,7 @@ void check_errors(ncclComm_t comm, int rank, int n, cudaStream_t s) {
   CHECK(ncclSend(host.data(), 8, ncclFloat32, rank, comm, s) == ncclInvalidArgument);
   CHECK(ncclAllReduce(f, host.data() + 7, 1, ncclFloat32, ncclSum, comm, s) == ncclInvalidArgument);
   CHECK(ncclAllGather(f, host.data(), 1, ncclFloat32, comm, s) == ncclInvalidArgument);
-  CHECK(ncclBroadcast(f, host.data() + 4, 8, ncclFloat32, rank, comm, s) == ncclInvalidArgument);  // host receive buffer
+  CHECK(ncclBroadcast(f, host.data() + 4, 8, ncclFloat32, rank, comm, s) == ncclInvalidArgument);  // host recvbuff
   CHECK(ncclAllReduce(f, f, 0, ncclFloat32, ncclSum, comm, s) == ncclSuccess);  // nothing to check
   g_host_only = nullptr;
   g_host_only_bytes = 0;
