@@ -359,21 +359,26 @@ nb::dict nccl_collectives_one_rank(nb::handle x_obj) {
   HELIX_CHECK(comm->rank() == 0 && comm->size() == 1, "NCCL one-rank communicator has rank ", comm->rank(), " size ",
               comm->size());
   nb::dict out;
+  // upload() and fill_zero() default to the legacy stream, which `stream` (non-blocking) does not wait
+  // for: finish them before NCCL runs on `stream`.
   DeviceBuffer src = upload(x.view), dst(std::max<size_t>(bytes, 4));
   DeviceBuffer reduced = upload(x.view);
+  cuda::synchronize();
   comm->all_reduce_sum(reduced.data(), n, DType::Float32);
   out["all_reduce_sum"] = download(reduced, {n}, DType::Float32);
   comm->all_gather(src.data(), dst.data(), bytes);
   out["all_gather"] = download(dst, {n}, DType::Float32);
-  dst.fill_zero();
+  dst.fill_zero(stream.handle());
   comm->all_to_all(src.data(), dst.data(), bytes);
   out["all_to_all"] = download(dst, {n}, DType::Float32);
   DeviceBuffer bc = upload(x.view);
+  cuda::synchronize();
   comm->broadcast(bc.data(), bytes, 0);
   out["broadcast"] = download(bc, {n}, DType::Float32);
   comm->barrier();
   auto sub = comm->split(0, 0);
   DeviceBuffer sub_buf = upload(x.view);
+  cuda::synchronize();
   sub->all_reduce_sum(sub_buf.data(), n, DType::Float32);
   out["split_all_reduce_sum"] = download(sub_buf, {n}, DType::Float32);
   return out;
