@@ -135,12 +135,15 @@ struct DeviceWeight {
   const float* f32() const { return buf.as<float>(); }
 };
 
-// A device buffer that only grows. cudaFree synchronizes the device, so growing never frees memory a
-// queued kernel still reads.
+// A device buffer that only grows. Growing first waits for the device: a queued kernel may still read
+// the old buffer, and no documented rule makes cudaFree wait for it. Growth happens in the first steps.
 class Scratch {
  public:
   void* get(size_t bytes) {
-    if (bytes > buf_.bytes()) buf_ = DeviceBuffer(std::max<size_t>(bytes, 2 * buf_.bytes()));
+    if (bytes > buf_.bytes()) {
+      if (buf_.bytes() > 0) HELIX_CUDA_CHECK(cudaDeviceSynchronize());
+      buf_ = DeviceBuffer(std::max<size_t>(bytes, 2 * buf_.bytes()));
+    }
     return buf_.data();
   }
   template <class T>
@@ -163,8 +166,10 @@ class Upload {
     if (count > 0) std::memcpy(bytes_.data() + off, data, static_cast<size_t>(count) * sizeof(T));
     return off;
   }
-  // Copies to `dst` (grown as needed) on `stream`; returns the device base. A copy from pageable memory
-  // returns once the bytes are staged, so this object may die right after.
+  // Copies to `dst` (grown as needed) on `stream`; returns the device base. The bytes must stay alive
+  // until the stream has run the copy: cudaMemcpyAsync from pageable memory may return before it has
+  // read them (CUDA "API synchronization behavior"), so keep this object until a stream synchronize.
+  void clear() { bytes_.clear(); }
   unsigned char* send(Scratch& dst, StreamHandle stream) {
     auto* base = static_cast<unsigned char*>(dst.get(std::max<size_t>(bytes_.size(), 16)));
     if (!bytes_.empty()) {
@@ -234,6 +239,7 @@ struct CudaEngine::Impl {
   Scratch meta_dev, ckv, app_rows, h, x, q, qa, kva, kv_rows, q_abs, q_att, o_part, lse_part, values, send, recv, o_parts,
       lse_parts, lse_out, attn, attn_v, y, gu, act, bf16_in, router, route_w, route_ids, attn_ws, moe_meta, xe, ye,
       logits_local, logits_all;
+  Upload moe_upload;  // host staging of one MoE layer's token lists (kept until the stream has copied it)
 
   Impl(const EngineConfig& c, int dev) : config(c), device(dev), stream((set_device(dev), Stream())) {}
 
@@ -338,6 +344,9 @@ struct CudaEngine::Impl {
 CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int device) {
   validate_engine_config(config);
   check_engine_world(config, world);
+  HELIX_CHECK_ARG(config.n_routed_experts == 0 || (config.n_routed_experts <= 1024 && config.n_group <= 32),
+                  "CudaEngine: the CUDA MoE router handles at most 1024 routed experts in at most 32 groups, got ",
+                  config.n_routed_experts, " experts in ", config.n_group, " groups (use device 'cpu')");
   HELIX_CHECK_ARG(device >= 0, "argument 'device' must be >= 0, got ", device);
   require_device();
   HELIX_CHECK_ARG(device < device_count(), "argument 'device' is ", device, " but ", device_count(),
@@ -530,7 +539,8 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
     }
   }
   HELIX_CUDA_CHECK(cudaMemsetAsync(yy, 0, static_cast<size_t>(T * hid) * 4, s()));
-  Upload up;
+  Upload& up = moe_upload;  // read by the copy until the next synchronize (the next layer's routing)
+  up.clear();
   std::vector<size_t> tok_off(static_cast<size_t>(n_local)), w_off(static_cast<size_t>(n_local));
   int64_t max_rows = 0;
   for (int64_t e = 0; e < n_local; ++e) {

@@ -16,6 +16,9 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kMaxParts = 256;
 
+// The max that keeps NaN (fmaxf drops it): a NaN lse must give a NaN row, as in merge_states_cpu.
+__device__ __forceinline__ float max_keep_nan(float a, float b) { return isnan(a) || isnan(b) ? a + b : fmaxf(a, b); }
+
 template <bool kVec4>
 __global__ void __launch_bounds__(kThreads) merge_states_kernel(MergeStatesParams p) {
   __shared__ float w_s[kMaxParts];
@@ -30,14 +33,14 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(MergeStatesParam
   for (int i = tid; i < N; i += kThreads) {
     const float l = p.lse_parts[static_cast<int64_t>(i) * p.M + m];
     w_s[i] = l;
-    local_max = fmaxf(local_max, l);
+    local_max = max_keep_nan(local_max, l);
   }
-  local_max = detail::warp_max(local_max);
+  for (int o = 16; o > 0; o >>= 1) local_max = max_keep_nan(local_max, __shfl_xor_sync(0xffffffffu, local_max, o));
   if (lane == 0) red_s[warp] = local_max;
   __syncthreads();
   if (tid == 0) {
     float v = red_s[0];
-    for (int w = 1; w < kThreads / 32; ++w) v = fmaxf(v, red_s[w]);
+    for (int w = 1; w < kThreads / 32; ++w) v = max_keep_nan(v, red_s[w]);
     max_s = v;
   }
   __syncthreads();
@@ -56,7 +59,8 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(MergeStatesParam
     float v = 0.f;
     for (int w = 0; w < kThreads / 32; ++w) v += red_s[w];
     sum_s = v;
-    if (blockIdx.y == 0) p.lse[m] = v > 0.f ? M + logf(v) : kNegInf;
+    // A NaN max makes every weight, v and the row NaN.
+    if (blockIdx.y == 0) p.lse[m] = isnan(v) ? v : v > 0.f ? M + logf(v) : kNegInf;
   }
   __syncthreads();
   const float inv = sum_s > 0.f ? 1.f / sum_s : 0.f;

@@ -1,7 +1,9 @@
 // DeepSeek-V3 "noaux_tc" MoE routing, one warp per token (E <= 1024 experts, n_group <= 32 groups).
-//   s = sigmoid(logits) (fp32); b = s + e_score_correction_bias (selection only)
-//   group score = sum of the two largest b in each group; keep the topk_group best groups
-//   top_k experts by b among the kept groups (ties: lower index), in descending order
+//   s = sigmoid(logits) (fp32); b = s + e_score_correction_bias (selection only; NaN counts as -inf)
+//   group score = sum of the two largest b in each group (the largest when a group has one expert; NaN
+//   counts as -inf); keep the topk_group best groups (ties: lower index)
+//   top_k experts by b among the kept groups (ties: lower index), in descending order; -inf experts are
+//   chosen too when nothing better is left, exactly like moe_route_cpu
 //   weight = s / (sum of the chosen s + 1e-20) when norm_topk_prob, times routed_scaling_factor
 #include <limits>
 
@@ -31,14 +33,15 @@ __global__ void __launch_bounds__(32) moe_route_kernel(MoeRouteParams p) {
   extern __shared__ float smem[];
   const int E = static_cast<int>(p.E), G = static_cast<int>(p.E / p.n_group);
   float* s_s = smem;      // [E] sigmoid scores
-  float* b_s = smem + E;  // [E] biased scores; chosen experts become -inf
+  float* b_s = smem + E;  // [E] biased scores; chosen experts become NaN (never "better" than anything)
   float* g_s = b_s + E;   // [n_group] group scores
   const int lane = threadIdx.x;
   const int64_t t = blockIdx.x;
   for (int e = lane; e < E; e += 32) {
     const float s = 1.f / (1.f + expf(-p.logits[t * E + e]));
     s_s[e] = s;
-    b_s[e] = s + p.bias[e];
+    const float b = s + p.bias[e];
+    b_s[e] = isnan(b) ? kNegInf : b;
   }
   __syncwarp();
   if (lane < p.n_group) {
@@ -52,35 +55,38 @@ __global__ void __launch_bounds__(32) moe_route_kernel(MoeRouteParams p) {
         t2 = v;
       }
     }
-    g_s[lane] = t1 + t2;
+    const float score = G >= 2 ? t1 + t2 : t1;
+    g_s[lane] = isnan(score) ? kNegInf : score;  // +inf + -inf
   }
   __syncwarp();
   // Groups kept: topk_group rounds of a warp argmax over the group scores (lane = group).
+  // A kept group (and a lane past n_group) competes as (-inf, 1 << 30): it loses every tie against a group
+  // not kept yet, and one always remains (topk_group <= n_group), so i is a valid group each round.
   unsigned kept = 0;
-  float gv = lane < p.n_group ? g_s[lane] : kNegInf;
+  bool open = lane < p.n_group;
   for (int k = 0; k < p.topk_group; ++k) {
-    float v = gv;
-    int i = lane < p.n_group ? lane : 1 << 30;
+    float v = open ? g_s[lane] : kNegInf;
+    int i = open ? lane : 1 << 30;
     warp_argmax(v, i);
     kept |= 1u << i;
-    if (lane == i) gv = kNegInf;
+    if (lane == i) open = false;
   }
   float chosen_sum = 0.f;
   for (int k = 0; k < p.top_k; ++k) {
     float v = kNegInf;
     int i = 1 << 30;
     for (int e = lane; e < E; e += 32) {
-      if (((kept >> (e / G)) & 1u) && b_s[e] != kNegInf && better(b_s[e], e, v, i)) {
+      if (((kept >> (e / G)) & 1u) && better(b_s[e], e, v, i)) {
         v = b_s[e];
         i = e;
       }
     }
     warp_argmax(v, i);
-    // i is valid: top_k <= topk_group * G was checked on the host.
+    // i is valid: an unchosen expert of a kept group beats (-inf, 1 << 30) (top_k <= topk_group * G).
     if (lane == 0) {
       p.ids[t * p.top_k + k] = i;
       p.weights[t * p.top_k + k] = s_s[i];
-      b_s[i] = kNegInf;
+      b_s[i] = std::numeric_limits<float>::quiet_NaN();
     }
     chosen_sum += s_s[i];
     __syncwarp();
@@ -96,7 +102,7 @@ __global__ void __launch_bounds__(32) moe_route_kernel(MoeRouteParams p) {
 void launch_moe_route(const MoeRouteParams& p, StreamHandle stream) {
   if (p.T == 0) return;
   HELIX_CHECK(p.E >= 1 && p.E <= 1024 && p.n_group >= 1 && p.n_group <= 32 && p.E % p.n_group == 0 &&
-                  p.E / p.n_group >= 2 && p.topk_group >= 1 && p.topk_group <= p.n_group && p.top_k >= 1 &&
+                  p.topk_group >= 1 && p.topk_group <= p.n_group && p.top_k >= 1 &&
                   p.top_k <= p.topk_group * (p.E / p.n_group),
               "moe_route: unsupported routing shape E=", p.E, " n_group=", p.n_group, " topk_group=", p.topk_group,
               " top_k=", p.top_k);

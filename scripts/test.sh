@@ -49,6 +49,9 @@ core=$("${san_env[@]}" python -c "import helix._core as c; print(c.__file__)")
 case "$core" in "$ROOT/build-asan/"*) ;; *) echo "[test] sanitized run imported $core" >&2; exit 1 ;; esac
 log=build-asan/last-pytest.log
 "${san_env[@]}" python -m pytest "${san_tests[@]}" -q -p no:cacheprovider -m "not mpi and not oracle and not slow" 2>&1 | tee "$log"
+echo "== sanitizers: the emulated CUDA engine and fake NCCL under mpiexec (cp2, tp2cp2) =="
+# A sanitizer report in a rank aborts it, so the job (and the test) fails.
+"${san_env[@]}" python -m pytest tests/test_mpi_cuda_emulator.py -q -p no:cacheprovider 2>&1 | tee -a "$log"
 if grep -q -E "ERROR: (Address|Leak)Sanitizer|runtime error:" "$log"; then
   echo "[test] sanitizer reports in $log" >&2
   exit 1

@@ -50,11 +50,14 @@ class MpiResult:
 def run_mpi(n: int, args: list[str], timeout: float = 120, env: dict[str, str] | None = None) -> MpiResult:
     """Runs `python <args>` on n ranks: `timeout <timeout> mpiexec -n <n> python <args>` from the repo root.
 
-    PYTHONPATH gets the repository's python/ directory first. Returns the exit code of the whole job
-    (124/137 when it ran out of time) and the combined output.
+    PYTHONPATH gets the directory of the helix package this process runs first (python/, or a side
+    build's overlay such as build-asan/python). Returns the exit code of the whole job (124/137 when it
+    ran out of time) and the combined output.
     """
+    import helix
+
     full_env = {**MPI_ENV, **os.environ, **(env or {})}
-    python_dir = str(ROOT / "python")
+    python_dir = str(Path(helix.__path__[0]).parent)
     old = full_env.get("PYTHONPATH")
     full_env["PYTHONPATH"] = python_dir + (os.pathsep + old if old else "")
     command = ["timeout", "-k", "5", str(timeout), mpiexec(), "-n", str(n), sys.executable, *args]

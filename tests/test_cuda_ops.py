@@ -303,6 +303,25 @@ def test_merge_states(N, shape, D):
     np.testing.assert_allclose(lse, lse_ref, **tol("cuda.merge_states", "float32"))
 
 
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("N", [1, 3, 200])
+@pytest.mark.parametrize("D", [8, 6])
+def test_merge_states_nan_lse_gives_nan_row(N, D):
+    """The contract of merge_states (cpp/include/helix/ops/merge_states.hpp): a NaN lse makes its row
+    NaN, o and lse; the other rows are untouched. Both kernel variants (D % 4 == 0 and not)."""
+    rng = np.random.default_rng(N + D)
+    o_parts = rng.standard_normal((N, 4, D)).astype(np.float32)
+    lse_parts = rng.standard_normal((N, 4)).astype(np.float32)
+    lse_parts[N - 1, 1] = np.nan
+    lse_parts[:, 2] = np.nan
+    o, lse = cuda.merge_states(o_parts, lse_parts)
+    assert np.isnan(o[1]).all() and np.isnan(o[2]).all() and np.isnan(lse[[1, 2]]).all()
+    o_ref, lse_ref = merge_ref(o_parts[:, [0, 3]], lse_parts[:, [0, 3]])
+    np.testing.assert_allclose(o[[0, 3]], o_ref, **tol("cuda.merge_states", "float32"))
+    np.testing.assert_allclose(lse[[0, 3]], lse_ref, **tol("cuda.merge_states", "float32"))
+
+
 # ---- small ops ------------------------------------------------------------------------------------
 
 
@@ -388,8 +407,28 @@ def moe_route_ref(logits, bias, n_group, topk_group, top_k, scaling, norm):
 
 @pytest.mark.cuda
 @gpu
+@pytest.mark.parametrize("E,n_group,topk_group,top_k", [(32, 4, 2, 8), (8, 8, 3, 3), (64, 8, 8, 64)])
+def test_moe_route_degenerate_bias_matches_cpu(E, n_group, topk_group, top_k):
+    """-inf, +inf and NaN correction biases (whole groups of them, one expert per group, every expert
+    chosen): the same experts as the CPU twin, every id valid and distinct."""
+    rng = np.random.default_rng(E * top_k)
+    logits = rng.standard_normal((6, E)).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(E)).astype(np.float32)
+    bias[: E // 2] = -np.inf
+    bias[E // 2 :: 5] = np.nan
+    bias[E - 1] = np.inf
+    w, ids = cuda.moe_route(logits, bias, n_group, topk_group, top_k, 1.0, True)
+    ids_cpu, w_cpu = _core.layers.moe_route(logits, bias, top_k, n_group, topk_group, True, 1.0)
+    np.testing.assert_array_equal(ids, ids_cpu)
+    np.testing.assert_allclose(w, w_cpu, **tol("cuda.moe_route", "float32"))
+    assert all(len(set(row)) == top_k and 0 <= min(row) and max(row) < E for row in ids.tolist())
+
+
+@pytest.mark.cuda
+@gpu
 @pytest.mark.parametrize(
-    "E,n_group,topk_group,top_k,norm", [(256, 8, 4, 8, True), (8, 2, 1, 2, True), (64, 1, 1, 6, False)]
+    "E,n_group,topk_group,top_k,norm",
+    [(256, 8, 4, 8, True), (8, 2, 1, 2, True), (64, 1, 1, 6, False)],
 )
 def test_moe_route(E, n_group, topk_group, top_k, norm):
     rng = np.random.default_rng(E + top_k)

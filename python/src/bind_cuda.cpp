@@ -298,8 +298,8 @@ nb::tuple moe_route(nb::handle logits_obj, nb::handle bias_obj, int64_t n_group,
   const int64_t T = logits.view.dim(0), E = logits.view.dim(1);
   check_dim(bias.view, "bias", 0, E, "E (logits.shape[1])");
   HELIX_CHECK_ARG(E <= 1024, "argument 'logits': at most 1024 experts, got ", E);
-  HELIX_CHECK_ARG(n_group >= 1 && n_group <= 32 && E % n_group == 0 && E / n_group >= 2,
-                  "argument 'n_group' must be in [1, 32], divide E=", E, " and leave >= 2 experts per group, got ", n_group);
+  HELIX_CHECK_ARG(n_group >= 1 && n_group <= 32 && E % n_group == 0,
+                  "argument 'n_group' must be in [1, 32] and divide E=", E, ", got ", n_group);
   HELIX_CHECK_ARG(topk_group >= 1 && topk_group <= n_group, "argument 'topk_group' must be in [1, n_group], got ",
                   topk_group);
   HELIX_CHECK_ARG(top_k >= 1 && top_k <= topk_group * (E / n_group),

@@ -188,7 +188,7 @@ struct MoeRouteParams {
   float routed_scaling_factor = 1.f;
   bool norm_topk_prob = true;
 };
-// E <= 1024, n_group <= 32, E % n_group == 0, E / n_group >= 2, top_k <= topk_group * E / n_group.
+// E <= 1024, n_group <= 32, E % n_group == 0, top_k <= topk_group * E / n_group.
 void launch_moe_route(const MoeRouteParams& p, StreamHandle stream);
 
 // y (+)= x @ w^T through cuBLAS (cublasGemmEx, fp32 compute). x and w share `dtype`: BFloat16 (y f32 or
