@@ -341,7 +341,7 @@ struct CudaEngine::Impl {
   void dense_ffn(int64_t l, int64_t T, float* yy);
 };
 
-CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int device) {
+CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int device, CudaComm comm) {
   validate_engine_config(config);
   check_engine_world(config, world);
   HELIX_CHECK_ARG(config.n_routed_experts == 0 || (config.n_routed_experts <= 1024 && config.n_group <= 32),
@@ -355,7 +355,8 @@ CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int devi
   Impl& m = *impl_;
   const EngineConfig& c = m.config;
   if (c.world() > 1) {
-    m.world_comm = make_nccl_communicator(world, m.s());
+    m.world_comm = comm == CudaComm::Nccl ? make_nccl_communicator(world, m.s())
+                                          : make_host_staged_communicator(world.split(0, c.rank), m.s());
     if (c.cp > 1) {
       const int64_t tp_rank = c.rank / c.cp, cp_rank = c.rank % c.cp;
       m.cp_comm = m.world_comm->split(static_cast<int>(tp_rank), static_cast<int>(cp_rank));

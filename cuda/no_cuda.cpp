@@ -71,6 +71,9 @@ void launch_moe_route(const MoeRouteParams&, StreamHandle) { no_cuda(); }
 void linear(const LinearParams&, StreamHandle) { no_cuda(); }
 void head_linear(const HeadLinearParams&, StreamHandle) { no_cuda(); }
 
+std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator>, StreamHandle) {
+  no_cuda();
+}
 BenchResult bench_copy(size_t, int) { no_cuda(); }
 BenchResult bench_gemm_bf16(int64_t, int64_t, int64_t, int) { no_cuda(); }
 BenchResult bench_paged_mla_attention(int64_t, int64_t, int64_t, int64_t, int64_t, AttentionKernel, int) {
@@ -80,7 +83,7 @@ BenchResult bench_merge_states(int64_t, int64_t, int64_t, int) { no_cuda(); }
 
 // The engine cannot be constructed, so no other member is ever reached; they throw all the same.
 struct CudaEngine::Impl {};
-CudaEngine::CudaEngine(const EngineConfig&, Communicator&, int) { no_cuda(); }
+CudaEngine::CudaEngine(const EngineConfig&, Communicator&, int, CudaComm) { no_cuda(); }
 CudaEngine::~CudaEngine() = default;
 void CudaEngine::set_weight(const std::string&, const TensorView&) { no_cuda(); }
 void CudaEngine::check_weights() const { no_cuda(); }

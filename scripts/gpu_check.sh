@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check (under 8 minutes on one H100/H200): builds helix from source with CUDA, runs the GPU tests
 # (kernels vs CPU twins; the CUDA engine vs the CPU engine on the tiny model), the tiny-model greedy check
-# through `helix generate --device cpu|cuda`, then benchmarks the CUDA kernels against the copy bandwidth
-# and bf16 GEMM rate measured in the same run, and a DeepSeek-V3-shaped layer decode step (32K context).
+# through `helix generate --device cpu|cuda` (and with two CP ranks sharing the GPU when MPI is there),
+# then benchmarks the CUDA kernels against the copy bandwidth and bf16 GEMM rate measured in the same run,
+# and a DeepSeek-V3-shaped layer decode step (32K context).
 # Uses the machine's Python (torch, nanobind, NCCL, cuBLAS preinstalled; no network). MPI is optional:
 # without mpicc the build uses the no-MPI stub. Results: a table printed last, JSON in $OUT if set.
 #   HELIX_CUDA_ARCH   CUDA architectures to build (default 90a; 100a on Blackwell)
@@ -68,7 +69,19 @@ junit=()
 timeout "$(limit 240 180)" "$PY" -m pytest tests/test_cuda_ops.py tests/test_cuda_engine.py -q -p no:cacheprovider -o addopts="" \
   "${junit[@]}" -rs || status=1
 
-# The tiny model through the CLI on both devices: the same greedy tokens (float32), one process.
+# The tiny model through the CLI: the same greedy tokens (float32) on the CPU, on the GPU, and with two CP
+# ranks sharing the GPU under mpiexec (--cuda-comm host: MPI through host memory; NCCL refuses two ranks
+# on one device) when this build has MPI and an mpiexec is at hand.
+same_tokens() {  # same_tokens CPU_JSON OTHER_JSON LABEL
+  "$PY" - "$@" <<'PYEOF'
+import json, sys
+cpu, other = (json.load(open(p)) for p in sys.argv[1:3])
+same = [a["token_ids"] == b["token_ids"] for a, b in zip(cpu["outputs"], other["outputs"])]
+print(f"{sys.argv[3]}: greedy tokens equal to the CPU's per prompt: {same}; {other['tokens_per_s']:.1f} tok/s "
+      f"(cpu {cpu['tokens_per_s']:.1f} tok/s)")
+sys.exit(0 if all(same) and len(same) == 2 else 1)
+PYEOF
+}
 log "tiny model: helix generate --device cpu vs --device cuda (greedy, float32)"
 tiny=$(mktemp -d)
 greedy=(--model "$tiny/m" --prompt-token-ids 2,3,4,5,6,7,8,9 --prompt-token-ids 0,5,17,300 --max-new-tokens 24
@@ -76,13 +89,20 @@ greedy=(--model "$tiny/m" --prompt-token-ids 2,3,4,5,6,7,8,9 --prompt-token-ids 
 if timeout "$(limit 60)" "$PY" -m helix make-tiny-model "$tiny/m" >/dev/null &&
    timeout "$(limit 60)" "$PY" -m helix generate "${greedy[@]}" --device cpu | tail -1 >"$tiny/cpu.json" &&
    timeout "$(limit 60)" "$PY" -m helix generate "${greedy[@]}" --device cuda | tail -1 >"$tiny/cuda.json"; then
-  "$PY" - "$tiny/cpu.json" "$tiny/cuda.json" <<'PYEOF' || status=1
-import json, sys
-cpu, gpu = (json.load(open(p)) for p in sys.argv[1:3])
-same = [a["token_ids"] == b["token_ids"] for a, b in zip(cpu["outputs"], gpu["outputs"])]
-print(f"greedy tokens equal per prompt: {same}; cuda {gpu['tokens_per_s']:.1f} tok/s, cpu {cpu['tokens_per_s']:.1f} tok/s")
-sys.exit(0 if all(same) and len(same) == 2 else 1)
-PYEOF
+  same_tokens "$tiny/cpu.json" "$tiny/cuda.json" "cuda, 1 rank" || status=1
+  MPIEXEC=$(command -v mpiexec || echo "$(dirname "$PY")/mpiexec")
+  if [ -x "$MPIEXEC" ] && grep -q "^MPI_C_LIB_NAMES:STRING=." "$BUILD/CMakeCache.txt"; then
+    log "tiny model: mpiexec -n 2 helix generate --device cuda --cuda-comm host --cp 2 (one GPU)"
+    if timeout "$(limit 90)" "$MPIEXEC" -n 2 "$PY" -m helix generate "${greedy[@]}" --device cuda \
+         --cuda-comm host --cp 2 | tail -1 >"$tiny/cuda_cp2.json"; then
+      same_tokens "$tiny/cpu.json" "$tiny/cuda_cp2.json" "cuda, cp=2 on one GPU" || status=1
+    else
+      echo "mpiexec -n 2 --device cuda --cuda-comm host failed" >&2
+      status=1
+    fi
+  else
+    log "skipped: two CP ranks on one GPU (no mpiexec, or this build has no MPI)"
+  fi
 else
   echo "tiny-model CLI check failed to run" >&2
   status=1

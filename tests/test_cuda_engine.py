@@ -198,3 +198,25 @@ def test_nccl_communicator_one_rank_from_python():
     np.testing.assert_array_equal(comm.all_to_all(x[None]), x[None])
     np.testing.assert_array_equal(comm.broadcast(x, 0), x)
     comm.barrier()
+
+
+def test_cuda_comm_is_checked_and_parsed(model):
+    from helix.generate_cli import build_parser
+
+    assert build_parser().parse_args(["--model", "m"]).cuda_comm == "nccl"
+    assert build_parser().parse_args(["--model", "m", "--cuda-comm", "host"]).cuda_comm == "host"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--model", "m", "--cuda-comm", "mpi"])
+    with pytest.raises(ValueError, match="cuda_comm must be one of"):
+        HelixEngine(str(model), device="cuda", cuda_comm="mpi", progress=False)
+
+
+def test_shared_gpus_round_robin():
+    if not HAS_GPU:
+        with pytest.raises(DeviceUnavailableError):
+            cuda_device_for_rank(3, share=True)
+        return
+    n = _core.cuda.device_count()
+    assert cuda_device_for_rank(n + 1, share=True) == 1 % n
+    with pytest.raises(DeviceUnavailableError, match="--cuda-comm host"):
+        cuda_device_for_rank(n, share=False)

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEVICES", "DeviceUnavailableError", "check_device_name", "cuda_device_for_rank", "local_rank"]
+__all__ = [
+    "CUDA_COMMS",
+    "DEVICES",
+    "DeviceUnavailableError",
+    "check_device_name",
+    "cuda_device_for_rank",
+    "local_rank",
+]
 
 DEVICES = ("cpu", "cuda")
+# How ranks' GPUs exchange data: NCCL (one GPU per rank), or the host communicator (MPI) through host
+# memory, which lets ranks share a GPU.
+CUDA_COMMS = ("nccl", "host")
 
 # Launchers' names for the rank's index among the ranks of its node (MPICH hydra, PMI, Open MPI, Slurm).
 _LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "PMI_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
@@ -45,8 +55,9 @@ def local_rank() -> int:
         node.Free()
 
 
-def cuda_device_for_rank(rank_on_node: int | None = None) -> int:
-    """The CUDA device of this rank: its local rank (one GPU per rank).
+def cuda_device_for_rank(rank_on_node: int | None = None, *, share: bool = False) -> int:
+    """The CUDA device of this rank: its local rank (one GPU per rank), or with share=True its local rank
+    modulo the number of GPUs (ranks share GPUs round-robin; NCCL cannot be used then).
 
     Raises DeviceUnavailableError saying why when the build has no CUDA, no GPU is visible, or too few are.
     """
@@ -64,9 +75,11 @@ def cuda_device_for_rank(rank_on_node: int | None = None) -> int:
             "(helix was built with CUDA; check nvidia-smi and CUDA_VISIBLE_DEVICES)"
         )
     index = local_rank() if rank_on_node is None else rank_on_node
+    if share:
+        return index % count
     if not 0 <= index < count:
         raise DeviceUnavailableError(
-            f"device 'cuda': this rank is local rank {index} and needs GPU {index} (one GPU per rank), "
-            f"but only {count} GPU(s) are visible"
+            f"device 'cuda': this rank is local rank {index} and needs GPU {index} (one GPU per rank, NCCL), "
+            f"but only {count} GPU(s) are visible (cuda_comm 'host' / --cuda-comm host lets ranks share GPUs)"
         )
     return index

@@ -7,7 +7,7 @@ import numpy as np
 
 from helix.checkpoint import Checkpoint
 from helix.config import ModelConfig
-from helix.device import check_device_name, cuda_device_for_rank
+from helix.device import CUDA_COMMS, check_device_name, cuda_device_for_rank
 from helix.rope import yarn_inv_freq
 from helix.sharding import shard_weights
 
@@ -23,9 +23,11 @@ def default_kv_blocks(max_tokens: int, tokens_per_block: int, cp: int) -> int:
 class HelixEngine:
     """One rank's engine: the model's sharded weights, per-layer paged KV caches, communicators.
 
-    device="cpu" runs the compiled CPU engine; device="cuda" the CUDA engine on this rank's GPU (its local
-    rank: one GPU per rank, NCCL between ranks). Without CUDA in the build or without a GPU, device="cuda"
-    raises helix.device.DeviceUnavailableError before any weight is read.
+    device="cpu" runs the compiled CPU engine; device="cuda" the CUDA engine on this rank's GPU. With
+    cuda_comm="nccl" each rank has its own GPU (its local rank) and the ranks talk over NCCL; with
+    cuda_comm="host" the collectives run over `comm` (MPI) through host memory and ranks may share GPUs
+    (local rank modulo the GPU count), e.g. several CP ranks on one GPU. Without CUDA in the build or
+    without a GPU, device="cuda" raises helix.device.DeviceUnavailableError before any weight is read.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class HelixEngine:
         expert_tensor_parallel: bool = False,
         progress: bool = True,
         device: str = "cpu",
+        cuda_comm: str = "nccl",
     ) -> None:
         from helix import _core
         from helix.comm import world
@@ -49,7 +52,10 @@ class HelixEngine:
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         self.device = check_device_name(device)
-        self.cuda_device = cuda_device_for_rank() if device == "cuda" else None
+        if cuda_comm not in CUDA_COMMS:
+            raise ValueError(f"cuda_comm must be one of {CUDA_COMMS}, got {cuda_comm!r}")
+        self.cuda_comm = cuda_comm
+        self.cuda_device = cuda_device_for_rank(share=cuda_comm == "host") if device == "cuda" else None
         self.comm = comm if comm is not None else world()
         if self.comm.size != tp * cp:
             raise ValueError(
@@ -90,7 +96,7 @@ class HelixEngine:
         if self.cuda_device is None:
             self._engine = _core.Engine(ec, self.comm)
         else:
-            self._engine = _core.cuda.CudaEngine(ec, self.comm, self.cuda_device)
+            self._engine = _core.cuda.CudaEngine(ec, self.comm, self.cuda_device, cuda_comm)
 
         ckpt = Checkpoint.open(model_dir, config=cfg)
         ckpt.validate(cfg)

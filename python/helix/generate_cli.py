@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where the engine runs: cpu, or cuda (one GPU per local rank, NCCL between ranks)",
     )
+    p.add_argument(
+        "--cuda-comm",
+        choices=["nccl", "host"],
+        default="nccl",
+        help="with --device cuda: nccl (one GPU per rank), or host (collectives over MPI through host "
+        "memory; ranks may share a GPU, e.g. mpiexec -n 2 on one GPU)",
+    )
     p.add_argument("--config", help="parallel configuration (JSON or YAML); the flags below override it")
     p.add_argument("--tp", type=int, help="tensor_parallel_size")
     p.add_argument("--cp", type=int, help="context_parallel_size")
@@ -151,6 +158,7 @@ def _generate(args: argparse.Namespace, comm) -> int:
         expert_tensor_parallel=args.expert_tensor_parallel,
         progress=not args.json,
         device=args.device,
+        cuda_comm=args.cuda_comm,
     )
     first_logits: list[np.ndarray] = []
     outputs = llm.generate(

@@ -54,8 +54,10 @@ class LLM:
         expert_tensor_parallel: bool = False,
         progress: bool = True,
         device: str = "cpu",
+        cuda_comm: str = "nccl",
     ) -> None:
-        """device: "cpu", or "cuda" (one GPU per local rank; see helix.engine.HelixEngine)."""
+        """device: "cpu", or "cuda"; cuda_comm: "nccl" (one GPU per local rank) or "host" (MPI through host
+        memory; ranks may share a GPU). See helix.engine.HelixEngine."""
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         pc = parallel_config or ParallelConfig()
@@ -72,6 +74,7 @@ class LLM:
             expert_tensor_parallel=expert_tensor_parallel,
             progress=progress,
             device=device,
+            cuda_comm=cuda_comm,
         )
         self.scheduler = Scheduler(self.engine, self.engine.eos_token_ids, max_batch_tokens)
         tok_path = Path(model_dir) / "tokenizer.json"

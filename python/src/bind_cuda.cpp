@@ -405,11 +405,15 @@ void bind_cuda_engine(nb::module_& c) {
                          "between ranks.")
       .def(
           "__init__",
-          [](CudaEngine* self, const EngineConfig& config, Communicator& world, int device) {
-            nb::gil_scoped_release release;  // the NCCL bootstrap is collective over `world`
-            new (self) CudaEngine(config, world, device);
+          [](CudaEngine* self, const EngineConfig& config, Communicator& world, int device, const std::string& comm) {
+            HELIX_CHECK_ARG(comm == "nccl" || comm == "host", "argument 'comm' must be 'nccl' or 'host', got '",
+                            comm, "'");
+            nb::gil_scoped_release release;  // the NCCL bootstrap (or the split) is collective over `world`
+            new (self) CudaEngine(config, world, device, comm == "nccl" ? cuda::CudaComm::Nccl : cuda::CudaComm::Host);
           },
-          "config"_a, "world"_a, "device"_a = 0)
+          "config"_a, "world"_a, "device"_a = 0, "comm"_a = "nccl",
+          "comm: 'nccl' (one GPU per rank) or 'host' (collectives over `world`, device buffers staged through "
+          "host memory: ranks may share a GPU).")
       .def(
           "set_weight",
           [](CudaEngine& e, const std::string& name, nb::handle w) {

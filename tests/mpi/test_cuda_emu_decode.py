@@ -4,8 +4,9 @@ Launched by tests/test_mpi_cuda_emulator.py as ``mpiexec -n tp*cp python -m pyte
 tests/mpi/test_cuda_emu_decode.py`` with HELIX_CUDA_EMU_SPEC naming a JSON file {"model", "tp", "cp",
 "prompts", "max_new_tokens": [per prompt], "tokens_per_block", "max_batch_tokens"}. Every rank decodes the
 prompts greedily in one batch (chunked prefill, KV ownership rotating over the CP ranks) with device="cpu"
-and then device="cuda" over the world communicator, and checks: the same tokens, logits within the
-cuda_engine_logits tolerance, the CUDA logits bitwise identical on every rank, every KV block free again.
+and then device="cuda" with cuda_comm "nccl" (the fake NCCL) and "host" (MPI through host memory), and
+checks each: the same tokens, logits within the cuda_engine_logits tolerance, the CUDA logits bitwise
+identical on every rank, every KV block free again.
 Before that, helix's NCCL host communicator (_core.cuda.nccl_communicator) against the MPI one.
 """
 
@@ -39,7 +40,7 @@ def _spec() -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _decode(spec: dict, device: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _decode(spec: dict, device: str, cuda_comm: str = "nccl") -> tuple[list[np.ndarray], list[np.ndarray]]:
     comm = world()
     pc = ParallelConfig(
         tensor_parallel_size=spec["tp"],
@@ -53,6 +54,7 @@ def _decode(spec: dict, device: str) -> tuple[list[np.ndarray], list[np.ndarray]
         max_batch_tokens=spec["max_batch_tokens"],
         progress=False,
         device=device,
+        cuda_comm=cuda_comm,
     )
     prompts = spec["prompts"]
     params = [SamplingParams(max_new_tokens=m, ignore_eos=True) for m in spec["max_new_tokens"]]
@@ -102,17 +104,21 @@ def test_cuda_engine_on_emulator_matches_cpu() -> None:
     comm = world()
     assert comm.size == spec["tp"] * spec["cp"], (comm.size, spec["tp"], spec["cp"])
     cpu_tokens, cpu_logits = _decode(spec, "cpu")
-    cuda_tokens, cuda_logits = _decode(spec, "cuda")
+    for cuda_comm in ("nccl", "host"):
+        _check_against_cpu(comm, spec, cpu_tokens, cpu_logits, *_decode(spec, "cuda", cuda_comm), cuda_comm)
+    comm.barrier()
+
+
+def _check_against_cpu(comm, spec, cpu_tokens, cpu_logits, cuda_tokens, cuda_logits, cuda_comm: str) -> None:
     for i, (got, want) in enumerate(zip(cuda_tokens, cpu_tokens, strict=True)):
         np.testing.assert_array_equal(
-            got, want, err_msg=f"request {i}: greedy tokens differ from the CPU engine's"
+            got, want, err_msg=f"request {i} ({cuda_comm}): greedy tokens differ from the CPU engine's"
         )
         assert len(got) == spec["max_new_tokens"][i]
     for i, (got, want) in enumerate(zip(cuda_logits, cpu_logits, strict=True)):
         np.testing.assert_allclose(
-            got, want, **tol("cuda_engine_logits", "float32"), err_msg=f"request {i} logits"
+            got, want, **tol("cuda_engine_logits", "float32"), err_msg=f"request {i} logits ({cuda_comm})"
         )
         gathered = comm.all_gather(np.ascontiguousarray(got))
         for r in range(1, comm.size):
             np.testing.assert_array_equal(gathered[r], gathered[0], err_msg=f"request {i}: rank {r} differs")
-    comm.barrier()

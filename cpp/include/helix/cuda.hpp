@@ -235,6 +235,11 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, St
 // device must be set first.
 std::unique_ptr<Communicator> make_nccl_host_communicator(Communicator& bootstrap);
 
+// Device buffers over a host communicator (e.g. MPI): each collective is staged through host memory on
+// `stream` (cuda/host_staged_comm.cu). For ranks sharing a GPU, where NCCL cannot run. Owns `host`.
+std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator> host,
+                                                            StreamHandle stream);
+
 // ---- benchmarks (device-resident data, timed with CUDA events) ----------------------------------
 
 struct BenchResult {

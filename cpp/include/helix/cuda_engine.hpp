@@ -9,7 +9,8 @@
 // Communication: the constructor bootstraps an NCCL communicator of all tp*cp ranks over the host
 // communicator `world` (MPI, or self for one rank) and splits the CP group from it; the packed (o, lse)
 // all-to-all, the o_proj / FFN all-reduces and the logits all-gather run over NCCL on the engine's stream.
-// One rank needs no NCCL. The KV bookkeeping (block tables, slot positions, ownership, the free list) is a
+// One rank needs no NCCL. With CudaComm::Host they run on a duplicate of `world` instead, staged through
+// host memory (make_host_staged_communicator), so that several ranks may share one GPU. The KV bookkeeping (block tables, slot positions, ownership, the free list) is a
 // host PagedKVCache shared by all layers (every layer holds the same positions in the same slots); its own
 // host pool is never read; the keys live in one device pool per layer.
 #pragma once
@@ -26,10 +27,14 @@
 
 namespace helix::cuda {
 
+// How the ranks' GPUs talk: NCCL (one GPU per rank), or the host communicator with device buffers
+// staged through host memory (ranks may share a GPU; slower).
+enum class CudaComm { Nccl, Host };
+
 class CudaEngine {
  public:
   // world: the host communicator of all tp*cp ranks (rank = config.rank); device: this rank's CUDA device.
-  CudaEngine(const EngineConfig& config, Communicator& world, int device);
+  CudaEngine(const EngineConfig& config, Communicator& world, int device, CudaComm comm = CudaComm::Nccl);
   ~CudaEngine();
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
