@@ -89,3 +89,22 @@ def test_benchmarks_refuse_to_time_the_emulator():
         cuda_ops.run(quick=True)
     with pytest.raises(_core.HelixError, match="SIMT emulator mean nothing"):
         cuda_layer.run([1], 64, 1)
+
+
+def test_benchmark_scripts_run_in_smoke_mode(tmp_path, capsys):
+    """Every code path of the GPU benchmarks (cuda/bench.cu, the engine step on a V3-headed layer, the
+    JSON and the tables), so that the first GPU run does not fail in them."""
+    import json
+
+    from helix.bench import cuda_layer, cuda_ops
+
+    assert cuda_ops.main(["--smoke", "--json", str(tmp_path / "ops.json")]) == 0
+    layer_args = ["--smoke", "--context", "100", "--batch", "1", "2", "--steps", "1"]
+    assert cuda_layer.main([*layer_args, "--json", str(tmp_path / "layer.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("SMOKE RUN") == 2 and "paged_mla_attention" in out and "merge_states" in out
+    ops = json.loads((tmp_path / "ops.json").read_text())
+    assert ops["smoke"] and [r["op"] for r in ops["rows"]].count("paged_mla_attention") == 3
+    layer = json.loads((tmp_path / "layer.json").read_text())
+    assert [r["batch"] for r in layer["rows"]] == [1, 2]
+    assert all(r["step_ms_median"] > 0 for r in layer["rows"])

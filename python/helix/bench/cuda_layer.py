@@ -8,9 +8,12 @@ earlier steps); each timed step decodes one token per sequence (the whole engine
 layer, lm_head, logits to the host).
 Weights are a random tile repeated (values do not matter for timing; they stay finite).
 
-    python -m helix.bench.cuda_layer [--context 32768] [--batch 1 8] [--steps 20] [--json PATH]
+    python -m helix.bench.cuda_layer [--context 32768] [--batch 1 8] [--steps 20] [--smoke] [--json PATH]
 
 Writes JSON to PATH, or to $OUT/cuda_layer.json when OUT is set.
+--smoke runs the same engine step on SMOKE_LAYER (V3's attention heads and latent widths, everything else
+tiny): the figures mean nothing; it is the only mode the SIMT emulator accepts (a check that this script
+works before a GPU run).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 
 from helix import _core
 
-__all__ = ["V3_LAYER", "format_table", "main", "run"]
+__all__ = ["SMOKE_LAYER", "V3_LAYER", "format_table", "main", "run"]
 
 V3_LAYER = {
     "vocab_size": 129280,
@@ -48,15 +51,24 @@ V3_LAYER = {
     "first_k_dense_replace": 0,
     "routed_scaling_factor": 2.5,
 }
+# 128 heads and the 512 + 64 latent keep the tensor-core attention path; the rest is small enough to emulate.
+SMOKE_LAYER = {
+    **V3_LAYER,
+    "vocab_size": 512,
+    "hidden_size": 256,
+    "q_lora_rank": 64,
+    "intermediate_size": 256,
+    "moe_intermediate_size": 64,
+}
 TOKENS_PER_BLOCK = 64
 
 
-def _config(batch: int, context: int, steps: int) -> object:
+def _config(layer: dict[str, object], batch: int, context: int, steps: int) -> object:
     ec = _core.EngineConfig()
-    for k, v in V3_LAYER.items():
+    for k, v in layer.items():
         setattr(ec, k, v)
-    ec.softmax_scale = float((V3_LAYER["qk_nope_head_dim"] + V3_LAYER["qk_rope_head_dim"]) ** -0.5)
-    rope = V3_LAYER["qk_rope_head_dim"]
+    ec.softmax_scale = float((layer["qk_nope_head_dim"] + layer["qk_rope_head_dim"]) ** -0.5)
+    rope = layer["qk_rope_head_dim"]
     ec.rope_inv_freq = [float(10000.0 ** (-2 * i / rope)) for i in range(rope // 2)]
     ec.tokens_per_block = TOKENS_PER_BLOCK
     ec.num_kv_blocks = batch * (-(-(context + steps + 8) // TOKENS_PER_BLOCK))
@@ -80,17 +92,18 @@ def _weights(engine, rng: np.random.Generator):
         yield name, np.ascontiguousarray(w)
 
 
-def run(batches: list[int], context: int, steps: int) -> dict[str, object]:
+def run(batches: list[int], context: int, steps: int, smoke: bool = False) -> dict[str, object]:
     """One engine whose pool holds max(batches) sequences of `context` tokens; each batch size decodes
     `steps` timed tokens (after 3 warm-up steps) on the first `batch` sequences."""
     cuda = _core.cuda
     if cuda.device_count() == 0:
         raise _core.HelixError("no CUDA device visible: the layer benchmark needs a GPU")
-    if cuda.emulated():
+    if cuda.emulated() and not smoke:
         raise _core.HelixError("timings under the SIMT emulator mean nothing: benchmark on a real GPU")
+    layer = SMOKE_LAYER if smoke else V3_LAYER
     rng = np.random.default_rng(0)
     n_seqs = max(batches)
-    config = _config(n_seqs, context, len(batches) * (steps + 3))
+    config = _config(layer, n_seqs, context, len(batches) * (steps + 3))
     engine = cuda.CudaEngine(config, _core.self_communicator(), 0)
     for name, w in _weights(engine, rng):
         engine.set_weight(name, w)
@@ -105,7 +118,7 @@ def run(batches: list[int], context: int, steps: int) -> dict[str, object]:
         times = []
         before = dict(engine.timings)
         for i in range(steps + 3):
-            tokens = rng.integers(0, V3_LAYER["vocab_size"], batch, dtype=np.int64)
+            tokens = rng.integers(0, layer["vocab_size"], batch, dtype=np.int64)
             t0 = time.perf_counter()
             logits = engine.step(tokens, lengths[:batch].copy(), seqs, seqs, seqs)
             times.append(time.perf_counter() - t0)
@@ -129,11 +142,12 @@ def run(batches: list[int], context: int, steps: int) -> dict[str, object]:
                 "device_gib": engine.device_bytes / 2**30,
             }
         )
-    return {"device": cuda.device_name(), "layer": V3_LAYER, "rows": rows}
+    return {"device": cuda.device_name(), "smoke": smoke, "layer": layer, "rows": rows}
 
 
 def format_table(result: dict[str, object]) -> str:
-    lines = [
+    lines = ["SMOKE RUN: tiny sizes, the figures mean nothing"] if result.get("smoke") else []
+    lines += [
         f"V3-shaped layer decode step on {result['device']} (1 layer, 16 experts, bf16, whole engine step)",
         f"{'batch':>5} {'context':>8} {'step ms':>8} {'tok/s':>8} {'attn':>7} {'linear':>7} {'moe':>7} "
         f"{'other':>7} {'GiB':>6}",
@@ -153,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=32768)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--smoke", action="store_true", help="SMOKE_LAYER: checks the script, measures nothing")
     ap.add_argument("--json", default=None, help="output path (default $OUT/cuda_layer.json when OUT is set)")
     args = ap.parse_args(argv)
-    result = run(args.batch, args.context, args.steps)
+    result = run(args.batch, args.context, args.steps, smoke=args.smoke)
     out_dir = os.environ.get("OUT")
     path = args.json or (os.path.join(out_dir, "cuda_layer.json") if out_dir else None)
     if path:

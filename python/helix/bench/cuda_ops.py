@@ -5,9 +5,11 @@ Ceilings: a 16-byte-vector device copy (bandwidth, read + write counted) and a b
 cache, one query token per sequence); its roofline time is max(bytes / copy bandwidth, FLOPs / GEMM
 rate) and the table reports the achieved fraction of it. merge_states is compared with copy bandwidth.
 
-    python -m helix.bench.cuda_ops [--quick] [--json PATH]
+    python -m helix.bench.cuda_ops [--quick] [--smoke] [--json PATH]
 
 Writes JSON to PATH, or to $OUT/cuda_ops.json when OUT is set.
+--smoke runs every code path at tiny sizes (1 MiB copy, 64^3 GEMM, 256-token contexts): the figures mean
+nothing; it is the only mode the SIMT emulator accepts (a check that this script works before a GPU run).
 """
 
 from __future__ import annotations
@@ -42,33 +44,38 @@ class Row:
             raise ValueError(f"{self.op} {self.case}: non-positive time {self.ms}")
 
 
-def run(quick: bool = False) -> dict[str, object]:
+def run(quick: bool = False, smoke: bool = False) -> dict[str, object]:
     if cuda.device_count() == 0:
         raise _core.HelixError("no CUDA device visible: the CUDA benchmarks need a GPU")
-    if cuda.emulated():
+    if cuda.emulated() and not smoke:
         raise _core.HelixError("timings under the SIMT emulator mean nothing: benchmark on a real GPU")
-    copy = cuda.bench_copy(1 << 30, iters=20)
+    copy_bytes, gemm_n = (1 << 20, 64) if smoke else (1 << 30, 8192)
+    copy = cuda.bench_copy(copy_bytes, iters=1 if smoke else 20)
     copy_bw = copy["bytes"] / (copy["ms"] * 1e-3)  # bytes/s
-    gemm = cuda.bench_gemm_bf16(8192, 8192, 8192, iters=10)
+    gemm = cuda.bench_gemm_bf16(gemm_n, gemm_n, gemm_n, iters=1 if smoke else 10)
     gemm_rate = gemm["flops"] / (gemm["ms"] * 1e-3)  # FLOP/s
     rows: list[Row] = [
-        Row("copy", "1 GiB d2d", copy["ms"], copy_bw / 1e12, 0.0, 1.0),
-        Row("gemm_bf16", "8192^3 cuBLAS", gemm["ms"], 0.0, gemm_rate / 1e12, 1.0),
+        Row("copy", f"{copy_bytes >> 20} MiB d2d", copy["ms"], copy_bw / 1e12, 0.0, 1.0),
+        Row("gemm_bf16", f"{gemm_n}^3 cuBLAS", gemm["ms"], 0.0, gemm_rate / 1e12, 1.0),
     ]
-    contexts = [8192, 32768] if quick else [8192, 32768, 65536, 131072, 262144]
-    for batch in (1, 8):
+    if smoke:
+        contexts, batches = [256], (1, 2)
+    else:
+        contexts, batches = [8192, 32768] if quick else [8192, 32768, 65536, 131072, 262144], (1, 8)
+    for batch in batches:
         for ctx in contexts:
             kernels = ["tensor_core"] + (["simple"] if batch == 1 and ctx <= 32768 else [])
             for kernel in kernels:
-                r = cuda.bench_paged_mla_attention(
-                    batch, ctx, 128, 576, 512, kernel, iters=5 if ctx > 65536 else 10
-                )
+                iters = 1 if smoke else 5 if ctx > 65536 else 10
+                r = cuda.bench_paged_mla_attention(batch, ctx, 128, 576, 512, kernel, iters=iters)
                 secs = r["ms"] * 1e-3
                 floor = max(r["bytes"] / copy_bw, r["flops"] / gemm_rate)
                 rows.append(
                     Row(
                         "paged_mla_attention",
-                        f"{kernel} b={batch} ctx={ctx // 1024}K",
+                        f"{kernel} b={batch} ctx={ctx // 1024}K"
+                        if ctx >= 1024
+                        else f"{kernel} b={batch} ctx={ctx}",
                         r["ms"],
                         r["bytes"] / secs / 1e12,
                         r["flops"] / secs / 1e12,
@@ -76,14 +83,15 @@ def run(quick: bool = False) -> dict[str, object]:
                         {"bound_ms": floor * 1e3, "arith_intensity": r["flops"] / r["bytes"]},
                     )
                 )
-    for n_parts in (2, 8, 32, 256):
-        m = 8 * 128 if n_parts <= 32 else 128  # batch 8 x 128 heads; 256 parts: one token
-        r = cuda.bench_merge_states(n_parts, m, 512, iters=20)
+    for n_parts in (2, 256) if smoke else (2, 8, 32, 256):
+        m = 8 * 128 if n_parts <= 32 and not smoke else 128  # batch 8 x 128 heads; 256 parts: one token
+        r = cuda.bench_merge_states(n_parts, m, 512, iters=1 if smoke else 20)
         secs = r["ms"] * 1e-3
         bw = r["bytes"] / secs
         rows.append(Row("merge_states", f"N={n_parts} M={m} D=512", r["ms"], bw / 1e12, 0.0, bw / copy_bw))
     return {
         "device": cuda.device_name(),
+        "smoke": smoke,
         "sms": cuda.multiprocessor_count(),
         "copy_tb_per_s": copy_bw / 1e12,
         "gemm_bf16_tflop_per_s": gemm_rate / 1e12,
@@ -92,7 +100,8 @@ def run(quick: bool = False) -> dict[str, object]:
 
 
 def format_table(result: dict[str, object]) -> str:
-    lines = [
+    lines = ["SMOKE RUN: tiny sizes, the figures mean nothing"] if result.get("smoke") else []
+    lines += [
         f"device: {result['device']} ({result['sms']} SMs); copy {result['copy_tb_per_s']:.2f} TB/s, "
         f"bf16 GEMM {result['gemm_bf16_tflop_per_s']:.0f} TFLOP/s (both measured in this run)",
         f"{'op':<20} {'case':<28} {'ms':>9} {'TB/s':>7} {'TFLOP/s':>8} {'of roofline':>11}",
@@ -108,9 +117,10 @@ def format_table(result: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helix.bench.cuda_ops", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="contexts 8K and 32K only")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     ap.add_argument("--json", default=None, help="output path (default $OUT/cuda_ops.json when OUT is set)")
     args = ap.parse_args(argv)
-    result = run(quick=args.quick)
+    result = run(quick=args.quick, smoke=args.smoke)
     path = args.json or (os.path.join(os.environ["OUT"], "cuda_ops.json") if os.environ.get("OUT") else None)
     if path:
         with open(path, "w") as f:
