@@ -355,7 +355,8 @@ CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int devi
   Impl& m = *impl_;
   const EngineConfig& c = m.config;
   if (c.world() > 1) {
-    m.world_comm = comm == CudaComm::Nccl ? make_nccl_communicator(world, m.s())
+    // Stream-ordered NCCL: every consumer of a collective's result is later work on the engine's stream.
+    m.world_comm = comm == CudaComm::Nccl ? make_nccl_communicator(world, m.s(), /*stream_ordered=*/true)
                                           : make_host_staged_communicator(world.split(0, c.rank), m.s());
     if (c.cp > 1) {
       const int64_t tp_rank = c.rank / c.cp, cp_rank = c.rank % c.cp;

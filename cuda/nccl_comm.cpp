@@ -1,6 +1,7 @@
 // NCCL communicator behind helix::Communicator. Buffers are device pointers; every collective is
-// enqueued on the runtime's stream and the call returns once the stream has finished it (the
-// interface is blocking). The unique id is bootstrapped over an existing (MPI or self) communicator.
+// enqueued on the runtime's stream. A blocking communicator returns once the stream has finished it (the
+// interface's contract); a stream-ordered one (the CUDA engine's) returns at once: later work on the same
+// stream sees the result, the host after a stream synchronize. That saves a host round trip per collective. The unique id is bootstrapped over an existing (MPI or self) communicator.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -26,8 +27,8 @@ void check_nccl(ncclResult_t r, const char* expr, const char* file, int line) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, int rank, int size, StreamHandle stream)
-      : comm_(comm), rank_(rank), size_(size), stream_(stream) {}
+  NcclCommunicator(ncclComm_t comm, int rank, int size, StreamHandle stream, bool stream_ordered)
+      : comm_(comm), rank_(rank), size_(size), stream_(stream), stream_ordered_(stream_ordered) {}
   ~NcclCommunicator() override {
     if (comm_ != nullptr) ncclCommDestroy(comm_);
   }
@@ -71,12 +72,12 @@ class NcclCommunicator final : public Communicator {
     finish();
   }
 
-  // An all-reduce of one float: no rank returns before every rank has entered.
+  // An all-reduce of one float: no rank returns before every rank has entered (stream-ordered or not).
   void barrier() override {
     if (barrier_buf_ == nullptr) barrier_buf_ = std::make_unique<DeviceBuffer>(sizeof(float));
     HELIX_NCCL_CHECK(ncclAllReduce(barrier_buf_->data(), barrier_buf_->data(), 1, ncclFloat32, ncclSum, comm_,
                                    stream_));
-    finish();
+    HELIX_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
   std::unique_ptr<Communicator> split(int color, int key) override {
@@ -86,15 +87,18 @@ class NcclCommunicator final : public Communicator {
     int r = 0, n = 0;
     HELIX_NCCL_CHECK(ncclCommUserRank(sub, &r));
     HELIX_NCCL_CHECK(ncclCommCount(sub, &n));
-    return std::make_unique<NcclCommunicator>(sub, r, n, stream_);
+    return std::make_unique<NcclCommunicator>(sub, r, n, stream_, stream_ordered_);
   }
 
  private:
-  void finish() { HELIX_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void finish() {
+    if (!stream_ordered_) HELIX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
 
   ncclComm_t comm_;
   int rank_, size_;
   StreamHandle stream_;
+  bool stream_ordered_;
   std::unique_ptr<DeviceBuffer> barrier_buf_;
 };
 
@@ -160,7 +164,7 @@ NcclUniqueId nccl_unique_id() {
 }
 
 std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const NcclUniqueId& id,
-                                                     StreamHandle stream) {
+                                                     StreamHandle stream, bool stream_ordered) {
   HELIX_CHECK_ARG(size >= 1 && rank >= 0 && rank < size, "make_nccl_communicator: rank ", rank,
                   " out of range for size ", size);
   require_device();
@@ -168,14 +172,15 @@ std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const N
   std::memcpy(&nid, id.bytes, sizeof nid);
   ncclComm_t comm = nullptr;
   HELIX_NCCL_CHECK(ncclCommInitRank(&comm, size, nid, rank));
-  return std::make_unique<NcclCommunicator>(comm, rank, size, stream);
+  return std::make_unique<NcclCommunicator>(comm, rank, size, stream, stream_ordered);
 }
 
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, StreamHandle stream) {
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, StreamHandle stream,
+                                                     bool stream_ordered) {
   NcclUniqueId id{};
   if (bootstrap.rank() == 0) id = nccl_unique_id();
   bootstrap.broadcast(id.bytes, sizeof id.bytes, 0);
-  return make_nccl_communicator(bootstrap.rank(), bootstrap.size(), id, stream);
+  return make_nccl_communicator(bootstrap.rank(), bootstrap.size(), id, stream, stream_ordered);
 }
 
 }  // namespace helix::cuda

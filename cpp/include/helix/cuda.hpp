@@ -224,12 +224,15 @@ struct NcclUniqueId {
 };
 NcclUniqueId nccl_unique_id();
 // An NCCL communicator of `size` ranks from an id every rank holds. Buffers passed to it are device
-// pointers; every collective runs on `stream` and returns after the stream has finished it.
+// pointers; every collective runs on `stream` and returns after the stream has finished it, or, when
+// stream_ordered, as soon as it is enqueued (later work on `stream` sees the result; the host after a
+// stream synchronize; no host round trip per collective).
 std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const NcclUniqueId& id,
-                                                     StreamHandle stream);
+                                                     StreamHandle stream, bool stream_ordered = false);
 // Collective over `bootstrap`: rank 0 makes the id and broadcasts it over the host communicator;
 // the NCCL communicator has bootstrap's rank and size.
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, StreamHandle stream);
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, StreamHandle stream,
+                                                     bool stream_ordered = false);
 // For host callers (Python, tests): an NCCL communicator over bootstrap's ranks whose buffers are HOST
 // pointers, staged through device memory on its own stream. Collective over `bootstrap`; the current
 // device must be set first.
