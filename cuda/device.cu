@@ -47,9 +47,14 @@ const char* device_name() {
 
 int multiprocessor_count() {
   require_device();
+  // Asked at every attention launch (the split plan): cached per device, which never changes it.
+  constexpr int kMaxDevices = 64;
+  static thread_local int count[kMaxDevices] = {};
   int dev = 0, n = 0;
   HELIX_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kMaxDevices && count[dev] > 0) return count[dev];
   HELIX_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < kMaxDevices) count[dev] = n;
   return n;
 }
 

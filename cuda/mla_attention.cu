@@ -353,8 +353,16 @@ void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKerne
   const auto T = static_cast<unsigned>(p.T);
   if (kernel == AttentionKernel::TensorCore) {
     const size_t smem = TcSmem::bytes(p.D);
-    HELIX_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
+    // Above 48 KiB of dynamic shared memory needs the opt-in, once per device and size (not per launch).
+    constexpr int kMaxDevices = 64;
+    static thread_local size_t opted_in[kMaxDevices] = {};
+    int dev = 0;
+    HELIX_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev >= kMaxDevices || opted_in[dev] < smem) {
+      HELIX_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
+      if (dev < kMaxDevices) opted_in[dev] = smem;
+    }
     const dim3 grid(L.splits, T, detail::grid_dim(p.H, kHeadsTile));
     attention_tc_kernel<<<grid, kTcWarps * 32, smem, stream>>>(p, L.chunk, L.splits);
     HELIX_CUDA_CHECK_LAUNCH("attention_tc_kernel");
