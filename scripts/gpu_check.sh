@@ -5,7 +5,8 @@
 # then benchmarks the CUDA kernels against the copy bandwidth and bf16 GEMM rate measured in the same run,
 # and a DeepSeek-V3-shaped layer decode step (32K context).
 # Uses the machine's Python (torch, nanobind, NCCL, cuBLAS preinstalled; no network). MPI is optional:
-# without mpicc the build uses the no-MPI stub. Results: a table printed last, JSON in $OUT if set.
+# without mpicc (or a carried MPICH wheel in .whl/, see scripts/gpu_wheels.sh) the build uses the no-MPI
+# stub. Results: a table printed last, JSON in $OUT if set.
 #   HELIX_CUDA_ARCH   CUDA architectures to build (default 90a; 100a on Blackwell)
 #   HELIX_GPU_QUICK=1 shorter benchmark (contexts 8K and 32K)
 #   HELIX_GPU_BUDGET_S  wall-clock budget of the whole script in seconds (default 450): every stage's
@@ -39,6 +40,17 @@ for mod in numpy ml_dtypes pytest nanobind; do
     fi
   fi
 done
+
+# MPI for the multi-rank stage: without an mpicc here, a carried MPICH wheel (scripts/gpu_wheels.sh) is
+# unpacked and put first on PATH; the machine's mpi4py then loads its libmpi (MPICH ABI).
+if ! command -v mpicc >/dev/null && [ ! -x "$(dirname "$PY")/mpicc" ] && compgen -G ".whl/mpich-*.whl" >/dev/null; then
+  rm -rf /tmp/helix-mpich
+  "$PY" -m zipfile -e "$(compgen -G ".whl/mpich-*.whl" | head -1)" /tmp/helix-mpich
+  prefix=$(compgen -G "/tmp/helix-mpich/mpich-*.data/data" | head -1)
+  chmod +x "$prefix"/bin/*  # zipfile drops the mode bits
+  export PATH="$prefix/bin:$PATH" LD_LIBRARY_PATH="$prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  log "MPI: MPICH unpacked from .whl/ into $prefix"
+fi
 
 cmake_args=(-DPython_EXECUTABLE="$PY" -DHELIX_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${HELIX_CUDA_ARCH:-90a}"
             -DCMAKE_CUDA_COMPILER="$NVCC")
