@@ -76,7 +76,7 @@ std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Comm
 }
 BenchResult bench_copy(size_t, int) { no_cuda(); }
 BenchResult bench_gemm_bf16(int64_t, int64_t, int64_t, int) { no_cuda(); }
-BenchResult bench_paged_mla_attention(int64_t, int64_t, int64_t, int64_t, int64_t, AttentionKernel, int) {
+BenchResult bench_paged_mla_attention(int64_t, int64_t, int64_t, int64_t, int64_t, AttentionKernel, int, int) {
   no_cuda();
 }
 BenchResult bench_merge_states(int64_t, int64_t, int64_t, int) { no_cuda(); }

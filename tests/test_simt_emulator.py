@@ -104,7 +104,7 @@ def test_benchmark_scripts_run_in_smoke_mode(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("SMOKE RUN") == 2 and "paged_mla_attention" in out and "merge_states" in out
     ops = json.loads((tmp_path / "ops.json").read_text())
-    assert ops["smoke"] and [r["op"] for r in ops["rows"]].count("paged_mla_attention") == 3
+    assert ops["smoke"] and [r["op"] for r in ops["rows"]].count("paged_mla_attention") == 5
     layer = json.loads((tmp_path / "layer.json").read_text())
     assert [r["batch"] for r in layer["rows"]] == [1, 2]
     assert all(r["step_ms_median"] > 0 for r in layer["rows"])

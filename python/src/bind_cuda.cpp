@@ -528,10 +528,14 @@ void bind_cuda(nb::module_& m) {
         "m"_a, "n"_a, "k"_a, "iters"_a = 20);
   c.def(
       "bench_paged_mla_attention",
-      [](int64_t batch, int64_t context, int64_t heads, int64_t D, int64_t R, const std::string& kernel, int iters) {
-        return bench_dict(cuda::bench_paged_mla_attention(batch, context, heads, D, R, parse_kernel(kernel), iters));
+      [](int64_t batch, int64_t context, int64_t heads, int64_t D, int64_t R, const std::string& kernel, int iters,
+         int num_splits) {
+        HELIX_CHECK_ARG(num_splits >= 0, "argument 'num_splits' must be >= 0 (0: the launch's plan), got ", num_splits);
+        return bench_dict(
+            cuda::bench_paged_mla_attention(batch, context, heads, D, R, parse_kernel(kernel), iters, num_splits));
       },
-      "batch"_a, "context"_a, "heads"_a = 128, "D"_a = 576, "R"_a = 512, "kernel"_a = "auto", "iters"_a = 10);
+      "batch"_a, "context"_a, "heads"_a = 128, "D"_a = 576, "R"_a = 512, "kernel"_a = "auto", "iters"_a = 10,
+      "num_splits"_a = 0);
   c.def("bench_merge_states",
         [](int64_t N, int64_t M, int64_t D, int iters) { return bench_dict(cuda::bench_merge_states(N, M, D, iters)); },
         "N"_a, "M"_a, "D"_a, "iters"_a = 20);

@@ -254,9 +254,10 @@ struct BenchResult {
 BenchResult bench_copy(size_t bytes, int iters);
 // Square-ish bf16 GEMM (fp32 accumulate) through cuBLAS: [m, k] x [k, n].
 BenchResult bench_gemm_bf16(int64_t m, int64_t n, int64_t k, int iters);
-// Decode partial attention: `batch` sequences of `context` keys, one query token each, block 64.
+// Decode partial attention: `batch` sequences of `context` keys, one query token each, block 64;
+// num_splits 0 = the launch's own plan. Inputs rotate among copies spanning 256 MiB (never L2-resident).
 BenchResult bench_paged_mla_attention(int64_t batch, int64_t context, int64_t heads, int64_t D, int64_t R,
-                                      AttentionKernel kernel, int iters);
+                                      AttentionKernel kernel, int iters, int num_splits = 0);
 BenchResult bench_merge_states(int64_t N, int64_t M, int64_t D, int iters);
 
 }  // namespace helix::cuda

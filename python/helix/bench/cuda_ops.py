@@ -44,6 +44,22 @@ class Row:
             raise ValueError(f"{self.op} {self.case}: non-positive time {self.ms}")
 
 
+def _attention_row(case: str, r: dict[str, float], copy_bw: float, gemm_rate: float, **extra: float) -> Row:
+    """Achieved rates and the fraction of the roofline time max(bytes / copy bandwidth, FLOPs / GEMM rate)."""
+    secs = r["ms"] * 1e-3
+    floor = max(r["bytes"] / copy_bw, r["flops"] / gemm_rate)
+    info = {"bound_ms": floor * 1e3, "arith_intensity": r["flops"] / r["bytes"], **extra}
+    return Row(
+        "paged_mla_attention",
+        case,
+        r["ms"],
+        r["bytes"] / secs / 1e12,
+        r["flops"] / secs / 1e12,
+        floor / secs,
+        info,
+    )
+
+
 def run(quick: bool = False, smoke: bool = False) -> dict[str, object]:
     if cuda.device_count() == 0:
         raise _core.HelixError("no CUDA device visible: the CUDA benchmarks need a GPU")
@@ -68,21 +84,16 @@ def run(quick: bool = False, smoke: bool = False) -> dict[str, object]:
             for kernel in kernels:
                 iters = 1 if smoke else 5 if ctx > 65536 else 10
                 r = cuda.bench_paged_mla_attention(batch, ctx, 128, 576, 512, kernel, iters=iters)
-                secs = r["ms"] * 1e-3
-                floor = max(r["bytes"] / copy_bw, r["flops"] / gemm_rate)
-                rows.append(
-                    Row(
-                        "paged_mla_attention",
-                        f"{kernel} b={batch} ctx={ctx // 1024}K"
-                        if ctx >= 1024
-                        else f"{kernel} b={batch} ctx={ctx}",
-                        r["ms"],
-                        r["bytes"] / secs / 1e12,
-                        r["flops"] / secs / 1e12,
-                        floor / secs,
-                        {"bound_ms": floor * 1e3, "arith_intensity": r["flops"] / r["bytes"]},
-                    )
-                )
+                label = f"{ctx // 1024}K" if ctx >= 1024 else str(ctx)
+                rows.append(_attention_row(f"{kernel} b={batch} ctx={label}", r, copy_bw, gemm_rate))
+    # Split-KV sweep at batch 1 (the plan's own choice is the b=1 row of the same context above).
+    sweep_ctx = 256 if smoke else 32768
+    for splits in (1, 4) if smoke else (8, 16, 32, 64, 128):
+        r = cuda.bench_paged_mla_attention(
+            1, sweep_ctx, 128, 576, 512, "tensor_core", iters=1 if smoke else 10, num_splits=splits
+        )
+        case = f"tensor_core b=1 ctx={sweep_ctx} splits={splits}"
+        rows.append(_attention_row(case, r, copy_bw, gemm_rate, num_splits=splits))
     for n_parts in (2, 256) if smoke else (2, 8, 32, 256):
         m = 8 * 128 if n_parts <= 32 and not smoke else 128  # batch 8 x 128 heads; 256 parts: one token
         r = cuda.bench_merge_states(n_parts, m, 512, iters=1 if smoke else 20)
@@ -104,11 +115,11 @@ def format_table(result: dict[str, object]) -> str:
     lines += [
         f"device: {result['device']} ({result['sms']} SMs); copy {result['copy_tb_per_s']:.2f} TB/s, "
         f"bf16 GEMM {result['gemm_bf16_tflop_per_s']:.0f} TFLOP/s (both measured in this run)",
-        f"{'op':<20} {'case':<28} {'ms':>9} {'TB/s':>7} {'TFLOP/s':>8} {'of roofline':>11}",
+        f"{'op':<20} {'case':<38} {'ms':>9} {'TB/s':>7} {'TFLOP/s':>8} {'of roofline':>11}",
     ]
     for r in result["rows"]:  # type: ignore[union-attr]
         lines.append(
-            f"{r['op']:<20} {r['case']:<28} {r['ms']:>9.4f} {r['tb_per_s']:>7.2f} "
+            f"{r['op']:<20} {r['case']:<38} {r['ms']:>9.4f} {r['tb_per_s']:>7.2f} "
             f"{r['tflop_per_s']:>8.1f} {100 * r['roofline_fraction']:>10.1f}%"
         )
     return "\n".join(lines)
