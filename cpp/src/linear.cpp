@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "amx_tiles.hpp"
 #include "mla_attention_tiles.hpp"
 
 namespace helix {
@@ -127,13 +128,56 @@ void run_linear(const LinearParams& p, RowsFn rows) {
 // ---- AMX-BF16 (bf16 weights) ---------------------------------------------------------------------------
 //
 // y^T [n][t] = W [n][K] . x^T [K][t] is exactly the attention's QK tile product (mla_attention_amx.cpp) with
-// the weight rows as the keys and the tokens as the query rows, so the split tile set is reused as is:
-//   pack_q: the tokens of one block -> B operand [Kpad/2][Mp (+16)][2] bf16 pairs, two planes (hi, lo =
-//           bf16(x - hi)); packed once per call, token blocks in parallel.
+// the weight rows as the keys and the tokens as the query rows, so its split tile set is reused:
+//   pack_tokens: the tokens of one block -> B operand [Kpad/2][Mp (+16)][2] bf16 pairs, two planes (hi,
+//           lo = bf16(x - hi)), the layout of the attention's pack_q; packed once per call, blocks in parallel.
 //   qk:     A operand = the weight rows read in place (16 rows a tile, stride K * 2 bytes; no repack when
 //           K % 32 == 0 and the 16-row group is complete, else the group is copied zero-padded), two tile
 //           products per step (hi, lo) into St [rows][Mp] fp32.
 // St is then transposed into y (written or added). Work items are (row chunk, token block) pairs.
+// Not done: a one-time repack of the weights at load time (rows at a stride padded by a cache line, or
+// tiles contiguous) would avoid the L1 set aliasing of K * 2 = 4 KiB-multiple strides; see performance.md.
+
+namespace amx = detail::amx;
+
+// The tokens [M] rows of x (row stride ldx) -> the split qpack layout of pack_q (amx_tiles.hpp): plane 0 the
+// bf16 rounding hi of x, plane 1 lo = bf16(x - hi), both [Kpad/2][qpack_ld(Mp)] pairs (k >= K, m >= M zero).
+// The same values as amx_tile_ops(true)->pack_q (round to nearest even), but 16 tokens x 32 k at a time
+// through a 16 x 16 pair transpose: the attention's row-by-row scatter costs ~3 ns per pair, negligible there
+// (once per query block) but measured to take more than half of a T = 16, K = 2048, N = 256 linear call.
+HELIX_AMX void pack_tokens(const float* x, int64_t ldx, int64_t M, int64_t Mp, int64_t K, void* qpack) {
+  const int64_t Kpad = amx::round_up(K, 32), ld = amx::qpack_ld(Mp);
+  uint32_t* hi_out = static_cast<uint32_t*>(qpack);
+  uint32_t* lo_out = hi_out + amx::qpack_plane_bytes(K, Mp) / 4;
+  for (int64_t m0 = 0; m0 < Mp; m0 += 16) {
+    for (int64_t k0 = 0; k0 < Kpad; k0 += 32) {
+      __m512i hi[16], lo[16];
+      const auto mask_at = [&](int64_t k) {
+        return k + 16 <= K ? static_cast<__mmask16>(0xffff)
+                           : (k >= K ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << (K - k)) - 1u));
+      };
+      const __mmask16 mask0 = mask_at(k0), mask1 = mask_at(k0 + 16);
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t m = m0 + i;
+        const float* row = x + m * ldx + k0;
+        const __m512 a = m < M ? _mm512_maskz_loadu_ps(mask0, row) : _mm512_setzero_ps();
+        const __m512 b = m < M ? _mm512_maskz_loadu_ps(mask1, row + 16) : _mm512_setzero_ps();
+        const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // word j: (x[k0 + 2j], x[k0 + 2j + 1])
+        const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+        const __m512 hb =
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+        hi[i] = h;
+        lo[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
+      }
+      amx::transpose16x16(hi);  // hi[j]: pair k0/2 + j of tokens m0..m0+15
+      amx::transpose16x16(lo);
+      for (int64_t j = 0; j < 16; ++j) {
+        _mm512_storeu_si512(hi_out + (k0 / 2 + j) * ld + m0, hi[j]);
+        _mm512_storeu_si512(lo_out + (k0 / 2 + j) * ld + m0, lo[j]);
+      }
+    }
+  }
+}
 
 // Weight rows per work item (<= the attention's AMX key tile, 256): 64 rows x K = 7168 bf16 = 0.9 MiB stay in
 // L2 while the token blocks of the chunk pass over them.
@@ -212,13 +256,10 @@ void run_linear_amx(const LinearParams& p) {
   const bool parallel = p.T * p.N * p.K >= kParallelMinWork && items > 1;
 #pragma omp parallel if (parallel)
   {
-    std::vector<const void*> rows;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblk; ++b) {
       const int64_t t0 = b * tb, M = std::min(tb, p.T - t0);
-      rows.resize(static_cast<size_t>(M));
-      for (int64_t m = 0; m < M; ++m) rows[m] = p.x + (t0 + m) * p.ldx;
-      ops.pack_q(rows.data(), M, round_up(M, 16), p.K, DType::Float32, packs + b * pack_stride);
+      pack_tokens(p.x + t0 * p.ldx, p.ldx, M, round_up(M, 16), p.K, packs + b * pack_stride);
     }
     // (the implicit barrier of the loop above: every block is packed before any product)
 #pragma omp for schedule(dynamic, 1)

@@ -57,7 +57,7 @@ void bind_layers(nb::module_& parent) {
       "x"_a, "w"_a, "out"_a = nb::none(), "accumulate"_a = false, "isa"_a = "",
       "y[T, N] = x[T, K] @ w[N, K]^T (x float32, w float32 or bfloat16); with out= the result is written there,\n"
       "or added to it when accumulate=True. Returns y (out itself when given). isa: '' (best for this CPU:\n"
-      "AMX tiles for bf16 weights at T >= 4 where usable, else linear_isa()), or 'amx', 'avx512', 'avx2' or\n"
+      "AMX tiles for bf16 weights at T >= LINEAR_AMX_MIN_TOKENS where usable, else linear_isa()), or 'amx', 'avx512', 'avx2' or\n"
       "'portable' (tests and benchmarks; see linear_isas()).");
 
   m.def(

@@ -32,9 +32,11 @@ struct LinearParams {
   bool accumulate = false;   // y += x @ W^T (residual add) instead of y = x @ W^T
 };
 
-// Tokens from which linear_cpu runs bf16 weights on AMX tiles (measured on Emerald Rapids: at T = 4 the AMX
-// path is already ~1.5x the AVX-512 one, at T <= 2 both are bound by the weight stream; docs/performance.md §3).
-inline constexpr int64_t kLinearAmxMinTokens = 4;
+// Tokens from which linear_cpu runs bf16 weights on AMX tiles. Measured on Emerald Rapids (1 thread,
+// DeepSeek-V3 shapes, weights streamed from DRAM): T = 4 on AMX is 0.75-0.95x the AVX-512 path (both bound
+// by the weight stream, which the AMX tile loads pull at ~12 GB/s against ~17 GB/s), T = 8 is 1.4-1.8x,
+// T >= 16 2.6-3.9x (docs/performance.md §3).
+inline constexpr int64_t kLinearAmxMinTokens = 8;
 
 // Kernel (no validation). Must not be called with y overlapping x or w. bf16 weights with T >=
 // kLinearAmxMinTokens run on AMX where usable, everything else on the SIMD path linear_isa().
