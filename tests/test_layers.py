@@ -11,11 +11,12 @@ from tolerances import tol
 layers = pytest.importorskip("helix._core").layers
 ArgumentError = pytest.importorskip("helix._core").ArgumentError
 
-ISAS = [
-    isa
-    for isa in ("avx512", "avx2", "portable")
-    if isa == "portable" or layers.linear_isa() in ("avx512", isa)
-]
+ISAS = list(layers.linear_isas())
+HAS_AMX = "amx" in ISAS
+
+
+def _linear_tol(isa: str, dtype: str) -> dict:
+    return tol("linear.amx" if isa == "amx" and dtype == "bfloat16" else "linear", dtype)
 
 
 def _weight(rng: np.random.Generator, n: int, k: int, dtype: str) -> np.ndarray:
@@ -55,7 +56,40 @@ def test_linear_every_simd_path(isa, dtype):
     for t, n, k in [(1, 23, 77), (6, 13, 40), (9, 8, 300)]:
         x = rng.standard_normal((t, k)).astype(np.float32)
         w = _weight(rng, n, k, dtype)
-        np.testing.assert_allclose(layers.linear(x, w, isa=isa), ref.linear(x, w), **tol("linear", dtype))
+        np.testing.assert_allclose(layers.linear(x, w, isa=isa), ref.linear(x, w), **_linear_tol(isa, dtype))
+
+
+# T spans a partial 16-token tile (2, 5), the threshold (8), a ragged token pair (33) and several token
+# blocks (512 at K = 2100: 96-token blocks); N odd (not a multiple of 16), K not a multiple of 32.
+@pytest.mark.skipif(not HAS_AMX, reason="no usable AMX-BF16 on this CPU/OS")
+@pytest.mark.parametrize("t", [2, 5, 8, 33, 512])
+def test_linear_amx_accumulates_and_matches_reference_and_avx512(t):
+    rng = np.random.default_rng(t)
+    n, k = (37, 2100) if t == 512 else (45, 100)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    w = _weight(rng, n, k, "bfloat16")
+    resid = rng.standard_normal((t, n)).astype(np.float32)
+    out = resid.copy()
+    layers.linear(x, w, out=out, accumulate=True, isa="amx")
+    np.testing.assert_allclose(out, resid + ref.linear(x, w), **tol("linear.amx", "bfloat16"))
+    avx = layers.linear(x, w, isa="avx512")
+    np.testing.assert_allclose(out - resid, avx, **tol("linear.amx", "bfloat16"))
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="no usable AMX-BF16 on this CPU/OS")
+def test_linear_auto_path_rule():
+    rng = np.random.default_rng(3)
+    k, n, t_min = 96, 40, layers.LINEAR_AMX_MIN_TOKENS
+    wb = _weight(rng, n, k, "bfloat16")
+    wf = _weight(rng, n, k, "float32")
+    for t in (t_min - 1, t_min, 3 * t_min + 1):
+        x = rng.standard_normal((t, k)).astype(np.float32)
+        # bf16 weights: AMX from t_min tokens on, the SIMD path below (bitwise the same call).
+        want = layers.linear(x, wb, isa="amx" if t >= t_min else layers.linear_isa())
+        np.testing.assert_array_equal(layers.linear(x, wb), want)
+        # float32 weights never use AMX (isa="amx" runs them on AVX-512).
+        np.testing.assert_array_equal(layers.linear(x, wf), layers.linear(x, wf, isa="avx512"))
+        np.testing.assert_array_equal(layers.linear(x, wf, isa="amx"), layers.linear(x, wf, isa="avx512"))
 
 
 def test_linear_accumulates_into_out():

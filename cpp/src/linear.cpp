@@ -7,6 +7,9 @@
 
 #include <algorithm>
 
+#include "amx_tiles.hpp"
+#include "mla_attention_tiles.hpp"
+
 namespace helix {
 
 namespace {
@@ -122,15 +125,192 @@ void run_linear(const LinearParams& p, RowsFn rows) {
   }
 }
 
+// ---- AMX-BF16 (bf16 weights) ---------------------------------------------------------------------------
+//
+// y^T [n][t] = W [n][K] . x^T [K][t] is exactly the attention's QK tile product (mla_attention_amx.cpp) with
+// the weight rows as the keys and the tokens as the query rows, so its split tile set is reused:
+//   pack_tokens: the tokens of one block -> B operand [Kpad/2][Mp (+16)][2] bf16 pairs, two planes (hi,
+//           lo = bf16(x - hi)), the layout of the attention's pack_q; packed once per call, blocks in parallel.
+//   qk:     A operand = the weight rows read in place (16 rows a tile, stride K * 2 bytes; no repack when
+//           K % 32 == 0 and the 16-row group is complete, else the group is copied zero-padded), two tile
+//           products per step (hi, lo) into St [rows][Mp] fp32.
+// St is then transposed into y (written or added). Work items are (row chunk, token block) pairs.
+// Not done: a one-time repack of the weights at load time (rows at a stride padded by a cache line, or
+// tiles contiguous) would avoid the L1 set aliasing of K * 2 = 4 KiB-multiple strides; see performance.md.
+
+namespace amx = detail::amx;
+
+// The tokens [M] rows of x (row stride ldx) -> the split qpack layout of pack_q (amx_tiles.hpp): plane 0 the
+// bf16 rounding hi of x, plane 1 lo = bf16(x - hi), both [Kpad/2][qpack_ld(Mp)] pairs (k >= K, m >= M zero).
+// The same values as amx_tile_ops(true)->pack_q (round to nearest even), but 16 tokens x 32 k at a time
+// through a 16 x 16 pair transpose: the attention's row-by-row scatter costs ~3 ns per pair, negligible there
+// (once per query block) but measured to take more than half of a T = 16, K = 2048, N = 256 linear call.
+HELIX_AMX void pack_tokens(const float* x, int64_t ldx, int64_t M, int64_t Mp, int64_t K, void* qpack) {
+  const int64_t Kpad = amx::round_up(K, 32), ld = amx::qpack_ld(Mp);
+  uint32_t* hi_out = static_cast<uint32_t*>(qpack);
+  uint32_t* lo_out = hi_out + amx::qpack_plane_bytes(K, Mp) / 4;
+  for (int64_t m0 = 0; m0 < Mp; m0 += 16) {
+    for (int64_t k0 = 0; k0 < Kpad; k0 += 32) {
+      __m512i hi[16], lo[16];
+      const auto mask_at = [&](int64_t k) {
+        return k + 16 <= K ? static_cast<__mmask16>(0xffff)
+                           : (k >= K ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << (K - k)) - 1u));
+      };
+      const __mmask16 mask0 = mask_at(k0), mask1 = mask_at(k0 + 16);
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t m = m0 + i;
+        const float* row = x + m * ldx + k0;
+        const __m512 a = m < M ? _mm512_maskz_loadu_ps(mask0, row) : _mm512_setzero_ps();
+        const __m512 b = m < M ? _mm512_maskz_loadu_ps(mask1, row + 16) : _mm512_setzero_ps();
+        const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // word j: (x[k0 + 2j], x[k0 + 2j + 1])
+        const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+        const __m512 hb =
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+        hi[i] = h;
+        lo[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
+      }
+      amx::transpose16x16(hi);  // hi[j]: pair k0/2 + j of tokens m0..m0+15
+      amx::transpose16x16(lo);
+      for (int64_t j = 0; j < 16; ++j) {
+        _mm512_storeu_si512(hi_out + (k0 / 2 + j) * ld + m0, hi[j]);
+        _mm512_storeu_si512(lo_out + (k0 / 2 + j) * ld + m0, lo[j]);
+      }
+    }
+  }
+}
+
+// Weight rows per work item (<= the attention's AMX key tile, 256): 64 rows x K = 7168 bf16 = 0.9 MiB stay in
+// L2 while the token blocks of the chunk pass over them.
+constexpr int64_t kAmxRows = 64;
+// Packed bytes of one token block (4 bytes per token per k: hi + lo): about 1 MiB, so the block stays in L2
+// while a row chunk streams past; tokens per block a multiple of 32 (two B tiles), at least 32, at most 256.
+constexpr int64_t kAmxPackBytes = 1 << 20;
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+int64_t amx_token_block(int64_t K) {
+  return std::clamp<int64_t>(kAmxPackBytes / (4 * std::max<int64_t>(K, 1)) / 32 * 32, 32, 256);
+}
+
+const detail::TileOps* amx_ops() { return detail::amx_tile_ops(/*split=*/true); }
+
+struct AmxWorkspace {
+  detail::AlignedBuffer scores, extra;
+  std::vector<const void*> rows, next;
+};
+
+AmxWorkspace& amx_workspace() {
+  thread_local AmxWorkspace ws;
+  return ws;
+}
+
+// Weight rows [n0, n1) (n1 - n0 <= kAmxRows) against tokens [t0, t0 + M) packed at qpack (Mp = round_up(M,
+// 16) columns). Returns false when out of memory (nothing written).
+bool amx_item(const LinearParams& p, const detail::TileOps& ops, const void* qpack, int64_t t0, int64_t M,
+              int64_t n0, int64_t n1, bool prefetch_next) {
+  const int64_t Mp = round_up(M, 16), nt = n1 - n0;
+  AmxWorkspace& ws = amx_workspace();
+  float* St = ws.scores.get<float>(kAmxRows * Mp);
+  const int64_t extra_bytes = ops.extra_bytes(p.K, 0, Mp);
+  void* extra = ws.extra.get<unsigned char>(extra_bytes);
+  if (!St || !extra) return false;
+  const auto* w = static_cast<const unsigned char*>(p.w);
+  const int64_t row_bytes = p.K * int64_t{sizeof(bf16_t)};
+  ws.rows.resize(static_cast<size_t>(kAmxRows));
+  ws.next.resize(static_cast<size_t>(kAmxRows));
+  for (int64_t n = 0; n < nt; ++n) ws.rows[n] = w + (n0 + n) * row_bytes;
+  // The next chunk's rows, prefetched into L2 during the products (when this is the chunk's last item).
+  const int64_t next_count = prefetch_next ? std::clamp<int64_t>(p.N - n1, 0, kAmxRows) : 0;
+  for (int64_t n = 0; n < next_count; ++n) ws.next[n] = w + (n1 + n) * row_bytes;
+  const detail::TileScratch scratch{nullptr, nullptr, extra, ws.next.data(), next_count, row_bytes};
+  ops.qk(qpack, ws.rows.data(), nt, p.K, Mp, St, scratch);
+  for (int64_t m = 0; m < M; ++m) {
+    float* y = p.y + (t0 + m) * p.ldy + n0;
+    if (p.accumulate) {
+      for (int64_t n = 0; n < nt; ++n) y[n] += St[n * Mp + m];
+    } else {
+      for (int64_t n = 0; n < nt; ++n) y[n] = St[n * Mp + m];
+    }
+  }
+  return true;
+}
+
+detail::AlignedBuffer& amx_packs() {
+  thread_local detail::AlignedBuffer buf;
+  return buf;
+}
+
+void run_linear_amx(const LinearParams& p) {
+  if (p.T <= 0 || p.N <= 0) return;
+  const detail::TileOps& ops = *amx_ops();
+  const int64_t tb = amx_token_block(p.K);
+  const int64_t nblk = (p.T + tb - 1) / tb;
+  const int64_t pack_stride = round_up(ops.qpack_bytes(p.K, round_up(std::min(p.T, tb), 16)), 64);
+  auto* packs = amx_packs().get<unsigned char>(nblk * pack_stride);
+  if (packs == nullptr) {  // out of memory for the packed tokens: the AVX-512 path needs no workspace
+    run_linear(p, avx512::linear_rows);
+    return;
+  }
+  const int64_t chunks = (p.N + kAmxRows - 1) / kAmxRows;
+  const int64_t items = chunks * nblk;
+  const bool parallel = p.T * p.N * p.K >= kParallelMinWork && items > 1;
+#pragma omp parallel if (parallel)
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t t0 = b * tb, M = std::min(tb, p.T - t0);
+      pack_tokens(p.x + t0 * p.ldx, p.ldx, M, round_up(M, 16), p.K, packs + b * pack_stride);
+    }
+    // (the implicit barrier of the loop above: every block is packed before any product)
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t c = item / nblk, b = item % nblk;
+      const int64_t n0 = c * kAmxRows, n1 = std::min(p.N, n0 + kAmxRows);
+      const int64_t t0 = b * tb, M = std::min(tb, p.T - t0);
+      if (!amx_item(p, ops, packs + b * pack_stride, t0, M, n0, n1, b == nblk - 1)) {
+        avx512::linear_rows(p, t0, t0 + M, n0, n1);  // out of memory for the tile workspace
+      }
+    }
+  }
+}
+
+bool use_amx(const LinearParams& p) {
+  return p.w_dtype == DType::BFloat16 && p.T >= kLinearAmxMinTokens && amx_ops() != nullptr;
+}
+
 }  // namespace
 
 const char* linear_isa() { return isa().name; }
 
-void linear_cpu(const LinearParams& p) { run_linear(p, isa().rows); }
+std::vector<std::string> linear_isas() {
+  __builtin_cpu_init();
+  std::vector<std::string> out;
+  if (amx_ops() != nullptr) out.emplace_back("amx");
+  if (__builtin_cpu_supports("avx512f")) out.emplace_back("avx512");
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.emplace_back("avx2");
+  out.emplace_back("portable");
+  return out;
+}
+
+void linear_cpu(const LinearParams& p) {
+  if (use_amx(p)) {
+    run_linear_amx(p);
+  } else {
+    run_linear(p, isa().rows);
+  }
+}
 
 void linear_cpu_isa(const LinearParams& p, std::string_view name) {
   __builtin_cpu_init();
-  if (name == "avx512") {
+  if (name == "amx") {
+    HELIX_CHECK_ARG(amx_ops() != nullptr,
+                    "argument 'isa': this CPU (or OS) has no usable AMX-BF16 (or the tile permission was refused)");
+    if (p.w_dtype == DType::BFloat16) {
+      run_linear_amx(p);
+    } else {
+      run_linear(p, avx512::linear_rows);  // no float32-weight AMX path
+    }
+  } else if (name == "avx512") {
     HELIX_CHECK_ARG(__builtin_cpu_supports("avx512f"), "argument 'isa': this CPU has no AVX-512F");
     run_linear(p, avx512::linear_rows);
   } else if (name == "avx2") {
@@ -140,7 +320,7 @@ void linear_cpu_isa(const LinearParams& p, std::string_view name) {
   } else if (name == "portable") {
     run_linear(p, portable::linear_rows);
   } else {
-    throw ArgumentError(detail::concat("argument 'isa' must be avx512, avx2 or portable, got ", name));
+    throw ArgumentError(detail::concat("argument 'isa' must be amx, avx512, avx2 or portable, got ", name));
   }
 }
 

@@ -78,29 +78,7 @@ struct KeySource {
   }
 };
 
-// A 64-byte aligned buffer that only grows; one per thread, so repeated calls do not fault pages in again.
-class AlignedBuffer {
- public:
-  AlignedBuffer() = default;
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  ~AlignedBuffer() { std::free(ptr_); }
-  // nullptr when out of memory (kernels run inside OpenMP regions, where nothing may throw).
-  template <class T>
-  T* get(int64_t count) {
-    const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
-    if (bytes > cap_) {
-      std::free(ptr_);
-      ptr_ = std::aligned_alloc(64, bytes);
-      cap_ = ptr_ ? bytes : 0;
-    }
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  size_t cap_ = 0;
-};
+using detail::AlignedBuffer;
 
 struct Workspace {
   AlignedBuffer qpack, scores, out, state, p_pairs, v_pairs, extra, qpos, wide;

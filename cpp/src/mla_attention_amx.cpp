@@ -23,9 +23,7 @@
 // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) (once per process, for all its threads); if the
 // kernel refuses, amx_tile_ops() is nullptr and the driver stays on AVX-512.
 //
-// GCC 12's tile intrinsics are asm statements that do not tell the compiler which memory they read or
-// write, so every switch between ordinary loads/stores and tile loads/stores of the same buffer goes
-// through a compiler barrier (tile_barrier()).
+// The tile configuration, tile_barrier() and the qpack layout are in amx_tiles.hpp (shared with linear.cpp).
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* helpers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -43,7 +41,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
-#define HELIX_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+#include "amx_tiles.hpp"
 
 namespace helix::detail {
 namespace {
@@ -55,30 +53,12 @@ constexpr int64_t kAmxKeyTile = 256;
 // requested during the first ~2/3 of the current one).
 constexpr int kPrefetchPerStep = 4;
 
-inline void tile_barrier() { __asm__ volatile("" ::: "memory"); }
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Palette 1, tiles 0-7 all 16 rows x 64 bytes: 0-3 accumulators, 4-5 A operands, 6-7 B operands.
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-constexpr TileConfig make_config() {
-  TileConfig c{};
-  c.palette_id = 1;
-  for (int i = 0; i < 8; ++i) {
-    c.colsb[i] = 64;
-    c.rows[i] = 16;
-  }
-  return c;
-}
-
-const TileConfig kTileConfig = make_config();
+using amx::kTileConfig;
+using amx::qpack_ld;
+using amx::qpack_plane_bytes;
+using amx::round_up;
+using amx::tile_barrier;
+using amx::transpose16x16;
 
 // ---- scratch (TileScratch::extra) ---------------------------------------------------------------------
 
@@ -93,7 +73,6 @@ struct AmxScratch {
 
 // Row strides of the packed operands are padded by one cache line: power-of-two strides (Mp*4, R*4 bytes)
 // would put the 16 rows of a tile into a few L1 sets.
-inline int64_t qpack_ld(int64_t Mp) { return Mp + 16; }           // 32-bit pairs per pair row of qpack
 inline int64_t pt_ld(int64_t ntp) { return ntp + 32; }            // bf16 per row of P^T
 inline int64_t vp_ld(int64_t R) { return round_up(R, 16) + 16; }  // 32-bit pairs per pair row of vp
 
@@ -116,8 +95,7 @@ AmxScratch split_scratch(const TileScratch& s, int64_t Mp) {
 
 // ---- q packing: B operand of QK ------------------------------------------------------------------------
 
-// Bytes of one qpack plane; the split kernels keep two (hi, lo).
-int64_t qpack_plane_bytes(int64_t D, int64_t Mp) { return round_up(D, 32) / 2 * qpack_ld(Mp) * 4; }
+// Bytes of one qpack plane (amx::qpack_plane_bytes); the split kernels keep two (hi, lo).
 
 template <bool Split>
 int64_t qpack_bytes_amx(int64_t D, int64_t Mp) {
@@ -339,34 +317,6 @@ HELIX_AMX inline __m512i interleave_halves(__m512i v) {
   const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                        21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   return _mm512_permutexvar_epi16(idx, v);
-}
-
-// In-register transpose of 16 x 16 32-bit elements.
-HELIX_AMX inline void transpose16x16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  // t[2i]: (r2i[0], r2i+1[0], r2i[1], r2i+1[1]) per 128-bit lane; t[2i+1]: elements 2, 3.
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  // r[4i+e]: element e of each 128-bit lane of rows 4i..4i+3, i.e. per lane L: column 4L+e of the 4 rows.
-  for (int i = 0; i < 2; ++i) {
-    for (int e = 0; e < 4; ++e) {
-      t[8 * i + e] = _mm512_shuffle_i32x4(r[8 * i + e], r[8 * i + 4 + e], 0x88);      // lanes 0, 2 | 0, 2
-      t[8 * i + 4 + e] = _mm512_shuffle_i32x4(r[8 * i + e], r[8 * i + 4 + e], 0xdd);  // lanes 1, 3 | 1, 3
-    }
-  }
-  // t[8i+e]: columns (e, 8+e) of rows 8i..8i+7; t[8i+4+e]: columns (4+e, 12+e).
-  for (int e = 0; e < 8; ++e) {
-    r[e] = _mm512_shuffle_i32x4(t[e], t[8 + e], 0x88);
-    r[8 + e] = _mm512_shuffle_i32x4(t[e], t[8 + e], 0xdd);
-  }
 }
 
 // x rounded to bf16 (round to nearest even), as float32.

@@ -17,10 +17,36 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "helix/dtype.hpp"
 
 namespace helix::detail {
+
+// A 64-byte aligned buffer that only grows; one per thread, so repeated calls do not fault pages in again.
+// (Also the workspace of the AMX linear path, linear.cpp.)
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(ptr_); }
+  // nullptr when out of memory (kernels run inside OpenMP regions, where nothing may throw).
+  template <class T>
+  T* get(int64_t count) {
+    const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+    if (bytes > cap_) {
+      std::free(ptr_);
+      ptr_ = std::aligned_alloc(64, bytes);
+      cap_ = ptr_ ? bytes : 0;
+    }
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t cap_ = 0;
+};
 
 inline constexpr int64_t kKeyTile = 64;   // keys per online-softmax step (AVX-512, portable)
 inline constexpr int64_t kRowBlock = 128;  // query rows per work item (Q panel + OT stay in L2)
@@ -73,6 +99,8 @@ const TileOps* avx512_bf16_tile_ops();
 // AMX-BF16 tile kernels for bfloat16 keys; nullptr without AMX-BF16 + AVX512_BF16 or when the OS refuses
 // the tile-data permission. split: q and the softmax weights go in as bf16 hi + lo pairs (two products
 // each), so only about 2^-16 of their relative precision is lost instead of 2^-8.
+// The split set's pack_q + qk are also the AMX path of linear (linear.cpp): qk is a plain
+// St[n][m] = dot(row m of x, weight row n) product over bf16 weight rows.
 const TileOps* amx_tile_ops(bool split);
 inline int64_t no_extra_bytes(int64_t, int64_t, int64_t) { return 0; }
 

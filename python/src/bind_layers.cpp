@@ -3,6 +3,7 @@
 #include <nanobind/nanobind.h>
 
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <string>
 
@@ -55,8 +56,9 @@ void bind_layers(nb::module_& parent) {
       },
       "x"_a, "w"_a, "out"_a = nb::none(), "accumulate"_a = false, "isa"_a = "",
       "y[T, N] = x[T, K] @ w[N, K]^T (x float32, w float32 or bfloat16); with out= the result is written there,\n"
-      "or added to it when accumulate=True. Returns y (out itself when given). isa: '' (best for this CPU),\n"
-      "'avx512', 'avx2' or 'portable' (tests and benchmarks).");
+      "or added to it when accumulate=True. Returns y (out itself when given). isa: '' (best for this CPU:\n"
+      "AMX tiles for bf16 weights at T >= LINEAR_AMX_MIN_TOKENS where usable, else linear_isa()), or 'amx', 'avx512', 'avx2' or\n"
+      "'portable' (tests and benchmarks; see linear_isas()).");
 
   m.def(
       "rms_norm",
@@ -141,6 +143,10 @@ void bind_layers(nb::module_& parent) {
       "zeros otherwise. ids int64 [T]; table float32 or bfloat16 [V, hidden]. Returns out.");
 
   m.def("linear_isa", &linear_isa, "The SIMD path linear uses on this CPU: 'avx512', 'avx2' or 'portable'.");
+  m.def("linear_isas", &linear_isas,
+        "Every path linear(isa=...) accepts on this CPU and OS, best first: 'amx' (bf16 weights on AMX tiles,\n"
+        "when usable), then the SIMD paths.");
+  m.attr("LINEAR_AMX_MIN_TOKENS") = kLinearAmxMinTokens;
 }
 
 }  // namespace helix::bind

@@ -1,6 +1,7 @@
 // GoogleTests of the decoder-layer CPU ops against naive double-precision loops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -55,7 +56,7 @@ void expect_throws_naming(const std::function<void()>& f, const std::string& nam
 }  // namespace
 
 TEST(Linear, EverySimdPathAndDtypeMatchesNaive) {
-  const char* isas[] = {"avx512", "avx2", "portable"};
+  const char* isas[] = {"amx", "avx512", "avx2", "portable"};
   // Ragged in every tile dimension; T = 40 with K = 8192 spans two token blocks.
   const int64_t shapes[][3] = {{1, 37, 100}, {3, 21, 17}, {6, 16, 64}, {9, 5, 3}, {40, 6, 8192}};
   for (const char* isa : isas) {
@@ -76,11 +77,32 @@ TEST(Linear, EverySimdPathAndDtypeMatchesNaive) {
         } catch (const ArgumentError&) {
           continue;  // this CPU lacks the path
         }
+        // AMX (bf16 weights): x as bf16 hi + lo, see tests/tolerances.py "linear.amx".
+        const double atol = std::string(isa) == "amx" && dt == DType::BFloat16 ? 4e-5 : 2e-5;
         for (int64_t i = 0; i < T * N; ++i) {
-          ASSERT_NEAR(y[i], 1.0 + expected[i], 2e-5 + 1e-5 * std::abs(expected[i])) << isa << " i=" << i;
+          ASSERT_NEAR(y[i], 1.0 + expected[i], atol + 1e-5 * std::abs(expected[i])) << isa << " i=" << i;
         }
       }
     }
+  }
+}
+
+TEST(Linear, AmxMatchesAvx512AndAutoFollowsTheThreshold) {
+  const auto paths = linear_isas();
+  if (std::find(paths.begin(), paths.end(), "amx") == paths.end()) GTEST_SKIP() << "no usable AMX-BF16";
+  const int64_t N = 45, K = 100;  // N % 16 != 0, K % 32 != 0
+  for (int64_t T : {2, 5, 8, 33, 512}) {
+    auto x = randn(T * K, 10);
+    auto w = to_bf16(randn(N * K, 11, 1.f / std::sqrt(float(K))));
+    std::vector<float> amx(T * N, 0.f), avx(T * N, 0.f), autop(T * N, 0.f);
+    LinearParams p{x.data(), w.data(), amx.data(), T, N, K, K, N, DType::BFloat16, false};
+    linear_cpu_isa(p, "amx");
+    p.y = avx.data();
+    linear_cpu_isa(p, "avx512");
+    p.y = autop.data();
+    linear_cpu(p);
+    for (int64_t i = 0; i < T * N; ++i) ASSERT_NEAR(amx[i], avx[i], 4e-5 + 1e-5 * std::abs(avx[i])) << T;
+    EXPECT_EQ(autop, T >= kLinearAmxMinTokens ? amx : avx) << "T=" << T;
   }
 }
 

@@ -1,11 +1,14 @@
 """Benchmark of the decode ops against the machine's ceilings measured in the same run: partial attention
 (helix.ops.mla_attention, DeepSeek-V3 shape), merge_states, and the decode linear layers
-(helix._core.layers.linear with float32 and bfloat16 weights at DeepSeek-V3 shapes, T = 1 and 8).
+(helix._core.layers.linear with float32 and bfloat16 weights at DeepSeek-V3 shapes, T = 1 and 8 by default;
+--tokens 1,8,256 adds a prefill-like chunk).
 
 For each op: time (median of repeated calls), GB/s of the bytes it must move, GFLOP/s, and two ratios:
 to the STREAM-like copy bandwidth (read + write counted) and to NumPy's float32 matmul. The matmul ratio is
 the GFLOP/s ratio to the square-matmul ceiling for attention and merge_states, and for linear the time of
-NumPy's own float32 product of the same shape (x @ W^T, same weight pool) over helix's time.
+NumPy's own float32 product of the same shape (x @ W^T, same weight pool) over helix's time. Linear rows
+also carry the GFLOP/s ratio to the bfloat16 square-matmul ceiling (PyTorch/oneDNN, AMX where the CPU has
+it; NaN without torch). --linear-isa times bf16 weights on several forced paths (e.g. "auto,avx512,amx").
 
 Linear weights rotate through a pool of copies larger than the last-level cache, so the GB/s is DRAM
 streaming, not cache bandwidth.
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from helix.bench.common import (
+    bf16_matmul_gflops,
     copy_bandwidth,
     machine_info,
     matmul_gflops,
@@ -51,6 +55,7 @@ class Row:
     gflops: float
     ratio_to_copy: float  # achieved GB/s / copy GB/s
     ratio_to_numpy: float  # see the module docstring
+    ratio_to_bf16_matmul: float = float("nan")  # linear: GFLOP/s over the bf16 matmul ceiling
 
     def __post_init__(self) -> None:
         if not self.ms > 0:
@@ -84,6 +89,7 @@ def run(
     pool_bytes: int = 512 << 20,
     matmul_n: int = 2048,
     show_progress: bool = True,
+    linear_isas: tuple[str, ...] = ("",),
 ) -> dict:
     import ml_dtypes
 
@@ -93,6 +99,8 @@ def run(
     shapes = LINEAR_SHAPES if linear_shapes is None else linear_shapes
     copy_gbs = copy_bandwidth(copy_bytes)
     mm_gflops = matmul_gflops(matmul_n)
+    bf16_mm = bf16_matmul_gflops(matmul_n)
+    bf16_gflops = float("nan") if bf16_mm is None else bf16_mm
     rows: list[Row] = []
 
     for a in attention.run(attention_sizes, ("float32", "bfloat16"), repeats, min_seconds):
@@ -145,25 +153,30 @@ def run(
                 else _weight_pool((N, K), np.dtype(ml_dtypes.bfloat16), pool_bytes // 2, rng)
             )
             for T in tokens:
-                t = time_calls(
-                    _rotating(lambda w, x=xs[T]: _core.layers.linear(x, w), pool), repeats, min_seconds
-                ).median
-                moved = pool[0].nbytes + xs[T].nbytes + T * N * 4
-                flops = 2 * T * N * K
-                rows.append(
-                    Row(
-                        "linear",
-                        f"{name} [{N}x{K}] {dtype} T={T}",
-                        t * 1e3,
-                        moved / t / 1e9,
-                        flops / t / 1e9,
-                        moved / t / 1e9 / copy_gbs,
-                        t_np[T] / t,
+                for isa in linear_isas if dtype == "bfloat16" else ("",):
+                    path = "" if isa == "auto" else isa
+                    t = time_calls(
+                        _rotating(lambda w, x=xs[T], path=path: _core.layers.linear(x, w, isa=path), pool),
+                        repeats,
+                        min_seconds,
+                    ).median
+                    moved = pool[0].nbytes + xs[T].nbytes + T * N * 4
+                    flops = 2 * T * N * K
+                    rows.append(
+                        Row(
+                            "linear",
+                            f"{name} [{N}x{K}] {dtype} T={T}" + (f" {isa}" if isa else ""),
+                            t * 1e3,
+                            moved / t / 1e9,
+                            flops / t / 1e9,
+                            moved / t / 1e9 / copy_gbs,
+                            t_np[T] / t,
+                            flops / t / 1e9 / bf16_gflops,
+                        )
                     )
-                )
             del pool
         del pool32
-    return {"copy_gbs": copy_gbs, "matmul_gflops": mm_gflops, "rows": rows}
+    return {"copy_gbs": copy_gbs, "matmul_gflops": mm_gflops, "bf16_matmul_gflops": bf16_gflops, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-mb", type=int, default=512, help="weight pool per shape (> last-level cache)")
     parser.add_argument("--copy-mb", type=int, default=512, help="copy-ceiling array size")
     parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument(
+        "--linear-isa", default="", help="bf16 linear paths to time, e.g. auto,avx512,amx (default: auto only)"
+    )
     parser.add_argument("--out", default="bench-results/ops.json")
     parser.add_argument("--png", default="bench-results/ops.png")
     args = parser.parse_args(argv)
@@ -194,27 +210,32 @@ def main(argv: list[str] | None = None) -> int:
         copy_bytes=args.copy_mb << 20,
         pool_bytes=args.pool_mb << 20,
         matmul_n=args.matmul_n,
+        linear_isas=tuple(args.linear_isa.split(",")) if args.linear_isa else ("",),
     )
     meta = {
         **machine_info(args.threads),
         "timing": "median of repeated calls; ceilings: best of 5",
         "copy_gbs": result["copy_gbs"],
         "matmul_gflops": result["matmul_gflops"],
+        "bf16_matmul_gflops": result["bf16_matmul_gflops"],
     }
     rows: list[Row] = result["rows"]
     print(
         f"Decode ops; {meta['cpu']}, {args.threads} thread(s), load {meta['loadavg_1_5_15'][0]:.2f}; "
         "ceilings: "
-        f"copy {result['copy_gbs']:.1f} GB/s, NumPy f32 matmul {result['matmul_gflops']:.1f} GFLOP/s"
+        f"copy {result['copy_gbs']:.1f} GB/s, NumPy f32 matmul {result['matmul_gflops']:.1f} GFLOP/s, "
+        f"bf16 matmul {result['bf16_matmul_gflops']:.1f} GFLOP/s"
     )
-    print(f"{'op':<14} {'case':<40} {'ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'/copy':>6} {'/numpy':>7}")
+    print(
+        f"{'op':<14} {'case':<46} {'ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'/copy':>6} {'/numpy':>7} {'/bf16mm':>8}"
+    )
     for r in rows:
         print(
-            f"{r.op:<14} {r.case:<40} {r.ms:8.3f} {r.gbytes_per_s:7.1f} {r.gflops:8.1f} "
-            f"{r.ratio_to_copy:6.2f} {r.ratio_to_numpy:7.2f}"
+            f"{r.op:<14} {r.case:<46} {r.ms:8.3f} {r.gbytes_per_s:7.1f} {r.gflops:8.1f} "
+            f"{r.ratio_to_copy:6.2f} {r.ratio_to_numpy:7.2f} {r.ratio_to_bf16_matmul:8.2f}"
         )
     out = write_json(args.out, {"meta": meta, "rows": [asdict(r) for r in rows]})
-    lin = [r for r in rows if r.op == "linear" and r.case.endswith("T=1")]
+    lin = [r for r in rows if r.op == "linear" and r.case.endswith(("T=1", "T=1 auto"))]
     series = {
         dt: (
             list(range(len([r for r in lin if dt in r.case]))),

@@ -5,10 +5,17 @@
 // tokens stay in cache; larger T is processed in token blocks (the weight is re-read once per block).
 // Threads (OpenMP) split the output rows N. The SIMD path (AVX-512F, AVX2+FMA or portable C++) is picked at
 // run time from the CPU, so the library runs on any x86-64 CPU.
+//
+// AMX path (bf16 weights, T >= kLinearAmxMinTokens, chosen at run time where the CPU has AMX-BF16 and the OS
+// grants the tile-data permission): x is split into bf16 hi + lo parts (x ~= hi + lo to ~2^-17 relative) and
+// both are multiplied with the bf16 weights on AMX tiles with float32 accumulation, so the result is of the
+// same accuracy class as the widened-f32 FMA paths (not bit-identical to them). Float32 weights never use it.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "helix/dtype.hpp"
 #include "helix/tensor.hpp"
@@ -25,14 +32,25 @@ struct LinearParams {
   bool accumulate = false;   // y += x @ W^T (residual add) instead of y = x @ W^T
 };
 
-// Kernel (no validation). Must not be called with y overlapping x or w.
+// Tokens from which linear_cpu runs bf16 weights on AMX tiles. Measured on Emerald Rapids (1 thread,
+// DeepSeek-V3 shapes, weights streamed from DRAM): T = 4 on AMX is 0.75-0.95x the AVX-512 path (both bound
+// by the weight stream, which the AMX tile loads pull at ~12 GB/s against ~17 GB/s), T = 8 is 1.4-1.8x,
+// T >= 16 2.6-3.9x (docs/performance.md §3).
+inline constexpr int64_t kLinearAmxMinTokens = 8;
+
+// Kernel (no validation). Must not be called with y overlapping x or w. bf16 weights with T >=
+// kLinearAmxMinTokens run on AMX where usable, everything else on the SIMD path linear_isa().
 void linear_cpu(const LinearParams& p);
 
-// The SIMD path linear_cpu uses on this CPU: "avx512", "avx2" or "portable".
+// The SIMD path linear_cpu uses on this CPU: "avx512", "avx2" or "portable" (AMX aside, see above).
 const char* linear_isa();
 
-// linear_cpu on a named SIMD path (for tests and benchmarks). Throws ArgumentError for an unknown name or
-// a path this CPU cannot run.
+// Every path linear_cpu_isa accepts on this CPU (and OS), best first: "amx" (when usable), then the SIMD ones.
+std::vector<std::string> linear_isas();
+
+// linear_cpu on a named path (for tests and benchmarks): "avx512", "avx2", "portable", or "amx" (AMX tiles
+// for bf16 weights at any T; float32 weights run the avx512 path). Throws ArgumentError for an unknown name
+// or a path this CPU (or OS) cannot run.
 void linear_cpu_isa(const LinearParams& p, std::string_view isa);
 
 // Validated op: x [T, K] f32; w [N, K] f32|bf16; y [T, N] f32 (written, or added to when accumulate).
