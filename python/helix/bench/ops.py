@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copy-mb", type=int, default=512, help="copy-ceiling array size")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument(
-        "--linear-isa", default="", help="bf16 linear paths to time, e.g. auto,avx512,amx (default: auto only)"
+        "--linear-isa",
+        default="",
+        help="bf16 linear paths to time, e.g. auto,avx512,amx (default: auto only)",
     )
     parser.add_argument("--out", default="bench-results/ops.json")
     parser.add_argument("--png", default="bench-results/ops.png")
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         f"bf16 matmul {result['bf16_matmul_gflops']:.1f} GFLOP/s"
     )
     print(
-        f"{'op':<14} {'case':<46} {'ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'/copy':>6} {'/numpy':>7} {'/bf16mm':>8}"
+        f"{'op':<14} {'case':<46} {'ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'/copy':>6} {'/numpy':>7} "
+        f"{'/bf16mm':>8}"
     )
     for r in rows:
         print(
