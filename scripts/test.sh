@@ -9,8 +9,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 echo "== lint (ruff check, ruff format --check) =="
-ruff check python tests benchmarks
-ruff format --check python tests benchmarks
+ruff check python tests benchmarks cuda/emulator
+ruff format --check python tests benchmarks cuda/emulator
 echo "== C++ tests (ctest) =="
 ctest --test-dir build --output-on-failure -j 2 --timeout 300
 echo "== Python and MPI tests (pytest) =="

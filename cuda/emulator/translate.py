@@ -133,9 +133,8 @@ def translate(src: str, path: str) -> str:
         type_, name = " ".join(m.group(2).split()), m.group(3)
         text = src[m.start() : m.end()]
         pad = "\n" * text.count("\n")
-        edits.append(
-            (m.start(), m.end(), f"{type_}* {name} = reinterpret_cast<{type_}*>(::simt::dynamic_shared());{pad}")
-        )
+        decl = f"{type_}* {name} = reinterpret_cast<{type_}*>(::simt::dynamic_shared());"
+        edits.append((m.start(), m.end(), decl + pad))
         extern_spans.append((m.start(), m.end()))
 
     # Static shared memory.
@@ -167,7 +166,11 @@ def translate(src: str, path: str) -> str:
             full = f"{type_}{dims}"
             ref = f"{type_} (&{name}){dims}" if dims else f"{type_}& {name}"
             ptr = f"{type_} (*){dims}" if dims else f"{type_}*"
-            alignment = f"alignof({type_})" if align == "0" else f"(alignof({type_}) > {align} ? alignof({type_}) : {align})"
+            alignment = (
+                f"alignof({type_})"
+                if align == "0"
+                else f"(alignof({type_}) > {align} ? alignof({type_}) : {align})"
+            )
             out.append(
                 f"static const char {key} = 0; {ref} = *static_cast<{ptr}>("
                 f"::simt::detail::static_shared(&{key}, sizeof({full}), {alignment}));"
@@ -177,7 +180,7 @@ def translate(src: str, path: str) -> str:
 
     # Everything rewritten must have been matched; leftovers fail loudly.
     covered = sorted(edits)
-    for a, b in zip(covered, covered[1:]):
+    for a, b in zip(covered, covered[1:], strict=False):
         if b[0] < a[1]:
             fail(b[0], "overlapping rewrites (a launch inside a shared declaration?)")
     result = []
@@ -192,7 +195,9 @@ def translate(src: str, path: str) -> str:
     for token in ("<<<", ">>>", "__shared__"):
         pos = out_masked.find(token)
         if pos >= 0:
-            raise TranslateError(f"{path}:{_line(out, pos)}: '{token}' left that the translator could not rewrite")
+            raise TranslateError(
+                f"{path}:{_line(out, pos)}: '{token}' left that the translator could not rewrite"
+            )
     return f'#line 1 "{path}"\n' + out
 
 
