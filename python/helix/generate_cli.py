@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+from helix.device import CUDA_COMMS, DEVICES
+
 __all__ = ["main", "build_parser"]
 
 
@@ -52,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--device",
-        choices=["cpu", "cuda"],
+        choices=DEVICES,
         default="cpu",
         help="where the engine runs: cpu, or cuda (one GPU per local rank, NCCL between ranks)",
     )
     p.add_argument(
         "--cuda-comm",
-        choices=["nccl", "host"],
+        choices=CUDA_COMMS,
         default="nccl",
         help="with --device cuda: nccl (one GPU per rank), or host (collectives over MPI through host "
         "memory; ranks may share a GPU, e.g. mpiexec -n 2 on one GPU)",
