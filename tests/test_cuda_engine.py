@@ -220,3 +220,16 @@ def test_shared_gpus_round_robin():
     assert cuda_device_for_rank(n + 1, share=True) == 1 % n
     with pytest.raises(DeviceUnavailableError, match="--cuda-comm host"):
         cuda_device_for_rank(n, share=False)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("experts,groups", [(2048, 8), (64, 64)])
+def test_cuda_engine_refuses_routers_it_cannot_run(experts, groups):
+    """The CUDA router handles <= 1024 experts in <= 32 groups: refused at construction, not at the first
+    MoE step."""
+    from helix.bench.cuda_layer import SMOKE_LAYER, _config
+
+    layer = {**SMOKE_LAYER, "n_routed_experts": experts, "n_group": groups, "topk_group": 8}
+    with pytest.raises(_core.ArgumentError, match="at most 1024 routed experts in at most 32 groups"):
+        _core.cuda.CudaEngine(_config(layer, 1, 64, 1), SELF, 0)
