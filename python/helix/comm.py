@@ -100,6 +100,9 @@ def abort_on_exception() -> bool:
         try:
             sys.stderr.write("".join(lines))
             sys.stderr.flush()
+            # Abort tears the job down at once; on a loaded machine mpiexec's proxy sometimes had not
+            # forwarded the report yet and the job ended with no output. A moment's grace lets it.
+            time.sleep(0.25)
         finally:
             MPI.COMM_WORLD.Abort(1)
 
