@@ -125,14 +125,13 @@ BenchResult bench_paged_mla_attention(int64_t batch, int64_t context, int64_t he
   fill_bf16(q, 3, 1.f);
   fill_bf16(pool, 4, 1.f);
   // Host-made tables: in copy c, sequence b owns blocks c * num_blocks + [b * blocks_per_seq, ...); slot k
-  // has position k.
+  // has position k, so pool row r holds position r % (blocks_per_seq * kBlock).
   std::vector<int32_t> tables(copies * num_blocks);
   for (int64_t i = 0; i < copies * num_blocks; ++i) tables[i] = static_cast<int32_t>(i);
-  std::vector<int64_t> kv_pos(batch * context), num_slots(batch, context), q_pos(batch, context - 1), q_seq(batch);
-  for (int64_t b = 0; b < batch; ++b) {
-    q_seq[b] = b;
-    for (int64_t k = 0; k < context; ++k) kv_pos[b * context + k] = k;
-  }
+  std::vector<int64_t> kv_pos(copies * num_blocks * kBlock), num_slots(batch, context), q_pos(batch, context - 1),
+      q_seq(batch);
+  for (int64_t r = 0; r < static_cast<int64_t>(kv_pos.size()); ++r) kv_pos[r] = r % (blocks_per_seq * kBlock);
+  for (int64_t b = 0; b < batch; ++b) q_seq[b] = b;
   DeviceBuffer d_tables(tables.size() * 4), d_kv_pos(kv_pos.size() * 8), d_num_slots(batch * 8), d_q_pos(batch * 8),
       d_q_seq(batch * 8), o(batch * heads * R * 4), lse(batch * heads * 4);
   d_tables.copy_from_host(tables.data(), tables.size() * 4);
@@ -156,7 +155,6 @@ BenchResult bench_paged_mla_attention(int64_t batch, int64_t context, int64_t he
   p.R = R;
   p.B = batch;
   p.max_blocks = blocks_per_seq;
-  p.max_slots = context;
   p.tokens_per_block = kBlock;
   p.max_num_slots = context;
   p.scale = 1.f / 24.f;
@@ -171,7 +169,8 @@ BenchResult bench_paged_mla_attention(int64_t batch, int64_t context, int64_t he
         launch_paged_mla_attention(p, kernel, nullptr);
       },
       iters);
-  // Must move: every key once (bf16), the queries and the outputs. FLOPs: QK^T over D and PV over R.
+  // Must move: every key once (bf16; not its 8-byte position, which a decode-only kernel could skip), the
+  // queries and the outputs. FLOPs: QK^T over D and PV over R.
   r.bytes = 2.0 * batch * context * D + 2.0 * batch * heads * D + 4.0 * batch * heads * (R + 1);
   r.flops = 2.0 * batch * heads * context * (D + R);
   return r;
@@ -200,6 +199,42 @@ BenchResult bench_merge_states(int64_t N, int64_t M, int64_t D, int iters) {
       },
       iters);
   r.bytes = 4.0 * (N * M * D + N * M + M * D + M);
+  return r;
+}
+
+BenchResult bench_moe_experts(int64_t T, int64_t top_k, int64_t n_local, int64_t hidden, int64_t F, int iters) {
+  require_device();
+  HELIX_CHECK(moe_experts_supported(T, top_k, n_local, hidden, F) && top_k <= n_local,
+              "bench_moe_experts: unsupported shape");
+  DeviceBuffer h(T * hidden * 4), w(T * top_k * 4), out(T * hidden * 4), idx(T * top_k * 8),
+      gate_up(n_local * 2 * F * hidden * 2), down(n_local * hidden * F * 2);
+  fill_f32(h, 7, 1.f);
+  fill_f32(w, 8, 1.f);
+  fill_bf16(gate_up, 9, 0.02f);
+  fill_bf16(down, 10, 0.02f);
+  std::vector<int64_t> ids(static_cast<size_t>(T * top_k));
+  for (int64_t i = 0; i < T * top_k; ++i) ids[static_cast<size_t>(i)] = i % n_local;  // (t * top_k + k) % n_local
+  idx.copy_from_host(ids.data(), ids.size() * 8);
+  MoeExpertsParams p;
+  p.h = h.as<float>();
+  p.topk_idx = idx.as<int64_t>();
+  p.topk_weight = w.as<float>();
+  p.gate_up = gate_up.data();
+  p.down = down.data();
+  p.out = out.as<float>();
+  p.T = T;
+  p.top_k = top_k;
+  p.hidden = hidden;
+  p.F = F;
+  p.n_local = n_local;
+  p.dtype = DType::BFloat16;
+  DeviceBuffer ws(moe_experts_workspace_bytes(p));
+  p.workspace = ws.data();
+  BenchResult r;
+  r.ms = time_ms([&] { launch_moe_experts(p, nullptr); }, iters);
+  const double experts = static_cast<double>(std::min(T * top_k, n_local));
+  r.bytes = experts * 3.0 * hidden * F * 2 + 8.0 * T * hidden;
+  r.flops = 6.0 * T * top_k * hidden * F;
   return r;
 }
 

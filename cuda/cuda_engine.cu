@@ -95,6 +95,15 @@ __global__ void gather_rows_kernel(const T* src, const Index* rows, T* dst, int6
   }
 }
 
+// pool_pos[rows[i]] = pos[src ? src[i] : i]: the global positions of newly filled pool rows.
+__global__ void set_positions_kernel(int64_t* pool_pos, const int64_t* rows, const int64_t* src, const int64_t* pos,
+                                     int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    pool_pos[rows[i]] = pos[src ? src[i] : i];
+  }
+}
+
 // y[tok[i], :] += w[i] * src[i, :]; the tok[i] of one launch are distinct (a token meets an expert once).
 __global__ void scatter_add_weighted_kernel(float* y, const float* src, const int32_t* tok, const float* w, int64_t n,
                                             int64_t width) {
@@ -231,13 +240,14 @@ struct CudaEngine::Impl {
   std::map<std::string, DeviceWeight> weights;
   std::unique_ptr<PagedKVCache> meta;  // host bookkeeping shared by all layers
   std::vector<DeviceBuffer> pools;     // per layer: [num_kv_blocks, tokens_per_block, D] of kv_dtype
+  DeviceBuffer pool_pos;               // int64 [num_kv_blocks, tokens_per_block]: global position of each row
   std::vector<unsigned char> zero_rows;  // rows handed to meta->append (its host pool is never read)
   EngineTimings timings;
   StepTimer timer;
   DeviceBuffer flags;  // int32 [3 * num_layers]: per layer attention residual, router, FFN residual
   // Workspaces (grown on demand).
   Scratch meta_dev, ckv, app_rows, h, x, q, qa, kva, kv_rows, q_abs, q_att, o_part, lse_part, values, send, recv, o_parts,
-      lse_parts, lse_out, attn, attn_v, y, gu, act, bf16_in, router, route_w, route_ids, attn_ws, moe_meta, xe, ye,
+      lse_parts, lse_out, attn, attn_v, y, gu, act, bf16_in, router, route_w, route_ids, attn_ws, moe_meta, moe_ws, xe, ye,
       logits_local, logits_all;
   Upload moe_upload;  // host staging of one MoE layer's token lists (kept until the stream has copied it)
 
@@ -338,6 +348,9 @@ struct CudaEngine::Impl {
   }
 
   void moe_ffn(int64_t l, int64_t T, float* yy);
+  void moe_experts_on_host(int64_t l, int64_t T, const float* xx, const MoeRouteParams& rp, int64_t n_local,
+                           int64_t Fe, int64_t first, float* yy);
+  void shared_experts(int64_t l, int64_t T, const float* xx, float* yy);
   void dense_ffn(int64_t l, int64_t T, float* yy);
 };
 
@@ -370,6 +383,7 @@ CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int devi
     m.pools.emplace_back(pool_bytes);
     m.pools.back().fill_zero(m.s());
   }
+  m.pool_pos = DeviceBuffer(static_cast<size_t>(c.num_kv_blocks * c.tokens_per_block) * sizeof(int64_t));
   m.flags = DeviceBuffer(static_cast<size_t>(3 * c.num_layers) * sizeof(int));
   m.expected = expected_weight_shapes(c);
   m.stream.synchronize();
@@ -388,10 +402,11 @@ int64_t CudaEngine::device_bytes() const {
   int64_t total = 0;
   for (const auto& [n, wt] : m.weights) total += static_cast<int64_t>(wt.buf.bytes());
   for (const auto& p : m.pools) total += static_cast<int64_t>(p.bytes());
+  total += static_cast<int64_t>(m.pool_pos.bytes());
   for (const Scratch* s : {&m.meta_dev, &m.ckv, &m.app_rows, &m.h, &m.x, &m.q, &m.qa, &m.kva, &m.kv_rows, &m.q_abs, &m.q_att, &m.o_part,
                            &m.lse_part, &m.values, &m.send, &m.recv, &m.o_parts, &m.lse_parts, &m.lse_out, &m.attn,
                            &m.attn_v, &m.y, &m.gu, &m.act, &m.bf16_in, &m.router, &m.route_w, &m.route_ids,
-                           &m.attn_ws, &m.moe_meta, &m.xe, &m.ye, &m.logits_local, &m.logits_all}) {
+                           &m.attn_ws, &m.moe_meta, &m.moe_ws, &m.xe, &m.ye, &m.logits_local, &m.logits_all}) {
     total += static_cast<int64_t>(s->bytes());
   }
   return total;
@@ -460,9 +475,12 @@ void CudaEngine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64
   std::vector<int64_t> rows(static_cast<size_t>(n));
   for (int64_t k = 0; k < n; ++k) rows[static_cast<size_t>(k)] = v.block_table[k / tpb] * tpb + k % tpb;
   Upload up;
-  const size_t off = up.add(rows.data(), n);
+  const size_t off = up.add(rows.data(), n), off_pos = up.add(pos.data(), n);
   auto* base = up.send(m.meta_dev, m.s());
   const auto* d_rows = reinterpret_cast<const int64_t*>(base + off);
+  set_positions_kernel<<<blocks_for(n), kThreads, 0, m.s()>>>(m.pool_pos.as<int64_t>(), d_rows, nullptr,
+                                                               reinterpret_cast<const int64_t*>(base + off_pos), n);
+  HELIX_CUDA_CHECK_LAUNCH("set_positions_kernel");
   for (int64_t l = 0; l < m.config.num_layers; ++l) {
     const uint64_t layer_seed = seed + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(l + 1);
     if (m.config.kv_dtype == DType::Float32) {
@@ -495,8 +513,10 @@ void CudaEngine::Impl::dense_ffn(int64_t l, int64_t T, float* yy) {
   linear(a, T, F, lw(l, "mlp.down_proj"), hid, yy, false);
 }
 
-// Routed experts: the routing comes back to the host (T * top_k ids and weights), tokens are grouped by
-// local expert, and each expert that got tokens runs gate_up -> silu_mul -> down on its rows only.
+// Routed experts. A decode step (T <= kMoeExpertsMaxTokens) stays on the device: launch_moe_experts groups
+// the pairs by expert and runs a GEMV per expert that got tokens. Longer chunks bring the routing back to the
+// host (T * top_k ids and weights), group the tokens by local expert, and run gate_up -> silu_mul -> down
+// through cuBLAS on each expert's rows.
 void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
   const EngineConfig& c = config;
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, Fm = c.moe_intermediate_size, hid = c.hidden_size,
@@ -519,16 +539,46 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
   rp.routed_scaling_factor = c.routed_scaling_factor;
   rp.norm_topk_prob = c.norm_topk_prob;
   launch_moe_route(rp, s());
+
+  const int64_t n_local = c.expert_tensor_parallel ? E : E / N;
+  const int64_t Fe = c.expert_tensor_parallel ? Fm / N : Fm;
+  const int64_t first = c.expert_tensor_parallel ? 0 : c.rank * n_local;
+  const DeviceWeight& gate_up = lw(l, "experts.gate_up_proj");
+  const DeviceWeight& down = lw(l, "experts.down_proj");
+  HELIX_CUDA_CHECK(cudaMemsetAsync(yy, 0, static_cast<size_t>(T * hid) * 4, s()));
+  if (moe_experts_supported(T, K, n_local, hid, Fe)) {
+    MoeExpertsParams ep;
+    ep.h = xx;
+    ep.topk_idx = rp.ids;
+    ep.topk_weight = rp.weights;
+    ep.gate_up = gate_up.data();
+    ep.down = down.data();
+    ep.out = yy;
+    ep.T = T;
+    ep.top_k = K;
+    ep.hidden = hid;
+    ep.F = Fe;
+    ep.local_first = first;
+    ep.n_local = n_local;
+    ep.dtype = gate_up.dtype;
+    ep.workspace = moe_ws.as<unsigned char>(static_cast<int64_t>(moe_experts_workspace_bytes(ep)));
+    launch_moe_experts(ep, s());
+  } else {
+    moe_experts_on_host(l, T, xx, rp, n_local, Fe, first, yy);
+  }
+  shared_experts(l, T, xx, yy);
+}
+
+// The routed experts of a longer chunk: routing to the host, tokens grouped by local expert, cuBLAS per expert.
+void CudaEngine::Impl::moe_experts_on_host(int64_t l, int64_t T, const float* xx, const MoeRouteParams& rp,
+                                           int64_t n_local, int64_t Fe, int64_t first, float* yy) {
+  const int64_t K = config.num_experts_per_tok, hid = config.hidden_size;
   std::vector<int64_t> ids(static_cast<size_t>(T * K));
   std::vector<float> wts(static_cast<size_t>(T * K));
   HELIX_CUDA_CHECK(cudaMemcpyAsync(ids.data(), rp.ids, ids.size() * 8, cudaMemcpyDeviceToHost, s()));
   HELIX_CUDA_CHECK(cudaMemcpyAsync(wts.data(), rp.weights, wts.size() * 4, cudaMemcpyDeviceToHost, s()));
   HELIX_CUDA_CHECK(cudaStreamSynchronize(s()));
   check_flags(read_flags());  // a flagged step ends here, before any expert runs on garbage
-
-  const int64_t n_local = c.expert_tensor_parallel ? E : E / N;
-  const int64_t Fe = c.expert_tensor_parallel ? Fm / N : Fm;
-  const int64_t first = c.expert_tensor_parallel ? 0 : c.rank * n_local;
   // Bucket (token, weight) by local expert, in token order (as moe_experts_cpu).
   std::vector<std::vector<int32_t>> tok(static_cast<size_t>(n_local));
   std::vector<std::vector<float>> wt(static_cast<size_t>(n_local));
@@ -540,7 +590,6 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
       wt[e].push_back(wts[static_cast<size_t>(t * K + k)]);
     }
   }
-  HELIX_CUDA_CHECK(cudaMemsetAsync(yy, 0, static_cast<size_t>(T * hid) * 4, s()));
   Upload& up = moe_upload;  // read by the copy until the next synchronize (the next layer's routing)
   up.clear();
   std::vector<size_t> tok_off(static_cast<size_t>(n_local)), w_off(static_cast<size_t>(n_local));
@@ -554,8 +603,8 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
   const DeviceWeight& gate_up = lw(l, "experts.gate_up_proj");
   const DeviceWeight& down = lw(l, "experts.down_proj");
   float* xr = xe.as<float>(max_rows * hid);
-  float* g = gu.as<float>(std::max<int64_t>(max_rows * 2 * Fe, T * 2 * Fe));
-  float* a = act.as<float>(std::max<int64_t>(max_rows * Fe, T * Fe));
+  float* g = gu.as<float>(max_rows * 2 * Fe);
+  float* a = act.as<float>(max_rows * Fe);
   float* yr = ye.as<float>(max_rows * hid);
   SiluMulParams sp;
   sp.gate_stride = 2 * Fe;
@@ -579,23 +628,27 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
     scatter_add_weighted_kernel<<<blocks_for(n * hid), kThreads, 0, s()>>>(yy, yr, d_tok, d_w, n, hid);
     HELIX_CUDA_CHECK_LAUNCH("scatter_add_weighted_kernel");
   }
-  if (c.n_shared_experts > 0) {
-    const int64_t Fs = c.n_shared_experts * Fm / N;
-    float* gs = gu.as<float>(std::max<int64_t>(max_rows * 2 * Fe, T * 2 * Fs));
-    float* as = act.as<float>(std::max<int64_t>(max_rows * Fe, T * Fs));
-    linear(xx, T, hid, lw(l, "shared_experts.gate_up_proj"), 2 * Fs, gs, false);
-    SiluMulParams ss;
-    ss.gate = gs;
-    ss.up = gs + Fs;
-    ss.out = as;
-    ss.T = T;
-    ss.I = Fs;
-    ss.gate_stride = 2 * Fs;
-    ss.up_stride = 2 * Fs;
-    ss.dtype = DType::Float32;
-    launch_silu_mul(ss, s());
-    linear(as, T, Fs, lw(l, "shared_experts.down_proj"), hid, yy, true);
-  }
+}
+
+// y += the shared experts (a dense SwiGLU MLP, F split over the ranks) of every token.
+void CudaEngine::Impl::shared_experts(int64_t l, int64_t T, const float* xx, float* yy) {
+  const EngineConfig& c = config;
+  if (c.n_shared_experts == 0) return;
+  const int64_t Fs = c.n_shared_experts * c.moe_intermediate_size / c.world(), hid = c.hidden_size;
+  float* gs = gu.as<float>(T * 2 * Fs);
+  float* as = act.as<float>(T * Fs);
+  linear(xx, T, hid, lw(l, "shared_experts.gate_up_proj"), 2 * Fs, gs, false);
+  SiluMulParams ss;
+  ss.gate = gs;
+  ss.up = gs + Fs;
+  ss.out = as;
+  ss.T = T;
+  ss.I = Fs;
+  ss.gate_stride = 2 * Fs;
+  ss.up_stride = 2 * Fs;
+  ss.dtype = DType::Float32;
+  launch_silu_mul(ss, s());
+  linear(as, T, Fs, lw(l, "shared_experts.down_proj"), hid, yy, true);
 }
 
 void CudaEngine::step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
@@ -640,29 +693,26 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
       }
     }
   }
-  // Block tables and slot positions of the batch, [B, max_blocks] / [B, max_slots].
-  int64_t max_blocks = 1, max_slots = 1, max_num_slots = 0;
+  // Block tables of the batch, [B, max_blocks] (the positions of the slots live on the device, pool_pos).
+  int64_t max_blocks = 1, max_num_slots = 0;
   for (int64_t b = 0; b < B; ++b) {
     const SequenceView v = meta.view(sids[b]);
-    max_slots = std::max(max_slots, v.num_tokens);
     max_num_slots = std::max(max_num_slots, v.num_tokens);
     max_blocks = std::max(max_blocks, (v.num_tokens + tpb - 1) / tpb);
   }
   std::vector<int32_t> tables(static_cast<size_t>(B * max_blocks), 0);
-  std::vector<int64_t> kv_pos(static_cast<size_t>(B * max_slots), 0), num_slots(static_cast<size_t>(B));
+  std::vector<int64_t> num_slots(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
     const SequenceView v = meta.view(sids[b]);
     num_slots[b] = v.num_tokens;
     std::copy_n(v.block_table, (v.num_tokens + tpb - 1) / tpb, tables.data() + b * max_blocks);
-    std::copy_n(v.positions, v.num_tokens, kv_pos.data() + b * max_slots);
   }
   Upload up;
   const size_t o_tokens = up.add(tokens.ptr<int64_t>(), T), o_pos = up.add(pos, T), o_qsi = up.add(qsi, T),
                o_rows = up.add(logit_rows.ptr<int64_t>(), L),
                o_app_tok = up.add(app_tok.data(), static_cast<int64_t>(app_tok.size())),
                o_app_row = up.add(app_row.data(), static_cast<int64_t>(app_row.size())),
-               o_tables = up.add(tables.data(), B * max_blocks), o_kv_pos = up.add(kv_pos.data(), B * max_slots),
-               o_num_slots = up.add(num_slots.data(), B);
+               o_tables = up.add(tables.data(), B * max_blocks), o_num_slots = up.add(num_slots.data(), B);
   const size_t o_freq = up.add(c.rope_inv_freq.data(), static_cast<int64_t>(c.rope_inv_freq.size()));
 
   m.timer.start(st);
@@ -675,11 +725,15 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
   const int64_t* d_app_tok = i64p(o_app_tok);
   const int64_t* d_app_row = i64p(o_app_row);
   const auto* d_tables = reinterpret_cast<const int32_t*>(base + o_tables);
-  const int64_t* d_kv_pos = i64p(o_kv_pos);
   const int64_t* d_num_slots = i64p(o_num_slots);
   const auto* d_freq = reinterpret_cast<const float*>(base + o_freq);
   const auto n_app = static_cast<int64_t>(app_tok.size());
   HELIX_CUDA_CHECK(cudaMemsetAsync(m.flags.data(), 0, m.flags.bytes(), st));
+  if (n_app > 0) {
+    set_positions_kernel<<<blocks_for(n_app), kThreads, 0, st>>>(m.pool_pos.as<int64_t>(), d_app_row, d_app_tok,
+                                                                 d_pos, n_app);
+    HELIX_CUDA_CHECK_LAUNCH("set_positions_kernel");
+  }
 
   // ---- embedding --------------------------------------------------------------------------------------
   float* h = m.h.as<float>(T * hid);
@@ -784,7 +838,7 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
       ap.q_seq = d_qsi;
       ap.pool = m.pools[l].data();
       ap.block_tables = d_tables;
-      ap.kv_pos = d_kv_pos;
+      ap.kv_pos = m.pool_pos.as<int64_t>();
       ap.num_slots = d_num_slots;
       ap.o = o_part;
       ap.lse = lse_part;
@@ -794,7 +848,6 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
       ap.R = R;
       ap.B = B;
       ap.max_blocks = max_blocks;
-      ap.max_slots = max_slots;
       ap.tokens_per_block = tpb;
       ap.max_num_slots = max_num_slots;
       ap.scale = c.softmax_scale;

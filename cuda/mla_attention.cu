@@ -57,10 +57,15 @@ __device__ __forceinline__ Dest dest(const PagedMlaAttentionParams& p, int num_s
   return {p.workspace, p.workspace + static_cast<int64_t>(num_splits) * p.T * p.H * p.R};
 }
 
-template <class T = uint16_t>
-__device__ __forceinline__ const T* key_row(const PagedMlaAttentionParams& p, int64_t b, int64_t slot) {
+// Pool row of slot `slot` of sequence b (its key is pool row * D, its position kv_pos[row]).
+__device__ __forceinline__ int64_t pool_row(const PagedMlaAttentionParams& p, int64_t b, int64_t slot) {
   const int64_t blk = p.block_tables[b * p.max_blocks + slot / p.tokens_per_block];
-  return static_cast<const T*>(p.pool) + (blk * p.tokens_per_block + slot % p.tokens_per_block) * p.D;
+  return blk * p.tokens_per_block + slot % p.tokens_per_block;
+}
+
+template <class T = uint16_t>
+__device__ __forceinline__ const T* key_row(const PagedMlaAttentionParams& p, int64_t row) {
+  return static_cast<const T*>(p.pool) + row * p.D;
 }
 
 // ---- Simple kernel: one warp per (split, token, head) ----------------------------------------------
@@ -88,8 +93,9 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
   }
   float m = kNegInf, l = 0.f;
   for (int64_t s = begin; s < end; ++s) {
-    if (p.kv_pos[b * p.max_slots + s] > qp) continue;  // same for the whole warp
-    const Elem* k = key_row<Elem>(p, b, s);
+    const int64_t row = pool_row(p, b, s);
+    if (p.kv_pos[row] > qp) continue;  // same for the whole warp
+    const Elem* k = key_row<Elem>(p, row);
     float dot = 0.f;
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
@@ -206,12 +212,12 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     for (int i = tid; i < kKeysTile * vec_per_row; i += blockDim.x) {
       const int r = i / vec_per_row, v = i % vec_per_row;
       uint4 val = make_uint4(0, 0, 0, 0);
-      if (k0 + r < end) val = reinterpret_cast<const uint4*>(key_row(p, b, k0 + r))[v];
+      if (k0 + r < end) val = reinterpret_cast<const uint4*>(key_row(p, pool_row(p, b, k0 + r)))[v];
       *reinterpret_cast<uint4*>(k_s + r * ld + 8 * v) = val;
     }
     if (tid < kKeysTile) {
       const int64_t s = k0 + tid;
-      vis_s[tid] = s < end && p.kv_pos[b * p.max_slots + s] <= qp;
+      vis_s[tid] = s < end && p.kv_pos[pool_row(p, b, s)] <= qp;
     }
     __syncthreads();
 

@@ -68,6 +68,8 @@ void launch_rms_norm(const RmsNormParams&, StreamHandle) { no_cuda(); }
 void launch_rope(const RopeParams&, StreamHandle) { no_cuda(); }
 void launch_silu_mul(const SiluMulParams&, StreamHandle) { no_cuda(); }
 void launch_moe_route(const MoeRouteParams&, StreamHandle) { no_cuda(); }
+size_t moe_experts_workspace_bytes(const MoeExpertsParams&) { no_cuda(); }
+void launch_moe_experts(const MoeExpertsParams&, StreamHandle) { no_cuda(); }
 void linear(const LinearParams&, StreamHandle) { no_cuda(); }
 void head_linear(const HeadLinearParams&, StreamHandle) { no_cuda(); }
 
@@ -80,6 +82,7 @@ BenchResult bench_paged_mla_attention(int64_t, int64_t, int64_t, int64_t, int64_
   no_cuda();
 }
 BenchResult bench_merge_states(int64_t, int64_t, int64_t, int) { no_cuda(); }
+BenchResult bench_moe_experts(int64_t, int64_t, int64_t, int64_t, int64_t, int) { no_cuda(); }
 
 // The engine cannot be constructed, so no other member is ever reached; they throw all the same.
 struct CudaEngine::Impl {};

@@ -171,8 +171,9 @@ def build_paged(rng, lengths, tpb, D, cp=1, cp_rank=0, num_extra_blocks=3):
     """One CP rank's paged pool for sequences of `lengths` tokens (positions 0..n-1, keys ~ N(0,1)).
 
     Returns (pool, tables, kv_pos, num_slots, full_keys): rank-owned positions (p // tpb) % cp == cp_rank
-    packed densely into shuffled blocks; unused rows and blocks are NaN-poisoned; full_keys[b] [n, D]
-    are all keys of sequence b (for the unsharded reference).
+    packed densely into shuffled blocks, kv_pos [num_blocks, tpb] the position of each pool row; unused
+    rows and blocks are NaN-poisoned with position 0 (visible: reading one would show); full_keys[b]
+    [n, D] are all keys of sequence b (for the unsharded reference).
     """
     full = [bf16(rng, (n, D)) for n in lengths]
     owned = [np.nonzero((np.arange(n) // tpb) % cp == cp_rank)[0] for n in lengths]
@@ -181,9 +182,8 @@ def build_paged(rng, lengths, tpb, D, cp=1, cp_rank=0, num_extra_blocks=3):
     perm = rng.permutation(num_blocks)
     pool = np.full((num_blocks, tpb, D), np.nan, np.float32).astype(BF16)
     max_blocks = max(max(blocks_per), 1)
-    max_slots = max(max(len(o) for o in owned), 1)
     tables = np.zeros((len(lengths), max_blocks), np.int32)
-    kv_pos = np.full((len(lengths), max_slots), -1, np.int64)
+    kv_pos = np.zeros((num_blocks, tpb), np.int64)
     num_slots = np.array([len(o) for o in owned], np.int64)
     nxt = 0
     for b, pos in enumerate(owned):
@@ -192,7 +192,7 @@ def build_paged(rng, lengths, tpb, D, cp=1, cp_rank=0, num_extra_blocks=3):
             nxt += 1
         for k, p in enumerate(pos):
             pool[tables[b, k // tpb], k % tpb] = full[b][p]
-        kv_pos[b, : len(pos)] = pos
+            kv_pos[tables[b, k // tpb], k % tpb] = p
     return pool, tables, kv_pos, num_slots, full
 
 
@@ -438,6 +438,73 @@ def test_moe_route(E, n_group, topk_group, top_k, norm):
     w_ref, ids_ref = moe_route_ref(logits, bias, n_group, topk_group, top_k, 2.5, norm)
     np.testing.assert_array_equal(ids, ids_ref)
     np.testing.assert_allclose(w, w_ref, **tol("cuda.moe_route", "float32"))
+
+
+def moe_experts_ref(h, idx, weight, gate_up, down, local_first, round_bf16):
+    """float64 routed experts; round_bf16 rounds h and the activation to bf16 first, as the GPU path does
+    with bf16 weights (so only the fp32 summation differs)."""
+    rnd = (lambda a: a.astype(BF16).astype(np.float64)) if round_bf16 else (lambda a: a)
+    gu, dn = gate_up.astype(np.float64), down.astype(np.float64)
+    F = gu.shape[1] // 2
+    out = np.zeros(h.shape)
+    for t in range(h.shape[0]):
+        for k in range(idx.shape[1]):
+            e = int(idx[t, k]) - local_first
+            if 0 <= e < gu.shape[0]:
+                g = gu[e] @ rnd(h[t].astype(np.float64))
+                act = rnd(g[:F] / (1 + np.exp(-g[:F])) * g[F:])
+                out[t] += float(weight[t, k]) * (dn[e] @ act)
+    return out
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "T,top_k,hidden,F",
+    # hidden 1040: three K tiles, the last one partial; 2F = 528: a partial column tile
+    [(1, 3, 48, 24), (5, 3, 48, 24), (16, 3, 48, 24), (7, 2, 1040, 264)],
+)
+def test_moe_experts_matches_cpu_twin_on_every_rank(dtype, T, top_k, hidden, F):
+    """Expert-parallel ranks of uneven size (some tokens meet no local expert, experts get up to T rows):
+    each rank's device result equals the float64 reference and the CPU twin; the ranks sum to the whole."""
+    rng = np.random.default_rng(T * 1000 + hidden)
+    E = 8
+    gate_up = (rng.standard_normal((E, 2 * F, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    down = (rng.standard_normal((E, hidden, F)) / np.sqrt(F)).astype(np.float32)
+    if dtype == "bfloat16":
+        gate_up, down = gate_up.astype(BF16), down.astype(BF16)
+    h = rng.standard_normal((T, hidden)).astype(np.float32)
+    idx32, weight = _core.layers.moe_route(
+        rng.standard_normal((T, E)).astype(np.float32), np.zeros(E, np.float32), top_k, 1, 1, True, 2.5
+    )
+    idx = idx32.astype(np.int64)
+    total = np.zeros((T, hidden))
+    for first, count in [(0, 3), (3, 1), (4, 4)]:
+        gu, dn = gate_up[first : first + count], down[first : first + count]
+        out = cuda.moe_experts(h, idx, weight, gu, dn, first)
+        want = moe_experts_ref(h, idx, weight, gu, dn, first, dtype == "bfloat16")
+        np.testing.assert_allclose(out, want, **tol("cuda.moe_experts", "float32"))
+        cpu = _core.layers.moe_experts(h, idx32, weight, gu, dn, first)
+        np.testing.assert_allclose(out, cpu, **tol("cuda.moe_experts", dtype))
+        total += out
+    full = moe_experts_ref(h, idx, weight, gate_up, down, 0, dtype == "bfloat16")
+    np.testing.assert_allclose(total, full, **tol("cuda.moe_experts", "float32"))
+
+
+@pytest.mark.cuda
+@gpu
+def test_moe_experts_rejects_shapes_the_device_path_cannot_take():
+    gate_up, down = np.zeros((4, 16, 16), np.float32), np.zeros((4, 16, 8), np.float32)
+    T = 17  # more tokens than one expert's GEMV takes
+    h = np.zeros((T, 16), np.float32)
+    idx, w = np.zeros((T, 2), np.int64), np.zeros((T, 2), np.float32)
+    with pytest.raises(_core.ArgumentError, match="T=17"):
+        cuda.moe_experts(h, idx, w, gate_up, down)
+    with pytest.raises(_core.ArgumentError, match="topk_idx"):
+        cuda.moe_experts(h[:2], idx[:2].astype(np.int32), w[:2], gate_up, down)
+    with pytest.raises(_core.ArgumentError, match="hidden=12"):
+        cuda.moe_experts(h[:2, :12].copy(), idx[:2], w[:2], gate_up[:, :, :12].copy(), down[:, :12].copy())
 
 
 @pytest.mark.cuda

@@ -72,6 +72,38 @@ def test_merge_states_is_schedule_independent(monkeypatch):
     _assert_bitwise_equal(_under_each_schedule(monkeypatch, run))
 
 
+def test_moe_experts_is_schedule_independent(monkeypatch):
+    # 16 tokens x top-3 over 6 local experts (several rows per expert, one expert idle), hidden 1040 (three
+    # K tiles of the GEMV, the last partial): the plan's scan and both tile barriers are exercised.
+    rng = np.random.default_rng(13)
+    T, K, E, hidden, F = 16, 3, 7, 1040, 24
+    h = rng.standard_normal((T, hidden)).astype(np.float32)
+    idx = np.stack([rng.permutation(E)[:K] for _ in range(T)]).astype(np.int64) + 1  # ids 1..7; local 1..6
+    w = rng.random((T, K)).astype(np.float32)
+    gate_up = _bf16(rng, (6, 2 * F, hidden))
+    down = _bf16(rng, (6, hidden, F))
+
+    def run():
+        return (cuda.moe_experts(h, idx, w, gate_up, down, 1),)
+
+    _assert_bitwise_equal(_under_each_schedule(monkeypatch, run))
+
+
+def test_translator_reads_aligned_static_shared_arrays():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "cuda" / "emulator" / "translate.py"
+    spec = importlib.util.spec_from_file_location("simt_translate", path)
+    translate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(translate)
+    src = "__global__ void k() {\n  __shared__ __align__(16) float xs[4][8];\n}\n"
+    out = translate.translate(src, "k.cu")
+    assert "static_shared" in out and "float (&xs)[4][8]" in out and "> 16 ?" in out
+    with pytest.raises(translate.TranslateError, match="initializer"):
+        translate.translate("__global__ void k() {\n  __shared__ float a = 0;\n}\n", "k.cu")
+
+
 def test_bad_schedule_is_an_error(monkeypatch):
     monkeypatch.setenv("HELIX_SIMT_SCHEDULE", "sideways")
     with pytest.raises(_core.HelixError, match="HELIX_SIMT_SCHEDULE"):
@@ -105,6 +137,7 @@ def test_benchmark_scripts_run_in_smoke_mode(tmp_path, capsys):
     assert out.count("SMOKE RUN") == 2 and "paged_mla_attention" in out and "merge_states" in out
     ops = json.loads((tmp_path / "ops.json").read_text())
     assert ops["smoke"] and [r["op"] for r in ops["rows"]].count("paged_mla_attention") == 5
+    assert [r["op"] for r in ops["rows"]].count("moe_experts") == 2
     layer = json.loads((tmp_path / "layer.json").read_text())
     assert [r["batch"] for r in layer["rows"]] == [1, 2]
     assert all(r["step_ms_median"] > 0 for r in layer["rows"])

@@ -142,13 +142,13 @@ def translate(src: str, path: str) -> str:
         if any(a <= m.start() < b for a, b in extern_spans):
             continue
         body = m.group(1)
-        if "=" in body or "(" in body.replace("__align__", ""):
-            fail(m.start(), "a __shared__ declaration with an initializer or a function-like declarator")
         align = "0"
         am = re.search(r"__align__\s*\(\s*(\d+)\s*\)", body)
         if am:
             align = am.group(1)
             body = body[: am.start()] + body[am.end() :]
+        if "=" in body or "(" in body:
+            fail(m.start(), "a __shared__ declaration with an initializer or a function-like declarator")
         parts = [p for p in re.split(r",(?![^\[]*\])", body)]
         first = re.match(r"^\s*(.*?)\s*\b([A-Za-z_]\w*)\s*((?:\[[^\[\]]+\])*)\s*$", parts[0], re.S)
         if not first or not first.group(1).strip():

@@ -80,7 +80,6 @@ nb::tuple run_attention(const TensorView& q, const TensorView& q_pos, const Tens
   p.R = R;
   p.B = num_slots.dim(0);
   p.max_blocks = block_tables.dim(1);
-  p.max_slots = kv_pos.dim(1);
   p.tokens_per_block = pool.dim(1);
   for (int64_t b = 0; b < p.B; ++b) p.max_num_slots = std::max(p.max_num_slots, i64(num_slots)[b]);
   p.scale = scale;
@@ -118,7 +117,10 @@ nb::tuple mla_attention(nb::handle q_obj, nb::handle kv_obj, nb::handle q_pos_ob
   TensorView tables_v{table.data(), DType::Int32, {1, nb}};
   TensorView q_seq_v{q_seq.data(), DType::Int64, {T}};
   TensorView num_slots_v{num_slots.data(), DType::Int64, {1}};
-  TensorView kv_pos_v{kv_pos.view.data, DType::Int64, {1, S}};
+  // Pool row s holds key s, so the positions are kv_pos itself, padded like the pool.
+  std::vector<int64_t> pool_pos(static_cast<size_t>(nb * tpb), 0);
+  std::copy_n(i64(kv_pos.view), S, pool_pos.data());
+  TensorView kv_pos_v{pool_pos.data(), DType::Int64, {nb, tpb}};
   if (S % tpb == 0 && S > 0) {
     TensorView pool_v{kv.view.data, DType::BFloat16, {nb, tpb, D}};
     return run_attention(q.view, q_pos.view, q_seq_v, pool_v, tables_v, kv_pos_v, num_slots_v, scale, kv_lora_rank,
@@ -141,25 +143,26 @@ nb::tuple paged_mla_attention(nb::handle q_obj, nb::handle q_pos_obj, nb::handle
   check_tensor(pool.view, "pool", 3, {DType::BFloat16});
   check_tensor(tables.view, "block_tables", 2, {DType::Int32});
   check_tensor(kv_pos.view, "kv_pos", 2, {DType::Int64});
+  check_dim(kv_pos.view, "kv_pos", 0, pool.view.dim(0), "num_blocks (pool.shape[0])");
+  check_dim(kv_pos.view, "kv_pos", 1, pool.view.dim(1), "tokens_per_block (pool.shape[1])");
   check_tensor(num_slots.view, "num_slots", 1, {DType::Int64});
   check_tensor(q_seq.view, "q_seq", 1, {DType::Int64});
   check_attention_common(q.view, q_pos.view, pool.view.dim(2), kv_lora_rank);
   check_dim(q_seq.view, "q_seq", 0, q.view.dim(0), "T (q.shape[0])");
   const int64_t B = num_slots.view.dim(0), num_blocks = pool.view.dim(0), tpb = pool.view.dim(1);
   check_dim(tables.view, "block_tables", 0, B, "B (num_slots.shape[0])");
-  check_dim(kv_pos.view, "kv_pos", 0, B, "B (num_slots.shape[0])");
   HELIX_CHECK_ARG(tpb >= 1, "argument 'pool' needs tokens_per_block >= 1");
   HELIX_CHECK_ARG(pool.view.dim(2) % 8 == 0, "argument 'pool': D must be a multiple of 8 (16-byte rows), got ",
                   pool.view.dim(2));
-  const int64_t max_blocks = tables.view.dim(1), max_slots = kv_pos.view.dim(1);
+  const int64_t max_blocks = tables.view.dim(1);
   for (int64_t t = 0; t < q.view.dim(0); ++t) {
     const int64_t b = i64(q_seq.view)[t];
     HELIX_CHECK_ARG(b >= 0 && b < B, "argument 'q_seq': entry ", t, " is ", b, ", outside [0, ", B, ")");
   }
   for (int64_t b = 0; b < B; ++b) {
     const int64_t n = i64(num_slots.view)[b];
-    HELIX_CHECK_ARG(n >= 0 && n <= max_slots && n <= max_blocks * tpb, "argument 'num_slots': entry ", b, " is ", n,
-                    ", more than the slots the block table and kv_pos describe");
+    HELIX_CHECK_ARG(n >= 0 && n <= max_blocks * tpb, "argument 'num_slots': entry ", b, " is ", n,
+                    ", more than the block table's ", max_blocks * tpb, " slots");
     for (int64_t k = 0; k < (n + tpb - 1) / tpb; ++k) {
       const int32_t blk = tables.view.ptr<const int32_t>()[b * max_blocks + k];
       HELIX_CHECK_ARG(blk >= 0 && blk < num_blocks, "argument 'block_tables': [", b, ", ", k, "] = ", blk,
@@ -322,6 +325,53 @@ nb::tuple moe_route(nb::handle logits_obj, nb::handle bias_obj, int64_t n_group,
   p.norm_topk_prob = norm_topk_prob;
   cuda::launch_moe_route(p, nullptr);
   return nb::make_tuple(download(d_w, {T, top_k}, DType::Float32), download(d_ids, {T, top_k}, DType::Int64));
+}
+
+nb::object moe_experts(nb::handle h_obj, nb::handle idx_obj, nb::handle w_obj, nb::handle gate_up_obj,
+                       nb::handle down_obj, int64_t local_first) {
+  HostArray h = to_view(h_obj, "h"), idx = to_view(idx_obj, "topk_idx"), wt = to_view(w_obj, "topk_weight"),
+            gate_up = to_view(gate_up_obj, "gate_up"), down = to_view(down_obj, "down");
+  check_tensor(h.view, "h", 2, {DType::Float32});
+  check_tensor(idx.view, "topk_idx", 2, {DType::Int64});
+  check_tensor(wt.view, "topk_weight", 2, {DType::Float32});
+  check_tensor(gate_up.view, "gate_up", 3, {DType::Float32, DType::BFloat16});
+  check_tensor(down.view, "down", 3, {gate_up.view.dtype});
+  const int64_t T = h.view.dim(0), hidden = h.view.dim(1), top_k = idx.view.dim(1), n_local = gate_up.view.dim(0);
+  check_dim(idx.view, "topk_idx", 0, T, "h.shape[0] (T)");
+  check_dim(wt.view, "topk_weight", 0, T, "h.shape[0] (T)");
+  check_dim(wt.view, "topk_weight", 1, top_k, "topk_idx.shape[1] (top_k)");
+  HELIX_CHECK_ARG(gate_up.view.dim(1) % 2 == 0, "argument 'gate_up' must have shape [n_local, 2F, hidden], got ",
+                  shape_str(gate_up.view.shape));
+  const int64_t F = gate_up.view.dim(1) / 2;
+  check_dim(gate_up.view, "gate_up", 2, hidden, "h.shape[1] (hidden)");
+  check_dim(down.view, "down", 0, n_local, "gate_up.shape[0] (n_local)");
+  check_dim(down.view, "down", 1, hidden, "h.shape[1] (hidden)");
+  check_dim(down.view, "down", 2, F, "gate_up.shape[1] / 2 (F)");
+  HELIX_CHECK_ARG(cuda::moe_experts_supported(T, top_k, n_local, hidden, F), "moe_experts: shape T=", T, " top_k=",
+                  top_k, " n_local=", n_local, " hidden=", hidden, " F=", F, " is not one the device path takes (T <= ",
+                  cuda::kMoeExpertsMaxTokens, ", T * top_k <= 1024, n_local <= 1024, hidden and F multiples of 8)");
+  cuda::require_device();
+  DeviceBuffer d_h = upload(h.view), d_idx = upload(idx.view), d_w = upload(wt.view), d_gu = upload(gate_up.view),
+               d_down = upload(down.view), d_out(static_cast<size_t>(h.view.nbytes()));
+  d_out.fill_zero();
+  cuda::MoeExpertsParams p;
+  p.h = d_h.as<float>();
+  p.topk_idx = d_idx.as<int64_t>();
+  p.topk_weight = d_w.as<float>();
+  p.gate_up = d_gu.data();
+  p.down = d_down.data();
+  p.out = d_out.as<float>();
+  p.T = T;
+  p.top_k = top_k;
+  p.hidden = hidden;
+  p.F = F;
+  p.local_first = local_first;
+  p.n_local = n_local;
+  p.dtype = gate_up.view.dtype;
+  DeviceBuffer ws(cuda::moe_experts_workspace_bytes(p));
+  p.workspace = ws.data();
+  cuda::launch_moe_experts(p, nullptr);
+  return download(d_out, {T, hidden}, DType::Float32);
 }
 
 nb::object linear(nb::handle x_obj, nb::handle w_obj, const std::string& out_dtype) {
@@ -504,8 +554,8 @@ void bind_cuda(nb::module_& m) {
   c.def("paged_mla_attention", &paged_mla_attention, "q"_a, "q_pos"_a, "q_seq"_a, "pool"_a, "block_tables"_a,
         "kv_pos"_a, "num_slots"_a, "scale"_a, "kv_lora_rank"_a, "kernel"_a = "auto", "num_splits"_a = 0,
         "Paged partial MLA attention on the GPU. q [T,H,D] bf16, q_pos [T] i64, q_seq [T] i64, "
-        "pool [num_blocks, tokens_per_block, D] bf16, block_tables [B, max_blocks] i32, kv_pos [B, max_slots] i64, "
-        "num_slots [B] i64 -> (o [T,H,R] f32, lse [T,H] f32).");
+        "pool [num_blocks, tokens_per_block, D] bf16, block_tables [B, max_blocks] i32, "
+        "kv_pos [num_blocks, tokens_per_block] i64 (position of each pool row), num_slots [B] i64 -> (o [T,H,R] f32, lse [T,H] f32).");
   c.def("merge_states", &merge_states, "o_parts"_a, "lse_parts"_a,
         "LSE merge on the GPU. o_parts [N,...,D] f32, lse_parts [N,...] f32 -> (o [...,D], lse [...]).");
   c.def("kv_append", &kv_append, "pool"_a, "rows"_a, "dst_rows"_a,
@@ -514,6 +564,11 @@ void bind_cuda(nb::module_& m) {
   c.def("rope", &rope, "x"_a, "positions"_a, "inv_freq"_a, "attention_factor"_a = 1.f, "offset"_a = 0,
         "Interleaved RoPE on channels [offset, offset + 2*len(inv_freq)) of x [T, heads, width]; returns a copy.");
   c.def("silu_mul", &silu_mul, "gate"_a, "up"_a, "silu(gate) * up for gate, up [T, I] (f32 or bf16).");
+  c.def("moe_experts", &moe_experts, "h"_a, "topk_idx"_a, "topk_weight"_a, "gate_up"_a, "down"_a,
+        "local_first"_a = 0,
+        "The routed experts of a decode step on the GPU (twin of helix._core.layers.moe_experts): h [T, hidden] f32, "
+        "topk_idx [T, top_k] i64, topk_weight [T, top_k] f32, gate_up [n_local, 2F, hidden] and down "
+        "[n_local, hidden, F] f32 or bf16 -> out [T, hidden] f32.");
   c.def("moe_route", &moe_route, "logits"_a, "bias"_a, "n_group"_a, "topk_group"_a, "top_k"_a,
         "routed_scaling_factor"_a = 1.f, "norm_topk_prob"_a = true,
         "DeepSeek noaux_tc routing of logits [T,E] f32 -> (weights [T,top_k] f32, ids [T,top_k] i64).");
@@ -539,6 +594,15 @@ void bind_cuda(nb::module_& m) {
   c.def("bench_merge_states",
         [](int64_t N, int64_t M, int64_t D, int iters) { return bench_dict(cuda::bench_merge_states(N, M, D, iters)); },
         "N"_a, "M"_a, "D"_a, "iters"_a = 20);
+  c.def(
+      "bench_moe_experts",
+      [](int64_t T, int64_t top_k, int64_t n_local, int64_t hidden, int64_t F, int iters) {
+        HELIX_CHECK_ARG(cuda::moe_experts_supported(T, top_k, n_local, hidden, F) && top_k <= n_local,
+                        "bench_moe_experts: shape T=", T, " top_k=", top_k, " n_local=", n_local, " hidden=", hidden,
+                        " F=", F, " is not one moe_experts takes (and top_k <= n_local)");
+        return bench_dict(cuda::bench_moe_experts(T, top_k, n_local, hidden, F, iters));
+      },
+      "T"_a, "top_k"_a, "n_local"_a, "hidden"_a, "F"_a, "iters"_a = 10);
   bind_cuda_engine(c);
 }
 

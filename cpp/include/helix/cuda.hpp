@@ -91,9 +91,9 @@ class DeviceBuffer {
 // ---- kernels --------------------------------------------------------------------------------------
 
 // Paged MLA partial attention (the CPU twin: ops/attention.hpp). Keys of query token t come from
-// sequence b = q_seq[t]: slot k of b is row k % tokens_per_block of pool block block_tables[b, k / tpb]
-// and has global position kv_pos[b, k]; slots k < num_slots[b] are valid. Key s is visible to t iff
-// kv_pos <= q_pos[t]. o[t,h] = softmax-weighted sum of kv[:, :R]; lse natural log; nothing visible
+// sequence b = q_seq[t]: slot k of b is pool row r = block_tables[b, k / tpb] * tpb + k % tpb, whose
+// global position is kv_pos[r] (positions live with the rows, so a decode step uploads no per-slot data);
+// slots k < num_slots[b] are valid. Key s is visible to t iff its position <= q_pos[t]. o[t,h] = softmax-weighted sum of kv[:, :R]; lse natural log; nothing visible
 // gives (0, -inf). Storage bf16 (or fp32 for the Simple kernel), accumulation fp32.
 struct PagedMlaAttentionParams {
   const void* q;               // [T, H, D] of dtype
@@ -101,13 +101,13 @@ struct PagedMlaAttentionParams {
   const int64_t* q_seq;        // [T] in [0, B)
   const void* pool;            // [num_blocks, tokens_per_block, D] of dtype
   const int32_t* block_tables; // [B, max_blocks]
-  const int64_t* kv_pos;       // [B, max_slots]
-  const int64_t* num_slots;    // [B], each <= min(max_slots, max_blocks * tokens_per_block)
+  const int64_t* kv_pos;       // [num_blocks, tokens_per_block] position of each pool row
+  const int64_t* num_slots;    // [B], each <= max_blocks * tokens_per_block
   float* o;                    // [T, H, R]
   float* lse;                  // [T, H]
   float* workspace;            // [workspace_floats(...)] split-KV partials; may be null when num_splits == 1
   int64_t T = 0, H = 0, D = 0, R = 0;
-  int64_t B = 0, max_blocks = 0, max_slots = 0, tokens_per_block = 0;
+  int64_t B = 0, max_blocks = 0, tokens_per_block = 0;
   int64_t max_num_slots = 0;   // max over b of num_slots[b] (host-known; sizes the split)
   float scale = 1.f;
   int num_splits = 0;          // 0: chosen from the device's SM count; else 1..256
@@ -191,6 +191,32 @@ struct MoeRouteParams {
 // E <= 1024, n_group <= 32, E % n_group == 0, top_k <= topk_group * E / n_group.
 void launch_moe_route(const MoeRouteParams& p, StreamHandle stream);
 
+// The routed experts of a decode step on the device, with no host round trip (CPU twin: moe_experts_cpu):
+//   out[t] += sum over k with local_first <= topk_idx[t,k] < local_first + n_local of
+//             topk_weight[t,k] * down_e(silu(gate_e(h[t])) * up_e(h[t])),   e = topk_idx[t,k] - local_first
+// Each expert that got tokens reads its weights once (a GEMV over its <= kMoeExpertsMaxTokens rows); with
+// bf16 weights h and the activation are rounded to bf16 first, like the inputs of the cuBLAS path, and all
+// sums are fp32. For more tokens (prefill) the engine groups them on the host and runs cuBLAS per expert.
+constexpr int64_t kMoeExpertsMaxTokens = 16;
+struct MoeExpertsParams {
+  const float* h;               // [T, hidden]
+  const int64_t* topk_idx;      // [T, top_k] global expert ids (non-local ones are skipped)
+  const float* topk_weight;     // [T, top_k]
+  const void* gate_up;          // [n_local, 2F, hidden] of dtype: gate rows, then up rows
+  const void* down;             // [n_local, hidden, F] of dtype
+  float* out;                   // [T, hidden], accumulated into
+  void* workspace;              // [moe_experts_workspace_bytes(p)] bytes, 16-byte aligned
+  int64_t T = 0, top_k = 0, hidden = 0, F = 0, local_first = 0, n_local = 0;
+  DType dtype = DType::BFloat16;  // of gate_up and down: BFloat16 or Float32
+};
+// The shapes launch_moe_experts takes (its plan is one block of 1024 threads; rows load 8 at a time).
+inline bool moe_experts_supported(int64_t T, int64_t top_k, int64_t n_local, int64_t hidden, int64_t F) {
+  return T >= 1 && T <= kMoeExpertsMaxTokens && top_k >= 1 && T * top_k <= 1024 && n_local >= 1 &&
+         n_local <= 1024 && hidden >= 8 && hidden % 8 == 0 && F >= 8 && F % 8 == 0;
+}
+size_t moe_experts_workspace_bytes(const MoeExpertsParams& p);
+void launch_moe_experts(const MoeExpertsParams& p, StreamHandle stream);
+
 // y (+)= x @ w^T through cuBLAS (cublasGemmEx, fp32 compute). x and w share `dtype`: BFloat16 (y f32 or
 // bf16) or Float32 (y f32; strict fp32, no TF32).
 struct LinearParams {
@@ -259,5 +285,8 @@ BenchResult bench_gemm_bf16(int64_t m, int64_t n, int64_t k, int iters);
 BenchResult bench_paged_mla_attention(int64_t batch, int64_t context, int64_t heads, int64_t D, int64_t R,
                                       AttentionKernel kernel, int iters, int num_splits = 0);
 BenchResult bench_merge_states(int64_t N, int64_t M, int64_t D, int iters);
+// launch_moe_experts on bf16 weights: token t takes local experts (t * top_k + k) % n_local, so
+// min(T * top_k, n_local) experts are read per call (bytes: their weights; FLOPs: 6 hidden F per pair).
+BenchResult bench_moe_experts(int64_t T, int64_t top_k, int64_t n_local, int64_t hidden, int64_t F, int iters);
 
 }  // namespace helix::cuda

@@ -3,7 +3,8 @@
 Ceilings: a 16-byte-vector device copy (bandwidth, read + write counted) and a bf16 cuBLAS GEMM
 (tensor-core rate). Partial attention is DeepSeek-V3-shaped (128 heads, D = 576, R = 512, bf16 latent
 cache, one query token per sequence); its roofline time is max(bytes / copy bandwidth, FLOPs / GEMM
-rate) and the table reports the achieved fraction of it. merge_states is compared with copy bandwidth.
+rate) and the table reports the achieved fraction of it. merge_states and moe_experts (bf16 expert
+weights, the bytes of a decode step's routed experts) are compared with copy bandwidth.
 
     python -m helix.bench.cuda_ops [--quick] [--smoke] [--json PATH]
 
@@ -100,6 +101,15 @@ def run(quick: bool = False, smoke: bool = False) -> dict[str, object]:
         secs = r["ms"] * 1e-3
         bw = r["bytes"] / secs
         rows.append(Row("merge_states", f"N={n_parts} M={m} D=512", r["ms"], bw / 1e12, 0.0, bw / copy_bw))
+    # Routed experts of a decode step on one expert-parallel rank of 8 (32 of V3's 256 experts, all pairs
+    # local): a GEMV per expert that got tokens, against copy bandwidth (its weights are the bytes).
+    hidden, moe_f, n_local = (64, 32, 4) if smoke else (7168, 2048, 32)
+    for T in (1, 2) if smoke else (1, 8):
+        r = cuda.bench_moe_experts(T, 2 if smoke else 8, n_local, hidden, moe_f, iters=1 if smoke else 10)
+        secs = r["ms"] * 1e-3
+        bw = r["bytes"] / secs
+        case = f"T={T} top_k={2 if smoke else 8} n_local={n_local} {hidden}x{moe_f}"
+        rows.append(Row("moe_experts", case, r["ms"], bw / 1e12, r["flops"] / secs / 1e12, bw / copy_bw))
     return {
         "device": cuda.device_name(),
         "smoke": smoke,
