@@ -18,7 +18,11 @@ constexpr int kMaxRows = kMoeExpertsMaxTokens;  // rows of one expert: a token m
 constexpr int kWarps = 8;
 constexpr int kCols = 4;                         // output columns per warp
 constexpr int kBlockCols = kWarps * kCols;       // per block
-constexpr int kKTile = 512;                      // x tile [kMaxRows, kKTile] fp32 = 32 KiB of shared memory
+// The x tile [rows, K tile] fp32 in 64 KiB of dynamic shared memory: a block's K tile is as long as its
+// group's rows allow (one row: 16K values, the whole of V3's hidden 7168 or F 2048, so the common decode
+// case streams its weights with no barrier at all; 16 rows: 1024).
+constexpr int kSmemBytes = 64 << 10;
+constexpr int kSmemFloats = kSmemBytes / 4;
 
 // Device views of the workspace (all sized for P = T * top_k pairs).
 struct Plan {
@@ -161,12 +165,14 @@ enum class Stage { GateUp, Down };
 // h[pair_tok[slot]] (GateUp: N = 2F, K = hidden) or silu(gu[slot, :F]) * gu[slot, F:] (Down: N = hidden,
 // K = F). With bf16 weights x is rounded to bf16 first, as the cuBLAS path does. Lane l covers k = 8 l +
 // 256 i of each K tile; each warp owns kCols columns and keeps [kMaxRows, kCols] fp32 sums.
+// Dynamic shared memory: kSmemBytes.
 template <class W, Stage S>
 __global__ void __launch_bounds__(kWarps * 32) moe_linear_kernel(MoeExpertsParams p, Plan plan) {
-  __shared__ __align__(16) float xs[kMaxRows][kKTile];
+  extern __shared__ __align__(16) float xs[];  // [rows, ktile]
   const int g = blockIdx.y;
   if (g >= plan.counts[1]) return;  // whole block: fewer experts got tokens than the grid allows
   const int e = plan.grp_expert[g], s0 = plan.grp_start[g], rows = plan.grp_start[g + 1] - s0;
+  const int ktile = kSmemFloats / rows / 8 * 8;
   const int64_t N = S == Stage::GateUp ? 2 * p.F : p.hidden, K = S == Stage::GateUp ? p.hidden : p.F;
   const W* w = static_cast<const W*>(S == Stage::GateUp ? p.gate_up : p.down) + static_cast<int64_t>(e) * N * K;
   float* y = S == Stage::GateUp ? plan.gu : plan.y;
@@ -180,23 +186,21 @@ __global__ void __launch_bounds__(kWarps * 32) moe_linear_kernel(MoeExpertsParam
 #pragma unroll
     for (int c = 0; c < kCols; ++c) acc[r][c] = 0.f;
 
-  for (int64_t k0 = 0; k0 < K; k0 += kKTile) {
-    const int kt = static_cast<int>(K - k0 < kKTile ? K - k0 : kKTile);
-    __syncthreads();  // the previous tile is consumed
-    for (int i = tid; i < rows * kKTile; i += blockDim.x) {
-      const int r = i / kKTile, k = i % kKTile;
-      float v = 0.f;
-      if (k < kt) {
-        const int64_t slot = s0 + r;
-        if (S == Stage::GateUp) {
-          v = p.h[static_cast<int64_t>(plan.pair_tok[slot]) * p.hidden + k0 + k];
-        } else {
-          const float gate = plan.gu[slot * 2 * p.F + k0 + k], up = plan.gu[slot * 2 * p.F + p.F + k0 + k];
-          v = gate / (1.f + expf(-gate)) * up;
-        }
-        if (kRound) v = detail::bf16_bits_to_float(detail::float_to_bf16_bits(v));
+  for (int64_t k0 = 0; k0 < K; k0 += ktile) {
+    const int kt = static_cast<int>(K - k0 < ktile ? K - k0 : ktile);  // a multiple of 8, as K is
+    if (k0 > 0) __syncthreads();  // the previous tile is consumed
+    for (int i = tid; i < rows * kt; i += blockDim.x) {
+      const int r = i / kt, k = i % kt;
+      const int64_t slot = s0 + r;
+      float v;
+      if (S == Stage::GateUp) {
+        v = p.h[static_cast<int64_t>(plan.pair_tok[slot]) * p.hidden + k0 + k];
+      } else {
+        const float gate = plan.gu[slot * 2 * p.F + k0 + k], up = plan.gu[slot * 2 * p.F + p.F + k0 + k];
+        v = gate / (1.f + expf(-gate)) * up;
       }
-      xs[r][k] = v;
+      if (kRound) v = detail::bf16_bits_to_float(detail::float_to_bf16_bits(v));
+      xs[r * kt + k] = v;
     }
     __syncthreads();
     for (int k = 8 * lane; k < kt; k += 256) {
@@ -213,7 +217,8 @@ __global__ void __launch_bounds__(kWarps * 32) moe_linear_kernel(MoeExpertsParam
 #pragma unroll
       for (int r = 0; r < kMaxRows; ++r) {
         if (r >= rows) break;  // uniform over the block
-        const float4 a = *reinterpret_cast<const float4*>(&xs[r][k]), b = *reinterpret_cast<const float4*>(&xs[r][k + 4]);
+        const float4 a = *reinterpret_cast<const float4*>(&xs[r * kt + k]);
+        const float4 b = *reinterpret_cast<const float4*>(&xs[r * kt + k + 4]);
         const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
         for (int c = 0; c < kCols; ++c)
@@ -247,15 +252,30 @@ __global__ void moe_combine_kernel(MoeExpertsParams p, Plan plan) {
   }
 }
 
+// More than 48 KiB of dynamic shared memory needs the opt-in, once per kernel and device.
+template <class W, Stage S>
+void opt_in_shared_memory() {
+  constexpr int kMaxDevices = 64;
+  static thread_local bool done[kMaxDevices] = {};
+  int dev = 0;
+  HELIX_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kMaxDevices && done[dev]) return;
+  HELIX_CUDA_CHECK(
+      cudaFuncSetAttribute(moe_linear_kernel<W, S>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  if (dev < kMaxDevices) done[dev] = true;
+}
+
 template <class W>
 void launch_linear_stages(const MoeExpertsParams& p, const Plan& plan, StreamHandle stream) {
   // One grid row per possible group: at most min(P, n_local) experts can get tokens.
   const auto groups = static_cast<unsigned>(std::min<int64_t>(p.T * p.top_k, p.n_local));
+  opt_in_shared_memory<W, Stage::GateUp>();
+  opt_in_shared_memory<W, Stage::Down>();
   moe_linear_kernel<W, Stage::GateUp>
-      <<<dim3(detail::grid_dim(2 * p.F, kBlockCols), groups), kWarps * 32, 0, stream>>>(p, plan);
+      <<<dim3(detail::grid_dim(2 * p.F, kBlockCols), groups), kWarps * 32, kSmemBytes, stream>>>(p, plan);
   HELIX_CUDA_CHECK_LAUNCH("moe_linear_kernel");
   moe_linear_kernel<W, Stage::Down>
-      <<<dim3(detail::grid_dim(p.hidden, kBlockCols), groups), kWarps * 32, 0, stream>>>(p, plan);
+      <<<dim3(detail::grid_dim(p.hidden, kBlockCols), groups), kWarps * 32, kSmemBytes, stream>>>(p, plan);
   HELIX_CUDA_CHECK_LAUNCH("moe_linear_kernel");
 }
 

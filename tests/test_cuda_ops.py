@@ -462,8 +462,9 @@ def moe_experts_ref(h, idx, weight, gate_up, down, local_first, round_bf16):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize(
     "T,top_k,hidden,F",
-    # hidden 1040: three K tiles, the last one partial; 2F = 528: a partial column tile
-    [(1, 3, 48, 24), (5, 3, 48, 24), (16, 3, 48, 24), (7, 2, 1040, 264)],
+    # 2F = 528: a partial column tile; hidden 2056 with 4-12 rows per expert: the experts with 9 or more
+    # rows take K in two tiles, the second partial (r rows: tiles of 16384 / r values), the others in one
+    [(1, 3, 48, 24), (5, 3, 48, 24), (16, 3, 48, 24), (7, 2, 1040, 264), (16, 4, 2056, 16)],
 )
 def test_moe_experts_matches_cpu_twin_on_every_rank(dtype, T, top_k, hidden, F):
     """Expert-parallel ranks of uneven size (some tokens meet no local expert, experts get up to T rows):
