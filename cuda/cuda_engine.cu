@@ -247,8 +247,8 @@ struct CudaEngine::Impl {
   DeviceBuffer flags;  // int32 [3 * num_layers]: per layer attention residual, router, FFN residual
   // Workspaces (grown on demand).
   Scratch meta_dev, ckv, app_rows, h, x, q, qa, kva, kv_rows, q_abs, q_att, o_part, lse_part, values, send, recv, o_parts,
-      lse_parts, lse_out, attn, attn_v, y, gu, act, bf16_in, router, route_w, route_ids, attn_ws, moe_meta, moe_ws, xe, ye,
-      logits_local, logits_all;
+      lse_parts, lse_out, attn, attn_v, y, gu, act, bf16_in, router, route_w, route_ids, attn_ws, moe_meta, moe_ws,
+      xe, ye, logits_local, logits_all;
   Upload moe_upload;  // host staging of one MoE layer's token lists (kept until the stream has copied it)
 
   Impl(const EngineConfig& c, int dev) : config(c), device(dev), stream((set_device(dev), Stream())) {}

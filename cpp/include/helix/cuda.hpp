@@ -93,8 +93,8 @@ class DeviceBuffer {
 // Paged MLA partial attention (the CPU twin: ops/attention.hpp). Keys of query token t come from
 // sequence b = q_seq[t]: slot k of b is pool row r = block_tables[b, k / tpb] * tpb + k % tpb, whose
 // global position is kv_pos[r] (positions live with the rows, so a decode step uploads no per-slot data);
-// slots k < num_slots[b] are valid. Key s is visible to t iff its position <= q_pos[t]. o[t,h] = softmax-weighted sum of kv[:, :R]; lse natural log; nothing visible
-// gives (0, -inf). Storage bf16 (or fp32 for the Simple kernel), accumulation fp32.
+// slots k < num_slots[b] are valid. Key s is visible to t iff its position <= q_pos[t].
+// o[t,h] = softmax-weighted sum of kv[:, :R]; lse natural log; nothing visible gives (0, -inf). Storage bf16 (or fp32 for the Simple kernel), accumulation fp32.
 struct PagedMlaAttentionParams {
   const void* q;               // [T, H, D] of dtype
   const int64_t* q_pos;        // [T]
