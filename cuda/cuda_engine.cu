@@ -379,11 +379,19 @@ CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int devi
   const int64_t D = c.kv_lora_rank + c.qk_rope_head_dim;
   m.meta = std::make_unique<PagedKVCache>(c.num_kv_blocks, c.tokens_per_block, D, c.kv_dtype, c.rank % c.cp, c.cp);
   const size_t pool_bytes = static_cast<size_t>(c.num_kv_blocks * c.tokens_per_block * D * dtype_size(c.kv_dtype));
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    m.pools.emplace_back(pool_bytes);
-    m.pools.back().fill_zero(m.s());
+  try {
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      m.pools.emplace_back(pool_bytes);
+      m.pools.back().fill_zero(m.s());
+    }
+    m.pool_pos = DeviceBuffer(static_cast<size_t>(c.num_kv_blocks * c.tokens_per_block) * sizeof(int64_t));
+  } catch (const DeviceMemoryError& e) {
+    throw DeviceMemoryError(::helix::detail::concat(
+        "rank ", c.rank, ": the KV cache (", c.num_layers, " layers x ", c.num_kv_blocks, " blocks x ",
+        c.tokens_per_block, " tokens x ", D, " ", dtype_name(c.kv_dtype), " = ",
+        ::helix::detail::human_bytes(static_cast<double>(pool_bytes) * static_cast<double>(c.num_layers)),
+        ") does not fit on the GPU: ", e.what(), ". Lower max_tokens, or use more CP ranks"));
   }
-  m.pool_pos = DeviceBuffer(static_cast<size_t>(c.num_kv_blocks * c.tokens_per_block) * sizeof(int64_t));
   m.flags = DeviceBuffer(static_cast<size_t>(3 * c.num_layers) * sizeof(int));
   m.expected = expected_weight_shapes(c);
   m.stream.synchronize();
@@ -425,7 +433,15 @@ void CudaEngine::set_weight(const std::string& name, const TensorView& w) {
   DeviceWeight dst;
   dst.dtype = w.dtype;
   dst.shape = w.shape;
-  dst.buf = DeviceBuffer(static_cast<size_t>(std::max<int64_t>(w.nbytes(), 1)));
+  try {
+    dst.buf = DeviceBuffer(static_cast<size_t>(std::max<int64_t>(w.nbytes(), 1)));
+  } catch (const DeviceMemoryError& e) {
+    throw DeviceMemoryError(::helix::detail::concat(
+        "rank ", m.config.rank, ": weight '", name, "' ", shape_str(w.shape), " ", dtype_name(w.dtype), " (",
+        ::helix::detail::human_bytes(static_cast<double>(w.nbytes())), ") does not fit on the GPU after ",
+        ::helix::detail::human_bytes(static_cast<double>(device_bytes())), " of weights, KV cache and workspaces: ",
+        e.what(), ". Use more ranks (tp, cp), bfloat16 weights, or a smaller max_tokens"));
+  }
   dst.buf.copy_from_host(w.data, static_cast<size_t>(w.nbytes()), m.s());
   m.weights[name] = std::move(dst);
 }

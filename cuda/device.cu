@@ -103,7 +103,19 @@ void Stream::synchronize() const { HELIX_CUDA_CHECK(cudaStreamSynchronize(stream
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   if (bytes == 0) return;
   require_device();
-  HELIX_CUDA_CHECK(cudaMalloc(&data_, bytes));
+  const cudaError_t err = cudaMalloc(&data_, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // not sticky: clear it, as check_cuda does
+    int dev = 0;
+    size_t free = 0, total = 0;
+    cudaGetDevice(&dev);
+    cudaMemGetInfo(&free, &total);
+    using ::helix::detail::human_bytes;
+    throw DeviceMemoryError(::helix::detail::concat("out of GPU memory: cannot allocate ", human_bytes(bytes),
+                                                    " on device ", dev, " (", device_name(), "), ",
+                                                    human_bytes(free), " free of ", human_bytes(total)));
+  }
+  HELIX_CUDA_CHECK(err);
 }
 
 DeviceBuffer::~DeviceBuffer() {

@@ -7,6 +7,7 @@ CLI prints one line and exits 2), never a crash.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ from tolerances import tol
 
 HAS_GPU = _core.cuda.device_count() > 0
 gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU visible")
+emulator = pytest.mark.skipif(
+    not _core.cuda.emulated(), reason="sets the SIMT emulator's device memory (HELIX_SIMT_MEMORY_BYTES)"
+)
 no_gpu = pytest.mark.skipif(HAS_GPU, reason="a CUDA GPU is visible")
 NO_DEVICE = "without CUDA" if not _core.cuda.built_with_cuda() else "no CUDA GPU is visible"
 PROMPTS = [list(range(2, 15)), [0, 5, 17, 300, 499, 42], [7, 8]]
@@ -184,6 +188,31 @@ def test_cuda_engine_errors_match_cpu(model):
         with pytest.raises(_core.ArgumentError, match="not a sequence of the engine"):
             eng.step(np.arange(2), np.arange(2), np.array([7]), np.zeros(2, np.int64), np.array([1]))
     assert messages["cuda"] == messages["cpu"]
+
+
+@emulator
+def test_out_of_gpu_memory_names_what_did_not_fit(model, monkeypatch, capsys):
+    """A GPU too small for the KV cache or the weights: helix.DeviceMemoryError naming the rank, what was
+    being allocated and its size, how much was free, and what to change; the CLI prints it in one line."""
+    kw = dict(tokens_per_block=4, max_tokens=64, progress=False, comm=SELF)
+    engine = HelixEngine(str(model), device="cuda", **kw)
+    loaded = engine._engine.device_bytes  # weights + KV cache, before any step
+    del engine
+    gc.collect()
+    monkeypatch.setenv("HELIX_SIMT_MEMORY_BYTES", "1024")
+    kv = r"rank 0: the KV cache \(\d+ layers x \d+ blocks x 4 tokens x \d+ float32 = [\d.]+ KiB\) does not"
+    kv += r" fit.*cannot allocate .* free of 1.0 KiB.*max_tokens"
+    with pytest.raises(_core.DeviceMemoryError, match=kv):
+        HelixEngine(str(model), device="cuda", **kw)
+    monkeypatch.setenv("HELIX_SIMT_MEMORY_BYTES", str(loaded - 1))
+    weight = r"rank 0: weight '.+' \[.+\] float32 \(.+\) does not fit on the GPU after"
+    with pytest.raises(_core.DeviceMemoryError, match=weight):
+        HelixEngine(str(model), device="cuda", **kw)
+    monkeypatch.setenv("HELIX_SIMT_MEMORY_BYTES", "1024")
+    argv = ["--model", str(model), "--prompt-token-ids", "1,2,3", "--max-new-tokens", "2", "--device", "cuda"]
+    assert generate_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "helix generate: error: rank 0: the KV cache" in err and "Traceback" not in err
 
 
 @gpu

@@ -522,6 +522,19 @@ def test_linear(out_dtype):
 
 @pytest.mark.cuda
 @gpu
+def test_device_allocation_beyond_the_gpu_raises_device_memory_error():
+    """cudaMalloc's out-of-memory becomes helix.DeviceMemoryError (a HelixError) with the size asked for and
+    the device's free memory; the failure is not left behind for the next launch to report."""
+    msg = r"out of GPU memory: cannot allocate [\d.]+ GiB on device 0 "
+    with pytest.raises(_core.DeviceMemoryError, match=msg):
+        cuda.bench_copy(1 << 50)
+    assert issubclass(_core.DeviceMemoryError, _core.HelixError)
+    out = cuda.rms_norm(np.ones((2, 8), np.float32), np.ones(8, np.float32))
+    np.testing.assert_allclose(out, 1.0, rtol=1e-6)
+
+
+@pytest.mark.cuda
+@gpu
 def test_nccl_one_rank_collectives_are_identity():
     if not cuda.built_with_nccl():
         pytest.skip("built without NCCL")

@@ -442,6 +442,14 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   return cudaSuccess;
 }
 
+cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
+  std::lock_guard lock(api_mutex());
+  if (free == nullptr || total == nullptr) return set_error(cudaErrorInvalidValue, "cudaMemGetInfo: null pointer");
+  *total = simt::detail::memory_limit();
+  *free = *total > st().allocated ? *total - st().allocated : 0;
+  return cudaSuccess;
+}
+
 cudaError_t cudaFree(void* ptr) {
   std::lock_guard lock(api_mutex());
   if (ptr == nullptr) return cudaSuccess;

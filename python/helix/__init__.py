@@ -17,6 +17,7 @@ _LAZY = {
     "HelixError": "helix._core",
     "ArgumentError": "helix._core",
     "KVCacheFullError": "helix._core",
+    "DeviceMemoryError": "helix._core",
     "ops": "helix._core",
     "Engine": "helix._core",
     "EngineConfig": "helix._core",

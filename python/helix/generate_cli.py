@@ -108,6 +108,7 @@ def _parallel_config(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from helix import DeviceMemoryError
     from helix.comm import abort_on_exception, world
     from helix.device import DeviceUnavailableError
 
@@ -115,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     comm = world()
     try:
         return _generate(args, comm)
-    except (ValueError, OSError, DeviceUnavailableError) as exc:
-        # A bad input (configuration, checkpoint, prompt, sampling parameter) or an unusable device: its
-        # message, not a traceback.
+    except (ValueError, OSError, DeviceUnavailableError, DeviceMemoryError) as exc:
+        # A bad input (configuration, checkpoint, prompt, sampling parameter) or an unusable device (none,
+        # or too small for the model): its message, not a traceback.
         # Any rank may be the only one to see it (a file it cannot read), so under MPI it ends the whole job.
         prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
         print(f"{prefix}helix generate: error: {exc}", file=sys.stderr, flush=True)

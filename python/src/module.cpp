@@ -34,6 +34,7 @@ NB_MODULE(_core, m) {
       },
       arg_error);
   nb::exception<helix::KVCacheFullError>(m, "KVCacheFullError", base.ptr());
+  nb::exception<helix::DeviceMemoryError>(m, "DeviceMemoryError", base.ptr());
   helix::bind::bind_kv_cache(m);
   helix::bind::bind_ops(m);
   {  // def_submodule returns helix._core.ops if bind_ops created it (PyImport_AddModule semantics).

@@ -1,7 +1,9 @@
 // Errors of the runtime. Library code never exits or aborts: it throws one of these, and the
-// bindings turn each into a Python exception (helix.HelixError, helix.ArgumentError, helix.KVCacheFullError).
+// bindings turn each into a Python exception (helix.HelixError, helix.ArgumentError, helix.KVCacheFullError,
+// helix.DeviceMemoryError).
 #pragma once
 
+#include <cstdio>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -26,12 +28,34 @@ class KVCacheFullError : public Error {
   using Error::Error;
 };
 
+// A device (GPU) allocation failed for lack of memory. The message says how much was asked for, how much
+// the device has free, and (from the engine) what the memory was for.
+class DeviceMemoryError : public Error {
+ public:
+  using Error::Error;
+};
+
 namespace detail {
 template <class... Args>
 std::string concat(const Args&... args) {
   std::ostringstream os;
   (os << ... << args);
   return os.str();
+}
+
+// A size for a message: "512 B", "3.0 KiB", "12.5 MiB", "1.50 GiB".
+inline std::string human_bytes(double bytes) {
+  char buf[32];
+  if (bytes < 1024) {
+    std::snprintf(buf, sizeof buf, "%.0f B", bytes);
+  } else if (bytes < 1024.0 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
+  } else if (bytes < 1024.0 * 1024 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1024.0 * 1024));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
+  }
+  return buf;
 }
 }  // namespace detail
 

@@ -107,6 +107,7 @@ cudaError_t cudaDeviceSynchronize();
 
 // ---- memory ---------------------------------------------------------------------------------------
 cudaError_t cudaMalloc(void** ptr, size_t bytes);
+cudaError_t cudaMemGetInfo(size_t* free, size_t* total);
 template <class T>
 inline cudaError_t cudaMalloc(T** ptr, size_t bytes) {
   return cudaMalloc(reinterpret_cast<void**>(ptr), bytes);
