@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (under 8 minutes on one H100/H200): builds helix from source with CUDA, runs the GPU tests
-# (kernels vs CPU twins; the CUDA engine vs the CPU engine on the tiny model), the tiny-model greedy check
+# (kernels vs CPU twins; the CUDA engine vs the CPU engine on the tiny model; the kernels' tests again under
+# compute-sanitizer memcheck when the budget allows), the tiny-model greedy check
 # through `helix generate --device cpu|cuda` (and with two CP ranks sharing the GPU when MPI is there),
 # then benchmarks the CUDA kernels against the copy bandwidth and bf16 GEMM rate measured in the same run,
 # and a DeepSeek-V3-shaped layer decode step (32K context).
@@ -80,6 +81,26 @@ junit=()
 [ -n "$OUT" ] && junit=(--junitxml "$OUT/test_cuda.xml")
 timeout "$(limit 240 180)" "$PY" -m pytest tests/test_cuda_ops.py tests/test_cuda_engine.py -q -p no:cacheprovider -o addopts="" \
   "${junit[@]}" -rs || status=1
+
+# The kernels' own tests under compute-sanitizer memcheck (out-of-bounds and misaligned device accesses on
+# the real hardware), when the toolkit has it and the budget allows; left out: the long module shapes and
+# the deliberate out-of-memory (a failing cudaMalloc is an API error to memcheck). Only a memcheck report
+# or a test failure fails the check, a time cut does not.
+SANITIZER=$(command -v compute-sanitizer || echo "$(dirname "$NVCC")/compute-sanitizer")
+if [ -x "$SANITIZER" ] && ((DEADLINE - SECONDS > 330)); then
+  log "compute-sanitizer memcheck (tests/test_cuda_ops.py, short shapes)"
+  rc=0
+  timeout "$(limit 90 240)" "$SANITIZER" --tool memcheck --error-exitcode 86 --print-limit 20 \
+    "$PY" -m pytest tests/test_cuda_ops.py -q -p no:cacheprovider -o addopts="" -k "not sharded and not allocation_beyond" -x || rc=$?
+  case $rc in
+    0) log "compute-sanitizer: no errors" ;;
+    124) log "compute-sanitizer: cut short by the time budget (not a failure)" ;;
+    86) echo "compute-sanitizer found device memory errors (above)" >&2; status=1 ;;
+    *) echo "tests failed under compute-sanitizer (rc $rc)" >&2; status=1 ;;
+  esac
+else
+  log "skipped: compute-sanitizer (not found, or not enough of the budget left)"
+fi
 
 # The tiny model through the CLI: the same greedy tokens (float32) on the CPU, on the GPU, and with two CP
 # ranks sharing the GPU under mpiexec (--cuda-comm host: MPI through host memory; NCCL refuses two ranks
