@@ -151,7 +151,20 @@ class Scratch {
   void* get(size_t bytes) {
     if (bytes > buf_.bytes()) {
       if (buf_.bytes() > 0) HELIX_CUDA_CHECK(cudaDeviceSynchronize());
-      buf_ = DeviceBuffer(std::max<size_t>(bytes, 2 * buf_.bytes()));
+      const size_t grown = std::max(bytes, 2 * buf_.bytes());
+      buf_ = DeviceBuffer();  // the old buffer goes first: its memory may be what the new one needs
+      try {
+        try {
+          buf_ = DeviceBuffer(grown);
+        } catch (const DeviceMemoryError&) {
+          if (grown == bytes) throw;
+          buf_ = DeviceBuffer(bytes);  // no room for the doubling: exactly what is asked
+        }
+      } catch (const DeviceMemoryError& e) {
+        throw DeviceMemoryError(::helix::detail::concat(
+            "a step's workspace (", ::helix::detail::human_bytes(static_cast<double>(bytes)),
+            ") does not fit on the GPU: ", e.what(), ". Fewer tokens per step (max_batch_tokens) need less"));
+      }
     }
     return buf_.data();
   }
@@ -410,7 +423,7 @@ int64_t CudaEngine::device_bytes() const {
   int64_t total = 0;
   for (const auto& [n, wt] : m.weights) total += static_cast<int64_t>(wt.buf.bytes());
   for (const auto& p : m.pools) total += static_cast<int64_t>(p.bytes());
-  total += static_cast<int64_t>(m.pool_pos.bytes());
+  total += static_cast<int64_t>(m.pool_pos.bytes() + m.flags.bytes());
   for (const Scratch* s : {&m.meta_dev, &m.ckv, &m.app_rows, &m.h, &m.x, &m.q, &m.qa, &m.kva, &m.kv_rows, &m.q_abs, &m.q_att, &m.o_part,
                            &m.lse_part, &m.values, &m.send, &m.recv, &m.o_parts, &m.lse_parts, &m.lse_out, &m.attn,
                            &m.attn_v, &m.y, &m.gu, &m.act, &m.bf16_in, &m.router, &m.route_w, &m.route_ids,

@@ -208,6 +208,17 @@ def test_out_of_gpu_memory_names_what_did_not_fit(model, monkeypatch, capsys):
     weight = r"rank 0: weight '.+' \[.+\] float32 \(.+\) does not fit on the GPU after"
     with pytest.raises(_core.DeviceMemoryError, match=weight):
         HelixEngine(str(model), device="cuda", **kw)
+    # Loaded, but no room for a step's workspaces.
+    monkeypatch.delenv("HELIX_SIMT_MEMORY_BYTES")
+    engine = HelixEngine(str(model), device="cuda", **kw)
+    monkeypatch.setenv("HELIX_SIMT_MEMORY_BYTES", str(engine._engine.device_bytes))
+    engine.add_sequence(0)
+    with pytest.raises(
+        _core.DeviceMemoryError, match=r"a step's workspace \(.+\) does not fit.*max_batch_tokens"
+    ):
+        engine.step(np.arange(3), np.arange(3), np.array([0]), np.zeros(3, np.int64), np.array([2]))
+    del engine
+    gc.collect()
     monkeypatch.setenv("HELIX_SIMT_MEMORY_BYTES", "1024")
     argv = ["--model", str(model), "--prompt-token-ids", "1,2,3", "--max-new-tokens", "2", "--device", "cuda"]
     assert generate_main(argv) == 2

@@ -66,7 +66,7 @@ class CudaEngine {
   // the wait for the peers).
   const EngineTimings& timings() const;
   int device() const;
-  // Bytes of device memory held for weights, KV pools and workspaces.
+  // Bytes of device memory the engine holds: weights, KV pools and positions, flags, workspaces.
   int64_t device_bytes() const;
 
  private:
