@@ -109,10 +109,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_emulator
-@pytest.mark.parametrize(("tp", "cp"), [(1, 2), (2, 2)], ids=["cp2", "tp2cp2"])
-def test_cuda_engine_on_emulator_matches_cpu(tiny_model: Path, tmp_path: Path, tp: int, cp: int) -> None:
+@pytest.mark.parametrize(
+    ("tp", "cp", "etp"), [(1, 2, False), (2, 2, False), (2, 2, True)], ids=["cp2", "tp2cp2", "tp2cp2-etp"]
+)
+def test_cuda_engine_on_emulator_matches_cpu(
+    tiny_model: Path, tmp_path: Path, tp: int, cp: int, etp: bool
+) -> None:
+    """etp: tensor-parallel experts (every rank holds an F-slice of every expert: all routed pairs are local)
+    instead of expert-parallel ones (a rank holds whole experts and skips the others' pairs)."""
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({**DECODE, "model": str(tiny_model), "tp": tp, "cp": cp}))
+    config = {**DECODE, "model": str(tiny_model), "tp": tp, "cp": cp, "expert_tensor_parallel": etp}
+    spec.write_text(json.dumps(config))
     result = run_mpi(
         tp * cp,
         ["-m", "pytest", "tests/mpi/test_cuda_emu_decode.py", "-q", "-p", "no:cacheprovider", "-x"],

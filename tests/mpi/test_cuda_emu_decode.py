@@ -2,7 +2,8 @@
 
 Launched by tests/test_mpi_cuda_emulator.py as ``mpiexec -n tp*cp python -m pytest
 tests/mpi/test_cuda_emu_decode.py`` with HELIX_CUDA_EMU_SPEC naming a JSON file {"model", "tp", "cp",
-"prompts", "max_new_tokens": [per prompt], "tokens_per_block", "max_batch_tokens"}. Every rank decodes the
+"prompts", "max_new_tokens": [per prompt], "tokens_per_block", "max_batch_tokens", optional
+"expert_tensor_parallel"}. Every rank decodes the
 prompts greedily in one batch (chunked prefill, KV ownership rotating over the CP ranks) with device="cpu"
 and then device="cuda" with cuda_comm "nccl" (the fake NCCL) and "host" (MPI through host memory), and
 checks each: the same tokens, logits within the cuda_engine_logits tolerance, the CUDA logits bitwise
@@ -55,6 +56,7 @@ def _decode(spec: dict, device: str, cuda_comm: str = "nccl") -> tuple[list[np.n
         progress=False,
         device=device,
         cuda_comm=cuda_comm,
+        expert_tensor_parallel=spec.get("expert_tensor_parallel", False),
     )
     prompts = spec["prompts"]
     params = [SamplingParams(max_new_tokens=m, ignore_eos=True) for m in spec["max_new_tokens"]]
