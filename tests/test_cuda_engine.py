@@ -190,6 +190,16 @@ def test_cuda_engine_errors_match_cpu(model):
     assert messages["cuda"] == messages["cpu"]
 
 
+@gpu
+def test_cli_on_the_gpu_reports_the_memory_it_holds(model, capsys):
+    argv = ["--model", str(model), "--prompt-token-ids", "1,2,3", "--max-new-tokens", "2", "--device", "cuda"]
+    assert generate_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "prompt 3 tokens -> 2 tokens" in out
+    line = next(s for s in out.splitlines() if s.startswith("GPU memory held per rank (GiB): ["))
+    assert float(line.split("[")[1].split("]")[0]) > 0 and _core.cuda.device_name() in line
+
+
 @emulator
 def test_out_of_gpu_memory_names_what_did_not_fit(model, monkeypatch, capsys):
     """A GPU too small for the KV cache or the weights: helix.DeviceMemoryError naming the rank, what was

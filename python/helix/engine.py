@@ -126,6 +126,11 @@ class HelixEngine:
         return self._engine.num_kv_blocks
 
     @property
+    def device_bytes(self) -> int | None:
+        """GPU memory this rank's CUDA engine holds (weights, KV cache, workspaces); None on the CPU."""
+        return self._engine.device_bytes if self.cuda_device is not None else None
+
+    @property
     def num_free_blocks(self) -> int:
         return self._engine.num_free_blocks
 

@@ -170,6 +170,10 @@ def _generate(args: argparse.Namespace, comm) -> int:
     stats = llm.last_stats
     peak = np.array([stats.peak_kv_blocks], np.int64)
     peak_per_rank = comm.all_gather(peak).ravel() if comm.size > 1 else peak
+    gpu_bytes = None
+    if llm.engine.device_bytes is not None:
+        held = np.array([llm.engine.device_bytes], np.int64)
+        gpu_bytes = comm.all_gather(held).ravel() if comm.size > 1 else held
     if comm.rank != 0:
         return 0
     if args.dump_logits:
@@ -212,6 +216,11 @@ def _generate(args: argparse.Namespace, comm) -> int:
         "peak KV blocks per rank (per layer): "
         f"{peak_per_rank.tolist()} of {llm.engine.num_kv_blocks}"
     )
+    if gpu_bytes is not None:
+        from helix import _core
+
+        gib = ", ".join(f"{b / 2**30:.2f}" for b in gpu_bytes)
+        print(f"GPU memory held per rank (GiB): [{gib}] on {_core.cuda.device_name()}")
     return 0
 
 
