@@ -364,6 +364,8 @@ struct CudaEngine::Impl {
   void moe_experts_on_host(int64_t l, int64_t T, const float* xx, const MoeRouteParams& rp, int64_t n_local,
                            int64_t Fe, int64_t first, float* yy);
   void shared_experts(int64_t l, int64_t T, const float* xx, float* yy);
+  void swiglu_mlp(int64_t l, const std::string& mlp, int64_t T, int64_t F, const float* xx, float* yy,
+                  bool accumulate);
   void dense_ffn(int64_t l, int64_t T, float* yy);
 };
 
@@ -524,11 +526,13 @@ void CudaEngine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64
   m.stream.synchronize();
 }
 
-void CudaEngine::Impl::dense_ffn(int64_t l, int64_t T, float* yy) {
-  const int64_t F = config.intermediate_size / config.world(), hid = config.hidden_size;
+// y (+)= down(silu(gate(x)) * up(x)): the layer's `<mlp>.gate_up_proj` [2F, hidden] and `<mlp>.down_proj`.
+void CudaEngine::Impl::swiglu_mlp(int64_t l, const std::string& mlp, int64_t T, int64_t F, const float* xx,
+                                  float* yy, bool accumulate) {
+  const int64_t hid = config.hidden_size;
   float* g = gu.as<float>(T * 2 * F);
   float* a = act.as<float>(T * F);
-  linear(x.as<float>(T * hid), T, hid, lw(l, "mlp.gate_up_proj"), 2 * F, g, false);
+  linear(xx, T, hid, lw(l, (mlp + ".gate_up_proj").c_str()), 2 * F, g, false);
   SiluMulParams sp;
   sp.gate = g;
   sp.up = g + F;
@@ -539,7 +543,12 @@ void CudaEngine::Impl::dense_ffn(int64_t l, int64_t T, float* yy) {
   sp.up_stride = 2 * F;
   sp.dtype = DType::Float32;
   launch_silu_mul(sp, s());
-  linear(a, T, F, lw(l, "mlp.down_proj"), hid, yy, false);
+  linear(a, T, F, lw(l, (mlp + ".down_proj").c_str()), hid, yy, accumulate);
+}
+
+void CudaEngine::Impl::dense_ffn(int64_t l, int64_t T, float* yy) {
+  const int64_t hid = config.hidden_size;
+  swiglu_mlp(l, "mlp", T, config.intermediate_size / config.world(), x.as<float>(T * hid), yy, false);
 }
 
 // Routed experts. A decode step (T <= kMoeExpertsMaxTokens) stays on the device: launch_moe_experts groups
@@ -663,21 +672,7 @@ void CudaEngine::Impl::moe_experts_on_host(int64_t l, int64_t T, const float* xx
 void CudaEngine::Impl::shared_experts(int64_t l, int64_t T, const float* xx, float* yy) {
   const EngineConfig& c = config;
   if (c.n_shared_experts == 0) return;
-  const int64_t Fs = c.n_shared_experts * c.moe_intermediate_size / c.world(), hid = c.hidden_size;
-  float* gs = gu.as<float>(T * 2 * Fs);
-  float* as = act.as<float>(T * Fs);
-  linear(xx, T, hid, lw(l, "shared_experts.gate_up_proj"), 2 * Fs, gs, false);
-  SiluMulParams ss;
-  ss.gate = gs;
-  ss.up = gs + Fs;
-  ss.out = as;
-  ss.T = T;
-  ss.I = Fs;
-  ss.gate_stride = 2 * Fs;
-  ss.up_stride = 2 * Fs;
-  ss.dtype = DType::Float32;
-  launch_silu_mul(ss, s());
-  linear(as, T, Fs, lw(l, "shared_experts.down_proj"), hid, yy, true);
+  swiglu_mlp(l, "shared_experts", T, c.n_shared_experts * c.moe_intermediate_size / c.world(), xx, yy, true);
 }
 
 void CudaEngine::step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
