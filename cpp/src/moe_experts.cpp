@@ -64,14 +64,13 @@ void moe_experts_cpu(const MoeExpertsParams& p) {
   }
 }
 
-void moe_experts(const TensorView& h, const TensorView& topk_idx, const TensorView& topk_weight,
-                 const TensorView& gate_up, const TensorView& down, int64_t local_first, const TensorView& out) {
+MoeExpertsShape check_moe_experts_args(const TensorView& h, const TensorView& topk_idx, const TensorView& topk_weight,
+                                       const TensorView& gate_up, const TensorView& down, DType idx_dtype) {
   check_tensor(h, "h", 2, {DType::Float32});
-  check_tensor(topk_idx, "topk_idx", 2, {DType::Int32});
+  check_tensor(topk_idx, "topk_idx", 2, {idx_dtype});
   check_tensor(topk_weight, "topk_weight", 2, {DType::Float32});
   check_tensor(gate_up, "gate_up", 3, {DType::Float32, DType::BFloat16});
   check_tensor(down, "down", 3, {DType::Float32, DType::BFloat16});
-  check_tensor(out, "out", 2, {DType::Float32});
   const int64_t T = h.dim(0), hidden = h.dim(1), top_k = topk_idx.dim(1), n_local = gate_up.dim(0);
   check_dim(topk_idx, "topk_idx", 0, T, "h.shape[0] (T)");
   check_dim(topk_weight, "topk_weight", 0, T, "h.shape[0] (T)");
@@ -83,6 +82,14 @@ void moe_experts(const TensorView& h, const TensorView& topk_idx, const TensorVi
   check_dim(down, "down", 0, n_local, "gate_up.shape[0] (n_local)");
   check_dim(down, "down", 1, hidden, "h.shape[1] (hidden)");
   check_dim(down, "down", 2, F, "gate_up.shape[1] / 2 (F)");
+  return {T, top_k, hidden, F, n_local};
+}
+
+void moe_experts(const TensorView& h, const TensorView& topk_idx, const TensorView& topk_weight,
+                 const TensorView& gate_up, const TensorView& down, int64_t local_first, const TensorView& out) {
+  const auto [T, top_k, hidden, F, n_local] = check_moe_experts_args(h, topk_idx, topk_weight, gate_up, down,
+                                                                     DType::Int32);
+  check_tensor(out, "out", 2, {DType::Float32});
   check_dim(out, "out", 0, T, "h.shape[0] (T)");
   check_dim(out, "out", 1, hidden, "h.shape[1] (hidden)");
   HELIX_CHECK_ARG(local_first >= 0, "argument 'local_first' must be >= 0, got ", local_first);

@@ -17,6 +17,7 @@
 #include "helix/cuda.hpp"
 #include "helix/cuda_engine.hpp"
 #include "helix/engine_common.hpp"
+#include "helix/ops/moe_experts.hpp"
 
 namespace nb = nanobind;
 
@@ -331,22 +332,9 @@ nb::object moe_experts(nb::handle h_obj, nb::handle idx_obj, nb::handle w_obj, n
                        nb::handle down_obj, int64_t local_first) {
   HostArray h = to_view(h_obj, "h"), idx = to_view(idx_obj, "topk_idx"), wt = to_view(w_obj, "topk_weight"),
             gate_up = to_view(gate_up_obj, "gate_up"), down = to_view(down_obj, "down");
-  check_tensor(h.view, "h", 2, {DType::Float32});
-  check_tensor(idx.view, "topk_idx", 2, {DType::Int64});
-  check_tensor(wt.view, "topk_weight", 2, {DType::Float32});
-  check_tensor(gate_up.view, "gate_up", 3, {DType::Float32, DType::BFloat16});
-  check_tensor(down.view, "down", 3, {gate_up.view.dtype});
-  const int64_t T = h.view.dim(0), hidden = h.view.dim(1), top_k = idx.view.dim(1), n_local = gate_up.view.dim(0);
-  check_dim(idx.view, "topk_idx", 0, T, "h.shape[0] (T)");
-  check_dim(wt.view, "topk_weight", 0, T, "h.shape[0] (T)");
-  check_dim(wt.view, "topk_weight", 1, top_k, "topk_idx.shape[1] (top_k)");
-  HELIX_CHECK_ARG(gate_up.view.dim(1) % 2 == 0, "argument 'gate_up' must have shape [n_local, 2F, hidden], got ",
-                  shape_str(gate_up.view.shape));
-  const int64_t F = gate_up.view.dim(1) / 2;
-  check_dim(gate_up.view, "gate_up", 2, hidden, "h.shape[1] (hidden)");
-  check_dim(down.view, "down", 0, n_local, "gate_up.shape[0] (n_local)");
-  check_dim(down.view, "down", 1, hidden, "h.shape[1] (hidden)");
-  check_dim(down.view, "down", 2, F, "gate_up.shape[1] / 2 (F)");
+  const auto [T, top_k, hidden, F, n_local] =
+      check_moe_experts_args(h.view, idx.view, wt.view, gate_up.view, down.view, DType::Int64);
+  check_tensor(down.view, "down", 3, {gate_up.view.dtype});  // the device path takes one weight dtype
   HELIX_CHECK_ARG(cuda::moe_experts_supported(T, top_k, n_local, hidden, F), "moe_experts: shape T=", T, " top_k=",
                   top_k, " n_local=", n_local, " hidden=", hidden, " F=", F, " is not one the device path takes (T <= ",
                   cuda::kMoeExpertsMaxTokens, ", T * top_k <= 1024, n_local <= 1024, hidden and F multiples of 8)");

@@ -26,6 +26,14 @@ struct MoeExpertsParams {
 
 void moe_experts_cpu(const MoeExpertsParams& p);
 
+struct MoeExpertsShape {
+  int64_t T = 0, top_k = 0, hidden = 0, F = 0, n_local = 0;
+};
+// The argument checks of moe_experts, shared with the CUDA twin's binding (whose topk_idx is Int64, as
+// its router writes it): throws ArgumentError naming the bad argument.
+MoeExpertsShape check_moe_experts_args(const TensorView& h, const TensorView& topk_idx, const TensorView& topk_weight,
+                                       const TensorView& gate_up, const TensorView& down, DType idx_dtype);
+
 // Validated op: h [T, hidden] f32; topk_idx [T, top_k] i32; topk_weight [T, top_k] f32;
 // gate_up [n_local, 2F, hidden] f32|bf16; down [n_local, hidden, F] f32|bf16; out [T, hidden] f32 (+=).
 void moe_experts(const TensorView& h, const TensorView& topk_idx, const TensorView& topk_weight,
