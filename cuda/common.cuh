@@ -12,15 +12,15 @@
 namespace helix::cuda::detail {
 
 __device__ __forceinline__ float bf16_bits_to_float(uint16_t v) { return __uint_as_float(uint32_t(v) << 16); }
-__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
-}
+__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
 
 // Load / store one element of a Float32 or BFloat16 array as float.
 template <class T>
 __device__ __forceinline__ float load_as_float(const T* p, int64_t i);
 template <>
-__device__ __forceinline__ float load_as_float<float>(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float load_as_float<float>(const float* p, int64_t i) {
+  return p[i];
+}
 template <>
 __device__ __forceinline__ float load_as_float<uint16_t>(const uint16_t* p, int64_t i) {
   return bf16_bits_to_float(p[i]);
@@ -28,7 +28,9 @@ __device__ __forceinline__ float load_as_float<uint16_t>(const uint16_t* p, int6
 template <class T>
 __device__ __forceinline__ void store_float(T* p, int64_t i, float v);
 template <>
-__device__ __forceinline__ void store_float<float>(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_float<float>(float* p, int64_t i, float v) {
+  p[i] = v;
+}
 template <>
 __device__ __forceinline__ void store_float<uint16_t>(uint16_t* p, int64_t i, float v) {
   p[i] = float_to_bf16_bits(v);

@@ -33,7 +33,9 @@ using detail::store_float;
 
 constexpr int kThreads = 256;
 
-unsigned blocks_for(int64_t n) { return std::min<unsigned>(detail::grid_dim(std::max<int64_t>(n, 1), kThreads), 65535u); }
+unsigned blocks_for(int64_t n) {
+  return std::min<unsigned>(detail::grid_dim(std::max<int64_t>(n, 1), kThreads), 65535u);
+}
 
 // ---- small kernels of the engine -------------------------------------------------------------------
 
@@ -251,17 +253,17 @@ struct CudaEngine::Impl {
   std::unique_ptr<Communicator> world_comm, cp_comm;  // NCCL (null for a single rank / cp == 1)
   std::map<std::string, ExpectedWeight> expected;
   std::map<std::string, DeviceWeight> weights;
-  std::unique_ptr<PagedKVCache> meta;  // host bookkeeping shared by all layers
-  std::vector<DeviceBuffer> pools;     // per layer: [num_kv_blocks, tokens_per_block, D] of kv_dtype
-  DeviceBuffer pool_pos;               // int64 [num_kv_blocks, tokens_per_block]: global position of each row
+  std::unique_ptr<PagedKVCache> meta;    // host bookkeeping shared by all layers
+  std::vector<DeviceBuffer> pools;       // per layer: [num_kv_blocks, tokens_per_block, D] of kv_dtype
+  DeviceBuffer pool_pos;                 // int64 [num_kv_blocks, tokens_per_block]: global position of each row
   std::vector<unsigned char> zero_rows;  // rows handed to meta->append (its host pool is never read)
   EngineTimings timings;
   StepTimer timer;
   DeviceBuffer flags;  // int32 [3 * num_layers]: per layer attention residual, router, FFN residual
   // Workspaces (grown on demand).
-  Scratch meta_dev, ckv, app_rows, h, x, q, qa, kva, kv_rows, q_abs, q_att, o_part, lse_part, values, send, recv, o_parts,
-      lse_parts, lse_out, attn, attn_v, y, gu, act, bf16_in, router, route_w, route_ids, attn_ws, moe_meta, moe_ws,
-      xe, ye, logits_local, logits_all;
+  Scratch meta_dev, ckv, app_rows, h, x, q, qa, kva, kv_rows, q_abs, q_att, o_part, lse_part, values, send, recv,
+      o_parts, lse_parts, lse_out, attn, attn_v, y, gu, act, bf16_in, router, route_w, route_ids, attn_ws, moe_meta,
+      moe_ws, xe, ye, logits_local, logits_all;
   Upload moe_upload;  // host staging of one MoE layer's token lists (kept until the stream has copied it)
 
   Impl(const EngineConfig& c, int dev) : config(c), device(dev), stream((set_device(dev), Stream())) {}
@@ -361,11 +363,10 @@ struct CudaEngine::Impl {
   }
 
   void moe_ffn(int64_t l, int64_t T, float* yy);
-  void moe_experts_on_host(int64_t l, int64_t T, const float* xx, const MoeRouteParams& rp, int64_t n_local,
-                           int64_t Fe, int64_t first, float* yy);
+  void moe_experts_on_host(int64_t l, int64_t T, const float* xx, const MoeRouteParams& rp, int64_t n_local, int64_t Fe,
+                           int64_t first, float* yy);
   void shared_experts(int64_t l, int64_t T, const float* xx, float* yy);
-  void swiglu_mlp(int64_t l, const std::string& mlp, int64_t T, int64_t F, const float* xx, float* yy,
-                  bool accumulate);
+  void swiglu_mlp(int64_t l, const std::string& mlp, int64_t T, int64_t F, const float* xx, float* yy, bool accumulate);
   void dense_ffn(int64_t l, int64_t T, float* yy);
 };
 
@@ -426,10 +427,12 @@ int64_t CudaEngine::device_bytes() const {
   for (const auto& [n, wt] : m.weights) total += static_cast<int64_t>(wt.buf.bytes());
   for (const auto& p : m.pools) total += static_cast<int64_t>(p.bytes());
   total += static_cast<int64_t>(m.pool_pos.bytes() + m.flags.bytes());
-  for (const Scratch* s : {&m.meta_dev, &m.ckv, &m.app_rows, &m.h, &m.x, &m.q, &m.qa, &m.kva, &m.kv_rows, &m.q_abs, &m.q_att, &m.o_part,
-                           &m.lse_part, &m.values, &m.send, &m.recv, &m.o_parts, &m.lse_parts, &m.lse_out, &m.attn,
-                           &m.attn_v, &m.y, &m.gu, &m.act, &m.bf16_in, &m.router, &m.route_w, &m.route_ids,
-                           &m.attn_ws, &m.moe_meta, &m.moe_ws, &m.xe, &m.ye, &m.logits_local, &m.logits_all}) {
+  for (const Scratch* s :
+       {&m.meta_dev, &m.ckv,          &m.app_rows,  &m.h,         &m.x,        &m.q,        &m.qa,     &m.kva,
+        &m.kv_rows,  &m.q_abs,        &m.q_att,     &m.o_part,    &m.lse_part, &m.values,   &m.send,   &m.recv,
+        &m.o_parts,  &m.lse_parts,    &m.lse_out,   &m.attn,      &m.attn_v,   &m.y,        &m.gu,     &m.act,
+        &m.bf16_in,  &m.router,       &m.route_w,   &m.route_ids, &m.attn_ws,  &m.moe_meta, &m.moe_ws, &m.xe,
+        &m.ye,       &m.logits_local, &m.logits_all}) {
     total += static_cast<int64_t>(s->bytes());
   }
   return total;
@@ -496,7 +499,8 @@ void CudaEngine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64
   const int64_t needed = meta.blocks_needed(seq_id, pos.data(), n);
   if (needed > meta.num_free_blocks()) {
     throw KVCacheFullError(::helix::detail::concat("KV cache of rank ", m.config.rank, " needs ", needed,
-                                          " more blocks for this fill but has ", meta.num_free_blocks(), " free"));
+                                                   " more blocks for this fill but has ", meta.num_free_blocks(),
+                                                   " free"));
   }
   m.zero_rows.assign(static_cast<size_t>(n * meta.row_bytes()), 0);
   meta.append(seq_id, pos.data(), n, m.zero_rows.data());
@@ -510,16 +514,16 @@ void CudaEngine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64
   auto* base = up.send(m.meta_dev, m.s());
   const auto* d_rows = reinterpret_cast<const int64_t*>(base + off);
   set_positions_kernel<<<blocks_for(n), kThreads, 0, m.s()>>>(m.pool_pos.as<int64_t>(), d_rows, nullptr,
-                                                               reinterpret_cast<const int64_t*>(base + off_pos), n);
+                                                              reinterpret_cast<const int64_t*>(base + off_pos), n);
   HELIX_CUDA_CHECK_LAUNCH("set_positions_kernel");
   for (int64_t l = 0; l < m.config.num_layers; ++l) {
     const uint64_t layer_seed = seed + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(l + 1);
     if (m.config.kv_dtype == DType::Float32) {
-      fill_random_kernel<float><<<blocks_for(n * D), kThreads, 0, m.s()>>>(m.pools[l].as<float>(), d_rows, n, D,
-                                                                            layer_seed, scale);
+      fill_random_kernel<float>
+          <<<blocks_for(n * D), kThreads, 0, m.s()>>>(m.pools[l].as<float>(), d_rows, n, D, layer_seed, scale);
     } else {
-      fill_random_kernel<uint16_t><<<blocks_for(n * D), kThreads, 0, m.s()>>>(m.pools[l].as<uint16_t>(), d_rows, n,
-                                                                               D, layer_seed, scale);
+      fill_random_kernel<uint16_t>
+          <<<blocks_for(n * D), kThreads, 0, m.s()>>>(m.pools[l].as<uint16_t>(), d_rows, n, D, layer_seed, scale);
     }
     HELIX_CUDA_CHECK_LAUNCH("fill_random_kernel");
   }
@@ -527,8 +531,8 @@ void CudaEngine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64
 }
 
 // y (+)= down(silu(gate(x)) * up(x)): the layer's `<mlp>.gate_up_proj` [2F, hidden] and `<mlp>.down_proj`.
-void CudaEngine::Impl::swiglu_mlp(int64_t l, const std::string& mlp, int64_t T, int64_t F, const float* xx,
-                                  float* yy, bool accumulate) {
+void CudaEngine::Impl::swiglu_mlp(int64_t l, const std::string& mlp, int64_t T, int64_t F, const float* xx, float* yy,
+                                  bool accumulate) {
   const int64_t hid = config.hidden_size;
   float* g = gu.as<float>(T * 2 * F);
   float* a = act.as<float>(T * F);
@@ -685,8 +689,8 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
   set_device(m.device);
   const int64_t T = tokens.dim(0), L = logit_rows.dim(0), B = seq_ids.dim(0);
   const int64_t hid = c.hidden_size, N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank,
-                P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, D = R + P, Dq = Dn + P,
-                cp = c.cp, cp_rank = c.rank % c.cp, tpb = c.tokens_per_block;
+                P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, D = R + P, Dq = Dn + P, cp = c.cp,
+                cp_rank = c.rank % c.cp, tpb = c.tokens_per_block;
   const int64_t W = c.wuv_before_exchange ? Dv : R;
   const int64_t* pos = positions.ptr<int64_t>();
   const int64_t* sids = seq_ids.ptr<int64_t>();
@@ -754,8 +758,8 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
   const auto n_app = static_cast<int64_t>(app_tok.size());
   HELIX_CUDA_CHECK(cudaMemsetAsync(m.flags.data(), 0, m.flags.bytes(), st));
   if (n_app > 0) {
-    set_positions_kernel<<<blocks_for(n_app), kThreads, 0, st>>>(m.pool_pos.as<int64_t>(), d_app_row, d_app_tok,
-                                                                 d_pos, n_app);
+    set_positions_kernel<<<blocks_for(n_app), kThreads, 0, st>>>(m.pool_pos.as<int64_t>(), d_app_row, d_app_tok, d_pos,
+                                                                 n_app);
     HELIX_CUDA_CHECK_LAUNCH("set_positions_kernel");
   }
 
@@ -765,11 +769,11 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
     const DeviceWeight& table = m.w("embed_tokens");
     const int64_t Vs = c.vocab_shard(), v0 = c.rank * Vs;
     if (table.dtype == DType::Float32) {
-      embedding_kernel<float><<<blocks_for(T * hid), kThreads, 0, st>>>(d_tokens, table.buf.as<float>(), h, T, Vs,
-                                                                         hid, v0);
+      embedding_kernel<float>
+          <<<blocks_for(T * hid), kThreads, 0, st>>>(d_tokens, table.buf.as<float>(), h, T, Vs, hid, v0);
     } else {
-      embedding_kernel<uint16_t><<<blocks_for(T * hid), kThreads, 0, st>>>(d_tokens, table.buf.as<uint16_t>(), h, T,
-                                                                            Vs, hid, v0);
+      embedding_kernel<uint16_t>
+          <<<blocks_for(T * hid), kThreads, 0, st>>>(d_tokens, table.buf.as<uint16_t>(), h, T, Vs, hid, v0);
     }
     HELIX_CUDA_CHECK_LAUNCH("embedding_kernel");
   }
@@ -968,7 +972,8 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
   HELIX_CUDA_CHECK(cudaMemcpyAsync(host.data(), all, host.size() * 4, cudaMemcpyDeviceToHost, st));
   m.timer.mark(st, &m.timings.allreduce_s);
   std::vector<int> flags(static_cast<size_t>(3 * c.num_layers));
-  HELIX_CUDA_CHECK(cudaMemcpyAsync(flags.data(), m.flags.data(), flags.size() * sizeof(int), cudaMemcpyDeviceToHost, st));
+  HELIX_CUDA_CHECK(
+      cudaMemcpyAsync(flags.data(), m.flags.data(), flags.size() * sizeof(int), cudaMemcpyDeviceToHost, st));
   HELIX_CUDA_CHECK(cudaStreamSynchronize(st));
   m.timer.collect();
   m.check_flags(flags);
@@ -981,7 +986,8 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
     }
   }
   for (int64_t i = 0; i < L * c.vocab_size; ++i) {
-    HELIX_CHECK(std::isfinite(out[i]), "non-finite logits (NaN or Inf) for row ", i / c.vocab_size, " on rank ", c.rank);
+    HELIX_CHECK(std::isfinite(out[i]), "non-finite logits (NaN or Inf) for row ", i / c.vocab_size, " on rank ",
+                c.rank);
   }
   m.timings.steps += 1;
 }

@@ -69,7 +69,7 @@ void check_cuda(int code, const char* expr, const char* file, int line) {
   // against an innocent kernel. Sticky errors (a faulted context) come back from every later call anyway.
   cudaGetLastError();
   throw Error(::helix::detail::concat(file, ":", line, ": ", expr, " failed: ", cudaGetErrorName(err), " (",
-                     cudaGetErrorString(err), ")"));
+                                      cudaGetErrorString(err), ")"));
 }
 }  // namespace detail
 
@@ -112,8 +112,8 @@ DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
     cudaMemGetInfo(&free, &total);
     using ::helix::detail::human_bytes;
     throw DeviceMemoryError(::helix::detail::concat("out of GPU memory: cannot allocate ", human_bytes(bytes),
-                                                    " on device ", dev, " (", device_name(), "), ",
-                                                    human_bytes(free), " free of ", human_bytes(total)));
+                                                    " on device ", dev, " (", device_name(), "), ", human_bytes(free),
+                                                    " free of ", human_bytes(total)));
   }
   HELIX_CUDA_CHECK(err);
 }

@@ -77,8 +77,7 @@ class HostStagedCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator> host,
-                                                            StreamHandle stream) {
+std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator> host, StreamHandle stream) {
   HELIX_CHECK_ARG(host != nullptr, "make_host_staged_communicator: argument 'host' is null");
   return std::make_unique<HostStagedCommunicator>(std::move(host), stream);
 }

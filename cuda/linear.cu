@@ -15,7 +15,7 @@ namespace {
 void check_cublas(cublasStatus_t status, const char* expr, const char* file, int line) {
   if (status == CUBLAS_STATUS_SUCCESS) return;
   throw Error(::helix::detail::concat(file, ":", line, ": ", expr, " failed: ", cublasGetStatusName(status), " (",
-                             cublasGetStatusString(status), ")"));
+                                      cublasGetStatusString(status), ")"));
 }
 #define HELIX_CUBLAS_CHECK(expr) check_cublas((expr), #expr, __FILE__, __LINE__)
 
@@ -71,16 +71,16 @@ void linear(const LinearParams& p, StreamHandle stream) {
 void head_linear(const HeadLinearParams& p, StreamHandle stream) {
   if (p.T == 0 || p.N == 0 || p.H == 0) return;
   HELIX_CHECK(p.K > 0, "head_linear: K must be positive");
-  HELIX_CHECK(p.T <= 0x7fffffff && p.N <= 0x7fffffff && p.K <= 0x7fffffff && p.H <= 0x7fffffff &&
-                  p.ldx <= 0x7fffffff && p.ldy <= 0x7fffffff,
+  HELIX_CHECK(p.T <= 0x7fffffff && p.N <= 0x7fffffff && p.K <= 0x7fffffff && p.H <= 0x7fffffff && p.ldx <= 0x7fffffff &&
+                  p.ldy <= 0x7fffffff,
               "head_linear: dimension too large");
   const cudaDataType_t in = input_type(p.dtype);
   cublasHandle_t h = handle();
   HELIX_CUBLAS_CHECK(cublasSetStream(h, stream));
   const float alpha = 1.f, beta = 0.f;
   HELIX_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-      h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(p.N), static_cast<int>(p.T), static_cast<int>(p.K), &alpha, p.w,
-      in, static_cast<int>(p.K), p.N * p.K, p.x, in, static_cast<int>(p.ldx), p.x_head_stride, &beta, p.y, CUDA_R_32F,
+      h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(p.N), static_cast<int>(p.T), static_cast<int>(p.K), &alpha, p.w, in,
+      static_cast<int>(p.K), p.N * p.K, p.x, in, static_cast<int>(p.ldx), p.x_head_stride, &beta, p.y, CUDA_R_32F,
       static_cast<int>(p.ldy), p.y_head_stride, static_cast<int>(p.H), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 

@@ -101,8 +101,8 @@ void launch_merge_states(const MergeStatesParams& p, StreamHandle stream) {
   HELIX_CHECK(p.N >= 1 && p.N <= kMaxParts, "merge_states: the number of parts must be in [1, 256], got ", p.N);
   if (p.M == 0) return;
   HELIX_CHECK(p.M <= 0x7fffffff, "merge_states: too many rows (", p.M, ")");
-  const bool vec4 = p.D % 4 == 0 && reinterpret_cast<uintptr_t>(p.o_parts) % 16 == 0 &&
-                    reinterpret_cast<uintptr_t>(p.o) % 16 == 0;
+  const bool vec4 =
+      p.D % 4 == 0 && reinterpret_cast<uintptr_t>(p.o_parts) % 16 == 0 && reinterpret_cast<uintptr_t>(p.o) % 16 == 0;
   const int64_t cols = vec4 ? p.D / 4 : p.D;
   const dim3 grid(static_cast<unsigned>(p.M), std::max(1u, detail::grid_dim(cols, kThreads)));
   if (vec4) {

@@ -150,11 +150,11 @@ struct TcSmem {
   static constexpr int kLdS = kKeysTile + 1;
   static size_t bytes(int64_t D) {
     const size_t ld = static_cast<size_t>(D) + 8;
-    return 2 * kHeadsTile * ld * sizeof(uint16_t)       // q tile, k tile
-           + kHeadsTile * kLdS * sizeof(float)          // scores
-           + kHeadsTile * kLdP * sizeof(uint16_t)       // probabilities (bf16)
-           + 3 * kHeadsTile * sizeof(float)             // running max, sum, rescale
-           + kKeysTile * sizeof(int);                   // key visible
+    return 2 * kHeadsTile * ld * sizeof(uint16_t)  // q tile, k tile
+           + kHeadsTile * kLdS * sizeof(float)     // scores
+           + kHeadsTile * kLdP * sizeof(uint16_t)  // probabilities (bf16)
+           + 3 * kHeadsTile * sizeof(float)        // running max, sum, rescale
+           + kKeysTile * sizeof(int);              // key visible
   }
 };
 
@@ -163,11 +163,11 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     attention_tc_kernel(PagedMlaAttentionParams p, int64_t chunk, int num_splits) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int ld = static_cast<int>(p.D) + 8;
-  uint16_t* q_s = reinterpret_cast<uint16_t*>(smem_raw);   // [32 heads][ld]
-  uint16_t* k_s = q_s + kHeadsTile * ld;                    // [32 keys][ld]
-  float* s_s = reinterpret_cast<float*>(k_s + kKeysTile * ld);  // [32 heads][kLdS]
+  uint16_t* q_s = reinterpret_cast<uint16_t*>(smem_raw);                         // [32 heads][ld]
+  uint16_t* k_s = q_s + kHeadsTile * ld;                                         // [32 keys][ld]
+  float* s_s = reinterpret_cast<float*>(k_s + kKeysTile * ld);                   // [32 heads][kLdS]
   uint16_t* p_s = reinterpret_cast<uint16_t*>(s_s + kHeadsTile * TcSmem::kLdS);  // [32 heads][kLdP]
-  float* m_s = reinterpret_cast<float*>(p_s + kHeadsTile * TcSmem::kLdP);  // [32]
+  float* m_s = reinterpret_cast<float*>(p_s + kHeadsTile * TcSmem::kLdP);        // [32]
   float* l_s = m_s + kHeadsTile;
   float* alpha_s = l_s + kHeadsTile;
   int* vis_s = reinterpret_cast<int*>(alpha_s + kHeadsTile);  // [32]
@@ -187,7 +187,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   for (int i = tid; i < kHeadsTile * vec_per_row; i += blockDim.x) {
     const int r = i / vec_per_row, v = i % vec_per_row;
     uint4 val = make_uint4(0, 0, 0, 0);
-    if (h0 + r < p.H) val = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.q) + (t * p.H + h0 + r) * p.D)[v];
+    if (h0 + r < p.H)
+      val = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.q) + (t * p.H + h0 + r) * p.D)[v];
     *reinterpret_cast<uint4*>(q_s + r * ld + 8 * v) = val;
   }
   if (tid < kHeadsTile) {
@@ -339,19 +340,19 @@ int64_t attention_workspace_floats(const PagedMlaAttentionParams& p) {
 
 void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKernel kernel, StreamHandle stream) {
   if (p.T == 0 || p.H == 0) return;
-  HELIX_CHECK(p.D <= 1024 && p.R <= p.D, "paged_mla_attention: needs D <= 1024 and R <= D, got D=", p.D,
-              " R=", p.R);
+  HELIX_CHECK(p.D <= 1024 && p.R <= p.D, "paged_mla_attention: needs D <= 1024 and R <= D, got D=", p.D, " R=", p.R);
   HELIX_CHECK(p.dtype == DType::BFloat16 || p.dtype == DType::Float32,
               "paged_mla_attention: q and the pool must be bfloat16 or float32");
   if (kernel == AttentionKernel::Auto) {
     kernel = p.dtype == DType::BFloat16 && tensor_core_attention_supported(p.D, p.R) ? AttentionKernel::TensorCore
-                                                                                    : AttentionKernel::Simple;
+                                                                                     : AttentionKernel::Simple;
   }
   HELIX_CHECK(kernel != AttentionKernel::TensorCore || p.dtype == DType::BFloat16,
               "paged_mla_attention: the tensor-core kernel needs bfloat16 q and pool");
   HELIX_CHECK(kernel != AttentionKernel::TensorCore || tensor_core_attention_supported(p.D, p.R),
               "paged_mla_attention: the tensor-core kernel needs D % 16 == 0, D <= 1024, R % 64 == 0, "
-              "R <= 512; got D=", p.D, " R=", p.R);
+              "R <= 512; got D=",
+              p.D, " R=", p.R);
   HELIX_CHECK(p.T <= 65535, "paged_mla_attention: at most 65535 query tokens per launch (grid.y), got ", p.T);
   const Launch L = plan(p);
   HELIX_CHECK(L.splits == 1 || p.workspace != nullptr,

@@ -16,8 +16,8 @@ namespace {
 constexpr int kPlanThreads = 1024;
 constexpr int kMaxRows = kMoeExpertsMaxTokens;  // rows of one expert: a token meets an expert at most once
 constexpr int kWarps = 8;
-constexpr int kCols = 4;                         // output columns per warp
-constexpr int kBlockCols = kWarps * kCols;       // per block
+constexpr int kCols = 4;                    // output columns per warp
+constexpr int kBlockCols = kWarps * kCols;  // per block
 // The x tile [rows, K tile] fp32 in 64 KiB of dynamic shared memory: a block's K tile is as long as its
 // group's rows allow (one row: 16K values, the whole of V3's hidden 7168 or F 2048, so the common decode
 // case streams its weights with no barrier at all; 16 rows: 1024).
@@ -100,9 +100,9 @@ __device__ void block_exclusive_scan2(int* a, int* b, int n, int& total_a, int& 
 __global__ void __launch_bounds__(kPlanThreads) moe_plan_kernel(MoeExpertsParams p, Plan plan) {
   extern __shared__ int smem[];
   const int n = static_cast<int>(p.n_local), P = static_cast<int>(p.T * p.top_k), tid = threadIdx.x;
-  int* cnt = smem;       // [n] pairs per local expert, then its first slot
-  int* used = cnt + n;   // [n] 1 if the expert got pairs, then its group index
-  int* key = used + n;   // [P] local expert of pair i, or -1
+  int* cnt = smem;      // [n] pairs per local expert, then its first slot
+  int* used = cnt + n;  // [n] 1 if the expert got pairs, then its group index
+  int* key = used + n;  // [P] local expert of pair i, or -1
   for (int i = tid; i < P; i += blockDim.x) {
     const int64_t e = p.topk_idx[i] - p.local_first;
     key[i] = e >= 0 && e < n ? static_cast<int>(e) : -1;
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_linear_kernel(MoeExpertsParam
 
   for (int64_t k0 = 0; k0 < K; k0 += ktile) {
     const int kt = static_cast<int>(K - k0 < ktile ? K - k0 : ktile);  // a multiple of 8, as K is
-    if (k0 > 0) __syncthreads();  // the previous tile is consumed
+    if (k0 > 0) __syncthreads();                                       // the previous tile is consumed
     for (int i = tid; i < rows * kt; i += blockDim.x) {
       const int r = i / kt, k = i % kt;
       const int64_t slot = s0 + r;

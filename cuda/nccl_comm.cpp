@@ -1,7 +1,8 @@
 // NCCL communicator behind helix::Communicator. Buffers are device pointers; every collective is
 // enqueued on the runtime's stream. A blocking communicator returns once the stream has finished it (the
 // interface's contract); a stream-ordered one (the CUDA engine's) returns at once: later work on the same
-// stream sees the result, the host after a stream synchronize. That saves a host round trip per collective. The unique id is bootstrapped over an existing (MPI or self) communicator.
+// stream sees the result, the host after a stream synchronize. That saves a host round trip per collective. The unique
+// id is bootstrapped over an existing (MPI or self) communicator.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -75,8 +76,8 @@ class NcclCommunicator final : public Communicator {
   // An all-reduce of one float: no rank returns before every rank has entered (stream-ordered or not).
   void barrier() override {
     if (barrier_buf_ == nullptr) barrier_buf_ = std::make_unique<DeviceBuffer>(sizeof(float));
-    HELIX_NCCL_CHECK(ncclAllReduce(barrier_buf_->data(), barrier_buf_->data(), 1, ncclFloat32, ncclSum, comm_,
-                                   stream_));
+    HELIX_NCCL_CHECK(
+        ncclAllReduce(barrier_buf_->data(), barrier_buf_->data(), 1, ncclFloat32, ncclSum, comm_, stream_));
     HELIX_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -163,8 +164,8 @@ NcclUniqueId nccl_unique_id() {
   return out;
 }
 
-std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const NcclUniqueId& id,
-                                                     StreamHandle stream, bool stream_ordered) {
+std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const NcclUniqueId& id, StreamHandle stream,
+                                                     bool stream_ordered) {
   HELIX_CHECK_ARG(size >= 1 && rank >= 0 && rank < size, "make_nccl_communicator: rank ", rank,
                   " out of range for size ", size);
   require_device();

@@ -2,7 +2,6 @@
 // would touch a device throws helix::Error("helix was built without CUDA"); device_count() returns 0.
 #include "helix/cuda.hpp"
 #include "helix/cuda_engine.hpp"
-
 #include "helix/error.hpp"
 
 namespace helix::cuda {
@@ -73,9 +72,7 @@ void launch_moe_experts(const MoeExpertsParams&, StreamHandle) { no_cuda(); }
 void linear(const LinearParams&, StreamHandle) { no_cuda(); }
 void head_linear(const HeadLinearParams&, StreamHandle) { no_cuda(); }
 
-std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator>, StreamHandle) {
-  no_cuda();
-}
+std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator>, StreamHandle) { no_cuda(); }
 BenchResult bench_copy(size_t, int) { no_cuda(); }
 BenchResult bench_gemm_bf16(int64_t, int64_t, int64_t, int) { no_cuda(); }
 BenchResult bench_paged_mla_attention(int64_t, int64_t, int64_t, int64_t, int64_t, AttentionKernel, int, int) {

@@ -10,9 +10,7 @@ namespace {
 
 bool built_with_nccl() { return false; }
 NcclUniqueId nccl_unique_id() { no_nccl(); }
-std::unique_ptr<Communicator> make_nccl_communicator(int, int, const NcclUniqueId&, StreamHandle, bool) {
-  no_nccl();
-}
+std::unique_ptr<Communicator> make_nccl_communicator(int, int, const NcclUniqueId&, StreamHandle, bool) { no_nccl(); }
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, StreamHandle, bool) { no_nccl(); }
 std::unique_ptr<Communicator> make_nccl_host_communicator(Communicator&) { no_nccl(); }
 

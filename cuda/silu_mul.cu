@@ -24,8 +24,7 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
 void launch_silu_mul(const SiluMulParams& p, StreamHandle stream) {
   const int64_t total = p.T * p.I;
   if (total == 0) return;
-  HELIX_CHECK(p.dtype == DType::Float32 || p.dtype == DType::BFloat16,
-              "silu_mul: dtype must be float32 or bfloat16");
+  HELIX_CHECK(p.dtype == DType::Float32 || p.dtype == DType::BFloat16, "silu_mul: dtype must be float32 or bfloat16");
   const unsigned grid = std::min<unsigned>(detail::grid_dim(total, 256), 65535u);
   if (p.dtype == DType::Float32) {
     silu_mul_kernel<float><<<grid, 256, 0, stream>>>(p);

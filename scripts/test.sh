@@ -8,9 +8,11 @@
 # HELIX_SANITIZE_TESTS=0 skips that stage. Extra arguments go to pytest.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-echo "== lint (ruff check, ruff format --check) =="
+echo "== lint (ruff check, ruff format --check, clang-format --dry-run) =="
 ruff check python tests benchmarks cuda/emulator
 ruff format --check python tests benchmarks cuda/emulator
+find cpp cuda python/src tests benchmarks \( -name '*.cpp' -o -name '*.hpp' -o -name '*.cu' -o -name '*.cuh' \
+  -o -name '*.h' -o -name '*.inc' \) -print0 | xargs -0 clang-format --dry-run --Werror
 echo "== C++ tests (ctest) =="
 ctest --test-dir build --output-on-failure -j 2 --timeout 300
 echo "== Python and MPI tests (pytest) =="

@@ -1,13 +1,12 @@
 #include "helix/engine.hpp"
 
-#include "helix/engine_common.hpp"
-
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <string>
 
+#include "helix/engine_common.hpp"
 #include "helix/ops/embedding.hpp"
 #include "helix/ops/head_linear.hpp"
 #include "helix/ops/linear.hpp"
@@ -70,8 +69,8 @@ void silu_mul(const float* gate_up, int64_t T, int64_t F, float* out) {
 }
 
 // Per-head W_UK / W_UV (see head_linear.hpp).
-void head_linear(const float* x, int64_t ldx, int64_t x_head_stride, const Weight& w, int64_t H, int64_t N,
-                 int64_t K, float* y, int64_t ldy, int64_t y_head_stride, int64_t T, int64_t first_head = 0) {
+void head_linear(const float* x, int64_t ldx, int64_t x_head_stride, const Weight& w, int64_t H, int64_t N, int64_t K,
+                 float* y, int64_t ldy, int64_t y_head_stride, int64_t T, int64_t first_head = 0) {
   HeadLinearParams p;
   p.x = x;
   p.w = w.bytes.data() + first_head * N * K * dtype_size(w.dtype);
@@ -165,7 +164,8 @@ void Engine::free_sequence(int64_t seq_id) {
 }
 
 PagedKVCache& Engine::cache(int64_t layer) {
-  HELIX_CHECK_ARG(layer >= 0 && layer < config_.num_layers, "layer ", layer, " is outside [0, ", config_.num_layers, ")");
+  HELIX_CHECK_ARG(layer >= 0 && layer < config_.num_layers, "layer ", layer, " is outside [0, ", config_.num_layers,
+                  ")");
   return *caches_[static_cast<size_t>(layer)];
 }
 
@@ -179,9 +179,9 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
   const int64_t T = tokens.dim(0), L = logit_rows.dim(0);
 
   Impl& m = *impl_;
-  const int64_t hid = c.hidden_size, N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(),
-                R = c.kv_lora_rank, P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim,
-                D = R + P, Dq = Dn + P, cp_rank = c.rank % c.cp;
+  const int64_t hid = c.hidden_size, N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank,
+                P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, D = R + P, Dq = Dn + P,
+                cp_rank = c.rank % c.cp;
   const int64_t* pos = positions.ptr<int64_t>();
   const int64_t W = c.wuv_before_exchange ? Dv : R;
   double t0 = now(), t1;
@@ -387,7 +387,8 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
   }
   lap(timings_.allreduce_s);
   for (int64_t i = 0; i < L * c.vocab_size; ++i) {
-    HELIX_CHECK(std::isfinite(out[i]), "non-finite logits (NaN or Inf) for row ", i / c.vocab_size, " on rank ", c.rank);
+    HELIX_CHECK(std::isfinite(out[i]), "non-finite logits (NaN or Inf) for row ", i / c.vocab_size, " on rank ",
+                c.rank);
   }
   timings_.steps += 1;
 }

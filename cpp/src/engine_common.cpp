@@ -2,11 +2,13 @@
 
 namespace helix {
 
-std::string layer_weight_name(int64_t layer, const char* name) { return "layers." + std::to_string(layer) + "." + name; }
+std::string layer_weight_name(int64_t layer, const char* name) {
+  return "layers." + std::to_string(layer) + "." + name;
+}
 
 std::map<std::string, ExpectedWeight> expected_weight_shapes(const EngineConfig& c) {
-  const int64_t N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank,
-                P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, hid = c.hidden_size;
+  const int64_t N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank, P = c.qk_rope_head_dim,
+                Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, hid = c.hidden_size;
   std::map<std::string, ExpectedWeight> e;
   e["embed_tokens"] = {{c.vocab_shard(), hid}, true};
   e["norm"] = {{hid}, false};
@@ -49,7 +51,9 @@ std::map<std::string, ExpectedWeight> expected_weight_shapes(const EngineConfig&
 }
 
 void validate_engine_config(const EngineConfig& c) {
-  auto pos = [](int64_t v, const char* n) { HELIX_CHECK_ARG(v > 0, "engine config '", n, "' must be positive, got ", v); };
+  auto pos = [](int64_t v, const char* n) {
+    HELIX_CHECK_ARG(v > 0, "engine config '", n, "' must be positive, got ", v);
+  };
   pos(c.vocab_size, "vocab_size");
   pos(c.hidden_size, "hidden_size");
   pos(c.num_layers, "num_layers");
@@ -68,7 +72,8 @@ void validate_engine_config(const EngineConfig& c) {
   HELIX_CHECK_ARG(c.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim must be even");
   HELIX_CHECK_ARG(static_cast<int64_t>(c.rope_inv_freq.size()) == c.qk_rope_head_dim / 2,
                   "rope_inv_freq must have qk_rope_head_dim / 2 = ", c.qk_rope_head_dim / 2, " entries");
-  HELIX_CHECK_ARG(c.kv_dtype == DType::Float32 || c.kv_dtype == DType::BFloat16, "kv_dtype must be float32 or bfloat16");
+  HELIX_CHECK_ARG(c.kv_dtype == DType::Float32 || c.kv_dtype == DType::BFloat16,
+                  "kv_dtype must be float32 or bfloat16");
   bool any_dense = false, any_moe = false;
   for (int64_t l = 0; l < c.num_layers; ++l) (c.is_moe_layer(l) ? any_moe : any_dense) = true;
   if (any_dense) {
@@ -91,7 +96,6 @@ void validate_engine_config(const EngineConfig& c) {
                     "the shared experts' width must be divisible by tp * cp (", N, ")");
   }
 }
-
 
 void check_engine_world(const EngineConfig& c, const Communicator& world) {
   HELIX_CHECK_ARG(world.size() == c.world(), "the communicator has ", world.size(), " ranks but tp * cp = ", c.world());
@@ -132,8 +136,8 @@ void check_step_inputs(const EngineConfig& c, const PagedKVCache& cache, const T
   check_dim(logits, "logits", 1, c.vocab_size, "vocab_size");
   for (int64_t t = 0; t < T; ++t) {
     const int64_t id = tokens.ptr<int64_t>()[t];
-    HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument 'tokens'[", t, "] = ", id, " is outside the vocabulary [0, ",
-                    c.vocab_size, ")");
+    HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument 'tokens'[", t, "] = ", id,
+                    " is outside the vocabulary [0, ", c.vocab_size, ")");
   }
   // The KV rows of every layer land in the same slots: check this rank's capacity once, before any work.
   {

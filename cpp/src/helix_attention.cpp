@@ -43,8 +43,8 @@ int64_t validate(const Communicator& cp_comm, const PagedKVCache& cache, const T
     HELIX_CHECK_ARG(positions.ptr<int64_t>()[t] >= 0, "argument 'positions'[", t, "] is negative");
   }
   for (int64_t b = 0; b < B; ++b) {
-    HELIX_CHECK_ARG(cache.has_sequence(seq_ids.ptr<int64_t>()[b]), "argument 'seq_ids'[", b, "] = ",
-                    seq_ids.ptr<int64_t>()[b], " is not a sequence of the cache");
+    HELIX_CHECK_ARG(cache.has_sequence(seq_ids.ptr<int64_t>()[b]), "argument 'seq_ids'[", b,
+                    "] = ", seq_ids.ptr<int64_t>()[b], " is not a sequence of the cache");
   }
   int64_t W = kv_lora_rank;
   if (w_uv.data != nullptr) {
@@ -97,8 +97,8 @@ int64_t helix_exchange_bytes(int64_t cp, int64_t T, int64_t H_tp, int64_t width)
 }
 
 void helix_attention(Communicator& cp_comm, PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
-                     const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                     float scale, int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
+                     const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
+                     int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
                      HelixAttentionTimings* timings) {
   const int64_t W = validate(cp_comm, cache, q, new_kv, positions, seq_ids, q_seq_index, kv_lora_rank, w_uv, out);
   const int64_t T = q.dim(0), H = q.dim(1), R = kv_lora_rank, cp = cp_comm.size(), Hc = H / cp;

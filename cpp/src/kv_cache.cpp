@@ -21,8 +21,8 @@ constexpr size_t kPoolAlignment = 64;  // one cache line: SIMD kernels may use a
 
 void PagedKVCache::FreeDeleter::operator()(unsigned char* p) const { std::free(p); }
 
-PagedKVCache::PagedKVCache(int64_t num_blocks, int64_t tokens_per_block, int64_t head_dim, DType dtype,
-                           int64_t cp_rank, int64_t cp_size)
+PagedKVCache::PagedKVCache(int64_t num_blocks, int64_t tokens_per_block, int64_t head_dim, DType dtype, int64_t cp_rank,
+                           int64_t cp_size)
     : num_blocks_(num_blocks),
       tokens_per_block_(tokens_per_block),
       head_dim_(head_dim),
@@ -36,14 +36,13 @@ PagedKVCache::PagedKVCache(int64_t num_blocks, int64_t tokens_per_block, int64_t
   HELIX_CHECK_ARG(dtype == DType::Float32 || dtype == DType::BFloat16,
                   "argument 'dtype' must be float32 or bfloat16, got ", dtype_name(dtype));
   HELIX_CHECK_ARG(cp_size >= 1, "argument 'cp_size' must be >= 1, got ", cp_size);
-  HELIX_CHECK_ARG(cp_rank >= 0 && cp_rank < cp_size, "argument 'cp_rank' must be in [0, cp_size = ", cp_size,
-                  "), got ", cp_rank);
+  HELIX_CHECK_ARG(cp_rank >= 0 && cp_rank < cp_size, "argument 'cp_rank' must be in [0, cp_size = ", cp_size, "), got ",
+                  cp_rank);
   // Pool bytes = num_blocks * tokens_per_block * row_bytes, guarded against int64 overflow.
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max() / 2;
-  HELIX_CHECK_ARG(tokens_per_block <= kMax / head_dim / dtype_size(dtype) &&
-                      num_blocks <= kMax / (tokens_per_block * row_bytes()),
-                  "pool of ", num_blocks, " x ", tokens_per_block, " x ", head_dim, " ", dtype_name(dtype),
-                  " is too large");
+  HELIX_CHECK_ARG(
+      tokens_per_block <= kMax / head_dim / dtype_size(dtype) && num_blocks <= kMax / (tokens_per_block * row_bytes()),
+      "pool of ", num_blocks, " x ", tokens_per_block, " x ", head_dim, " ", dtype_name(dtype), " is too large");
   const int64_t bytes = num_blocks * tokens_per_block * row_bytes();
   const size_t alloc = (static_cast<size_t>(bytes) + kPoolAlignment - 1) / kPoolAlignment * kPoolAlignment;
   pool_.reset(static_cast<unsigned char*>(std::aligned_alloc(kPoolAlignment, alloc)));
@@ -93,8 +92,7 @@ int64_t PagedKVCache::blocks_needed(int64_t seq_id, const int64_t* positions, in
   HELIX_CHECK_ARG(n == 0 || positions != nullptr, "argument 'positions' has no data");
   int64_t owned = 0;
   for (int64_t i = 0; i < n; ++i) {
-    HELIX_CHECK_ARG(positions[i] >= 0, "argument 'positions': position ", positions[i], " (index ", i,
-                    ") is negative");
+    HELIX_CHECK_ARG(positions[i] >= 0, "argument 'positions': position ", positions[i], " (index ", i, ") is negative");
     owned += owns(positions[i]) ? 1 : 0;
   }
   const int64_t tokens = static_cast<int64_t>(seq.positions.size()) + owned;
@@ -133,8 +131,8 @@ void PagedKVCache::append(int64_t seq_id, const int64_t* positions, int64_t n, c
       (tokens + tokens_per_block_ - 1) / tokens_per_block_ - static_cast<int64_t>(seq.blocks.size());
   if (new_blocks > num_free_blocks()) {
     throw KVCacheFullError(detail::concat("KV cache full: sequence ", seq_id, " needs ", new_blocks,
-                                          " more block(s) for ", n, " token(s), but only ", num_free_blocks(),
-                                          " of ", num_blocks_, " block(s) are free"));
+                                          " more block(s) for ", n, " token(s), but only ", num_free_blocks(), " of ",
+                                          num_blocks_, " block(s) are free"));
   }
   if (n == 0) return;
 

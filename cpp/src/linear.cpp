@@ -206,8 +206,8 @@ AmxWorkspace& amx_workspace() {
 
 // Weight rows [n0, n1) (n1 - n0 <= kAmxRows) against tokens [t0, t0 + M) packed at qpack (Mp = round_up(M,
 // 16) columns). Returns false when out of memory (nothing written).
-bool amx_item(const LinearParams& p, const detail::TileOps& ops, const void* qpack, int64_t t0, int64_t M,
-              int64_t n0, int64_t n1, bool prefetch_next) {
+bool amx_item(const LinearParams& p, const detail::TileOps& ops, const void* qpack, int64_t t0, int64_t M, int64_t n0,
+              int64_t n1, bool prefetch_next) {
   const int64_t Mp = round_up(M, 16), nt = n1 - n0;
   AmxWorkspace& ws = amx_workspace();
   float* St = ws.scores.get<float>(kAmxRows * Mp);

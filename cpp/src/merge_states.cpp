@@ -64,8 +64,7 @@ void merge_states_cpu(const MergeStatesParams& p) {
   }
 }
 
-void merge_states(const TensorView& o_parts, const TensorView& lse_parts, const TensorView& o,
-                  const TensorView& lse) {
+void merge_states(const TensorView& o_parts, const TensorView& lse_parts, const TensorView& o, const TensorView& lse) {
   check_tensor(o_parts, "o_parts", 4, {DType::Float32});
   check_tensor(lse_parts, "lse_parts", 3, {DType::Float32});
   check_tensor(o, "o", 3, {DType::Float32});

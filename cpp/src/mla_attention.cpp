@@ -64,9 +64,9 @@ void widen_tile(const void* const* keys, int64_t nt, int64_t D, float* out) {
 
 // Where the keys of one call live: a contiguous [S, D] array or a sequence of a paged pool.
 struct KeySource {
-  const unsigned char* base;   // contiguous: [S, D]; paged: pool [num_blocks, tokens_per_block, D]
-  int64_t row_bytes;           // D * dtype size
-  const int64_t* pos;          // [S] global positions
+  const unsigned char* base;  // contiguous: [S, D]; paged: pool [num_blocks, tokens_per_block, D]
+  int64_t row_bytes;          // D * dtype size
+  const int64_t* pos;         // [S] global positions
   int64_t S;
   const int32_t* block_table;  // paged: [ceil(S / tokens_per_block)]; nullptr: contiguous
   int64_t tokens_per_block;
@@ -305,7 +305,8 @@ void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t n
   const int64_t nblocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t nthreads = omp_get_max_threads();
   const int64_t ntiles = (src.S + ops.key_tile - 1) / ops.key_tile;
-  const int64_t nsplit = std::clamp<int64_t>((nthreads + nblocks - 1) / nblocks, 1, std::clamp<int64_t>(ntiles, 1, kMaxSplit));
+  const int64_t nsplit =
+      std::clamp<int64_t>((nthreads + nblocks - 1) / nblocks, 1, std::clamp<int64_t>(ntiles, 1, kMaxSplit));
   const int64_t Mp_max = round_up(std::min(rows, kRowBlock), 16);
   const int64_t ldo = ops.o_layout == OLayout::RowMajor ? detail::o_row_stride(p.R) : p.R;
   Job job{p, tokens, num_tokens, src, ops, kv_dtype, nblocks, nsplit, Mp_max, ldo, nullptr};
@@ -368,25 +369,34 @@ MlaKernelPath mla_kernel_path() {
 
 std::string_view mla_kernel_path_name(MlaKernelPath path) {
   switch (path) {
-    case MlaKernelPath::Auto: return "auto";
-    case MlaKernelPath::Portable: return "portable";
-    case MlaKernelPath::Avx512: return "avx512";
-    case MlaKernelPath::Avx512Bf16: return "avx512_bf16";
-    case MlaKernelPath::Amx: return "amx";
-    case MlaKernelPath::AmxSplit: return "amx_split";
+    case MlaKernelPath::Auto:
+      return "auto";
+    case MlaKernelPath::Portable:
+      return "portable";
+    case MlaKernelPath::Avx512:
+      return "avx512";
+    case MlaKernelPath::Avx512Bf16:
+      return "avx512_bf16";
+    case MlaKernelPath::Amx:
+      return "amx";
+    case MlaKernelPath::AmxSplit:
+      return "amx_split";
   }
   return "?";
 }
 
-void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S,
-                       DType kv_dtype) {
+void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S, DType kv_dtype) {
   const KeySource src{static_cast<const unsigned char*>(kv), p.D * dtype_size(kv_dtype), kv_pos, S, nullptr, 0};
   run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, kv_dtype);
 }
 
 void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& cache, const SequenceView& seq) {
-  const KeySource src{static_cast<const unsigned char*>(cache.pool()), cache.row_bytes(), seq.positions,
-                      seq.num_tokens, seq.block_table, cache.tokens_per_block()};
+  const KeySource src{static_cast<const unsigned char*>(cache.pool()),
+                      cache.row_bytes(),
+                      seq.positions,
+                      seq.num_tokens,
+                      seq.block_table,
+                      cache.tokens_per_block()};
   run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, cache.dtype());
 }
 
@@ -471,8 +481,8 @@ MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q
 }
 
 void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
-                         const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
-                         int64_t kv_lora_rank, const TensorView& o, const TensorView& lse) {
+                         const TensorView& seq_ids, const TensorView& q_seq_index, float scale, int64_t kv_lora_rank,
+                         const TensorView& o, const TensorView& lse) {
   const MlaShape s = check_paged_mla_attention_args(q, q_pos, cache, seq_ids, q_seq_index, scale, kv_lora_rank);
   check_outputs(o, lse, s);
   const int64_t B = seq_ids.dim(0);

@@ -116,8 +116,7 @@ HELIX_AMX void round_q_row(const void* row, bool present, int64_t D, int64_t Dpa
   }
   const float* src = static_cast<const float*>(row);
   for (int64_t d = 0; d < D; d += 16) {
-    const __mmask16 mask = d + 16 <= D ? static_cast<__mmask16>(0xffff)
-                                       : static_cast<__mmask16>((1u << (D - d)) - 1u);
+    const __mmask16 mask = d + 16 <= D ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (D - d)) - 1u);
     const __m512 x = _mm512_maskz_loadu_ps(mask, src + d);
     const __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
     _mm256_mask_storeu_epi16(hi + d, mask, h);
@@ -314,8 +313,8 @@ HELIX_AMX void qk_amx(const void* qpack, const void* const* keys, int64_t nt, in
 
 // 16-bit interleave of the two 256-bit halves: [x0..x15, y0..y15] -> [x0, y0, x1, y1, ...].
 HELIX_AMX inline __m512i interleave_halves(__m512i v) {
-  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   return _mm512_permutexvar_epi16(idx, v);
 }
 
@@ -358,8 +357,8 @@ HELIX_AMX void pack_values(const void* const* keys, int64_t nt, int64_t ntp, int
     const bf16_t* v0 = 2 * k < nt ? static_cast<const bf16_t*>(keys[2 * k]) : nullptr;
     const bf16_t* v1 = 2 * k + 1 < nt ? static_cast<const bf16_t*>(keys[2 * k + 1]) : nullptr;
     for (int64_t r = 0; r < Rp; r += 16) {
-      const __mmask16 mask = r + 16 <= R ? static_cast<__mmask16>(0xffff)
-                                         : static_cast<__mmask16>((1u << (R - r)) - 1u);
+      const __mmask16 mask =
+          r + 16 <= R ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (R - r)) - 1u);
       const __m256i x = v0 ? _mm256_maskz_loadu_epi16(mask, v0 + r) : _mm256_setzero_si256();
       const __m256i y = v1 ? _mm256_maskz_loadu_epi16(mask, v1 + r) : _mm256_setzero_si256();
       const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(x), y, 1);
@@ -453,11 +452,12 @@ const TileOps* amx_tile_ops(bool split) {
   // Asked once per process (a function-local static is initialized exactly once, like std::call_once).
   static const bool usable = amx_usable();
   if (!usable) return nullptr;
-  static const TileOps amx{DType::BFloat16, kAmxKeyTile, OLayout::RowMajor, extra_bytes_amx, qpack_bytes_amx<false>,
-                           pack_q_amx<false>, qk_amx<false>, avx512_tile_ops()->softmax, pv_amx<false>};
-  static const TileOps amx_split{DType::BFloat16, kAmxKeyTile, OLayout::RowMajor, extra_bytes_amx,
-                                 qpack_bytes_amx<true>, pack_q_amx<true>, qk_amx<true>,
-                                 avx512_tile_ops()->softmax, pv_amx<true>};
+  static const TileOps amx{DType::BFloat16,        kAmxKeyTile,       OLayout::RowMajor, extra_bytes_amx,
+                           qpack_bytes_amx<false>, pack_q_amx<false>, qk_amx<false>,     avx512_tile_ops()->softmax,
+                           pv_amx<false>};
+  static const TileOps amx_split{DType::BFloat16,       kAmxKeyTile,      OLayout::RowMajor, extra_bytes_amx,
+                                 qpack_bytes_amx<true>, pack_q_amx<true>, qk_amx<true>,      avx512_tile_ops()->softmax,
+                                 pv_amx<true>};
   return split ? &amx_split : &amx;
 }
 

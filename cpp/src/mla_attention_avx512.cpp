@@ -25,8 +25,8 @@
 namespace helix::detail {
 namespace {
 
-constexpr int kNR = 6;  // broadcast rows per micro-kernel (keys for QK, value columns for PV)
-constexpr int kNV = 4;  // zmm vectors of query rows per micro-kernel (64 rows)
+constexpr int kNR = 6;            // broadcast rows per micro-kernel (keys for QK, value columns for PV)
+constexpr int kNV = 4;            // zmm vectors of query rows per micro-kernel (64 rows)
 constexpr int64_t kDChunk = 128;  // reduction chunk of QK: the [kDChunk][64] q panel stays in L1
 
 inline uint32_t load_u32(const void* p) {
@@ -61,8 +61,8 @@ HELIX_AVX512F void qk_f32_kernel(const float* b, int64_t ldb, const void* const*
 
 // c[i][16j..] += sum_{n<nt} keys[n][r0+i] * P[n*ldb + 16j..]
 template <int NR, int NV>
-HELIX_AVX512F void pv_f32_kernel(const float* b, int64_t ldb, const void* const* keys, int64_t r0, int64_t nt,
-                                 float* c, int64_t ldc) {
+HELIX_AVX512F void pv_f32_kernel(const float* b, int64_t ldb, const void* const* keys, int64_t r0, int64_t nt, float* c,
+                                 int64_t ldc) {
   __m512 acc[NR][NV];
   for (int i = 0; i < NR; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_loadu_ps(c + i * ldc + 16 * j);
@@ -86,8 +86,8 @@ inline __m512bh HELIX_AVX512 as_bh(__m512i v) { return (__m512bh)v; }
 // c[i][16j..] (+)= sum_{k<kpairs} dot2(a_i(k), b[k]), a_i(k) = bf16 pair (keys[i][2k], keys[i][2k+1]),
 // b: [kpairs][ldb] pairs (32-bit words); `odd_tail`: one more lone element keys[i][2*kpairs] (pair high 0).
 template <int NR, int NV>
-HELIX_AVX512 void qk_bf16_kernel(const uint32_t* b, int64_t ldb, const void* const* keys, int64_t d0,
-                                 int64_t kpairs, bool odd_tail, float* c, int64_t ldc, bool accumulate) {
+HELIX_AVX512 void qk_bf16_kernel(const uint32_t* b, int64_t ldb, const void* const* keys, int64_t d0, int64_t kpairs,
+                                 bool odd_tail, float* c, int64_t ldc, bool accumulate) {
   __m512 acc[NR][NV];
   const bf16_t* a[NR];
   for (int i = 0; i < NR; ++i) {
@@ -140,10 +140,10 @@ template <template <int, int> class K, size_t... I>
 constexpr auto make_table(std::index_sequence<I...>) {
   return std::array{K<static_cast<int>(I / kNV) + 1, static_cast<int>(I % kNV) + 1>::fn...};
 }
-#define HELIX_KERNEL_TABLE(name, kernel)            \
-  template <int NR, int NV>                         \
-  struct name {                                     \
-    static constexpr auto fn = &kernel<NR, NV>;     \
+#define HELIX_KERNEL_TABLE(name, kernel)        \
+  template <int NR, int NV>                     \
+  struct name {                                 \
+    static constexpr auto fn = &kernel<NR, NV>; \
   };
 HELIX_KERNEL_TABLE(QkF32, qk_f32_kernel)
 HELIX_KERNEL_TABLE(PvF32, pv_f32_kernel)
@@ -206,8 +206,7 @@ void qk_f32(const void* qpack, const void* const* keys, int64_t nt, int64_t D, i
   }
 }
 
-void pv_f32(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* OT,
-            const TileScratch&) {
+void pv_f32(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* OT, const TileScratch&) {
   for (int64_t m0 = 0; m0 < Mp; m0 += 16 * kNV) {
     const int64_t nv = std::min<int64_t>(kNV, (Mp - m0) / 16);
     for (int64_t r0 = 0; r0 < R; r0 += kNR) {
@@ -220,7 +219,7 @@ void pv_f32(const float* P, const void* const* keys, int64_t nt, int64_t R, int6
 void qk_bf16(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St,
              const TileScratch&) {
   const uint32_t* qp = static_cast<const uint32_t*>(qpack);  // [ceil(D/2)][Mp] pairs
-  for (int64_t d0 = 0; d0 < D; d0 += kDChunk) {  // kDChunk is even: chunks start on a pair
+  for (int64_t d0 = 0; d0 < D; d0 += kDChunk) {              // kDChunk is even: chunks start on a pair
     const int64_t dend = std::min(d0 + kDChunk, D);
     const int64_t kpairs = (dend - d0) / 2;
     const bool odd_tail = dend == D && (D % 2) == 1;
@@ -229,8 +228,8 @@ void qk_bf16(const void* qpack, const void* const* keys, int64_t nt, int64_t D, 
       const int64_t nv = std::min<int64_t>(kNV, (Mp - m0) / 16);
       for (int64_t n0 = 0; n0 < nt; n0 += kNR) {
         const int64_t nr = std::min<int64_t>(kNR, nt - n0);
-        kQkBf16[table_index(nr, nv)](qp + k0 * Mp + m0, Mp, keys + n0, d0, kpairs, odd_tail, St + n0 * Mp + m0,
-                                     Mp, d0 > 0);
+        kQkBf16[table_index(nr, nv)](qp + k0 * Mp + m0, Mp, keys + n0, d0, kpairs, odd_tail, St + n0 * Mp + m0, Mp,
+                                     d0 > 0);
       }
     }
   }
@@ -238,8 +237,8 @@ void qk_bf16(const void* qpack, const void* const* keys, int64_t nt, int64_t D, 
 
 // 16-bit interleave of the two 256-bit halves: [x0..x15, y0..y15] -> [x0, y0, x1, y1, ...].
 HELIX_AVX512 inline __m512i interleave_halves(__m512i v) {
-  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   return _mm512_permutexvar_epi16(idx, v);
 }
 
@@ -261,8 +260,8 @@ HELIX_AVX512 void pv_bf16(const float* P, const void* const* keys, int64_t nt, i
     const bf16_t* v0 = static_cast<const bf16_t*>(keys[2 * k]);
     const bf16_t* v1 = has_hi ? static_cast<const bf16_t*>(keys[2 * k + 1]) : nullptr;
     for (int64_t r = 0; r < R; r += 16) {
-      const __mmask16 mask = r + 16 <= R ? static_cast<__mmask16>(0xffff)
-                                         : static_cast<__mmask16>((1u << (R - r)) - 1u);
+      const __mmask16 mask =
+          r + 16 <= R ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (R - r)) - 1u);
       const __m256i x = _mm256_maskz_loadu_epi16(mask, v0 + r);
       const __m256i y = v1 ? _mm256_maskz_loadu_epi16(mask, v1 + r) : _mm256_setzero_si256();
       const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(x), y, 1);
@@ -309,8 +308,8 @@ HELIX_AVX512F bool softmax_avx512(float* St, int64_t nt, int64_t Mp, float c, fl
     for (int64_t n = 0; n < nt; ++n) mx = _mm512_max_ps(mx, _mm512_loadu_ps(St + n * Mp + m));
     const __m512 m_old = _mm512_loadu_ps(m_run + m);
     const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(mx, vc));
-    const __m512 m_safe = _mm512_mask_mov_ps(m_new, _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ),
-                                             _mm512_setzero_ps());
+    const __m512 m_safe =
+        _mm512_mask_mov_ps(m_new, _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ), _mm512_setzero_ps());
     const __m512 a = exp2_flush(_mm512_sub_ps(m_old, m_safe));
     __m512 sum = _mm512_setzero_ps();
     for (int64_t n = 0; n < nt; ++n) {
@@ -328,9 +327,9 @@ HELIX_AVX512F bool softmax_avx512(float* St, int64_t nt, int64_t Mp, float c, fl
 }
 
 const TileOps kAvx512F32{DType::Float32, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_f32,
-                         pack_q_f32, qk_f32, softmax_avx512, pv_f32};
+                         pack_q_f32,     qk_f32,   softmax_avx512,      pv_f32};
 const TileOps kAvx512Bf16{DType::BFloat16, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_bf16,
-                          pack_q_bf16, qk_bf16, softmax_avx512, pv_bf16};
+                          pack_q_bf16,     qk_bf16,  softmax_avx512,      pv_bf16};
 
 }  // namespace
 

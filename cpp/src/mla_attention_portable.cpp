@@ -90,15 +90,14 @@ void pv_portable(const float* P, const void* const* keys, int64_t nt, int64_t R,
   }
 }
 
-const TileOps kPortableF32{DType::Float32, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_f32,
-                           pack_q_f32, qk_portable<float>, softmax_portable, pv_portable<float>};
-const TileOps kPortableBf16{DType::BFloat16, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_f32,
-                            pack_q_f32, qk_portable<bf16_t>, softmax_portable, pv_portable<bf16_t>};
+const TileOps kPortableF32{DType::Float32, kKeyTile,           OLayout::Transposed, no_extra_bytes,    qpack_bytes_f32,
+                           pack_q_f32,     qk_portable<float>, softmax_portable,    pv_portable<float>};
+const TileOps kPortableBf16{DType::BFloat16,     kKeyTile,         OLayout::Transposed,
+                            no_extra_bytes,      qpack_bytes_f32,  pack_q_f32,
+                            qk_portable<bf16_t>, softmax_portable, pv_portable<bf16_t>};
 
 }  // namespace
 
-const TileOps& portable_tile_ops(DType kv_dtype) {
-  return kv_dtype == DType::BFloat16 ? kPortableBf16 : kPortableF32;
-}
+const TileOps& portable_tile_ops(DType kv_dtype) { return kv_dtype == DType::BFloat16 ? kPortableBf16 : kPortableF32; }
 
 }  // namespace helix::detail

@@ -48,7 +48,7 @@ class AlignedBuffer {
   size_t cap_ = 0;
 };
 
-inline constexpr int64_t kKeyTile = 64;   // keys per online-softmax step (AVX-512, portable)
+inline constexpr int64_t kKeyTile = 64;    // keys per online-softmax step (AVX-512, portable)
 inline constexpr int64_t kRowBlock = 128;  // query rows per work item (Q panel + OT stay in L2)
 inline constexpr float kLog2e = 1.4426950408889634f;
 
@@ -106,8 +106,6 @@ inline int64_t no_extra_bytes(int64_t, int64_t, int64_t) { return 0; }
 
 // exp2 with underflow flushed to zero: weights below 2^-126 of the running max are dropped exactly, so no
 // denormal ever reaches the products. NaN stays NaN.
-inline float exp2_flush(float x) {
-  return x < -126.f ? 0.f : __builtin_exp2f(x);
-}
+inline float exp2_flush(float x) { return x < -126.f ? 0.f : __builtin_exp2f(x); }
 
 }  // namespace helix::detail

@@ -87,8 +87,8 @@ MoeExpertsShape check_moe_experts_args(const TensorView& h, const TensorView& to
 
 void moe_experts(const TensorView& h, const TensorView& topk_idx, const TensorView& topk_weight,
                  const TensorView& gate_up, const TensorView& down, int64_t local_first, const TensorView& out) {
-  const auto [T, top_k, hidden, F, n_local] = check_moe_experts_args(h, topk_idx, topk_weight, gate_up, down,
-                                                                     DType::Int32);
+  const auto [T, top_k, hidden, F, n_local] =
+      check_moe_experts_args(h, topk_idx, topk_weight, gate_up, down, DType::Int32);
   check_tensor(out, "out", 2, {DType::Float32});
   check_dim(out, "out", 0, T, "h.shape[0] (T)");
   check_dim(out, "out", 1, hidden, "h.shape[1] (hidden)");

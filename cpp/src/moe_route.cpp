@@ -69,8 +69,8 @@ void moe_route_cpu(const MoeRouteParams& p) {
   }
 }
 
-void moe_route(const TensorView& logits, const TensorView& bias, int64_t top_k, int64_t n_group,
-               int64_t topk_group, bool norm_topk_prob, float routed_scaling_factor, const TensorView& topk_idx,
+void moe_route(const TensorView& logits, const TensorView& bias, int64_t top_k, int64_t n_group, int64_t topk_group,
+               bool norm_topk_prob, float routed_scaling_factor, const TensorView& topk_idx,
                const TensorView& topk_weight) {
   check_tensor(logits, "logits", 2, {DType::Float32});
   check_tensor(bias, "bias", 1, {DType::Float32});

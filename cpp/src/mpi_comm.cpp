@@ -87,8 +87,7 @@ class MpiCommunicator final : public Communicator {
     auto* bf = static_cast<bf16_t*>(data);
     std::vector<float> wide(static_cast<size_t>(count_elems));
     for (int64_t i = 0; i < count_elems; ++i) wide[i] = bf16_to_float(bf[i]);
-    check_mpi(MPI_Allreduce_c(MPI_IN_PLACE, wide.data(), count_elems, MPI_FLOAT, MPI_SUM, comm_),
-              "MPI_Allreduce");
+    check_mpi(MPI_Allreduce_c(MPI_IN_PLACE, wide.data(), count_elems, MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce");
     for (int64_t i = 0; i < count_elems; ++i) bf[i] = float_to_bf16(wide[i]);
   }
 

@@ -26,8 +26,8 @@ void check_tensor(const TensorView& t, const char* name, int64_t ndim, std::init
 }
 
 void check_dim(const TensorView& t, const char* name, int64_t axis, int64_t expected, const char* what) {
-  HELIX_CHECK_ARG(t.dim(axis) == expected, "argument '", name, "' has shape ", shape_str(t.shape), ": dimension ",
-                  axis, " must equal ", what, " (", expected, ")");
+  HELIX_CHECK_ARG(t.dim(axis) == expected, "argument '", name, "' has shape ", shape_str(t.shape), ": dimension ", axis,
+                  " must equal ", what, " (", expected, ")");
 }
 
 }  // namespace helix

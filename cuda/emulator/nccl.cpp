@@ -231,8 +231,7 @@ ncclResult_t validate(const Op& op) {
     }
   }
 #endif
-  if ((op.kind == Kind::Send || op.kind == Kind::Recv || op.kind == Kind::Broadcast) &&
-      (op.peer < 0 || op.peer >= n)) {
+  if ((op.kind == Kind::Send || op.kind == Kind::Recv || op.kind == Kind::Broadcast) && (op.peer < 0 || op.peer >= n)) {
     return fail(ncclInvalidArgument, fn + ": " + (op.kind == Kind::Broadcast ? "root " : "peer ") +
                                          std::to_string(op.peer) + " out of range [0, " + std::to_string(n) + ")");
   }
@@ -273,8 +272,8 @@ ncclResult_t run_all_gather(const Op& op) {
   char* mine = static_cast<char*>(op.recv) + static_cast<size_t>(c.rank) * bytes;
   if (mine != op.send && bytes > 0) std::memmove(mine, op.send, bytes);  // in place when send == mine
   if (c.mpi == MPI_COMM_NULL) return ncclSuccess;
-  const int e = MPI_Allgather_c(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, op.recv, static_cast<MPI_Count>(bytes),
-                                MPI_BYTE, c.mpi);
+  const int e =
+      MPI_Allgather_c(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, op.recv, static_cast<MPI_Count>(bytes), MPI_BYTE, c.mpi);
   return e == MPI_SUCCESS ? ncclSuccess : mpi_fail(e, "ncclAllGather: MPI_Allgather_c");
 }
 
@@ -403,9 +402,7 @@ ncclResult_t submit(const Op& op) {
   return run_group({op});
 }
 
-ncclComm_t new_comm(MPI_Comm mpi, int rank, int nranks) {
-  return new (std::nothrow) ncclComm{mpi, rank, nranks};
-}
+ncclComm_t new_comm(MPI_Comm mpi, int rank, int nranks) { return new (std::nothrow) ncclComm{mpi, rank, nranks}; }
 
 // An MPI communicator's ncclComm (MPI_ERRORS_RETURN set), or nullptr with the MPI handle freed.
 ncclResult_t wrap_mpi_comm(MPI_Comm mpi, ncclComm_t* out, const char* fn) {
@@ -500,9 +497,9 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId,
     MPI_Comm_free(&c->mpi);
     delete c;
     if (e2 != MPI_SUCCESS) return mpi_fail(e2, "ncclCommInitRank: MPI_Allreduce");
-    return fail(ncclInvalidUsage, "ncclCommInitRank: " + got + " ranks called with this id, expected nranks = " +
-                                      std::to_string(nranks) + " distinct ranks (this one asked for rank " +
-                                      std::to_string(rank) + ")");
+    return fail(ncclInvalidUsage, "ncclCommInitRank: " + got +
+                                      " ranks called with this id, expected nranks = " + std::to_string(nranks) +
+                                      " distinct ranks (this one asked for rank " + std::to_string(rank) + ")");
   }
   *comm = c;
   return ncclSuccess;
@@ -579,8 +576,8 @@ ncclResult_t ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int
   return submit(Op{Kind::Recv, comm, nullptr, recvbuff, count, datatype, ncclSum, peer, stream});
 }
 
-ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
-                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op,
+                           ncclComm_t comm, cudaStream_t stream) {
   return submit(Op{Kind::AllReduce, comm, sendbuff, recvbuff, count, datatype, op, 0, stream});
 }
 

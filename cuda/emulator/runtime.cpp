@@ -43,8 +43,8 @@ namespace simt::detail {
 
 namespace {
 
-constexpr size_t kStaticSmemLimit = 48 * 1024;    // without opting in
-constexpr size_t kOptinSmemLimit = 227 * 1024;     // H100: cudaDevAttrMaxSharedMemoryPerBlockOptin
+constexpr size_t kStaticSmemLimit = 48 * 1024;  // without opting in
+constexpr size_t kOptinSmemLimit = 227 * 1024;  // H100: cudaDevAttrMaxSharedMemoryPerBlockOptin
 constexpr size_t kDefaultMemoryBytes = size_t{16} << 30;
 
 struct State {
@@ -99,11 +99,16 @@ std::string ptr_str(const void* p) {
 
 const char* kind_name(cudaMemcpyKind k) {
   switch (k) {
-    case cudaMemcpyHostToHost: return "cudaMemcpyHostToHost";
-    case cudaMemcpyHostToDevice: return "cudaMemcpyHostToDevice";
-    case cudaMemcpyDeviceToHost: return "cudaMemcpyDeviceToHost";
-    case cudaMemcpyDeviceToDevice: return "cudaMemcpyDeviceToDevice";
-    case cudaMemcpyDefault: return "cudaMemcpyDefault";
+    case cudaMemcpyHostToHost:
+      return "cudaMemcpyHostToHost";
+    case cudaMemcpyHostToDevice:
+      return "cudaMemcpyHostToDevice";
+    case cudaMemcpyDeviceToHost:
+      return "cudaMemcpyDeviceToHost";
+    case cudaMemcpyDeviceToDevice:
+      return "cudaMemcpyDeviceToDevice";
+    case cudaMemcpyDefault:
+      return "cudaMemcpyDefault";
   }
   return "an invalid cudaMemcpyKind";
 }
@@ -117,8 +122,8 @@ cudaError_t check_side(const char* fn, const char* which, const void* p, size_t 
     const bool inside = touches_device(p);
     return set_error(cudaErrorInvalidValue,
                      std::string(fn) + ": " + which + " " + ptr_str(p) + " (" + std::to_string(extent) + " bytes) " +
-                         (inside ? "runs past the end of its device allocation" : "is not device memory") + " but the kind is " +
-                         kind_name(kind));
+                         (inside ? "runs past the end of its device allocation" : "is not device memory") +
+                         " but the kind is " + kind_name(kind));
   }
   if (!touches_device(p) && !touches_device(static_cast<const char*>(p) + extent - 1)) return cudaSuccess;
   return set_error(cudaErrorInvalidValue, std::string(fn) + ": " + which + " " + ptr_str(p) +
@@ -129,7 +134,8 @@ cudaError_t check_copy(const char* fn, const void* dst, size_t dst_extent, const
                        cudaMemcpyKind& kind) {
   if (kind == cudaMemcpyDefault) {
     const bool d = touches_device(dst), s = touches_device(src);
-    kind = d ? (s ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice) : (s ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
+    kind = d ? (s ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+             : (s ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
   }
   if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDeviceToDevice) {
     return set_error(cudaErrorInvalidMemcpyDirection, std::string(fn) + ": invalid cudaMemcpyKind");
@@ -263,8 +269,9 @@ void submit(const LaunchConfig& c, std::function<void()> body) {
     return;
   }
   if (c.max_threads > 0 && threads > static_cast<unsigned long long>(c.max_threads)) {
-    set_error(cudaErrorLaunchOutOfResources,
-              who + ": " + std::to_string(threads) + " threads exceed __launch_bounds__(" + std::to_string(c.max_threads) + ")");
+    set_error(cudaErrorLaunchOutOfResources, who + ": " + std::to_string(threads) +
+                                                 " threads exceed __launch_bounds__(" + std::to_string(c.max_threads) +
+                                                 ")");
     return;
   }
   if (c.grid.x > 0x7fffffffu || c.grid.y > 65535 || c.grid.z > 65535) {
@@ -309,21 +316,36 @@ cudaError_t cudaPeekAtLastError() {
 
 const char* cudaGetErrorName(cudaError_t error) {
   switch (error) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInitializationError: return "cudaErrorInitializationError";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
-    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
-    case cudaErrorNoDevice: return "cudaErrorNoDevice";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
-    case cudaErrorNotReady: return "cudaErrorNotReady";
-    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
-    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    case cudaErrorUnknown: return "cudaErrorUnknown";
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInitializationError:
+      return "cudaErrorInitializationError";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer:
+      return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection:
+      return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorNoDevice:
+      return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress:
+      return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchOutOfResources:
+      return "cudaErrorLaunchOutOfResources";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+    case cudaErrorUnknown:
+      return "cudaErrorUnknown";
   }
   return "cudaErrorUnknown";
 }
@@ -336,16 +358,26 @@ const char* cudaGetErrorString(cudaError_t error) {
     return s.c_str();
   }
   switch (error) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    default: return "unknown error";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorNotReady:
+      return "device not ready";
+    case cudaErrorLaunchOutOfResources:
+      return "too many resources requested for launch";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
+    default:
+      return "unknown error";
   }
 }
 
@@ -405,15 +437,32 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   if (value == nullptr) return set_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: null value");
   if (device != 0) return set_error(cudaErrorInvalidDevice, "cudaDeviceGetAttribute: no such device");
   switch (attr) {
-    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
-    case cudaDevAttrMaxGridDimY: *value = 65535; break;
-    case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(simt::detail::kStaticSmemLimit); break;
-    case cudaDevAttrWarpSize: *value = 32; break;
-    case cudaDevAttrMultiProcessorCount: *value = sm_count(); break;
-    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
-    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(simt::detail::kOptinSmemLimit); break;
-    default: return set_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not emulated");
+    case cudaDevAttrMaxThreadsPerBlock:
+      *value = 1024;
+      break;
+    case cudaDevAttrMaxGridDimY:
+      *value = 65535;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlock:
+      *value = static_cast<int>(simt::detail::kStaticSmemLimit);
+      break;
+    case cudaDevAttrWarpSize:
+      *value = 32;
+      break;
+    case cudaDevAttrMultiProcessorCount:
+      *value = sm_count();
+      break;
+    case cudaDevAttrComputeCapabilityMajor:
+      *value = 9;
+      break;
+    case cudaDevAttrComputeCapabilityMinor:
+      *value = 0;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = static_cast<int>(simt::detail::kOptinSmemLimit);
+      break;
+    default:
+      return set_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not emulated");
   }
   return cudaSuccess;
 }
@@ -430,8 +479,9 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   auto& s = st();
   const size_t limit = simt::detail::memory_limit();
   if (bytes > limit || s.allocated + bytes > limit) {
-    return set_error(cudaErrorMemoryAllocation, "cudaMalloc: " + std::to_string(bytes) + " bytes exceed the emulated device memory (" +
-                                                    std::to_string(limit - s.allocated) + " free; HELIX_SIMT_MEMORY_BYTES)");
+    return set_error(cudaErrorMemoryAllocation,
+                     "cudaMalloc: " + std::to_string(bytes) + " bytes exceed the emulated device memory (" +
+                         std::to_string(limit - s.allocated) + " free; HELIX_SIMT_MEMORY_BYTES)");
   }
   void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
   if (p == nullptr) return set_error(cudaErrorMemoryAllocation, "cudaMalloc: host allocation failed");
@@ -456,7 +506,9 @@ cudaError_t cudaFree(void* ptr) {
   const cudaError_t sync = simt::detail::flush_all();  // cudaFree synchronizes the device
   auto& a = st().allocations;
   const auto it = a.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == a.end()) return set_error(cudaErrorInvalidValue, "cudaFree: " + simt::detail::ptr_str(ptr) + " is not a live cudaMalloc allocation");
+  if (it == a.end())
+    return set_error(cudaErrorInvalidValue,
+                     "cudaFree: " + simt::detail::ptr_str(ptr) + " is not a live cudaMalloc allocation");
   st().allocated -= it->second;
   a.erase(it);
   std::free(ptr);
@@ -480,8 +532,8 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t str
   std::lock_guard lock(api_mutex());
   if (bytes == 0) return cudaSuccess;
   if (!simt::is_device_range(ptr, bytes)) {
-    return set_error(cudaErrorInvalidValue, "cudaMemsetAsync: " + simt::detail::ptr_str(ptr) + " (" + std::to_string(bytes) +
-                                                " bytes) is not inside one device allocation");
+    return set_error(cudaErrorInvalidValue, "cudaMemsetAsync: " + simt::detail::ptr_str(ptr) + " (" +
+                                                std::to_string(bytes) + " bytes) is not inside one device allocation");
   }
   return simt::detail::enqueue(stream, [ptr, value, bytes]() {
     std::memset(ptr, value, bytes);
@@ -551,14 +603,16 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   std::lock_guard lock(api_mutex());
-  if (st().events.erase(event) == 0) return set_error(cudaErrorInvalidResourceHandle, "cudaEventDestroy: not a live event");
+  if (st().events.erase(event) == 0)
+    return set_error(cudaErrorInvalidResourceHandle, "cudaEventDestroy: not a live event");
   // A queued record may still point at it: keep the object alive (leaked; events are few).
   return cudaSuccess;
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   std::lock_guard lock(api_mutex());
-  if (st().events.count(event) == 0) return set_error(cudaErrorInvalidResourceHandle, "cudaEventRecord: not a live event");
+  if (st().events.count(event) == 0)
+    return set_error(cudaErrorInvalidResourceHandle, "cudaEventRecord: not a live event");
   event->stream = stream;
   event->recorded = true;
   event->completed = false;
@@ -571,14 +625,16 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   std::lock_guard lock(api_mutex());
-  if (st().events.count(event) == 0) return set_error(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: not a live event");
+  if (st().events.count(event) == 0)
+    return set_error(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: not a live event");
   if (!event->recorded) return cudaSuccess;
   return simt::detail::flush(event->stream);
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   std::lock_guard lock(api_mutex());
-  if (st().events.count(event) == 0) return set_error(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: not a live event");
+  if (st().events.count(event) == 0)
+    return set_error(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: not a live event");
   if (!event->recorded) return cudaSuccess;
   cudaStream_t other = event->stream;
   return simt::detail::enqueue(stream, [other]() { return simt::detail::flush(other); });
@@ -590,7 +646,8 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
   if (st().events.count(start) == 0 || st().events.count(end) == 0) {
     return set_error(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: not a live event");
   }
-  if (!start->completed || !end->completed) return set_error(cudaErrorNotReady, "cudaEventElapsedTime: an event has not completed");
+  if (!start->completed || !end->completed)
+    return set_error(cudaErrorNotReady, "cudaEventElapsedTime: an event has not completed");
   *ms = std::chrono::duration<float, std::milli>(end->when - start->when).count();
   return cudaSuccess;
 }
@@ -602,8 +659,9 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
   if (func == nullptr) return set_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: null function");
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
     if (value < 0 || static_cast<size_t>(value) > simt::detail::kOptinSmemLimit) {
-      return set_error(cudaErrorInvalidValue, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize): " + std::to_string(value) +
-                                                  " bytes exceed the 227 KiB a block may opt in to");
+      return set_error(cudaErrorInvalidValue,
+                       "cudaFuncSetAttribute(MaxDynamicSharedMemorySize): " + std::to_string(value) +
+                           " bytes exceed the 227 KiB a block may opt in to");
     }
     st().max_dynamic_smem[func] = value;
     return cudaSuccess;

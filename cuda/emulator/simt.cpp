@@ -158,8 +158,8 @@ bool g_stacks_dirty = false;  // a launch was abandoned: ASan shadow of the stac
 unsigned char* stack_for(size_t i) {
   auto& s = stacks();
   while (s.size() <= i) {
-    void* p = mmap(nullptr, kStackBytes + kGuardBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    void* p = mmap(nullptr, kStackBytes + kGuardBytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
       std::fprintf(stderr, "simt: cannot map a fiber stack\n");
       std::abort();
@@ -349,7 +349,9 @@ void warp_collective(unsigned mask, CompleteFn complete, void* data, const char*
   Warp& w = g.warps[f->warp];
   const unsigned bit = 1u << f->lane;
   const auto where = [&] { return std::string(what) + " at " + site(loc.file_name(), static_cast<int>(loc.line())); };
-  if (!(mask & bit)) fail(block_label() + ": thread " + std::to_string(f->tid.x) + " calls " + where() + " with a mask that does not name its own lane");
+  if (!(mask & bit))
+    fail(block_label() + ": thread " + std::to_string(f->tid.x) + " calls " + where() +
+         " with a mask that does not name its own lane");
   if (mask & ~w.existing) fail(block_label() + ": " + where() + " names lanes that do not exist in this block");
   if (mask & w.exited) fail(block_label() + ": " + where() + " names lanes that already exited");
   if (w.arrived == 0) {
@@ -411,7 +413,8 @@ cudaError_t run_grid(const LaunchConfig& config, const std::function<void()>& bo
       order = Order::Random;
       seed = std::strtoull(v.c_str() + 7, nullptr, 10);
     } else {
-      return set_error(cudaErrorInvalidValue, "HELIX_SIMT_SCHEDULE must be forward, reverse or random:<seed>, got '" + v + "'");
+      return set_error(cudaErrorInvalidValue,
+                       "HELIX_SIMT_SCHEDULE must be forward, reverse or random:<seed>, got '" + v + "'");
     }
   }
   std::mt19937_64 rng(seed);
@@ -424,7 +427,8 @@ cudaError_t run_grid(const LaunchConfig& config, const std::function<void()>& bo
   g_block_dim = config.block;
   g_grid_dim = config.grid;
   // Dynamic shared memory: exactly the requested size (AddressSanitizer sees overruns).
-  std::unique_ptr<unsigned char, decltype(&std::free)> dyn(static_cast<unsigned char*>(std::malloc(std::max<size_t>(config.dynamic_smem, 1))), &std::free);
+  std::unique_ptr<unsigned char, decltype(&std::free)> dyn(
+      static_cast<unsigned char*>(std::malloc(std::max<size_t>(config.dynamic_smem, 1))), &std::free);
   g_dynamic_smem = config.dynamic_smem > 0 ? dyn.get() : nullptr;
   if (g_stacks_dirty) {
 #if SIMT_ASAN
@@ -550,7 +554,8 @@ void complete_mma(void* const* lane_data, unsigned mask) {
 
 namespace simt {
 
-void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, const std::source_location& loc) {
+void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                       const std::source_location& loc) {
   detail::MmaData m{d, a, b0, b1};
   // mma.sync.aligned needs all 32 lanes of the warp.
   detail::warp_collective(0xffffffffu, detail::complete_mma, &m, "mma.sync.m16n8k16", loc);

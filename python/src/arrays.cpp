@@ -23,9 +23,9 @@ nb::object numpy_dtype(DType dtype) {
 }
 
 bool parse_dtype(const std::string& name, DType& out) {
-  static const std::pair<const char*, DType> table[] = {
-      {"float32", DType::Float32}, {"bfloat16", DType::BFloat16}, {"float16", DType::Float16},
-      {"int64", DType::Int64},     {"int32", DType::Int32},       {"uint8", DType::UInt8}};
+  static const std::pair<const char*, DType> table[] = {{"float32", DType::Float32}, {"bfloat16", DType::BFloat16},
+                                                        {"float16", DType::Float16}, {"int64", DType::Int64},
+                                                        {"int32", DType::Int32},     {"uint8", DType::UInt8}};
   for (const auto& [n, d] : table) {
     if (name == n) {
       out = d;
@@ -48,8 +48,7 @@ HostArray to_view(nb::handle obj, const char* name) {
     throw ArgumentError(detail::concat("argument '", name, "' has unsupported dtype ", dname));
   }
   if (!nb::cast<bool>(obj.attr("flags").attr("c_contiguous"))) {
-    throw ArgumentError(detail::concat("argument '", name,
-                                       "' must be C-contiguous (use numpy.ascontiguousarray)"));
+    throw ArgumentError(detail::concat("argument '", name, "' must be C-contiguous (use numpy.ascontiguousarray)"));
   }
   out.owner = nb::borrow(obj);
   nb::object plain = out.view.dtype == DType::BFloat16 ? obj.attr("view")(numpy().attr("uint16")) : out.owner;

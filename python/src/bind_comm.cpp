@@ -63,8 +63,7 @@ nb::object all_gather(Communicator& comm, nb::handle array_obj) {
 
 nb::object broadcast(Communicator& comm, nb::handle array_obj, int root) {
   HostArray in = to_view(array_obj, "array");
-  HELIX_CHECK_ARG(root >= 0 && root < comm.size(), "argument 'root' must be in [0, ", comm.size(), "), got ",
-                  root);
+  HELIX_CHECK_ARG(root >= 0 && root < comm.size(), "argument 'root' must be in [0, ", comm.size(), "), got ", root);
   HostArray out = copy_of(in);
   {
     nb::gil_scoped_release release;
@@ -125,8 +124,8 @@ void bind_comm(nb::module_& m) {
         return make_mpi_communicator(h);
       },
       "handle"_a,
-        "Wraps an MPI communicator given by its handle (mpi4py: MPI._handleof(comm)); the communicator is "
-        "duplicated, so later traffic never mixes with the caller's.");
+      "Wraps an MPI communicator given by its handle (mpi4py: MPI._handleof(comm)); the communicator is "
+      "duplicated, so later traffic never mixes with the caller's.");
 }
 
 }  // namespace helix::bind

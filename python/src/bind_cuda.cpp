@@ -178,10 +178,9 @@ nb::tuple merge_states(nb::handle o_obj, nb::handle lse_obj) {
   HostArray o_parts = to_view(o_obj, "o_parts"), lse_parts = to_view(lse_obj, "lse_parts");
   const TensorView& ov = o_parts.view;
   const TensorView& lv = lse_parts.view;
-  HELIX_CHECK_ARG(ov.ndim() >= 2 && ov.dtype == DType::Float32,
-                  "argument 'o_parts' must be float32 [N, ..., D], got ", dtype_name(ov.dtype), " ", shape_str(ov.shape));
-  HELIX_CHECK_ARG(lv.dtype == DType::Float32 &&
-                      std::vector<int64_t>(ov.shape.begin(), ov.shape.end() - 1) == lv.shape,
+  HELIX_CHECK_ARG(ov.ndim() >= 2 && ov.dtype == DType::Float32, "argument 'o_parts' must be float32 [N, ..., D], got ",
+                  dtype_name(ov.dtype), " ", shape_str(ov.shape));
+  HELIX_CHECK_ARG(lv.dtype == DType::Float32 && std::vector<int64_t>(ov.shape.begin(), ov.shape.end() - 1) == lv.shape,
                   "argument 'lse_parts' must be float32 of shape o_parts.shape[:-1] = ",
                   shape_str(std::vector<int64_t>(ov.shape.begin(), ov.shape.end() - 1)), ", got ", shape_str(lv.shape));
   const int64_t N = ov.dim(0), D = ov.dim(-1);
@@ -189,7 +188,8 @@ nb::tuple merge_states(nb::handle o_obj, nb::handle lse_obj) {
   const int64_t M = lv.numel() / N;
   cuda::require_device();
   DeviceBuffer d_o_parts = upload(ov), d_lse_parts = upload(lv);
-  DeviceBuffer d_o(static_cast<size_t>(std::max<int64_t>(M * D * 4, 4))), d_lse(static_cast<size_t>(std::max<int64_t>(M * 4, 4)));
+  DeviceBuffer d_o(static_cast<size_t>(std::max<int64_t>(M * D * 4, 4))),
+      d_lse(static_cast<size_t>(std::max<int64_t>(M * 4, 4)));
   MergeStatesParams p;
   p.o_parts = d_o_parts.as<float>();
   p.lse_parts = d_lse_parts.as<float>();
@@ -213,7 +213,8 @@ nb::object kv_append(nb::handle pool_obj, nb::handle rows_obj, nb::handle dst_ob
   const int64_t pool_rows = pool.view.dim(0) * pool.view.dim(1);
   for (int64_t i = 0; i < dst.view.dim(0); ++i) {
     const int64_t r = i64(dst.view)[i];
-    HELIX_CHECK_ARG(r >= 0 && r < pool_rows, "argument 'dst_rows': entry ", i, " is ", r, ", outside [0, ", pool_rows, ")");
+    HELIX_CHECK_ARG(r >= 0 && r < pool_rows, "argument 'dst_rows': entry ", i, " is ", r, ", outside [0, ", pool_rows,
+                    ")");
   }
   cuda::require_device();
   DeviceBuffer d_pool = upload(pool.view), d_rows = upload(rows.view), d_dst = upload(dst.view);
@@ -233,7 +234,8 @@ nb::object rms_norm(nb::handle x_obj, nb::handle w_obj, float eps) {
   check_tensor(w.view, "weight", 1, {x.view.dtype});
   check_dim(w.view, "weight", 0, x.view.dim(1), "N (x.shape[1])");
   cuda::require_device();
-  DeviceBuffer d_x = upload(x.view), d_w = upload(w.view), d_out(static_cast<size_t>(std::max<int64_t>(x.view.nbytes(), 1)));
+  DeviceBuffer d_x = upload(x.view), d_w = upload(w.view),
+               d_out(static_cast<size_t>(std::max<int64_t>(x.view.nbytes(), 1)));
   cuda::RmsNormParams p;
   p.x = d_x.data();
   p.weight = d_w.data();
@@ -335,9 +337,10 @@ nb::object moe_experts(nb::handle h_obj, nb::handle idx_obj, nb::handle w_obj, n
   const auto [T, top_k, hidden, F, n_local] =
       check_moe_experts_args(h.view, idx.view, wt.view, gate_up.view, down.view, DType::Int64);
   check_tensor(down.view, "down", 3, {gate_up.view.dtype});  // the device path takes one weight dtype
-  HELIX_CHECK_ARG(cuda::moe_experts_supported(T, top_k, n_local, hidden, F), "moe_experts: shape T=", T, " top_k=",
-                  top_k, " n_local=", n_local, " hidden=", hidden, " F=", F, " is not one the device path takes (T <= ",
-                  cuda::kMoeExpertsMaxTokens, ", T * top_k <= 1024, n_local <= 1024, hidden and F multiples of 8)");
+  HELIX_CHECK_ARG(cuda::moe_experts_supported(T, top_k, n_local, hidden, F), "moe_experts: shape T=", T,
+                  " top_k=", top_k, " n_local=", n_local, " hidden=", hidden, " F=", F,
+                  " is not one the device path takes (T <= ", cuda::kMoeExpertsMaxTokens,
+                  ", T * top_k <= 1024, n_local <= 1024, hidden and F multiples of 8)");
   cuda::require_device();
   DeviceBuffer d_h = upload(h.view), d_idx = upload(idx.view), d_w = upload(wt.view), d_gu = upload(gate_up.view),
                d_down = upload(down.view), d_out(static_cast<size_t>(h.view.nbytes()));
@@ -370,7 +373,8 @@ nb::object linear(nb::handle x_obj, nb::handle w_obj, const std::string& out_dty
   const DType yd = parse_float_dtype(out_dtype, "out_dtype");
   cuda::require_device();
   const int64_t T = x.view.dim(0), N = w.view.dim(0);
-  DeviceBuffer d_x = upload(x.view), d_w = upload(w.view), d_y(static_cast<size_t>(std::max<int64_t>(T * N * dtype_size(yd), 4)));
+  DeviceBuffer d_x = upload(x.view), d_w = upload(w.view),
+               d_y(static_cast<size_t>(std::max<int64_t>(T * N * dtype_size(yd), 4)));
   cuda::LinearParams p;
   p.x = d_x.as<bf16_t>();
   p.w = d_w.as<bf16_t>();
@@ -444,8 +448,8 @@ void bind_cuda_engine(nb::module_& c) {
       .def(
           "__init__",
           [](CudaEngine* self, const EngineConfig& config, Communicator& world, int device, const std::string& comm) {
-            HELIX_CHECK_ARG(comm == "nccl" || comm == "host", "argument 'comm' must be 'nccl' or 'host', got '",
-                            comm, "'");
+            HELIX_CHECK_ARG(comm == "nccl" || comm == "host", "argument 'comm' must be 'nccl' or 'host', got '", comm,
+                            "'");
             nb::gil_scoped_release release;  // the NCCL bootstrap (or the split) is collective over `world`
             new (self) CudaEngine(config, world, device, comm == "nccl" ? cuda::CudaComm::Nccl : cuda::CudaComm::Host);
           },
@@ -488,12 +492,9 @@ void bind_cuda_engine(nb::module_& c) {
           "seq_id"_a, "num_tokens"_a, "seed"_a = 0, "scale"_a = 1.f,
           "Benchmark aid: positions [0, num_tokens) of an empty sequence with random rows, straight into "
           "every layer's device pool.")
-      .def(
-          "step",
-          &engine_step<CudaEngine>,
-          "tokens"_a, "positions"_a, "seq_ids"_a, "q_seq_index"_a, "logit_rows"_a,
-          "One forward pass on the GPU: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
-          "-> logits [L, vocab_size] float32 (host), identical on every rank.")
+      .def("step", &engine_step<CudaEngine>, "tokens"_a, "positions"_a, "seq_ids"_a, "q_seq_index"_a, "logit_rows"_a,
+           "One forward pass on the GPU: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
+           "-> logits [L, vocab_size] float32 (host), identical on every rank.")
       .def_prop_ro("timings", [](const CudaEngine& e) { return timings_dict(e.timings()); });
 
   c.def(
@@ -527,10 +528,9 @@ void bind_cuda(nb::module_& m) {
   c.def("built_with_nccl", &cuda::built_with_nccl, "True when the runtime was compiled with NCCL.");
   c.def("built_with_cublas", &cuda::built_with_cublas, "True when the runtime was compiled with cuBLAS.");
   c.def("device_count", &cuda::device_count, "Number of visible CUDA devices (0 without a GPU).");
-  c.def(
-      "emulated", &cuda::emulated,
-      "True when the CUDA backend is the SIMT emulator (cuda/ running on the CPU): results are checked, "
-      "timings mean nothing.");
+  c.def("emulated", &cuda::emulated,
+        "True when the CUDA backend is the SIMT emulator (cuda/ running on the CPU): results are checked, "
+        "timings mean nothing.");
   c.def("device_name", [] { return std::string(cuda::device_name()); }, "Name of the current CUDA device.");
   c.def("multiprocessor_count", &cuda::multiprocessor_count, "SMs of the current CUDA device.");
   c.def("tensor_core_attention_supported", &cuda::tensor_core_attention_supported, "D"_a, "R"_a,
@@ -543,7 +543,8 @@ void bind_cuda(nb::module_& m) {
         "kv_pos"_a, "num_slots"_a, "scale"_a, "kv_lora_rank"_a, "kernel"_a = "auto", "num_splits"_a = 0,
         "Paged partial MLA attention on the GPU. q [T,H,D] bf16, q_pos [T] i64, q_seq [T] i64, "
         "pool [num_blocks, tokens_per_block, D] bf16, block_tables [B, max_blocks] i32, "
-        "kv_pos [num_blocks, tokens_per_block] i64 (position of each pool row), num_slots [B] i64 -> (o [T,H,R] f32, lse [T,H] f32).");
+        "kv_pos [num_blocks, tokens_per_block] i64 (position of each pool row), num_slots [B] i64 -> (o [T,H,R] f32, "
+        "lse [T,H] f32).");
   c.def("merge_states", &merge_states, "o_parts"_a, "lse_parts"_a,
         "LSE merge on the GPU. o_parts [N,...,D] f32, lse_parts [N,...] f32 -> (o [...,D], lse [...]).");
   c.def("kv_append", &kv_append, "pool"_a, "rows"_a, "dst_rows"_a,
@@ -552,8 +553,7 @@ void bind_cuda(nb::module_& m) {
   c.def("rope", &rope, "x"_a, "positions"_a, "inv_freq"_a, "attention_factor"_a = 1.f, "offset"_a = 0,
         "Interleaved RoPE on channels [offset, offset + 2*len(inv_freq)) of x [T, heads, width]; returns a copy.");
   c.def("silu_mul", &silu_mul, "gate"_a, "up"_a, "silu(gate) * up for gate, up [T, I] (f32 or bf16).");
-  c.def("moe_experts", &moe_experts, "h"_a, "topk_idx"_a, "topk_weight"_a, "gate_up"_a, "down"_a,
-        "local_first"_a = 0,
+  c.def("moe_experts", &moe_experts, "h"_a, "topk_idx"_a, "topk_weight"_a, "gate_up"_a, "down"_a, "local_first"_a = 0,
         "The routed experts of a decode step on the GPU (twin of helix._core.layers.moe_experts): h [T, hidden] f32, "
         "topk_idx [T, top_k] i64, topk_weight [T, top_k] f32, gate_up [n_local, 2F, hidden] and down "
         "[n_local, hidden, F] f32 or bf16 -> out [T, hidden] f32.");
@@ -564,11 +564,13 @@ void bind_cuda(nb::module_& m) {
         "x [T,K] bf16 @ weight [N,K]^T bf16 through cuBLAS (fp32 compute) -> [T,N].");
   c.def("nccl_collectives_one_rank", &nccl_collectives_one_rank, "x"_a,
         "Runs every collective of a one-rank NCCL communicator on x [n] f32; returns the results by name.");
-  c.def("bench_copy", [](size_t bytes, int iters) { return bench_dict(cuda::bench_copy(bytes, iters)); }, "bytes"_a,
-        "iters"_a = 20);
-  c.def("bench_gemm_bf16",
-        [](int64_t m, int64_t n, int64_t k, int iters) { return bench_dict(cuda::bench_gemm_bf16(m, n, k, iters)); },
-        "m"_a, "n"_a, "k"_a, "iters"_a = 20);
+  c.def(
+      "bench_copy", [](size_t bytes, int iters) { return bench_dict(cuda::bench_copy(bytes, iters)); }, "bytes"_a,
+      "iters"_a = 20);
+  c.def(
+      "bench_gemm_bf16",
+      [](int64_t m, int64_t n, int64_t k, int iters) { return bench_dict(cuda::bench_gemm_bf16(m, n, k, iters)); },
+      "m"_a, "n"_a, "k"_a, "iters"_a = 20);
   c.def(
       "bench_paged_mla_attention",
       [](int64_t batch, int64_t context, int64_t heads, int64_t D, int64_t R, const std::string& kernel, int iters,
@@ -579,9 +581,10 @@ void bind_cuda(nb::module_& m) {
       },
       "batch"_a, "context"_a, "heads"_a = 128, "D"_a = 576, "R"_a = 512, "kernel"_a = "auto", "iters"_a = 10,
       "num_splits"_a = 0);
-  c.def("bench_merge_states",
-        [](int64_t N, int64_t M, int64_t D, int iters) { return bench_dict(cuda::bench_merge_states(N, M, D, iters)); },
-        "N"_a, "M"_a, "D"_a, "iters"_a = 20);
+  c.def(
+      "bench_merge_states",
+      [](int64_t N, int64_t M, int64_t D, int iters) { return bench_dict(cuda::bench_merge_states(N, M, D, iters)); },
+      "N"_a, "M"_a, "D"_a, "iters"_a = 20);
   c.def(
       "bench_moe_experts",
       [](int64_t T, int64_t top_k, int64_t n_local, int64_t hidden, int64_t F, int iters) {

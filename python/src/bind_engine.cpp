@@ -45,9 +45,9 @@ nb::object helix_attention_py(Communicator& cp_comm, PagedKVCache& cache, nb::ha
 }  // namespace
 
 void bind_engine(nb::module_& m) {
-  m.def("helix_attention", &helix_attention_py, nb::arg("cp_comm"), nb::arg("cache"), nb::arg("q"),
-        nb::arg("new_kv"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"), nb::arg("scale"),
-        nb::arg("kv_lora_rank"), nb::arg("w_uv") = nb::none(),
+  m.def("helix_attention", &helix_attention_py, nb::arg("cp_comm"), nb::arg("cache"), nb::arg("q"), nb::arg("new_kv"),
+        nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"), nb::arg("scale"), nb::arg("kv_lora_rank"),
+        nb::arg("w_uv") = nb::none(),
         "The Helix attention step of one layer on this rank: append owned rows, partial attention over the\n"
         "local shard, optional W_UV, one all-to-all over the CP group, LSE merge.\n"
         "q [T, H_tp, D]; new_kv [T, D] (cache dtype); positions [T]; seq_ids [B]; q_seq_index [T];\n"
@@ -111,12 +111,10 @@ void bind_engine(nb::module_& m) {
       .def_prop_ro("num_kv_blocks", &Engine::num_kv_blocks)
       .def("cache", &Engine::cache, nb::arg("layer"), nb::rv_policy::reference_internal,
            "This rank's paged KV cache of one layer (read-only use: benchmarks fill it, tests inspect it).")
-      .def(
-          "step",
-          &engine_step<Engine>,
-          nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"), nb::arg("logit_rows"),
-          "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
-          "-> logits [L, vocab_size] float32, identical on every rank.")
+      .def("step", &engine_step<Engine>, nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"),
+           nb::arg("q_seq_index"), nb::arg("logit_rows"),
+           "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
+           "-> logits [L, vocab_size] float32, identical on every rank.")
       .def_prop_ro("timings", [](const Engine& e) {
         const EngineTimings& t = e.timings();
         nb::dict d;

@@ -112,11 +112,9 @@ void bind_kv_cache(nb::module_& m) {
           "__init__",
           [](PagedKVCache* self, int64_t num_blocks, int64_t tokens_per_block, int64_t head_dim, nb::handle dtype,
              int64_t cp_rank, int64_t cp_size) {
-            new (self) PagedKVCache(num_blocks, tokens_per_block, head_dim, parse_cache_dtype(dtype), cp_rank,
-                                    cp_size);
+            new (self) PagedKVCache(num_blocks, tokens_per_block, head_dim, parse_cache_dtype(dtype), cp_rank, cp_size);
           },
-          "num_blocks"_a, "tokens_per_block"_a, "head_dim"_a, "dtype"_a = "float32", "cp_rank"_a = 0,
-          "cp_size"_a = 1)
+          "num_blocks"_a, "tokens_per_block"_a, "head_dim"_a, "dtype"_a = "float32", "cp_rank"_a = 0, "cp_size"_a = 1)
       .def("add_sequence", &PagedKVCache::add_sequence, "seq_id"_a, "Register an empty sequence.")
       .def("append", &append, "seq_id"_a, "positions"_a, "rows"_a,
            "Append rows [n, head_dim] (cache dtype) at global positions int64 [n], all owned by this rank.")

@@ -1,7 +1,6 @@
 // helix._core.layers: the CPU ops of a decoder layer (linear, rms_norm, rope, silu_mul, moe_route,
 // moe_experts, embedding). Thin: each function views its NumPy arguments and calls the validated op.
 #include <nanobind/nanobind.h>
-
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -57,7 +56,8 @@ void bind_layers(nb::module_& parent) {
       "x"_a, "w"_a, "out"_a = nb::none(), "accumulate"_a = false, "isa"_a = "",
       "y[T, N] = x[T, K] @ w[N, K]^T (x float32, w float32 or bfloat16); with out= the result is written there,\n"
       "or added to it when accumulate=True. Returns y (out itself when given). isa: '' (best for this CPU:\n"
-      "AMX tiles for bf16 weights at T >= LINEAR_AMX_MIN_TOKENS where usable, else linear_isa()), or 'amx', 'avx512', 'avx2' or\n"
+      "AMX tiles for bf16 weights at T >= LINEAR_AMX_MIN_TOKENS where usable, else linear_isa()), or 'amx', 'avx512', "
+      "'avx2' or\n"
       "'portable' (tests and benchmarks; see linear_isas()).");
 
   m.def(
@@ -91,13 +91,12 @@ void bind_layers(nb::module_& parent) {
         silu_mul(gv.view, ov.view);
         return ov.owner;
       },
-      "gate_up"_a, "out"_a = nb::none(),
-      "out[T, F] = silu(gate_up[:, :F]) * gate_up[:, F:] (float32). Returns out.");
+      "gate_up"_a, "out"_a = nb::none(), "out[T, F] = silu(gate_up[:, :F]) * gate_up[:, F:] (float32). Returns out.");
 
   m.def(
       "moe_route",
-      [](nb::handle logits, nb::handle bias, int64_t top_k, int64_t n_group, int64_t topk_group,
-         bool norm_topk_prob, float routed_scaling_factor) {
+      [](nb::handle logits, nb::handle bias, int64_t top_k, int64_t n_group, int64_t topk_group, bool norm_topk_prob,
+         float routed_scaling_factor) {
         HostArray lv = to_view(logits, "logits"), bv = to_view(bias, "bias");
         const int64_t T = dim_or(lv, 0, 0), k = std::max<int64_t>(top_k, 0);
         HostArray idx = zeros({T, k}, DType::Int32), weight = zeros({T, k}, DType::Float32);

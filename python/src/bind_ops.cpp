@@ -51,8 +51,7 @@ MlaKernelPath parse_path(const std::string& name) {
     if (mla_kernel_path_name(p) == name) return p;
   }
   throw ArgumentError(
-      "argument 'path' must be 'auto', 'portable', 'avx512', 'avx512_bf16', 'amx' or 'amx_split', got '" + name +
-      "'");
+      "argument 'path' must be 'auto', 'portable', 'avx512', 'avx512_bf16', 'amx' or 'amx_split', got '" + name + "'");
 }
 
 }  // namespace

@@ -71,7 +71,10 @@ TEST(Linear, EverySimdPathAndDtypeMatchesNaive) {
         const auto expected = naive_linear(x, dt == DType::Float32 ? wf : wb_f, T, N, K);
         std::vector<float> y(T * N, 1.f);
         LinearParams p{x.data(), dt == DType::Float32 ? static_cast<const void*>(wf.data()) : wb.data(),
-                       y.data(), T, N, K, K, N, dt, /*accumulate=*/true};
+                       y.data(), T,
+                       N,        K,
+                       K,        N,
+                       dt,       /*accumulate=*/true};
         try {
           linear_cpu_isa(p, isa);
         } catch (const ArgumentError&) {
@@ -248,8 +251,8 @@ TEST(Embedding, ShardRowsAndZerosElsewhere) {
   auto table = randn(V * hidden, 11);
   const std::vector<int64_t> ids = {9, 10, 12, 13, -1};
   std::vector<float> out(ids.size() * hidden, 5.f);
-  embedding_cpu(EmbeddingParams{ids.data(), table.data(), out.data(), int64_t(ids.size()), V, hidden, start,
-                                DType::Float32});
+  embedding_cpu(
+      EmbeddingParams{ids.data(), table.data(), out.data(), int64_t(ids.size()), V, hidden, start, DType::Float32});
   for (size_t t = 0; t < ids.size(); ++t) {
     const int64_t row = ids[t] - start;
     for (int64_t d = 0; d < hidden; ++d) {

@@ -30,8 +30,8 @@ Merged run(const std::vector<float>& o_parts, const std::vector<float>& lse_part
 }
 
 // Naive double-precision merge of one row: the readable twin of the kernel.
-void naive_row(const std::vector<float>& o_parts, const std::vector<float>& lse_parts, int64_t N, int64_t M,
-               int64_t D, int64_t m, std::vector<double>& o, double& lse) {
+void naive_row(const std::vector<float>& o_parts, const std::vector<float>& lse_parts, int64_t N, int64_t M, int64_t D,
+               int64_t m, std::vector<double>& o, double& lse) {
   double mx = -INFINITY;
   for (int64_t i = 0; i < N; ++i) mx = std::max(mx, static_cast<double>(lse_parts[i * M + m]));
   o.assign(static_cast<size_t>(D), 0.0);
@@ -108,9 +108,9 @@ TEST(MergeStates, MixtureOfEmptyAndFiniteParts) {
   // Row 0: parts 0 and 2 empty -> equals part 1. Row 1: part 1 empty -> merge of parts 0 and 2.
   const int64_t N = 3, T = 1, H = 2, D = 3;
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  std::vector<float> o = {nan, nan, nan, 1, 2, 3,     // part 0
-                          4, 5, 6,       nan, nan, nan,  // part 1
-                          kInf, 0, 0,    7, 8, 9};       // part 2 (row 0 garbage)
+  std::vector<float> o = {nan,  nan, nan, 1,   2,   3,    // part 0
+                          4,    5,   6,   nan, nan, nan,  // part 1
+                          kInf, 0,   0,   7,   8,   9};   // part 2 (row 0 garbage)
   std::vector<float> lse = {-kInf, 0.5f, 2.f, -kInf, -kInf, 0.5f};
   Merged m = run(o, lse, N, T, H, D);
   expect_no_nan(m);
@@ -124,9 +124,9 @@ TEST(MergeStates, MixtureOfEmptyAndFiniteParts) {
 
 TEST(MergeStates, HugeLseDifferencesNeverOverflow) {
   const int64_t N = 4, T = 1, H = 3, D = 2;
-  std::vector<float> o = {1, 1, 1, 1, 1, 1,   2, 2, 2, 2, 2, 2,  3, 3, 3, 3, 3, 3,  4, 4, 4, 4, 4, 4};
+  std::vector<float> o = {1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4};
   // Row 0: 1e30 dominates. Row 1: all about -1e30 (finite). Row 2: 88 vs -88 (exp(176) overflows fp32).
-  std::vector<float> lse = {1e30f, -1e30f, 88.f,  -1e30f, -1e30f, -88.f,  0.f, -1e30f, 88.f,  -kInf, -1e30f, -88.f};
+  std::vector<float> lse = {1e30f, -1e30f, 88.f, -1e30f, -1e30f, -88.f, 0.f, -1e30f, 88.f, -kInf, -1e30f, -88.f};
   Merged m = run(o, lse, N, T, H, D);
   expect_no_nan(m);
   EXPECT_EQ(m.lse[0], 1e30f);

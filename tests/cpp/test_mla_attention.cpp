@@ -52,7 +52,7 @@ struct KernelOutput {
 };
 
 KernelOutput run_kernel(const std::vector<float>& q, const void* kv, DType kv_dtype, const std::vector<int64_t>& q_pos,
-               const std::vector<int64_t>& kv_pos, const Case& c, float scale) {
+                        const std::vector<int64_t>& kv_pos, const Case& c, float scale) {
   KernelOutput out{std::vector<float>(c.T * c.H * c.R, 7.f), std::vector<float>(c.T * c.H, 7.f)};
   MlaAttentionParams p;
   p.q = q.data();
@@ -84,7 +84,7 @@ Inputs make_inputs(const Case& c, uint32_t seed) {
     in.kv.push_back(bf16_to_float(in.kv_bf16.back()));  // the same values in both dtypes
   }
   for (int64_t s = 0; s < c.S; ++s) in.kv_pos.push_back((s * 7919) % std::max<int64_t>(c.S, 1));  // shuffled
-  for (int64_t t = 0; t < c.T; ++t) in.q_pos.push_back(c.S - c.T + t);  // causal chunk
+  for (int64_t t = 0; t < c.T; ++t) in.q_pos.push_back(c.S - c.T + t);                            // causal chunk
   return in;
 }
 

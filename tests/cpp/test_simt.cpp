@@ -88,7 +88,7 @@ void shuffle_kernel(float* out) {
   const int lane = threadIdx.x & 31;
   float v = static_cast<float>(threadIdx.x);
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  out[threadIdx.x] = v;                                                                // warp sum
+  out[threadIdx.x] = v;                                                                  // warp sum
   out[64 + threadIdx.x] = __shfl_sync(0xffffffffu, static_cast<float>(threadIdx.x), 5);  // broadcast lane 5
   out[128 + threadIdx.x] = __shfl_down_sync(0xffffffffu, static_cast<float>(lane), 3);   // lane + 3, or own
 }
@@ -190,8 +190,8 @@ TEST(SimtEmulator, CopyDirectionAndRangeAreChecked) {
   float* d = nullptr;
   ASSERT_EQ(cudaMalloc(&d, 16 * 4), cudaSuccess);
   EXPECT_EQ(cudaMemcpy(other.data(), host.data(), 64, cudaMemcpyHostToDevice), cudaErrorInvalidValue);  // dst is host
-  EXPECT_EQ(cudaMemcpy(d, host.data(), 64, cudaMemcpyDeviceToHost), cudaErrorInvalidValue);  // src is host
-  EXPECT_EQ(cudaMemcpy(d, host.data(), 68, cudaMemcpyHostToDevice), cudaErrorInvalidValue);  // past the end
+  EXPECT_EQ(cudaMemcpy(d, host.data(), 64, cudaMemcpyDeviceToHost), cudaErrorInvalidValue);             // src is host
+  EXPECT_EQ(cudaMemcpy(d, host.data(), 68, cudaMemcpyHostToDevice), cudaErrorInvalidValue);             // past the end
   EXPECT_EQ(cudaMemsetAsync(host.data(), 0, 64), cudaErrorInvalidValue);
   EXPECT_EQ(cudaMemcpy(d, host.data(), 64, cudaMemcpyHostToDevice), cudaSuccess);
   EXPECT_EQ(cudaMemcpy(other.data(), d, 64, cudaMemcpyDefault), cudaSuccess);

@@ -41,13 +41,13 @@ void enqueue(cudaStream_t s, std::function<void()> kernel) {
   if (g_mpi) MPI_Abort(MPI_COMM_WORLD, 1);
   std::exit(1);
 }
-#define CHECK(cond)                  \
-  do {                               \
+#define CHECK(cond)                    \
+  do {                                 \
     if (!(cond)) die(__LINE__, #cond); \
   } while (0)
-#define CHECK_NCCL(expr)                                                                               \
-  do {                                                                                                 \
-    const ncclResult_t r_ = (expr);                                                                    \
+#define CHECK_NCCL(expr)                                                                              \
+  do {                                                                                                \
+    const ncclResult_t r_ = (expr);                                                                   \
     if (r_ != ncclSuccess) die(__LINE__, std::string(#expr) + " returned " + ncclGetErrorString(r_)); \
   } while (0)
 
@@ -249,7 +249,7 @@ void check_errors(ncclComm_t comm, int rank, int n, cudaStream_t s) {
   CHECK(ncclAllReduce(f, host.data() + 7, 1, ncclFloat32, ncclSum, comm, s) == ncclInvalidArgument);
   CHECK(ncclAllGather(f, host.data(), 1, ncclFloat32, comm, s) == ncclInvalidArgument);
   CHECK(ncclBroadcast(f, host.data() + 4, 8, ncclFloat32, rank, comm, s) == ncclInvalidArgument);  // host recvbuff
-  CHECK(ncclAllReduce(f, f, 0, ncclFloat32, ncclSum, comm, s) == ncclSuccess);  // nothing to check
+  CHECK(ncclAllReduce(f, f, 0, ncclFloat32, ncclSum, comm, s) == ncclSuccess);                     // nothing to check
   g_host_only = nullptr;
   g_host_only_bytes = 0;
 #endif

@@ -76,7 +76,9 @@ class DeviceBuffer {
 
   void* data() const { return data_; }
   template <class T>
-  T* as() const { return static_cast<T*>(data_); }
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
   size_t bytes() const { return bytes_; }
   // Synchronous copies (the stream is synchronized before returning). `bytes` <= this->bytes().
   void copy_from_host(const void* src, size_t bytes, StreamHandle stream = nullptr);
@@ -94,23 +96,24 @@ class DeviceBuffer {
 // sequence b = q_seq[t]: slot k of b is pool row r = block_tables[b, k / tpb] * tpb + k % tpb, whose
 // global position is kv_pos[r] (positions live with the rows, so a decode step uploads no per-slot data);
 // slots k < num_slots[b] are valid. Key s is visible to t iff its position <= q_pos[t].
-// o[t,h] = softmax-weighted sum of kv[:, :R]; lse natural log; nothing visible gives (0, -inf). Storage bf16 (or fp32 for the Simple kernel), accumulation fp32.
+// o[t,h] = softmax-weighted sum of kv[:, :R]; lse natural log; nothing visible gives (0, -inf). Storage bf16 (or fp32
+// for the Simple kernel), accumulation fp32.
 struct PagedMlaAttentionParams {
-  const void* q;               // [T, H, D] of dtype
-  const int64_t* q_pos;        // [T]
-  const int64_t* q_seq;        // [T] in [0, B)
-  const void* pool;            // [num_blocks, tokens_per_block, D] of dtype
-  const int32_t* block_tables; // [B, max_blocks]
-  const int64_t* kv_pos;       // [num_blocks, tokens_per_block] position of each pool row
-  const int64_t* num_slots;    // [B], each <= max_blocks * tokens_per_block
-  float* o;                    // [T, H, R]
-  float* lse;                  // [T, H]
-  float* workspace;            // [workspace_floats(...)] split-KV partials; may be null when num_splits == 1
+  const void* q;                // [T, H, D] of dtype
+  const int64_t* q_pos;         // [T]
+  const int64_t* q_seq;         // [T] in [0, B)
+  const void* pool;             // [num_blocks, tokens_per_block, D] of dtype
+  const int32_t* block_tables;  // [B, max_blocks]
+  const int64_t* kv_pos;        // [num_blocks, tokens_per_block] position of each pool row
+  const int64_t* num_slots;     // [B], each <= max_blocks * tokens_per_block
+  float* o;                     // [T, H, R]
+  float* lse;                   // [T, H]
+  float* workspace;             // [workspace_floats(...)] split-KV partials; may be null when num_splits == 1
   int64_t T = 0, H = 0, D = 0, R = 0;
   int64_t B = 0, max_blocks = 0, tokens_per_block = 0;
-  int64_t max_num_slots = 0;   // max over b of num_slots[b] (host-known; sizes the split)
+  int64_t max_num_slots = 0;  // max over b of num_slots[b] (host-known; sizes the split)
   float scale = 1.f;
-  int num_splits = 0;          // 0: chosen from the device's SM count; else 1..256
+  int num_splits = 0;             // 0: chosen from the device's SM count; else 1..256
   DType dtype = DType::BFloat16;  // of q and pool: BFloat16 (both kernels) or Float32 (Simple only)
 };
 
@@ -199,20 +202,20 @@ void launch_moe_route(const MoeRouteParams& p, StreamHandle stream);
 // sums are fp32. For more tokens (prefill) the engine groups them on the host and runs cuBLAS per expert.
 constexpr int64_t kMoeExpertsMaxTokens = 16;
 struct MoeExpertsParams {
-  const float* h;               // [T, hidden]
-  const int64_t* topk_idx;      // [T, top_k] global expert ids (non-local ones are skipped)
-  const float* topk_weight;     // [T, top_k]
-  const void* gate_up;          // [n_local, 2F, hidden] of dtype: gate rows, then up rows
-  const void* down;             // [n_local, hidden, F] of dtype
-  float* out;                   // [T, hidden], accumulated into
-  void* workspace;              // [moe_experts_workspace_bytes(p)] bytes, 16-byte aligned
+  const float* h;            // [T, hidden]
+  const int64_t* topk_idx;   // [T, top_k] global expert ids (non-local ones are skipped)
+  const float* topk_weight;  // [T, top_k]
+  const void* gate_up;       // [n_local, 2F, hidden] of dtype: gate rows, then up rows
+  const void* down;          // [n_local, hidden, F] of dtype
+  float* out;                // [T, hidden], accumulated into
+  void* workspace;           // [moe_experts_workspace_bytes(p)] bytes, 16-byte aligned
   int64_t T = 0, top_k = 0, hidden = 0, F = 0, local_first = 0, n_local = 0;
   DType dtype = DType::BFloat16;  // of gate_up and down: BFloat16 or Float32
 };
 // The shapes launch_moe_experts takes (its plan is one block of 1024 threads; rows load 8 at a time).
 inline bool moe_experts_supported(int64_t T, int64_t top_k, int64_t n_local, int64_t hidden, int64_t F) {
-  return T >= 1 && T <= kMoeExpertsMaxTokens && top_k >= 1 && T * top_k <= 1024 && n_local >= 1 &&
-         n_local <= 1024 && hidden >= 8 && hidden % 8 == 0 && F >= 8 && F % 8 == 0;
+  return T >= 1 && T <= kMoeExpertsMaxTokens && top_k >= 1 && T * top_k <= 1024 && n_local >= 1 && n_local <= 1024 &&
+         hidden >= 8 && hidden % 8 == 0 && F >= 8 && F % 8 == 0;
 }
 size_t moe_experts_workspace_bytes(const MoeExpertsParams& p);
 void launch_moe_experts(const MoeExpertsParams& p, StreamHandle stream);
@@ -253,8 +256,8 @@ NcclUniqueId nccl_unique_id();
 // pointers; every collective runs on `stream` and returns after the stream has finished it, or, when
 // stream_ordered, as soon as it is enqueued (later work on `stream` sees the result; the host after a
 // stream synchronize; no host round trip per collective).
-std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const NcclUniqueId& id,
-                                                     StreamHandle stream, bool stream_ordered = false);
+std::unique_ptr<Communicator> make_nccl_communicator(int rank, int size, const NcclUniqueId& id, StreamHandle stream,
+                                                     bool stream_ordered = false);
 // Collective over `bootstrap`: rank 0 makes the id and broadcasts it over the host communicator;
 // the NCCL communicator has bootstrap's rank and size.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, StreamHandle stream,
@@ -266,15 +269,14 @@ std::unique_ptr<Communicator> make_nccl_host_communicator(Communicator& bootstra
 
 // Device buffers over a host communicator (e.g. MPI): each collective is staged through host memory on
 // `stream` (cuda/host_staged_comm.cu). For ranks sharing a GPU, where NCCL cannot run. Owns `host`.
-std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator> host,
-                                                            StreamHandle stream);
+std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator> host, StreamHandle stream);
 
 // ---- benchmarks (device-resident data, timed with CUDA events) ----------------------------------
 
 struct BenchResult {
-  double ms = 0;       // mean time per call
-  double bytes = 0;    // bytes that must move per call
-  double flops = 0;    // floating-point operations per call
+  double ms = 0;     // mean time per call
+  double bytes = 0;  // bytes that must move per call
+  double flops = 0;  // floating-point operations per call
 };
 // Device-to-device copy of `bytes` (read + write counted) with a vectorized copy kernel.
 BenchResult bench_copy(size_t bytes, int iters);

@@ -10,9 +10,9 @@
 // communicator `world` (MPI, or self for one rank) and splits the CP group from it; the packed (o, lse)
 // all-to-all, the o_proj / FFN all-reduces and the logits all-gather run over NCCL on the engine's stream.
 // One rank needs no NCCL. With CudaComm::Host they run on a duplicate of `world` instead, staged through
-// host memory (make_host_staged_communicator), so that several ranks may share one GPU. The KV bookkeeping (block tables, slot positions, ownership, the free list) is a
-// host PagedKVCache shared by all layers (every layer holds the same positions in the same slots); its own
-// host pool is never read; the keys live in one device pool per layer.
+// host memory (make_host_staged_communicator), so that several ranks may share one GPU. The KV bookkeeping (block
+// tables, slot positions, ownership, the free list) is a host PagedKVCache shared by all layers (every layer holds the
+// same positions in the same slots); its own host pool is never read; the keys live in one device pool per layer.
 #pragma once
 
 #include <cstdint>

@@ -11,24 +11,36 @@ enum class DType : uint8_t { Float32, BFloat16, Float16, Int64, Int32, UInt8 };
 
 constexpr int64_t dtype_size(DType t) {
   switch (t) {
-    case DType::Float32: return 4;
-    case DType::BFloat16: return 2;
-    case DType::Float16: return 2;
-    case DType::Int64: return 8;
-    case DType::Int32: return 4;
-    case DType::UInt8: return 1;
+    case DType::Float32:
+      return 4;
+    case DType::BFloat16:
+      return 2;
+    case DType::Float16:
+      return 2;
+    case DType::Int64:
+      return 8;
+    case DType::Int32:
+      return 4;
+    case DType::UInt8:
+      return 1;
   }
   return 0;
 }
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::Float32: return "float32";
-    case DType::BFloat16: return "bfloat16";
-    case DType::Float16: return "float16";
-    case DType::Int64: return "int64";
-    case DType::Int32: return "int32";
-    case DType::UInt8: return "uint8";
+    case DType::Float32:
+      return "float32";
+    case DType::BFloat16:
+      return "bfloat16";
+    case DType::Float16:
+      return "float16";
+    case DType::Int64:
+      return "int64";
+    case DType::Int32:
+      return "int32";
+    case DType::UInt8:
+      return "uint8";
   }
   return "?";
 }

@@ -31,7 +31,7 @@ struct EngineConfig {
   int64_t tp = 1, cp = 1, rank = 0;
   int64_t tokens_per_block = 32, num_kv_blocks = 0;
   DType kv_dtype = DType::Float32;
-  bool wuv_before_exchange = false;  // send Dv instead of R values per head
+  bool wuv_before_exchange = false;     // send Dv instead of R values per head
   bool expert_tensor_parallel = false;  // experts split by intermediate over all ranks instead of by expert
 
   bool is_moe_layer(int64_t layer) const {

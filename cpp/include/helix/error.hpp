@@ -62,13 +62,13 @@ inline std::string human_bytes(double bytes) {
 }  // namespace helix
 
 // HELIX_CHECK(cond, "x must be ...", value): throws helix::Error with the concatenated message.
-#define HELIX_CHECK(cond, ...) \
-  do {                         \
+#define HELIX_CHECK(cond, ...)                                               \
+  do {                                                                       \
     if (!(cond)) throw ::helix::Error(::helix::detail::concat(__VA_ARGS__)); \
   } while (0)
 
 // HELIX_CHECK_ARG(cond, ...): the same for bad arguments (helix::ArgumentError / Python ValueError).
-#define HELIX_CHECK_ARG(cond, ...) \
-  do {                             \
+#define HELIX_CHECK_ARG(cond, ...)                                                   \
+  do {                                                                               \
     if (!(cond)) throw ::helix::ArgumentError(::helix::detail::concat(__VA_ARGS__)); \
   } while (0)

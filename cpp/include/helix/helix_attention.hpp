@@ -30,8 +30,8 @@ struct HelixAttentionTimings {
 // w_uv        [H_tp, Dv, R]  f32|bf16, or an empty view (data == nullptr): exchange the R-wide latent
 // out         [T, H_tp / cp, W] f32 with W = Dv if w_uv is given, else R
 void helix_attention(Communicator& cp_comm, PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
-                     const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                     float scale, int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
+                     const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
+                     int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
                      HelixAttentionTimings* timings = nullptr);
 
 // Bytes one rank sends per call (to the other cp-1 ranks): (cp-1)/cp * T * H_tp * (W + 1) * 4.

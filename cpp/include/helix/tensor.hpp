@@ -26,7 +26,9 @@ struct TensorView {
   }
   int64_t nbytes() const { return numel() * dtype_size(dtype); }
   template <class T>
-  T* ptr() const { return static_cast<T*>(data); }
+  T* ptr() const {
+    return static_cast<T*>(data);
+  }
 };
 
 std::string shape_str(const std::vector<int64_t>& shape);

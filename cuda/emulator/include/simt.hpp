@@ -118,8 +118,7 @@ void syncthreads(const std::source_location& loc);
 // A warp collective: every lane of `mask` arrives with `data`; the last one runs complete(lane_data)
 // (lane_data[l] is lane l's `data`, null for lanes outside the mask) and all continue.
 using CompleteFn = void (*)(void* const* lane_data, unsigned mask);
-void warp_collective(unsigned mask, CompleteFn complete, void* data, const char* what,
-                     const std::source_location& loc);
+void warp_collective(unsigned mask, CompleteFn complete, void* data, const char* what, const std::source_location& loc);
 
 struct ShflData {
   const void* in;
@@ -137,7 +136,9 @@ inline T shfl(unsigned mask, T v, int src_lane, const char* what, const std::sou
   warp_collective(mask, complete_shfl, &d, what, loc);
   return out;
 }
-inline int lane_id() { return static_cast<int>(g_thread_idx.x + g_block_dim.x * (g_thread_idx.y + g_block_dim.y * g_thread_idx.z)) & 31; }
+inline int lane_id() {
+  return static_cast<int>(g_thread_idx.x + g_block_dim.x * (g_thread_idx.y + g_block_dim.y * g_thread_idx.z)) & 31;
+}
 }  // namespace detail
 
 // D = A * B + D of one mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (a warp collective).
@@ -147,9 +148,9 @@ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint3
 
 // ---- launches ---------------------------------------------------------------------------------------
 struct LaunchConfig {
-  const char* name;      // the kernel's name, for errors
-  const void* func;      // identity of the kernel (cudaFuncSetAttribute)
-  int max_threads;       // __launch_bounds__ (0: none)
+  const char* name;  // the kernel's name, for errors
+  const void* func;  // identity of the kernel (cudaFuncSetAttribute)
+  int max_threads;   // __launch_bounds__ (0: none)
   dim3 grid, block;
   size_t dynamic_smem;
   cudaStream_t stream;

@@ -21,13 +21,13 @@ namespace helix {
 
 // The queries of one call and where the results go. All rows t*H + h share the same keys.
 struct MlaAttentionParams {
-  const void* q = nullptr;          // [T, H, D]  q_dtype
-  const int64_t* q_pos = nullptr;   // [T]        global position of each query token
-  float* o = nullptr;               // [T, H, R]  output, normalized
-  float* lse = nullptr;             // [T, H]     output, natural log
+  const void* q = nullptr;             // [T, H, D]  q_dtype
+  const int64_t* q_pos = nullptr;      // [T]        global position of each query token
+  float* o = nullptr;                  // [T, H, R]  output, normalized
+  float* lse = nullptr;                // [T, H]     output, natural log
   int64_t T = 0, H = 0, D = 0, R = 0;  // R = kv_lora_rank <= D
-  float scale = 1.f;                // finite, > 0
-  DType q_dtype = DType::Float32;   // Float32 or BFloat16
+  float scale = 1.f;                   // finite, > 0
+  DType q_dtype = DType::Float32;      // Float32 or BFloat16
   // Optional subset of query tokens to compute (the outputs of the others are left untouched):
   const int64_t* tokens = nullptr;  // [num_tokens] indices in [0, T); nullptr: all T tokens
   int64_t num_tokens = 0;
@@ -86,7 +86,7 @@ MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q
 // q [T,H,D]; q_pos [T]; seq_ids [B] i64; q_seq_index [T] i64 in [0,B): the sequence each query token reads.
 // o [T,H,R] f32; lse [T,H] f32.
 void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
-                         const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
-                         int64_t kv_lora_rank, const TensorView& o, const TensorView& lse);
+                         const TensorView& seq_ids, const TensorView& q_seq_index, float scale, int64_t kv_lora_rank,
+                         const TensorView& o, const TensorView& lse);
 
 }  // namespace helix

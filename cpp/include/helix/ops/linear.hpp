@@ -29,7 +29,7 @@ struct LinearParams {
   int64_t T = 0, N = 0, K = 0;
   int64_t ldx = 0, ldy = 0;  // row strides in elements (>= K, >= N)
   DType w_dtype = DType::Float32;
-  bool accumulate = false;   // y += x @ W^T (residual add) instead of y = x @ W^T
+  bool accumulate = false;  // y += x @ W^T (residual add) instead of y = x @ W^T
 };
 
 // Tokens from which linear_cpu runs bf16 weights on AMX tiles. Measured on Emerald Rapids (1 thread,
@@ -55,7 +55,6 @@ void linear_cpu_isa(const LinearParams& p, std::string_view isa);
 
 // Validated op: x [T, K] f32; w [N, K] f32|bf16; y [T, N] f32 (written, or added to when accumulate).
 // isa: "" picks the best path for this CPU, else as linear_cpu_isa.
-void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate,
-            std::string_view isa = "");
+void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate, std::string_view isa = "");
 
 }  // namespace helix

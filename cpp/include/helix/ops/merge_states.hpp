@@ -25,7 +25,6 @@ void merge_states_cpu(const MergeStatesParams& p);
 
 // The op: validates shapes and dtypes (ArgumentError naming the argument), then runs the kernel.
 // o_parts [N,T,H,D] f32; lse_parts [N,T,H] f32; o [T,H,D] f32; lse [T,H] f32.
-void merge_states(const TensorView& o_parts, const TensorView& lse_parts, const TensorView& o,
-                  const TensorView& lse);
+void merge_states(const TensorView& o_parts, const TensorView& lse_parts, const TensorView& o, const TensorView& lse);
 
 }  // namespace helix

@@ -26,8 +26,8 @@ void moe_route_cpu(const MoeRouteParams& p);
 
 // Validated op: logits [T, E] f32; bias [E] f32; topk_idx [T, top_k] i32; topk_weight [T, top_k] f32.
 // E % n_group == 0, 1 <= topk_group <= n_group, 1 <= top_k <= topk_group * E / n_group.
-void moe_route(const TensorView& logits, const TensorView& bias, int64_t top_k, int64_t n_group,
-               int64_t topk_group, bool norm_topk_prob, float routed_scaling_factor, const TensorView& topk_idx,
+void moe_route(const TensorView& logits, const TensorView& bias, int64_t top_k, int64_t n_group, int64_t topk_group,
+               bool norm_topk_prob, float routed_scaling_factor, const TensorView& topk_idx,
                const TensorView& topk_weight);
 
 }  // namespace helix
