@@ -9,36 +9,11 @@ import pytest
 from helix import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tolerances import tol
+from tolerances import BF16_ROUNDED_PATHS, mla_attention_tol, tol
 
 ops = helix.ops
 BF16 = ml_dtypes.bfloat16
-
-
-def available_paths() -> list[str]:
-    paths = ["auto", "portable"]
-    for path in ("avx512", "avx512_bf16", "amx", "amx_split"):
-        try:
-            ops.set_kernel_path(path)
-            paths.append(path)
-        except helix.HelixError:
-            pass
-        finally:
-            ops.set_kernel_path("auto")
-    return paths
-
-
-PATHS = available_paths()
-needs_amx = pytest.mark.skipif(
-    "amx" not in PATHS, reason="no AMX-BF16 on this CPU (or the OS refused the tiles)"
-)
-
-
-@pytest.fixture(params=PATHS)
-def kernel_path(request):
-    ops.set_kernel_path(request.param)
-    yield request.param
-    ops.set_kernel_path("auto")
+KERNEL_PATHS = ops.kernel_paths()  # every path -> "" where it runs here, else why not
 
 
 def make_inputs(rng, T, H, D, S, q_dtype=np.float32, kv_dtype=np.float32, causal=True, shuffle=False):
@@ -52,85 +27,123 @@ def make_inputs(rng, T, H, D, S, q_dtype=np.float32, kv_dtype=np.float32, causal
     return q, kv, q_pos, kv_pos
 
 
-def check(o, lse, q, kv, q_pos, kv_pos, scale, R, dtype_key):
+def check(o, lse, q, kv, q_pos, kv_pos, scale, R, bounds):
+    """o and lse against the float64 reference within bounds = (o bound, lse bound), each
+    {atol, rtol}; returns the reference."""
+    o_bound, lse_bound = bounds
     o_ref, lse_ref = reference.mla_attention(q, kv, q_pos, kv_pos, scale, R)
     assert o.dtype == np.float32 and lse.dtype == np.float32
     assert o.shape == o_ref.shape and lse.shape == lse_ref.shape
     assert not np.isnan(o).any() and not np.isnan(lse).any()
-    np.testing.assert_allclose(o, o_ref, **tol("mla_attention", dtype_key))
+    np.testing.assert_allclose(o, o_ref, **o_bound)
     np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse_ref))
     finite = np.isfinite(lse_ref)
-    np.testing.assert_allclose(lse[finite], lse_ref[finite], **tol("mla_attention", dtype_key))
+    np.testing.assert_allclose(lse[finite], lse_ref[finite], **lse_bound)
+    return o_ref, lse_ref
 
 
 SHAPES = [
     # T, H, D, R, S
     (1, 128, 576, 512, 200),  # DeepSeek-V3 decode
     (1, 5, 37, 21, 130),  # odd heads and widths
-    (3, 17, 33, 33, 65),  # R == D, one past a 64-key tile
+    (3, 17, 33, 33, 65),  # R == D, one past a 64-key tile (AVX-512, portable)
     (4, 3, 8, 1, 64),  # R == 1, exactly one tile
     (7, 16, 72, 64, 300),  # causal prefill chunk
     (2, 1, 2, 1, 5),  # tiny
     (1, 129, 40, 32, 127),  # rows spill into a second 128-row block
+    # the AMX key tile (256 keys) exactly, one past it, and several tiles (in-place key loads at D = 576, 64)
+    (1, 16, 64, 64, 256),
+    (2, 16, 64, 48, 257),
+    (2, 128, 576, 512, 1000),
 ]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_matches_reference(kernel_path, shape, dtype):
+    """O(1) scores, T = 1 and causal chunks T > 1 over shuffled key positions."""
     T, H, D, R, S = shape
     rng = np.random.default_rng([*shape, dtype == "bfloat16"])
     t = np.float32 if dtype == "float32" else BF16
     q, kv, q_pos, kv_pos = make_inputs(rng, T, H, D, S, t, t, shuffle=True)
     scale = 1.0 / np.sqrt(D)
     o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, scale, R)
-    check(o, lse, q, kv, q_pos, kv_pos, scale, R, dtype)
+    check(o, lse, q, kv, q_pos, kv_pos, scale, R, mla_attention_tol(kernel_path, dtype))
 
 
 def test_float32_query_with_bfloat16_keys(kernel_path):
     rng = np.random.default_rng(1)
     q, kv, q_pos, kv_pos = make_inputs(rng, 2, 16, 96, 150, np.float32, BF16)
     o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 80)
-    check(o, lse, q, kv, q_pos, kv_pos, 0.1, 80, "bfloat16")
+    check(o, lse, q, kv, q_pos, kv_pos, 0.1, 80, mla_attention_tol(kernel_path, "bfloat16"))
 
 
 def test_bfloat16_query_with_float32_keys(kernel_path):
     rng = np.random.default_rng(2)
     q, kv, q_pos, kv_pos = make_inputs(rng, 2, 6, 50, 90, BF16, np.float32)
     o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.2, 48)
-    check(o, lse, q, kv, q_pos, kv_pos, 0.2, 48, "float32")
+    check(o, lse, q, kv, q_pos, kv_pos, 0.2, 48, mla_attention_tol(kernel_path, "float32"))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, BF16])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_empty_shard_and_invisible_keys(kernel_path, dtype):
+    t = np.float32 if dtype == "float32" else BF16
     rng = np.random.default_rng(3)
-    q = rng.standard_normal((3, 5, 24), dtype=np.float32).astype(dtype)
+    q = rng.standard_normal((3, 5, 24), dtype=np.float32).astype(t)
     # S = 0: nothing to attend to.
     o, lse = ops.mla_attention(
-        q, np.zeros((0, 24), dtype), np.arange(3, dtype=np.int64), np.zeros(0, np.int64), 0.3, 16
+        q, np.zeros((0, 24), t), np.arange(3, dtype=np.int64), np.zeros(0, np.int64), 0.3, 16
     )
     assert o.shape == (3, 5, 16) and np.all(o == 0) and np.all(np.isneginf(lse))
     # Keys all in the future of the first query token, visible to the last one only.
-    kv = rng.standard_normal((70, 24), dtype=np.float32).astype(dtype)
+    kv = rng.standard_normal((70, 24), dtype=np.float32).astype(t)
     kv_pos = np.arange(100, 170, dtype=np.int64)
     q_pos = np.array([5, 99, 200], dtype=np.int64)
     o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.3, 16)
     assert np.all(o[:2] == 0) and np.all(np.isneginf(lse[:2]))
-    check(o, lse, q, kv, q_pos, kv_pos, 0.3, 16, "float32" if dtype == np.float32 else "bfloat16")
+    check(o, lse, q, kv, q_pos, kv_pos, 0.3, 16, mla_attention_tol(kernel_path, dtype))
+
+
+LARGE_SCORE_SHAPES = [
+    # T, H, D, R, S
+    (1, 16, 576, 512, 300),  # DeepSeek-V3 decode
+    (4, 8, 576, 512, 257),  # causal chunk, one past the AMX key tile
+    (3, 5, 72, 64, 65),  # one past the AVX-512 key tile
+]
+
+
+@pytest.mark.parametrize("shape", LARGE_SCORE_SHAPES)
+@pytest.mark.parametrize("spread", [10, 100])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_large_score_spreads(kernel_path, shape, spread, dtype):
+    """Large-magnitude float32 q (|q| ~ spread): scale * q.k has a standard deviation of `spread`, so the
+    scores span tens (spread 10, maxima ~50) or hundreds (spread 100, maxima ~500). Every error in a score
+    is amplified by the softmax: the bf16-rounded paths lose ~2^-9 of each score, the split paths ~2^-17."""
+    T, H, D, R, S = shape
+    rng = np.random.default_rng([*shape, spread, dtype == "bfloat16"])
+    q, kv, q_pos, kv_pos = make_inputs(
+        rng, T, H, D, S, np.float32, np.float32 if dtype == "float32" else BF16
+    )
+    q *= np.float32(spread)
+    scale = D**-0.5
+    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, scale, R)
+    _, lse_ref = check(o, lse, q, kv, q_pos, kv_pos, scale, R, mla_attention_tol(kernel_path, dtype, True))
+    assert np.abs(lse_ref).max() > 2 * spread  # the scores are large indeed
 
 
 def test_large_scores_do_not_overflow(kernel_path):
     rng = np.random.default_rng(4)
     q, kv, q_pos, kv_pos = make_inputs(rng, 1, 8, 64, 100)
     o, lse = ops.mla_attention(q * 30, kv, q_pos, kv_pos, 1.0, 64)  # scores of several hundred
-    check(o, lse, q * 30, kv, q_pos, kv_pos, 1.0, 64, "float32")
+    check(o, lse, q * 30, kv, q_pos, kv_pos, 1.0, 64, mla_attention_tol(kernel_path, "float32"))
 
 
-def test_paths_agree():
+def test_paths_agree_on_float32_keys():
+    """float32 keys run exact float32 products on every path."""
     rng = np.random.default_rng(5)
     q, kv, q_pos, kv_pos = make_inputs(rng, 3, 20, 100, 333, shuffle=True)
     results = {}
-    for path in PATHS:
+    for path in (name for name, why in KERNEL_PATHS.items() if not why):
         ops.set_kernel_path(path)
         try:
             results[path] = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 90)
@@ -141,98 +154,25 @@ def test_paths_agree():
         np.testing.assert_allclose(lse, results["portable"][1], **tol("mla_attention", "float32"))
 
 
-AMX_SHAPES = [
-    *SHAPES,
-    # the AMX key tile (256 keys) exactly, one past it, and several tiles (in-place key loads at D = 576, 64)
-    (1, 16, 64, 64, 256),
-    (2, 16, 64, 48, 257),
-    (2, 128, 576, 512, 1000),
-    (1, 40, 64, 48, 333),
-]
+def test_auto_is_float32_grade():
+    """Auto never resolves to a bf16-rounded path; it takes the split AMX path where AMX is available."""
+    assert ops.kernel_path() not in BF16_ROUNDED_PATHS
+    if not KERNEL_PATHS["amx_split"]:
+        assert ops.kernel_path() == "amx_split"
 
 
-@needs_amx
-@pytest.mark.parametrize("amx", ["amx", "amx_split"])
-@pytest.mark.parametrize("shape", AMX_SHAPES)
-def test_amx_agrees_with_the_avx512_paths(amx, shape):
-    """bf16 keys, float32 q: both AMX paths against the widened-f32 AVX-512 path and the AVX-512 BF16 path
-    (bf16 tolerance: plain AMX rounds q and the weights to bf16, relative to running maxima that differ with
-    the key tiles), and the split AMX path against the float64 reference at float32 tolerance."""
-    T, H, D, R, S = shape
-    rng = np.random.default_rng([*shape, 8])
-    q, kv, q_pos, kv_pos = make_inputs(rng, T, H, D, S, np.float32, BF16, shuffle=True)
-    results = {}
-    for path in (amx, "avx512", "avx512_bf16"):
-        if path not in PATHS:
-            continue
-        ops.set_kernel_path(path)
-        try:
-            results[path] = ops.mla_attention(q, kv, q_pos, kv_pos, D**-0.5, R)
-        finally:
-            ops.set_kernel_path("auto")
-    o, lse = results[amx]
-    assert not np.isnan(o).any() and not np.isnan(lse).any()
-    for path in ("avx512", "avx512_bf16"):
-        if path in results:
-            np.testing.assert_allclose(o, results[path][0], **tol("mla_attention", "bfloat16"))
-            np.testing.assert_allclose(lse, results[path][1], **tol("mla_attention", "bfloat16"))
-    if amx == "amx_split":  # O(1) scores: as accurate as the float32 kernels
-        check(o, lse, q, kv, q_pos, kv_pos, D**-0.5, R, "float32")
-
-
-@needs_amx
-def test_amx_split_with_large_scores():
-    """Scores with a spread of about 20 (maxima ~60): the split path's q error (2^-17 relative) grows with
-    |score|."""
-    rng = np.random.default_rng(4)
-    q, kv, q_pos, kv_pos = make_inputs(rng, 3, 17, 72, 300, np.float32, BF16)
-    q = q * np.float32(30 / np.sqrt(72) * 5)
-    ops.set_kernel_path("amx_split")
-    try:
-        o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 72**-0.5, 64)
-    finally:
-        ops.set_kernel_path("auto")
-    o_ref, lse_ref = reference.mla_attention(q, kv, q_pos, kv_pos, 72**-0.5, 64)
-    assert np.abs(lse_ref[np.isfinite(lse_ref)]).max() > 40  # the scores are large indeed
-    np.testing.assert_allclose(o, o_ref, **tol("mla_attention.amx_split", "bfloat16"))
-    finite = np.isfinite(lse_ref)
-    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse_ref))
-    np.testing.assert_allclose(lse[finite], lse_ref[finite], **tol("mla_attention.amx_split", "bfloat16"))
-
-
-@needs_amx
-def test_amx_auto_choice_and_float32_keys():
-    """Auto picks the split AMX path for bf16 keys where AMX is available; float32 keys stay exact (the f32
-    FMA kernels) on both AMX paths."""
-    assert ops.kernel_path() == "amx_split"
-    rng = np.random.default_rng(9)
-    q, kv, q_pos, kv_pos = make_inputs(rng, 2, 64, 96, 300, shuffle=True)
-    for path in ("amx", "amx_split"):
-        ops.set_kernel_path(path)
-        try:
-            assert ops.kernel_path() == path
-            o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 64)
-        finally:
-            ops.set_kernel_path("auto")
-        check(o, lse, q, kv, q_pos, kv_pos, 0.1, 64, "float32")
-
-
-@needs_amx
-@pytest.mark.parametrize("amx", ["amx", "amx_split"])
 @pytest.mark.parametrize("threads", [1, 2, 5])
-def test_amx_key_splits_merge_exactly(amx, threads):
-    """More threads than row blocks: the keys are split and the row-major AMX partials merged."""
+def test_key_splits_merge_exactly(kernel_path, threads):
+    """More threads than row blocks: the keys are split and the partial states merged."""
     rng = np.random.default_rng(threads)
     q, kv, q_pos, kv_pos = make_inputs(rng, 1, 128, 576, 1100, BF16, BF16, shuffle=True)
     before = ops.num_threads()
-    ops.set_kernel_path(amx)
     try:
         ops.set_num_threads(threads)
         o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 576**-0.5, 512)
     finally:
         ops.set_num_threads(before)
-        ops.set_kernel_path("auto")
-    check(o, lse, q, kv, q_pos, kv_pos, 576**-0.5, 512, "bfloat16" if amx == "amx" else "float32")
+    check(o, lse, q, kv, q_pos, kv_pos, 576**-0.5, 512, mla_attention_tol(kernel_path, "bfloat16"))
 
 
 def test_threads_do_not_change_the_result():

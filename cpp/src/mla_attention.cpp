@@ -32,11 +32,12 @@ constexpr int64_t kMaxSplit = 64;  // key splits per row block
 
 std::atomic<MlaKernelPath> g_forced_path{MlaKernelPath::Auto};
 
+// Only float32-grade paths (see MlaKernelPath): the bf16-rounded ones run only when forced.
 MlaKernelPath auto_path() {
   static const MlaKernelPath path = [] {
-    // AMX: bfloat16 keys only (select_ops keeps float32 keys on the exact widened-f32 FMA kernels).
+    // bfloat16 keys only (select_ops keeps float32 keys on the exact widened-f32 FMA kernels).
     if (detail::amx_tile_ops(true)) return MlaKernelPath::AmxSplit;
-    if (detail::avx512_bf16_tile_ops() && __builtin_cpu_is("amd")) return MlaKernelPath::Avx512Bf16;
+    if (detail::avx512_bf16_tile_ops(true) && __builtin_cpu_is("amd")) return MlaKernelPath::Avx512Bf16Split;
     if (detail::avx512_tile_ops()) return MlaKernelPath::Avx512;
     return MlaKernelPath::Portable;
   }();
@@ -46,9 +47,20 @@ MlaKernelPath auto_path() {
 const TileOps& select_ops(DType kv_dtype) {
   MlaKernelPath path = g_forced_path.load();
   if (path == MlaKernelPath::Auto) path = auto_path();
-  if (path == MlaKernelPath::Amx && kv_dtype == DType::BFloat16) return *detail::amx_tile_ops(false);
-  if (path == MlaKernelPath::AmxSplit && kv_dtype == DType::BFloat16) return *detail::amx_tile_ops(true);
-  if (path == MlaKernelPath::Avx512Bf16 && kv_dtype == DType::BFloat16) return *detail::avx512_bf16_tile_ops();
+  if (kv_dtype == DType::BFloat16) {
+    switch (path) {
+      case MlaKernelPath::Amx:
+        return *detail::amx_tile_ops(false);
+      case MlaKernelPath::AmxSplit:
+        return *detail::amx_tile_ops(true);
+      case MlaKernelPath::Avx512Bf16:
+        return *detail::avx512_bf16_tile_ops(false);
+      case MlaKernelPath::Avx512Bf16Split:
+        return *detail::avx512_bf16_tile_ops(true);
+      default:
+        break;
+    }
+  }
   if (path != MlaKernelPath::Portable) return *detail::avx512_tile_ops();
   return detail::portable_tile_ops(kv_dtype);
 }
@@ -344,14 +356,26 @@ void run_attention(const MlaAttentionParams& p, const int64_t* tokens, int64_t n
 
 }  // namespace
 
+std::string_view mla_kernel_path_unavailable(MlaKernelPath path) {
+  switch (path) {
+    case MlaKernelPath::Auto:
+    case MlaKernelPath::Portable:
+      return {};
+    case MlaKernelPath::Avx512:
+      return detail::avx512_tile_ops() ? std::string_view{} : "no AVX-512F on this CPU (or build)";
+    case MlaKernelPath::Avx512Bf16:
+    case MlaKernelPath::Avx512Bf16Split:
+      return detail::avx512_bf16_tile_ops(false) ? std::string_view{} : "no AVX512_BF16 on this CPU (or build)";
+    case MlaKernelPath::Amx:
+    case MlaKernelPath::AmxSplit:
+      return detail::amx_unavailable();
+  }
+  return "unknown kernel path";
+}
+
 void set_mla_kernel_path(MlaKernelPath path) {
-  HELIX_CHECK(path != MlaKernelPath::Avx512 || detail::avx512_tile_ops(),
-              "this CPU (or build) has no AVX-512F: cannot force the avx512 path");
-  HELIX_CHECK(path != MlaKernelPath::Avx512Bf16 || detail::avx512_bf16_tile_ops(),
-              "this CPU (or build) has no AVX512_BF16: cannot force the avx512_bf16 path");
-  HELIX_CHECK((path != MlaKernelPath::Amx && path != MlaKernelPath::AmxSplit) || detail::amx_tile_ops(false),
-              "this CPU (or build) has no AMX-BF16, or the OS refused the AMX tile permission: cannot force the ",
-              mla_kernel_path_name(path), " path");
+  const std::string_view why = mla_kernel_path_unavailable(path);
+  HELIX_CHECK(why.empty(), "cannot force the ", mla_kernel_path_name(path), " kernel path: ", why);
   g_forced_path.store(path);
 }
 
@@ -377,6 +401,8 @@ std::string_view mla_kernel_path_name(MlaKernelPath path) {
       return "avx512";
     case MlaKernelPath::Avx512Bf16:
       return "avx512_bf16";
+    case MlaKernelPath::Avx512Bf16Split:
+      return "avx512_bf16_split";
     case MlaKernelPath::Amx:
       return "amx";
     case MlaKernelPath::AmxSplit:

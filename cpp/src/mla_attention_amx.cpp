@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #if defined(__linux__)
@@ -429,29 +430,37 @@ HELIX_AMX void pv_amx(const float* P, const void* const* keys, int64_t nt, int64
   tile_barrier();
 }
 
-// AMX-BF16 and AMX-TILE in CPUID, the tile state enabled in XCR0 (bits 17, 18), and the Linux permission.
-bool amx_usable() {
-  if (avx512_bf16_tile_ops() == nullptr || avx512_tile_ops() == nullptr) return false;
-  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+// AMX-BF16 and AMX-TILE in CPUID, the tile state enabled in XCR0 (bits 17, 18), and the Linux permission;
+// empty when all are there, else what is missing.
+std::string_view amx_missing() {
+  if (avx512_bf16_tile_ops(false) == nullptr) return "no AVX512_BF16 on this CPU (or build), which AMX needs too";
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return "no AMX-BF16 on this CPU";
   uint32_t xcr0_lo, xcr0_hi;
   __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
   constexpr uint32_t kTileState = (1u << 17) | (1u << 18);  // XTILECFG, XTILEDATA
-  if ((xcr0_lo & kTileState) != kTileState) return false;
+  if ((xcr0_lo & kTileState) != kTileState) return "the OS has not enabled the AMX tile state (XCR0)";
 #if defined(__linux__)
   constexpr long kArchReqXcompPerm = 0x1023;
   constexpr long kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) {
+    return "the OS refused the AMX tile-data permission (arch_prctl ARCH_REQ_XCOMP_PERM)";
+  }
+  return {};
 #else
-  return false;
+  return "AMX tile permission is only requested on Linux";
 #endif
 }
 
 }  // namespace
 
-const TileOps* amx_tile_ops(bool split) {
+std::string_view amx_unavailable() {
   // Asked once per process (a function-local static is initialized exactly once, like std::call_once).
-  static const bool usable = amx_usable();
-  if (!usable) return nullptr;
+  static const std::string_view why = amx_missing();
+  return why;
+}
+
+const TileOps* amx_tile_ops(bool split) {
+  if (!amx_unavailable().empty()) return nullptr;
   static const TileOps amx{DType::BFloat16,        kAmxKeyTile,       OLayout::RowMajor, extra_bytes_amx,
                            qpack_bytes_amx<false>, pack_q_amx<false>, qk_amx<false>,     avx512_tile_ops()->softmax,
                            pv_amx<false>};
@@ -466,6 +475,7 @@ const TileOps* amx_tile_ops(bool split) {
 #else  // not x86-64 GCC/Clang
 
 namespace helix::detail {
+std::string_view amx_unavailable() { return "no AMX kernels in this build (not x86-64 GCC/Clang)"; }
 const TileOps* amx_tile_ops(bool) { return nullptr; }
 }  // namespace helix::detail
 

@@ -6,6 +6,10 @@
 //   PV: OT[r][m] += sum_n key[n][r] * P[n][m]         broadcast value elements, NR=6 r's x NV<=4 vectors
 // With bf16 keys the reduction axis goes in pairs (d, d+1) or (n, n+1) through _mm512_dpbf16_ps: q and P
 // are packed as bf16 pairs, the values of a tile are re-packed as pairs of consecutive keys.
+// VDPBF16PS multiplies bf16 exactly and accumulates in fp32, so the only loss is the rounding of q and P to
+// bf16 (2^-9 relative). The split set (Planes = 2) carries q and P as two planes, hi = bf16(x) and
+// lo = bf16(x - hi), and runs every product once per plane against the same key (value) pairs: x - hi - lo
+// is ~2^-17 |x|, float32-grade at O(1) scores, for twice the products.
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* helpers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -83,52 +87,58 @@ HELIX_AVX512F void pv_f32_kernel(const float* b, int64_t ldb, const void* const*
 
 inline __m512bh HELIX_AVX512 as_bh(__m512i v) { return (__m512bh)v; }
 
-// c[i][16j..] (+)= sum_{k<kpairs} dot2(a_i(k), b[k]), a_i(k) = bf16 pair (keys[i][2k], keys[i][2k+1]),
-// b: [kpairs][ldb] pairs (32-bit words); `odd_tail`: one more lone element keys[i][2*kpairs] (pair high 0).
-template <int NR, int NV>
-HELIX_AVX512 void qk_bf16_kernel(const uint32_t* b, int64_t ldb, const void* const* keys, int64_t d0, int64_t kpairs,
-                                 bool odd_tail, float* c, int64_t ldc, bool accumulate) {
+// acc[i][j] += sum_{p<Planes} dot2(pair[i], b[p*plane + 16j..]): one reduction pair against NV vectors of
+// query rows, once per plane.
+template <int NR, int NV, int Planes>
+HELIX_AVX512 inline void dot2_step(__m512 (&acc)[NR][NV], const uint32_t* b, int64_t plane,
+                                   const uint32_t (&pair)[NR]) {
+  for (int pl = 0; pl < Planes; ++pl) {
+    __m512i bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + pl * plane + 16 * j);
+    for (int i = 0; i < NR; ++i) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(pair[i]));
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(av), as_bh(bv[j]));
+    }
+  }
+}
+
+// c[i][16j..] (+)= sum_{k<kpairs} dot2(a_i(k), b[k]) over the Planes planes of b, a_i(k) = bf16 pair
+// (keys[i][2k], keys[i][2k+1]), b: [Planes][..][ldb] pairs (32-bit words), planes `plane` words apart;
+// `odd_tail`: one more lone element keys[i][2*kpairs] (pair high 0).
+template <int NR, int NV, int Planes>
+HELIX_AVX512 void qk_bf16_kernel(const uint32_t* b, int64_t ldb, int64_t plane, const void* const* keys, int64_t d0,
+                                 int64_t kpairs, bool odd_tail, float* c, int64_t ldc, bool accumulate) {
   __m512 acc[NR][NV];
   const bf16_t* a[NR];
   for (int i = 0; i < NR; ++i) {
     a[i] = static_cast<const bf16_t*>(keys[i]) + d0;
     for (int j = 0; j < NV; ++j) acc[i][j] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
   }
+  uint32_t pair[NR];
   for (int64_t k = 0; k < kpairs; ++k) {
-    __m512i bv[NV];
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + k * ldb + 16 * j);
-    for (int i = 0; i < NR; ++i) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(load_u32(a[i] + 2 * k)));
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(av), as_bh(bv[j]));
-    }
+    for (int i = 0; i < NR; ++i) pair[i] = load_u32(a[i] + 2 * k);
+    dot2_step<NR, NV, Planes>(acc, b + k * ldb, plane, pair);
   }
   if (odd_tail) {
-    __m512i bv[NV];
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + kpairs * ldb + 16 * j);
-    for (int i = 0; i < NR; ++i) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i][2 * kpairs]));
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(av), as_bh(bv[j]));
-    }
+    for (int i = 0; i < NR; ++i) pair[i] = a[i][2 * kpairs];
+    dot2_step<NR, NV, Planes>(acc, b + kpairs * ldb, plane, pair);
   }
   for (int i = 0; i < NR; ++i)
     for (int j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
 }
 
-// c[i][16j..] += sum_{k<npairs} dot2(v[k][r0+i], p[k][16j..]); v: [npairs][R] pairs, p: [npairs][ldb] pairs.
-template <int NR, int NV>
-HELIX_AVX512 void pv_bf16_kernel(const uint32_t* p, int64_t ldb, const uint32_t* v, int64_t R, int64_t r0,
-                                 int64_t npairs, float* c, int64_t ldc) {
+// c[i][16j..] += sum_{k<npairs} dot2(v[k][r0+i], p[k][16j..]) over the Planes planes of p; v: [npairs][R]
+// pairs, p: [Planes][..][ldb] pairs, planes `plane` words apart.
+template <int NR, int NV, int Planes>
+HELIX_AVX512 void pv_bf16_kernel(const uint32_t* p, int64_t ldb, int64_t plane, const uint32_t* v, int64_t R,
+                                 int64_t r0, int64_t npairs, float* c, int64_t ldc) {
   __m512 acc[NR][NV];
   for (int i = 0; i < NR; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_loadu_ps(c + i * ldc + 16 * j);
+  uint32_t pair[NR];
   for (int64_t k = 0; k < npairs; ++k) {
-    __m512i bv[NV];
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(p + k * ldb + 16 * j);
-    const uint32_t* vk = v + k * R + r0;
-    for (int i = 0; i < NR; ++i) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(vk[i]));
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(av), as_bh(bv[j]));
-    }
+    for (int i = 0; i < NR; ++i) pair[i] = v[k * R + r0 + i];
+    dot2_step<NR, NV, Planes>(acc, p + k * ldb, plane, pair);
   }
   for (int i = 0; i < NR; ++i)
     for (int j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
@@ -140,27 +150,37 @@ template <template <int, int> class K, size_t... I>
 constexpr auto make_table(std::index_sequence<I...>) {
   return std::array{K<static_cast<int>(I / kNV) + 1, static_cast<int>(I % kNV) + 1>::fn...};
 }
-#define HELIX_KERNEL_TABLE(name, kernel)        \
-  template <int NR, int NV>                     \
-  struct name {                                 \
-    static constexpr auto fn = &kernel<NR, NV>; \
+#define HELIX_KERNEL_TABLE(name, ...)        \
+  template <int NR, int NV>                  \
+  struct name {                              \
+    static constexpr auto fn = &__VA_ARGS__; \
   };
-HELIX_KERNEL_TABLE(QkF32, qk_f32_kernel)
-HELIX_KERNEL_TABLE(PvF32, pv_f32_kernel)
-HELIX_KERNEL_TABLE(QkBf16, qk_bf16_kernel)
-HELIX_KERNEL_TABLE(PvBf16, pv_bf16_kernel)
+HELIX_KERNEL_TABLE(QkF32, qk_f32_kernel<NR, NV>)
+HELIX_KERNEL_TABLE(PvF32, pv_f32_kernel<NR, NV>)
+HELIX_KERNEL_TABLE(QkBf16, qk_bf16_kernel<NR, NV, 1>)
+HELIX_KERNEL_TABLE(PvBf16, pv_bf16_kernel<NR, NV, 1>)
+HELIX_KERNEL_TABLE(QkBf16Split, qk_bf16_kernel<NR, NV, 2>)
+HELIX_KERNEL_TABLE(PvBf16Split, pv_bf16_kernel<NR, NV, 2>)
 #undef HELIX_KERNEL_TABLE
 constexpr auto kQkF32 = make_table<QkF32>(std::make_index_sequence<kNR * kNV>{});
 constexpr auto kPvF32 = make_table<PvF32>(std::make_index_sequence<kNR * kNV>{});
-constexpr auto kQkBf16 = make_table<QkBf16>(std::make_index_sequence<kNR * kNV>{});
-constexpr auto kPvBf16 = make_table<PvBf16>(std::make_index_sequence<kNR * kNV>{});
+// [Planes - 1]: the bf16 tables, plain and split.
+constexpr std::array kQkBf16{make_table<QkBf16>(std::make_index_sequence<kNR * kNV>{}),
+                             make_table<QkBf16Split>(std::make_index_sequence<kNR * kNV>{})};
+constexpr std::array kPvBf16{make_table<PvBf16>(std::make_index_sequence<kNR * kNV>{}),
+                             make_table<PvBf16Split>(std::make_index_sequence<kNR * kNV>{})};
 
 inline int64_t table_index(int64_t nr, int64_t nv) { return (nr - 1) * kNV + (nv - 1); }
 
 // ---- QK / PV over a tile ---------------------------------------------------------------------------------
 
 int64_t qpack_bytes_f32(int64_t D, int64_t Mp) { return D * Mp * 4; }
-int64_t qpack_bytes_bf16(int64_t D, int64_t Mp) { return (D + 1) / 2 * Mp * 4; }
+// One plane of the bf16 q pack: [ceil(D/2)][Mp] pairs.
+int64_t qpack_plane_words(int64_t D, int64_t Mp) { return (D + 1) / 2 * Mp; }
+template <int Planes>
+int64_t qpack_bytes_bf16(int64_t D, int64_t Mp) {
+  return Planes * qpack_plane_words(D, Mp) * 4;
+}
 
 void pack_q_f32(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack) {
   float* out = static_cast<float*>(qpack);  // [D][Mp]
@@ -176,17 +196,22 @@ void pack_q_f32(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType
   }
 }
 
+// qpack [Planes][ceil(D/2)][Mp][2] bf16: plane 0 holds q rounded to bf16 (round to nearest even); the split
+// set's plane 1 holds the rounding error q - plane 0, rounded to bf16 (zero for bf16 q). d >= D and rows
+// m >= M are zero.
+template <int Planes>
 void pack_q_bf16(const void* const* rows, int64_t M, int64_t Mp, int64_t D, DType q_dtype, void* qpack) {
-  bf16_t* out = static_cast<bf16_t*>(qpack);  // [ceil(D/2)][Mp][2]
+  bf16_t* hi = static_cast<bf16_t*>(qpack);
+  bf16_t* lo = hi + 2 * qpack_plane_words(D, Mp);
   const int64_t Dh = (D + 1) / 2;
   for (int64_t m = 0; m < Mp; ++m) {
     for (int64_t d = 0; d < 2 * Dh; ++d) {
-      bf16_t v = 0;
-      if (m < M && d < D) {
-        v = q_dtype == DType::BFloat16 ? static_cast<const bf16_t*>(rows[m])[d]
-                                       : float_to_bf16(static_cast<const float*>(rows[m])[d]);
-      }
-      out[((d / 2) * Mp + m) * 2 + (d % 2)] = v;
+      const float x = m >= M || d >= D             ? 0.f
+                      : q_dtype == DType::BFloat16 ? bf16_to_float(static_cast<const bf16_t*>(rows[m])[d])
+                                                   : static_cast<const float*>(rows[m])[d];
+      const int64_t at = ((d / 2) * Mp + m) * 2 + (d % 2);
+      hi[at] = float_to_bf16(x);
+      if constexpr (Planes == 2) lo[at] = float_to_bf16(x - bf16_to_float(hi[at]));
     }
   }
 }
@@ -216,10 +241,12 @@ void pv_f32(const float* P, const void* const* keys, int64_t nt, int64_t R, int6
   }
 }
 
+template <int Planes>
 void qk_bf16(const void* qpack, const void* const* keys, int64_t nt, int64_t D, int64_t Mp, float* St,
              const TileScratch&) {
-  const uint32_t* qp = static_cast<const uint32_t*>(qpack);  // [ceil(D/2)][Mp] pairs
-  for (int64_t d0 = 0; d0 < D; d0 += kDChunk) {              // kDChunk is even: chunks start on a pair
+  const uint32_t* qp = static_cast<const uint32_t*>(qpack);  // [Planes][ceil(D/2)][Mp] pairs
+  const int64_t plane = qpack_plane_words(D, Mp);
+  for (int64_t d0 = 0; d0 < D; d0 += kDChunk) {  // kDChunk is even: chunks start on a pair
     const int64_t dend = std::min(d0 + kDChunk, D);
     const int64_t kpairs = (dend - d0) / 2;
     const bool odd_tail = dend == D && (D % 2) == 1;
@@ -228,8 +255,8 @@ void qk_bf16(const void* qpack, const void* const* keys, int64_t nt, int64_t D, 
       const int64_t nv = std::min<int64_t>(kNV, (Mp - m0) / 16);
       for (int64_t n0 = 0; n0 < nt; n0 += kNR) {
         const int64_t nr = std::min<int64_t>(kNR, nt - n0);
-        kQkBf16[table_index(nr, nv)](qp + k0 * Mp + m0, Mp, keys + n0, d0, kpairs, odd_tail, St + n0 * Mp + m0, Mp,
-                                     d0 > 0);
+        kQkBf16[Planes - 1][table_index(nr, nv)](qp + k0 * Mp + m0, Mp, plane, keys + n0, d0, kpairs, odd_tail,
+                                                 St + n0 * Mp + m0, Mp, d0 > 0);
       }
     }
   }
@@ -242,12 +269,20 @@ HELIX_AVX512 inline __m512i interleave_halves(__m512i v) {
   return _mm512_permutexvar_epi16(idx, v);
 }
 
-HELIX_AVX512 void pv_bf16(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* OT,
-                          const TileScratch& scratch) {
-  const int64_t npairs = (nt + 1) / 2;
-  uint32_t* pp = reinterpret_cast<uint32_t*>(scratch.p_pairs);  // [npairs][Mp]
-  uint32_t* vp = reinterpret_cast<uint32_t*>(scratch.v_pairs);  // [npairs][R]
-  for (int64_t k = 0; k < npairs; ++k) {
+// The split set's P pairs live in TileScratch::extra (both planes), the plain set's in p_pairs.
+int64_t extra_bytes_split(int64_t, int64_t, int64_t Mp) { return 2 * (kKeyTile / 2) * Mp * 4; }
+
+// x rounded to bf16 (round to nearest even), as float32.
+HELIX_AVX512 inline __m512 round_bf16(__m512 x) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// pp [Planes][npairs][Mp] pairs (P[2k][m], P[2k+1][m]) in bf16, a key past nt is 0; plane 1 (split): the
+// rounding errors P - bf16(P), rounded to bf16. Planes `plane` words apart.
+template <int Planes>
+HELIX_AVX512 void pack_p_pairs(const float* P, int64_t nt, int64_t Mp, uint32_t* pp, int64_t plane) {
+  for (int64_t k = 0; k < (nt + 1) / 2; ++k) {
     const bool has_hi = 2 * k + 1 < nt;
     const float* p0 = P + 2 * k * Mp;
     const float* p1 = p0 + Mp;
@@ -256,9 +291,20 @@ HELIX_AVX512 void pv_bf16(const float* P, const void* const* keys, int64_t nt, i
       const __m512 hi = has_hi ? _mm512_loadu_ps(p1 + m) : _mm512_setzero_ps();
       const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // [lo0..lo15, hi0..hi15]
       _mm512_storeu_si512(pp + k * Mp + m, interleave_halves(both));
+      if constexpr (Planes == 2) {
+        const __m512 lo_err = _mm512_sub_ps(lo, round_bf16(lo)), hi_err = _mm512_sub_ps(hi, round_bf16(hi));
+        const __m512i errs = (__m512i)_mm512_cvtne2ps_pbh(hi_err, lo_err);
+        _mm512_storeu_si512(pp + plane + k * Mp + m, interleave_halves(errs));
+      }
     }
+  }
+}
+
+// vp [npairs][R] pairs (key[2k][r], key[2k+1][r]); a key past nt is 0.
+HELIX_AVX512 void pack_value_pairs(const void* const* keys, int64_t nt, int64_t R, uint32_t* vp) {
+  for (int64_t k = 0; k < (nt + 1) / 2; ++k) {
     const bf16_t* v0 = static_cast<const bf16_t*>(keys[2 * k]);
-    const bf16_t* v1 = has_hi ? static_cast<const bf16_t*>(keys[2 * k + 1]) : nullptr;
+    const bf16_t* v1 = 2 * k + 1 < nt ? static_cast<const bf16_t*>(keys[2 * k + 1]) : nullptr;
     for (int64_t r = 0; r < R; r += 16) {
       const __mmask16 mask =
           r + 16 <= R ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (R - r)) - 1u);
@@ -268,11 +314,23 @@ HELIX_AVX512 void pv_bf16(const float* P, const void* const* keys, int64_t nt, i
       _mm512_mask_storeu_epi32(vp + k * R + r, mask, interleave_halves(both));
     }
   }
+}
+
+template <int Planes>
+HELIX_AVX512 void pv_bf16(const float* P, const void* const* keys, int64_t nt, int64_t R, int64_t Mp, float* OT,
+                          const TileScratch& scratch) {
+  const int64_t npairs = (nt + 1) / 2;
+  // [Planes][npairs][Mp]
+  uint32_t* pp = reinterpret_cast<uint32_t*>(Planes == 1 ? static_cast<void*>(scratch.p_pairs) : scratch.extra);
+  const int64_t plane = (kKeyTile / 2) * Mp;
+  uint32_t* vp = reinterpret_cast<uint32_t*>(scratch.v_pairs);  // [npairs][R]
+  pack_p_pairs<Planes>(P, nt, Mp, pp, plane);
+  pack_value_pairs(keys, nt, R, vp);
   for (int64_t m0 = 0; m0 < Mp; m0 += 16 * kNV) {
     const int64_t nv = std::min<int64_t>(kNV, (Mp - m0) / 16);
     for (int64_t r0 = 0; r0 < R; r0 += kNR) {
       const int64_t nr = std::min<int64_t>(kNR, R - r0);
-      kPvBf16[table_index(nr, nv)](pp + m0, Mp, vp, R, r0, npairs, OT + r0 * Mp + m0, Mp);
+      kPvBf16[Planes - 1][table_index(nr, nv)](pp + m0, Mp, plane, vp, R, r0, npairs, OT + r0 * Mp + m0, Mp);
     }
   }
 }
@@ -328,8 +386,10 @@ HELIX_AVX512F bool softmax_avx512(float* St, int64_t nt, int64_t Mp, float c, fl
 
 const TileOps kAvx512F32{DType::Float32, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_f32,
                          pack_q_f32,     qk_f32,   softmax_avx512,      pv_f32};
-const TileOps kAvx512Bf16{DType::BFloat16, kKeyTile, OLayout::Transposed, no_extra_bytes, qpack_bytes_bf16,
-                          pack_q_bf16,     qk_bf16,  softmax_avx512,      pv_bf16};
+const TileOps kAvx512Bf16{DType::BFloat16, kKeyTile,   OLayout::Transposed, no_extra_bytes, qpack_bytes_bf16<1>,
+                          pack_q_bf16<1>,  qk_bf16<1>, softmax_avx512,      pv_bf16<1>};
+const TileOps kAvx512Bf16Split{DType::BFloat16, kKeyTile,   OLayout::Transposed, extra_bytes_split, qpack_bytes_bf16<2>,
+                               pack_q_bf16<2>,  qk_bf16<2>, softmax_avx512,      pv_bf16<2>};
 
 }  // namespace
 
@@ -342,9 +402,10 @@ bool has_avx512f() {
 
 const TileOps* avx512_tile_ops() { return has_avx512f() ? &kAvx512F32 : nullptr; }
 
-const TileOps* avx512_bf16_tile_ops() {
+const TileOps* avx512_bf16_tile_ops(bool split) {
   static const bool has = has_avx512f() && __builtin_cpu_supports("avx512bf16");
-  return has ? &kAvx512Bf16 : nullptr;
+  if (!has) return nullptr;
+  return split ? &kAvx512Bf16Split : &kAvx512Bf16;
 }
 
 }  // namespace helix::detail
@@ -353,7 +414,7 @@ const TileOps* avx512_bf16_tile_ops() {
 
 namespace helix::detail {
 const TileOps* avx512_tile_ops() { return nullptr; }
-const TileOps* avx512_bf16_tile_ops() { return nullptr; }
+const TileOps* avx512_bf16_tile_ops(bool) { return nullptr; }
 }  // namespace helix::detail
 
 #endif

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <string_view>
 
 #include "helix/dtype.hpp"
 
@@ -94,14 +95,17 @@ struct TileOps {
 const TileOps& portable_tile_ops(DType kv_dtype);
 // AVX-512F float32 FMA kernels (any key dtype, bf16 widened by the driver); nullptr without AVX-512.
 const TileOps* avx512_tile_ops();
-// AVX-512 BF16 dot-product kernels for bfloat16 keys; nullptr without AVX512_BF16.
-const TileOps* avx512_bf16_tile_ops();
+// AVX-512 BF16 dot-product kernels for bfloat16 keys; nullptr without AVX512_BF16. split: q and the softmax
+// weights go in as bf16 hi + lo pairs (two products each), as in amx_tile_ops(true).
+const TileOps* avx512_bf16_tile_ops(bool split);
 // AMX-BF16 tile kernels for bfloat16 keys; nullptr without AMX-BF16 + AVX512_BF16 or when the OS refuses
 // the tile-data permission. split: q and the softmax weights go in as bf16 hi + lo pairs (two products
 // each), so only about 2^-16 of their relative precision is lost instead of 2^-8.
 // The split set's pack_q + qk are also the AMX path of linear (linear.cpp): qk is a plain
 // St[n][m] = dot(row m of x, weight row n) product over bf16 weight rows.
 const TileOps* amx_tile_ops(bool split);
+// Why amx_tile_ops is nullptr (the missing CPU feature or OS permission); empty when AMX is usable.
+std::string_view amx_unavailable();
 inline int64_t no_extra_bytes(int64_t, int64_t, int64_t) { return 0; }
 
 // exp2 with underflow flushed to zero: weights below 2^-126 of the running max are dropped exactly, so no

@@ -46,12 +46,22 @@ nb::tuple paged_mla_attention_py(nb::handle q, nb::handle q_pos, const PagedKVCa
 }
 
 MlaKernelPath parse_path(const std::string& name) {
-  for (MlaKernelPath p : {MlaKernelPath::Auto, MlaKernelPath::Portable, MlaKernelPath::Avx512,
-                          MlaKernelPath::Avx512Bf16, MlaKernelPath::Amx, MlaKernelPath::AmxSplit}) {
+  std::string names;
+  for (MlaKernelPath p : kMlaKernelPaths) {
     if (mla_kernel_path_name(p) == name) return p;
+    names += (names.empty() ? "'" : ", '") + std::string(mla_kernel_path_name(p)) + "'";
   }
-  throw ArgumentError(
-      "argument 'path' must be 'auto', 'portable', 'avx512', 'avx512_bf16', 'amx' or 'amx_split', got '" + name + "'");
+  throw ArgumentError("argument 'path' must be one of " + names + ", got '" + name + "'");
+}
+
+// Every kernel path: name -> "" where it runs here, else why it cannot.
+nb::dict kernel_paths_py() {
+  nb::dict out;
+  for (MlaKernelPath p : kMlaKernelPaths) {
+    out[nb::str(std::string(mla_kernel_path_name(p)).c_str())] =
+        nb::str(std::string(mla_kernel_path_unavailable(p)).c_str());
+  }
+  return out;
 }
 
 }  // namespace
@@ -72,15 +82,17 @@ void bind_ops(nb::module_& m) {
           "seq_ids [B] int64; q_seq_index [T] int64 in [0, B): the sequence each query token reads.");
   ops.def(
       "set_kernel_path", [](const std::string& path) { set_mla_kernel_path(parse_path(path)); }, nb::arg("path"),
-      "Force the attention micro-kernels: 'auto' (default), 'portable', 'avx512', 'avx512_bf16' (BF16 dot\n"
-      "products for bfloat16 keys), 'amx' (AMX-BF16 tiles for bfloat16 keys, q and weights rounded to bf16)\n"
-      "or 'amx_split' (AMX with q and weights as bf16 hi + lo pairs); for tests and benchmarks.\n"
-      "Raises HelixError when the CPU (or the OS) does not offer the path.");
+      "Force the attention micro-kernels: 'auto' (default), 'portable', 'avx512', 'avx512_bf16_split' (AVX-512\n"
+      "BF16 dot products for bfloat16 keys, q and weights as bf16 hi + lo pairs), 'amx_split' (the same on\n"
+      "AMX-BF16 tiles), or 'avx512_bf16' / 'amx' (q and weights rounded to bf16: ~1e-3 errors and more at\n"
+      "large scores); for tests and benchmarks. Raises HelixError naming what the CPU (or the OS) lacks.");
+  ops.def("kernel_paths", &kernel_paths_py,
+          "Every kernel path name -> '' where this CPU (and OS) runs it, else the reason it cannot.");
   ops.def("set_num_threads", &set_cpu_threads, nb::arg("n"), "Threads of the CPU kernels (OpenMP) for this thread.");
   ops.def("num_threads", &cpu_threads, "Threads the CPU kernels use.");
   ops.def(
       "kernel_path", [] { return std::string(mla_kernel_path_name(mla_kernel_path())); },
-      "The attention micro-kernels in use: 'portable', 'avx512', 'avx512_bf16', 'amx' or 'amx_split'\n"
+      "The attention micro-kernels in use: a name of kernel_paths() other than 'auto'\n"
       "(float32 keys run the avx512 kernels on the bf16-only paths).");
 }
 

@@ -93,17 +93,12 @@ class MlaAttention : public ::testing::TestWithParam<Case> {
   void TearDown() override { set_mla_kernel_path(MlaKernelPath::Auto); }
 };
 
+// Every path this CPU (and OS) runs, Auto included.
 std::vector<MlaKernelPath> available_paths() {
-  std::vector<MlaKernelPath> paths{MlaKernelPath::Portable};
-  for (MlaKernelPath p :
-       {MlaKernelPath::Avx512, MlaKernelPath::Avx512Bf16, MlaKernelPath::Amx, MlaKernelPath::AmxSplit}) {
-    try {
-      set_mla_kernel_path(p);
-      paths.push_back(p);
-    } catch (const Error&) {
-    }
+  std::vector<MlaKernelPath> paths;
+  for (MlaKernelPath p : kMlaKernelPaths) {
+    if (mla_kernel_path_unavailable(p).empty()) paths.push_back(p);
   }
-  set_mla_kernel_path(MlaKernelPath::Auto);
   return paths;
 }
 
@@ -120,7 +115,7 @@ TEST_P(MlaAttention, EveryPathMatchesNaiveLoop) {
     for (DType kv_dtype : {DType::Float32, DType::BFloat16}) {
       const void* kv = kv_dtype == DType::Float32 ? static_cast<const void*>(in.kv.data()) : in.kv_bf16.data();
       const KernelOutput r = run_kernel(in.q, kv, kv_dtype, in.q_pos, in.kv_pos, c, scale);
-      // The BF16 dot-product paths round q and the weights to bf16 (AmxSplit keeps hi + lo parts).
+      // The bf16-rounded paths round q and the weights to bf16 (the split paths keep hi + lo parts).
       const bool bf16_products = path == MlaKernelPath::Avx512Bf16 || path == MlaKernelPath::Amx;
       const double tol = bf16_products && kv_dtype == DType::BFloat16 ? 2e-2 : 5e-5;
       SCOPED_TRACE(std::string(mla_kernel_path_name(path)) + " " + std::string(dtype_name(kv_dtype)));
@@ -153,18 +148,29 @@ TEST(MlaAttentionPaths, FastPathAgreesWithPortable) {
   EXPECT_NE(mla_kernel_path(), MlaKernelPath::Auto);
 }
 
-bool has_path(MlaKernelPath path) {
-  try {
-    set_mla_kernel_path(path);
-    set_mla_kernel_path(MlaKernelPath::Auto);
-    return true;
-  } catch (const Error&) {
-    return false;
+TEST(MlaAttentionPaths, AutoIsFloat32Grade) {
+  const MlaKernelPath auto_path = mla_kernel_path();
+  EXPECT_NE(auto_path, MlaKernelPath::Avx512Bf16);
+  EXPECT_NE(auto_path, MlaKernelPath::Amx);
+}
+
+TEST(MlaAttentionPaths, ForcingAMissingPathNamesWhatIsMissing) {
+  for (MlaKernelPath path : kMlaKernelPaths) {
+    const std::string why(mla_kernel_path_unavailable(path));
+    if (why.empty()) continue;
+    try {
+      set_mla_kernel_path(path);
+      ADD_FAILURE() << "forcing " << mla_kernel_path_name(path) << " did not throw";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
   }
+  set_mla_kernel_path(MlaKernelPath::Auto);
 }
 
 TEST(MlaAttentionPaths, AmxAgreesWithAvx512OnBf16Keys) {
-  if (!has_path(MlaKernelPath::Amx)) GTEST_SKIP() << "no AMX-BF16 on this CPU (or the OS refused the tiles)";
+  const std::string_view why = mla_kernel_path_unavailable(MlaKernelPath::Amx);
+  if (!why.empty()) GTEST_SKIP() << why;
   EXPECT_EQ(mla_kernel_path(), MlaKernelPath::AmxSplit);  // Auto takes AMX where it is available
   for (const Case& c : {Case{1, 128, 576, 512, 700}, Case{3, 20, 100, 90, 333}, Case{1, 7, 32, 16, 16}}) {
     const Inputs in = make_inputs(c, 9);

@@ -6,8 +6,9 @@
 //   lse[t,h]     = log(sum_s exp(score))                     natural log; -inf and o = 0 when nothing is visible
 //
 // Accumulation is float32; q and kv may be float32 or bfloat16. With bfloat16 keys on the BF16 product
-// paths (Avx512Bf16, Amx; see MlaKernelPath) q and the softmax weights are rounded to bfloat16 for the two
-// products (AmxSplit: to a bf16 hi + lo pair); the running max, sum and output stay float32.
+// paths (see MlaKernelPath) q and the softmax weights enter the two products as bf16 hi + lo pairs
+// (Avx512Bf16Split, AmxSplit) or, forced only, rounded to bf16 (Avx512Bf16, Amx); the running max, sum and
+// output stay float32.
 #pragma once
 
 #include <cstdint>
@@ -39,24 +40,33 @@ void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_
 // Keys of sequence `seq` read from `cache` through its block table (unused slots are never read).
 void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& cache, const SequenceView& seq);
 
-// Which micro-kernels run.
-//   Portable:   plain C++ (compiler-vectorized for the baseline ISA); runs anywhere.
-//   Avx512:     AVX-512F float32 FMA micro-kernels; bfloat16 keys are widened to float32 per tile.
-//   Avx512Bf16: as Avx512, but bfloat16 keys use AVX-512 BF16 dot products (q and P rounded to bf16).
-//   Amx:        as Avx512, but bfloat16 keys use AMX-BF16 tile products (q and P rounded to bf16, float32
-//               accumulation); float32 keys stay on the exact widened-f32 FMA kernels.
-//   AmxSplit:   as Amx, but q and P go in as bf16 hi + lo pairs (two tile products each, 2^-17 relative
-//               instead of 2^-9): float32-grade results at O(1) scores, ~0.7x the speed of Amx.
-// Auto: AmxSplit where the CPU has AMX-BF16 and the OS grants the tile-data permission (Sapphire/Emerald
-// Rapids and later; ~4x the widened Avx512 kernels on bf16 keys there), else Avx512Bf16 on AMD CPUs with
-// AVX512_BF16 (full-rate VDPBF16PS, e.g. Zen 4/5), Avx512 on other AVX-512 CPUs (on Intel Xeons VDPBF16PS
-// runs at about 0.6x the FMA instruction rate, so widening is faster), else Portable. Tests force each path
-// to compare them; forcing one the CPU (or OS) lacks throws Error.
-enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16, Amx, AmxSplit };
+// Which micro-kernels run. float32 keys always run Portable or the exact Avx512 kernels (the BF16 product
+// paths are for bfloat16 keys only). Errors: docs/performance.md; bounds: tests/tolerances.py.
+//   Portable:        plain C++ (compiler-vectorized for the baseline ISA); runs anywhere.
+//   Avx512:          AVX-512F float32 FMA micro-kernels; bfloat16 keys are widened to float32 per tile.
+//   Avx512Bf16Split: AVX-512 BF16 dot products (VDPBF16PS) on the bf16 keys as they are stored, with q and the
+//                    softmax weights P as bf16 hi + lo pairs (hi = bf16(x), lo = bf16(x - hi); two products
+//                    each, 2^-17 relative instead of 2^-9): float32-grade.
+//   AmxSplit:        AMX-BF16 tile products, q and P as bf16 hi + lo pairs like Avx512Bf16Split: float32-grade.
+//   Avx512Bf16, Amx: as the split paths with q and P rounded once to bf16 (one product each): faster, but
+//                    ~1e-3 relative errors at O(1) scores and up to ~0.2 at large score spreads. Forced only.
+// Auto (float32-grade on every CPU): AmxSplit where the CPU has AMX-BF16 and the OS grants the tile-data
+// permission (Sapphire/Emerald Rapids and later; ~4x the widened Avx512 kernels on bf16 keys there), else
+// Avx512Bf16Split on AMD CPUs with AVX512_BF16 (Zen 4/5: VDPBF16PS at the FMA instruction rate, and no
+// widening), Avx512 on other AVX-512 CPUs (on Intel Xeons VDPBF16PS runs at about 0.6x the FMA instruction
+// rate, so widening is faster), else Portable. Tests force each path to compare them; forcing one the CPU
+// (or OS) lacks throws Error naming what is missing.
+enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16, Avx512Bf16Split, Amx, AmxSplit };
+inline constexpr MlaKernelPath kMlaKernelPaths[] = {
+    MlaKernelPath::Auto,       MlaKernelPath::Portable,        MlaKernelPath::Avx512,
+    MlaKernelPath::Avx512Bf16, MlaKernelPath::Avx512Bf16Split, MlaKernelPath::Amx,
+    MlaKernelPath::AmxSplit};
 void set_mla_kernel_path(MlaKernelPath path);
 // The path Auto resolves to on this CPU, or the forced one.
 MlaKernelPath mla_kernel_path();
 std::string_view mla_kernel_path_name(MlaKernelPath path);
+// Why `path` cannot run here (the missing CPU feature or OS permission); empty when it can.
+std::string_view mla_kernel_path_unavailable(MlaKernelPath path);
 
 // Threads the CPU kernels use when called from this thread (OpenMP); n >= 1.
 void set_cpu_threads(int n);
