@@ -25,18 +25,40 @@ def _meta_line(meta: dict) -> str:
 
 
 def attention(d: dict) -> str:
-    out = [
-        _meta_line(d["meta"]),
+    m = d["meta"]
+    out = [_meta_line(m)]
+    if "copy_gbs" in m:
+        out.append(f"Copy ceiling in the same run: {m['copy_gbs']:.1f} GB/s. Timing: {m.get('timing')}.")
+    out += [
         "",
-        "| S | KV | kernel | ms | GFLOP/s | GB/s | NumPy f32 GFLOP/s | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| S | T | KV | kernel | ms | GFLOP/s | GB/s | of copy | NumPy f32 GFLOP/s | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        kernel = r.get("kernel", m.get("attention_kernels", "?"))
+        out.append(
+            f"| {r['S']} | {r.get('T', 1)} | {r['kv_dtype']} | {kernel} | "
+            f"{r['seconds'] * 1e3:.2f} | {r['gflops']:.1f} | "
+            f"{r['gbytes_per_s']:.1f} | {r.get('ratio_to_copy', float('nan')):.3f} | "
+            f"{r['numpy_gflops']:.1f} | {r['ratio_to_numpy']:.2f} |"
+        )
+    return "\n".join(out)
+
+
+def attention_accuracy(d: dict) -> str:
+    m = d["meta"]
+    shape = m["shape"]
+    out = [
+        f"_{m.get('cpu')}, {m.get('date')}; H={shape['H']} D={shape['D']} R={shape['R']} S={shape['S']} "
+        f"T={shape['T']}, bf16 keys; error = {m.get('error')}_",
+        "",
+        "| kernel path | kernel | score spread | max abs score | o error | lse error |",
+        "|---|---|---|---|---|---|",
     ]
     for r in d["rows"]:
         out.append(
-            f"| {r['S']} | {r['kv_dtype']} | {r.get('kernel', d['meta'].get('attention_kernels', '?'))} | "
-            f"{r['seconds'] * 1e3:.2f} | {r['gflops']:.1f} | "
-            f"{r['gbytes_per_s']:.1f} | "
-            f"{r['numpy_gflops']:.1f} | {r['ratio_to_numpy']:.2f} |"
+            f"| {r['kernel_path']} | {r['kernel']} | {r['spread']:.0f} | {r['max_score']:.0f} | "
+            f"{r['o_error']:.1e} | {r['lse_error']:.1e} |"
         )
     return "\n".join(out)
 
@@ -112,7 +134,15 @@ def peer(d: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     folder = Path((argv or sys.argv[1:] or ["bench-results"])[0])
-    render = {"attention": attention, "ops": ops, "helix_step": helix_step, "decode": decode, "peer": peer}
+    # Longest prefix first: attention_accuracy*.json before attention*.json.
+    render = {
+        "attention_accuracy": attention_accuracy,
+        "attention": attention,
+        "ops": ops,
+        "helix_step": helix_step,
+        "decode": decode,
+        "peer": peer,
+    }
     for path in sorted(folder.glob("*.json")):
         kind = next((k for k in render if path.stem.startswith(k)), None)
         data = _load(path)

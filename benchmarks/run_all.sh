@@ -9,6 +9,7 @@ PY=".venv/bin/python"
 run() { echo "== $* (load: $(cut -d' ' -f1-3 /proc/loadavg))"; env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=python "$PY" -m helix bench "$@"; }
 mkdir -p bench-results
 run attention --threads 1 --out bench-results/attention-1t.json --png bench-results/attention-1t.png | tee bench-results/attention-1t.log
+run attention-accuracy --out bench-results/attention_accuracy.json | tee bench-results/attention_accuracy.log
 run ops --threads 1 --out bench-results/ops-1t.json --png bench-results/ops-1t.png | tee bench-results/ops-1t.log
 run helix | tee bench-results/helix_step.log
 run decode | tee bench-results/decode.log

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 from helix.bench import common
+from tolerances import BF16_ROUNDED_PATHS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -52,17 +53,27 @@ def test_json_and_plots(tmp_path):
 
 
 def test_attention_suite(tmp_path, capsys):
+    from helix import ops
     from helix.bench import attention
 
+    paths = [p for p, why in ops.kernel_paths().items() if not why and p != "auto"]
     args = [
         "--sizes",
         "256,512",
+        "--tokens",
+        "3",
+        "--kernel-paths",
+        ",".join(paths),
         "--threads",
         "1",
         "--repeats",
         "1",
         "--min-seconds",
         "0",
+        "--rounds",
+        "2",
+        "--copy-mb",
+        "8",
         "--out",
         str(tmp_path / "a.json"),
         "--png",
@@ -73,7 +84,28 @@ def test_attention_suite(tmp_path, capsys):
     assert {(r["S"], r["kv_dtype"]) for r in rows} == {
         (s, d) for s in (256, 512) for d in ("float32", "bfloat16")
     }
-    assert all(r["ratio_to_numpy"] > 0 for r in rows) and _png(tmp_path / "a.png")
+    assert {r["kernel"] for r in rows if r["kv_dtype"] == "bfloat16"} == set(paths)
+    assert all(r["T"] == 3 and r["ratio_to_numpy"] > 0 and r["ratio_to_copy"] > 0 for r in rows)
+    assert _png(tmp_path / "a.png")
+    with pytest.raises(SystemExit):  # a path this machine lacks, or no path at all, is refused up front
+        attention.main([*args[:4], "--kernel-paths", "no_such_path"])
+
+
+def test_attention_accuracy_suite(tmp_path, capsys):
+    from helix import ops
+    from helix.bench import attention_accuracy
+
+    out = tmp_path / "acc.json"
+    assert attention_accuracy.main(["--keys", "40", "--tokens", "2", "--seeds", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    paths = {p for p, why in ops.kernel_paths().items() if not why}
+    assert {(r["kernel_path"], r["spread"]) for r in rows} == {
+        (p, s) for p in paths for s in (1.0, 10.0, 100.0)
+    }
+    for r in rows:  # O(1) scores: float32-grade on every path but the bf16-rounded ones
+        if r["spread"] == 1.0 and r["kernel"] not in BF16_ROUNDED_PATHS:
+            assert r["o_error"] < 5e-5 and r["lse_error"] < 5e-5
+        assert r["o_error"] < 1.0 and r["max_score"] > 2 * r["spread"]
 
 
 def test_ops_suite(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import helix
 import ml_dtypes
 import numpy as np
@@ -27,11 +29,31 @@ def make_inputs(rng, T, H, D, S, q_dtype=np.float32, kv_dtype=np.float32, causal
     return q, kv, q_pos, kv_pos
 
 
-def check(o, lse, q, kv, q_pos, kv_pos, scale, R, bounds):
-    """o and lse against the float64 reference within bounds = (o bound, lse bound), each
-    {atol, rtol}; returns the reference."""
+@functools.cache
+def reference_case(shape, q_dtype, kv_dtype, spread=1.0, shuffle=False):
+    """The inputs (q, kv, q_pos, kv_pos, scale, R) of one case, q scaled by `spread` (scale = D^-0.5: the
+    scores have a standard deviation of ~spread), and their float64 reference (o_ref, lse_ref); built once
+    for all the kernel paths."""
+    T, H, D, R, S = shape
+    rng = np.random.default_rng([*shape, int(spread), q_dtype == BF16, kv_dtype == BF16, shuffle])
+    q, kv, q_pos, kv_pos = make_inputs(rng, T, H, D, S, q_dtype, kv_dtype, shuffle=shuffle)
+    q = (q.astype(np.float32) * np.float32(spread)).astype(q_dtype)
+    args = (q, kv, q_pos, kv_pos, D**-0.5, R)
+    return args, reference.mla_attention(*args)
+
+
+def run_and_check(args, bounds, ref=None):
+    """ops.mla_attention(*args) against the float64 reference (ref, or computed here); returns (o, lse)."""
+    o, lse = ops.mla_attention(*args)
+    check(o, lse, reference.mla_attention(*args) if ref is None else ref, bounds)
+    return o, lse
+
+
+def check(o, lse, ref, bounds):
+    """o and lse against the float64 reference ref = (o_ref, lse_ref) within bounds = (o bound, lse bound),
+    each {atol, rtol}."""
     o_bound, lse_bound = bounds
-    o_ref, lse_ref = reference.mla_attention(q, kv, q_pos, kv_pos, scale, R)
+    o_ref, lse_ref = ref
     assert o.dtype == np.float32 and lse.dtype == np.float32
     assert o.shape == o_ref.shape and lse.shape == lse_ref.shape
     assert not np.isnan(o).any() and not np.isnan(lse).any()
@@ -39,7 +61,6 @@ def check(o, lse, q, kv, q_pos, kv_pos, scale, R, bounds):
     np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse_ref))
     finite = np.isfinite(lse_ref)
     np.testing.assert_allclose(lse[finite], lse_ref[finite], **lse_bound)
-    return o_ref, lse_ref
 
 
 SHAPES = [
@@ -62,27 +83,21 @@ SHAPES = [
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_matches_reference(kernel_path, shape, dtype):
     """O(1) scores, T = 1 and causal chunks T > 1 over shuffled key positions."""
-    T, H, D, R, S = shape
-    rng = np.random.default_rng([*shape, dtype == "bfloat16"])
     t = np.float32 if dtype == "float32" else BF16
-    q, kv, q_pos, kv_pos = make_inputs(rng, T, H, D, S, t, t, shuffle=True)
-    scale = 1.0 / np.sqrt(D)
-    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, scale, R)
-    check(o, lse, q, kv, q_pos, kv_pos, scale, R, mla_attention_tol(kernel_path, dtype))
+    args, ref = reference_case(shape, t, t, shuffle=True)
+    run_and_check(args, mla_attention_tol(kernel_path, dtype), ref)
 
 
 def test_float32_query_with_bfloat16_keys(kernel_path):
     rng = np.random.default_rng(1)
     q, kv, q_pos, kv_pos = make_inputs(rng, 2, 16, 96, 150, np.float32, BF16)
-    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.1, 80)
-    check(o, lse, q, kv, q_pos, kv_pos, 0.1, 80, mla_attention_tol(kernel_path, "bfloat16"))
+    run_and_check((q, kv, q_pos, kv_pos, 0.1, 80), mla_attention_tol(kernel_path, "bfloat16"))
 
 
 def test_bfloat16_query_with_float32_keys(kernel_path):
     rng = np.random.default_rng(2)
     q, kv, q_pos, kv_pos = make_inputs(rng, 2, 6, 50, 90, BF16, np.float32)
-    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.2, 48)
-    check(o, lse, q, kv, q_pos, kv_pos, 0.2, 48, mla_attention_tol(kernel_path, "float32"))
+    run_and_check((q, kv, q_pos, kv_pos, 0.2, 48), mla_attention_tol(kernel_path, "float32"))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -99,9 +114,8 @@ def test_empty_shard_and_invisible_keys(kernel_path, dtype):
     kv = rng.standard_normal((70, 24), dtype=np.float32).astype(t)
     kv_pos = np.arange(100, 170, dtype=np.int64)
     q_pos = np.array([5, 99, 200], dtype=np.int64)
-    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 0.3, 16)
+    o, lse = run_and_check((q, kv, q_pos, kv_pos, 0.3, 16), mla_attention_tol(kernel_path, dtype))
     assert np.all(o[:2] == 0) and np.all(np.isneginf(lse[:2]))
-    check(o, lse, q, kv, q_pos, kv_pos, 0.3, 16, mla_attention_tol(kernel_path, dtype))
 
 
 LARGE_SCORE_SHAPES = [
@@ -119,23 +133,16 @@ def test_large_score_spreads(kernel_path, shape, spread, dtype):
     """Large-magnitude float32 q (|q| ~ spread): scale * q.k has a standard deviation of `spread`, so the
     scores span tens (spread 10, maxima ~50) or hundreds (spread 100, maxima ~500). Every error in a score
     is amplified by the softmax: the bf16-rounded paths lose ~2^-9 of each score, the split paths ~2^-17."""
-    T, H, D, R, S = shape
-    rng = np.random.default_rng([*shape, spread, dtype == "bfloat16"])
-    q, kv, q_pos, kv_pos = make_inputs(
-        rng, T, H, D, S, np.float32, np.float32 if dtype == "float32" else BF16
-    )
-    q *= np.float32(spread)
-    scale = D**-0.5
-    o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, scale, R)
-    _, lse_ref = check(o, lse, q, kv, q_pos, kv_pos, scale, R, mla_attention_tol(kernel_path, dtype, True))
-    assert np.abs(lse_ref).max() > 2 * spread  # the scores are large indeed
+    args, ref = reference_case(shape, np.float32, np.float32 if dtype == "float32" else BF16, spread)
+    assert np.abs(ref[1]).max() > 2 * spread  # the scores are large indeed
+    run_and_check(args, mla_attention_tol(kernel_path, dtype, large_scores=True), ref)
 
 
 def test_large_scores_do_not_overflow(kernel_path):
     rng = np.random.default_rng(4)
     q, kv, q_pos, kv_pos = make_inputs(rng, 1, 8, 64, 100)
-    o, lse = ops.mla_attention(q * 30, kv, q_pos, kv_pos, 1.0, 64)  # scores of several hundred
-    check(o, lse, q * 30, kv, q_pos, kv_pos, 1.0, 64, mla_attention_tol(kernel_path, "float32"))
+    # float32 keys, scores of several hundred: exact fp32 products on every path.
+    run_and_check((q * 30, kv, q_pos, kv_pos, 1.0, 64), mla_attention_tol(kernel_path, "float32"))
 
 
 def test_paths_agree_on_float32_keys():
@@ -155,24 +162,23 @@ def test_paths_agree_on_float32_keys():
 
 
 def test_auto_is_float32_grade():
-    """Auto never resolves to a bf16-rounded path; it takes the split AMX path where AMX is available."""
-    assert ops.kernel_path() not in BF16_ROUNDED_PATHS
-    if not KERNEL_PATHS["amx_split"]:
-        assert ops.kernel_path() == "amx_split"
+    """Auto: the split AMX path where AMX is available, else the exact AVX-512 kernels, else portable; never
+    a bf16-rounded path."""
+    expected = next(p for p in ("amx_split", "avx512", "portable") if not KERNEL_PATHS[p])
+    assert ops.kernel_path() == expected and expected not in BF16_ROUNDED_PATHS
 
 
 @pytest.mark.parametrize("threads", [1, 2, 5])
 def test_key_splits_merge_exactly(kernel_path, threads):
     """More threads than row blocks: the keys are split and the partial states merged."""
-    rng = np.random.default_rng(threads)
-    q, kv, q_pos, kv_pos = make_inputs(rng, 1, 128, 576, 1100, BF16, BF16, shuffle=True)
+    args, ref = reference_case((1, 128, 576, 512, 1100), BF16, BF16, shuffle=True)
     before = ops.num_threads()
     try:
         ops.set_num_threads(threads)
-        o, lse = ops.mla_attention(q, kv, q_pos, kv_pos, 576**-0.5, 512)
+        o, lse = ops.mla_attention(*args)
     finally:
         ops.set_num_threads(before)
-    check(o, lse, q, kv, q_pos, kv_pos, 576**-0.5, 512, mla_attention_tol(kernel_path, "bfloat16"))
+    check(o, lse, ref, mla_attention_tol(kernel_path, "bfloat16"))
 
 
 def test_threads_do_not_change_the_result():

@@ -37,7 +37,6 @@ MlaKernelPath auto_path() {
   static const MlaKernelPath path = [] {
     // bfloat16 keys only (select_ops keeps float32 keys on the exact widened-f32 FMA kernels).
     if (detail::amx_tile_ops(true)) return MlaKernelPath::AmxSplit;
-    if (detail::avx512_bf16_tile_ops(true) && __builtin_cpu_is("amd")) return MlaKernelPath::Avx512Bf16Split;
     if (detail::avx512_tile_ops()) return MlaKernelPath::Avx512;
     return MlaKernelPath::Portable;
   }();

@@ -20,6 +20,7 @@ _DELEGATED = {
 }
 _BENCHES = {
     "attention": "helix.bench.attention",
+    "attention-accuracy": "helix.bench.attention_accuracy",
     "helix": "helix.bench.helix_step",
     "ops": "helix.bench.ops",
     "decode": "helix.bench.decode",

@@ -52,10 +52,11 @@ void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& ca
 //                    ~1e-3 relative errors at O(1) scores and up to ~0.2 at large score spreads. Forced only.
 // Auto (float32-grade on every CPU): AmxSplit where the CPU has AMX-BF16 and the OS grants the tile-data
 // permission (Sapphire/Emerald Rapids and later; ~4x the widened Avx512 kernels on bf16 keys there), else
-// Avx512Bf16Split on AMD CPUs with AVX512_BF16 (Zen 4/5: VDPBF16PS at the FMA instruction rate, and no
-// widening), Avx512 on other AVX-512 CPUs (on Intel Xeons VDPBF16PS runs at about 0.6x the FMA instruction
-// rate, so widening is faster), else Portable. Tests force each path to compare them; forcing one the CPU
-// (or OS) lacks throws Error naming what is missing.
+// Avx512 on every other AVX-512 CPU, else Portable. Avx512Bf16Split is not faster than Avx512 where it was
+// measured: on AMD Zen 4 VDPBF16PS issues at the FMA rate, so two of them per pair of products tie with one
+// FMA per product (within 1% at T = 1, ~4% slower at T = 64), and Avx512's fp32 products are the more
+// accurate at large score spreads; on Intel Xeons VDPBF16PS runs at about 0.6x the FMA rate. Tests force
+// each path to compare them; forcing one the CPU (or OS) lacks throws Error naming what is missing.
 enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16, Avx512Bf16Split, Amx, AmxSplit };
 inline constexpr MlaKernelPath kMlaKernelPaths[] = {
     MlaKernelPath::Auto,       MlaKernelPath::Portable,        MlaKernelPath::Avx512,
