@@ -58,8 +58,8 @@ MlaKernelPath parse_path(const std::string& name) {
 nb::dict kernel_paths_py() {
   nb::dict out;
   for (MlaKernelPath p : kMlaKernelPaths) {
-    out[nb::str(std::string(mla_kernel_path_name(p)).c_str())] =
-        nb::str(std::string(mla_kernel_path_unavailable(p)).c_str());
+    const std::string_view name = mla_kernel_path_name(p), why = mla_kernel_path_unavailable(p);
+    out[nb::str(name.data(), name.size())] = nb::str(why.data(), why.size());
   }
   return out;
 }

@@ -70,7 +70,7 @@ def measure(paths: list[str], S: int, T: int, seeds: int, spreads: tuple[float, 
                 w[0] = max(w[0], max_score)
                 w[1] = max(w[1], relative_error(o, o_ref))
                 w[2] = max(w[2], relative_error(lse, lse_ref))
-    return [Row(p, kernels[p], s, *w) for (p, s), w in worst.items()]
+    return [Row(p, kernels[p], s, *worst[(p, s)]) for p in paths for s in spreads]
 
 
 def main(argv: list[str] | None = None) -> int:
