@@ -49,14 +49,15 @@ void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& ca
 //                    each, 2^-17 relative instead of 2^-9): float32-grade.
 //   AmxSplit:        AMX-BF16 tile products, q and P as bf16 hi + lo pairs like Avx512Bf16Split: float32-grade.
 //   Avx512Bf16, Amx: as the split paths with q and P rounded once to bf16 (one product each): faster, but
-//                    ~1e-3 relative errors at O(1) scores and up to ~0.2 at large score spreads. Forced only.
+//                    ~1e-3 relative errors at O(1) scores and up to ~0.5 at large score spreads. Forced only.
 // Auto (float32-grade on every CPU): AmxSplit where the CPU has AMX-BF16 and the OS grants the tile-data
 // permission (Sapphire/Emerald Rapids and later; ~4x the widened Avx512 kernels on bf16 keys there), else
 // Avx512 on every other AVX-512 CPU, else Portable. Avx512Bf16Split is not faster than Avx512 where it was
-// measured: on AMD Zen 4 VDPBF16PS issues at the FMA rate, so two of them per pair of products tie with one
-// FMA per product (within 1% at T = 1, ~4% slower at T = 64), and Avx512's fp32 products are the more
-// accurate at large score spreads; on Intel Xeons VDPBF16PS runs at about 0.6x the FMA rate. Tests force
-// each path to compare them; forcing one the CPU (or OS) lacks throws Error naming what is missing.
+// measured (AMD Zen 4, docs/performance.md 1b: 0.88-1.05x its speed, T = 1 and 16, 1 and 2 threads):
+// VDPBF16PS issues at the FMA rate there, so two per pair of products tie with one FMA per product, and
+// Avx512's fp32 products are the more accurate at large score spreads; on Intel Xeons VDPBF16PS runs at
+// about 0.6x the FMA rate. Tests force each path to compare them; forcing one the CPU (or OS) lacks throws
+// Error naming what is missing.
 enum class MlaKernelPath : uint8_t { Auto, Portable, Avx512, Avx512Bf16, Avx512Bf16Split, Amx, AmxSplit };
 inline constexpr MlaKernelPath kMlaKernelPaths[] = {
     MlaKernelPath::Auto,       MlaKernelPath::Portable,        MlaKernelPath::Avx512,
