@@ -17,7 +17,6 @@
 #include <cmath>
 #include <cstring>
 #include <map>
-#include <numeric>
 #include <string>
 #include <vector>
 
@@ -487,22 +486,16 @@ const BlockTable& CudaEngine::block_table() const { return *impl_->table; }
 void CudaEngine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
   Impl& m = *impl_;
   BlockTable& table = *m.table;
-  HELIX_CHECK_ARG(table.has_sequence(seq_id), "unknown sequence ", seq_id);
-  HELIX_CHECK_ARG(table.num_held(seq_id) == 0, "fill_sequence_random: sequence ", seq_id, " is not empty");
-  HELIX_CHECK_ARG(num_tokens >= 0, "argument 'num_tokens' must be >= 0, got ", num_tokens);
   set_device(m.device);
-  std::vector<int64_t> all(static_cast<size_t>(num_tokens));
-  std::iota(all.begin(), all.end(), int64_t{0});
-  const std::vector<int64_t> one_sequence(all.size(), 0);
-  StepPlan plan = table.plan_step(StepTokens{all.data(), one_sequence.data(), &seq_id, num_tokens, 1});
-  const std::vector<int64_t> new_rows = table.commit_step(plan);
-  std::vector<int64_t> rows, pos;  // the pool rows this rank fills and their positions
-  for (int64_t p = 0; p < num_tokens; ++p) {
-    if (new_rows[p] < 0) continue;
-    rows.push_back(new_rows[p]);
-    pos.push_back(p);
-  }
+  StepPlan plan;
+  const std::vector<int64_t> new_rows = commit_fill(table, seq_id, num_tokens, plan);
   try {
+    std::vector<int64_t> rows, pos;  // the pool rows this rank fills and their positions
+    for (int64_t p = 0; p < num_tokens; ++p) {
+      if (new_rows[p] < 0) continue;
+      rows.push_back(new_rows[p]);
+      pos.push_back(p);
+    }
     m.fill_rows_random(rows, pos, seed, scale);
   } catch (...) {
     table.undo_step(plan);

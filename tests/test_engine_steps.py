@@ -61,3 +61,18 @@ def test_cuda_and_cpu_engines_refuse_alike(model):
         prefill(engine)
         seen[device] = try_bad_steps(engine)
     assert seen["cuda"] == seen["cpu"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fill_sequence_random_is_a_step_of_its_own(model, device):
+    """The benchmark fill holds positions [0, n) like a prefill (every CP rank's view), refuses a sequence
+    that is not empty, and a step after it continues at position n."""
+    engine = make_engine(model, SELF, device=device)
+    engine.add_sequence(5)
+    engine._engine.fill_sequence_random(5, 9, seed=1, scale=1.0)
+    assert engine.block_table.held_positions(5).tolist() == list(range(9))
+    assert engine.block_table.free_blocks == [engine.num_kv_blocks - 5]
+    with pytest.raises(_core.ArgumentError, match="sequence 5 is not empty"):
+        engine._engine.fill_sequence_random(5, 3)
+    logits = engine.step(*[np.array(v, np.int64) for v in ([3], [9], [5], [0], [0])])
+    assert np.isfinite(logits).all()

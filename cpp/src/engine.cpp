@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <map>
-#include <numeric>
 #include <random>
 #include <string>
 
@@ -117,10 +116,6 @@ void add_residual(std::vector<float>& h, const std::vector<float>& y, int64_t n,
   HELIX_CHECK(finite, "non-finite hidden state (NaN or Inf) after the ", block, " of layer ", layer, " on rank ", rank);
 }
 
-}  // namespace
-
-namespace {
-
 const EngineConfig& validated(const EngineConfig& c) {
   validate_engine_config(c);
   return c;
@@ -186,20 +181,13 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
 }
 
 void Engine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
-  HELIX_CHECK_ARG(table_.has_sequence(seq_id), "unknown sequence ", seq_id);
-  HELIX_CHECK_ARG(table_.num_held(seq_id) == 0, "fill_sequence_random: sequence ", seq_id, " is not empty");
-  HELIX_CHECK_ARG(num_tokens >= 0, "argument 'num_tokens' must be >= 0, got ", num_tokens);
-  std::vector<int64_t> positions(static_cast<size_t>(num_tokens));
-  std::iota(positions.begin(), positions.end(), int64_t{0});
-  const std::vector<int64_t> one_sequence(positions.size(), 0);
-  StepPlan plan = table_.plan_step(StepTokens{positions.data(), one_sequence.data(), &seq_id, num_tokens, 1});
-  const std::vector<int64_t> rows = table_.commit_step(plan);
-  std::vector<float> values;
+  std::vector<float> values(static_cast<size_t>(config_.kv_lora_rank + config_.qk_rope_head_dim));  // one row
+  StepPlan plan;
+  const std::vector<int64_t> rows = commit_fill(table_, seq_id, num_tokens, plan);  // nothing below throws
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     KVPool& pool = pools_[static_cast<size_t>(l)];
     std::mt19937_64 rng(seed + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(l + 1));
     std::uniform_real_distribution<float> uniform(-scale, scale);
-    values.resize(static_cast<size_t>(pool.head_dim()));
     for (int64_t row : rows) {
       if (row < 0) continue;
       for (float& v : values) v = uniform(rng);

@@ -1,5 +1,7 @@
 #include "helix/engine_common.hpp"
 
+#include <numeric>
+
 namespace helix {
 
 std::string layer_weight_name(int64_t layer, const char* name) {
@@ -115,6 +117,17 @@ void check_engine_weight(const std::map<std::string, ExpectedWeight>& expected, 
   } else {
     check_tensor(w, name.c_str(), static_cast<int64_t>(e.shape.size()), {DType::Float32});
   }
+}
+
+std::vector<int64_t> commit_fill(BlockTable& table, int64_t seq_id, int64_t num_tokens, StepPlan& plan) {
+  HELIX_CHECK_ARG(table.has_sequence(seq_id), "unknown sequence ", seq_id);
+  HELIX_CHECK_ARG(table.num_held(seq_id) == 0, "fill_sequence_random: sequence ", seq_id, " is not empty");
+  HELIX_CHECK_ARG(num_tokens >= 0, "argument 'num_tokens' must be >= 0, got ", num_tokens);
+  std::vector<int64_t> positions(static_cast<size_t>(num_tokens));
+  std::iota(positions.begin(), positions.end(), int64_t{0});
+  const std::vector<int64_t> one_sequence(positions.size(), 0);  // q_seq_index
+  plan = table.plan_step(StepTokens{positions.data(), one_sequence.data(), &seq_id, num_tokens, 1});
+  return table.commit_step(plan);
 }
 
 StepTokens step_tokens(const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index) {

@@ -44,6 +44,11 @@ StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const
                            const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
                            const TensorView& logit_rows, const TensorView& logits);
 
+// fill_sequence_random of both engines: checks that `seq_id` exists and is empty, then plans and commits
+// positions [0, num_tokens) as one step (KVCacheFullError when a CP rank lacks the blocks). Returns new_rows
+// [num_tokens] (BlockTable::commit_step); `plan` is what undo_step takes back.
+std::vector<int64_t> commit_fill(BlockTable& table, int64_t seq_id, int64_t num_tokens, StepPlan& plan);
+
 // The step's host arrays, once check_step_inputs accepted them.
 StepTokens step_tokens(const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index);
 
