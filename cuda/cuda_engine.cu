@@ -253,10 +253,9 @@ struct CudaEngine::Impl {
   std::unique_ptr<Communicator> world_comm, cp_comm;  // NCCL (null for a single rank / cp == 1)
   std::map<std::string, ExpectedWeight> expected;
   std::map<std::string, DeviceWeight> weights;
-  std::unique_ptr<PagedKVCache> meta;    // host bookkeeping shared by all layers
-  std::vector<DeviceBuffer> pools;       // per layer: [num_kv_blocks, tokens_per_block, D] of kv_dtype
-  DeviceBuffer pool_pos;                 // int64 [num_kv_blocks, tokens_per_block]: global position of each row
-  std::vector<unsigned char> zero_rows;  // rows handed to meta->append (its host pool is never read)
+  std::unique_ptr<BlockTable> table;  // host bookkeeping shared by all layers (the same slots in every pool)
+  std::vector<DeviceBuffer> pools;    // per layer: [num_kv_blocks, tokens_per_block, D] of kv_dtype
+  DeviceBuffer pool_pos;              // int64 [num_kv_blocks, tokens_per_block]: global position of each row
   EngineTimings timings;
   StepTimer timer;
   DeviceBuffer flags;  // int32 [3 * num_layers]: per layer attention residual, router, FFN residual
@@ -362,6 +361,10 @@ struct CudaEngine::Impl {
     return f;
   }
 
+  // The layers of a validated, committed step (new_rows [T] from BlockTable::commit_step).
+  void forward(const TensorView& tokens, const StepTokens& step, const int64_t* new_rows, const TensorView& logit_rows,
+               const TensorView& logits);
+  void fill_rows_random(const std::vector<int64_t>& rows, const std::vector<int64_t>& pos, uint64_t seed, float scale);
   void moe_ffn(int64_t l, int64_t T, float* yy);
   void moe_experts_on_host(int64_t l, int64_t T, const float* xx, const MoeRouteParams& rp, int64_t n_local, int64_t Fe,
                            int64_t first, float* yy);
@@ -393,7 +396,7 @@ CudaEngine::CudaEngine(const EngineConfig& config, Communicator& world, int devi
     }
   }
   const int64_t D = c.kv_lora_rank + c.qk_rope_head_dim;
-  m.meta = std::make_unique<PagedKVCache>(c.num_kv_blocks, c.tokens_per_block, D, c.kv_dtype, c.rank % c.cp, c.cp);
+  m.table = std::make_unique<BlockTable>(c.num_kv_blocks, c.tokens_per_block, c.rank % c.cp, c.cp);
   const size_t pool_bytes = static_cast<size_t>(c.num_kv_blocks * c.tokens_per_block * D * dtype_size(c.kv_dtype));
   try {
     for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -470,45 +473,43 @@ void CudaEngine::check_weights() const {
   }
 }
 
-void CudaEngine::add_sequence(int64_t seq_id) {
-  HELIX_CHECK_ARG(!impl_->meta->has_sequence(seq_id), "sequence ", seq_id, " already exists");
-  impl_->meta->add_sequence(seq_id);
+void CudaEngine::add_sequence(int64_t seq_id, int64_t reserve_tokens) {
+  impl_->table->add_sequence(seq_id, reserve_tokens);
 }
 
-void CudaEngine::free_sequence(int64_t seq_id) {
-  HELIX_CHECK_ARG(impl_->meta->has_sequence(seq_id), "unknown sequence ", seq_id);
-  impl_->meta->free_sequence(seq_id);
-}
+void CudaEngine::free_sequence(int64_t seq_id) { impl_->table->free_sequence(seq_id); }
 
-int64_t CudaEngine::num_free_blocks() const { return impl_->meta->num_free_blocks(); }
+int64_t CudaEngine::num_free_blocks() const { return impl_->table->num_free_blocks(); }
 int64_t CudaEngine::num_kv_blocks() const { return impl_->config.num_kv_blocks; }
-const PagedKVCache& CudaEngine::cache_metadata() const { return *impl_->meta; }
+const BlockTable& CudaEngine::block_table() const { return *impl_->table; }
 
 void CudaEngine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
   Impl& m = *impl_;
-  PagedKVCache& meta = *m.meta;
-  HELIX_CHECK_ARG(meta.has_sequence(seq_id), "unknown sequence ", seq_id);
-  HELIX_CHECK_ARG(meta.positions(seq_id).empty(), "fill_sequence_random: sequence ", seq_id, " is not empty");
-  HELIX_CHECK_ARG(num_tokens >= 0, "argument 'num_tokens' must be >= 0, got ", num_tokens);
+  BlockTable& table = *m.table;
   set_device(m.device);
-  std::vector<int64_t> pos;
-  for (int64_t p = 0; p < num_tokens; ++p) {
-    if (meta.owns(p)) pos.push_back(p);
+  StepPlan plan;
+  const std::vector<int64_t> new_rows = commit_fill(table, seq_id, num_tokens, plan);
+  try {
+    std::vector<int64_t> rows, pos;  // the pool rows this rank fills and their positions
+    for (int64_t p = 0; p < num_tokens; ++p) {
+      if (new_rows[p] < 0) continue;
+      rows.push_back(new_rows[p]);
+      pos.push_back(p);
+    }
+    m.fill_rows_random(rows, pos, seed, scale);
+  } catch (...) {
+    table.undo_step(plan);
+    throw;
   }
-  const auto n = static_cast<int64_t>(pos.size());
-  const int64_t needed = meta.blocks_needed(seq_id, pos.data(), n);
-  if (needed > meta.num_free_blocks()) {
-    throw KVCacheFullError(::helix::detail::concat("KV cache of rank ", m.config.rank, " needs ", needed,
-                                                   " more blocks for this fill but has ", meta.num_free_blocks(),
-                                                   " free"));
-  }
-  m.zero_rows.assign(static_cast<size_t>(n * meta.row_bytes()), 0);
-  meta.append(seq_id, pos.data(), n, m.zero_rows.data());
+}
+
+// Pool rows `rows` of every layer get pseudo-random values (fill_random_kernel); pool_pos[rows] = pos.
+void CudaEngine::Impl::fill_rows_random(const std::vector<int64_t>& rows, const std::vector<int64_t>& pos,
+                                        uint64_t seed, float scale) {
+  Impl& m = *this;
+  const auto n = static_cast<int64_t>(rows.size());
   if (n == 0) return;
-  const SequenceView v = meta.view(seq_id);
-  const int64_t tpb = meta.tokens_per_block(), D = meta.head_dim();
-  std::vector<int64_t> rows(static_cast<size_t>(n));
-  for (int64_t k = 0; k < n; ++k) rows[static_cast<size_t>(k)] = v.block_table[k / tpb] * tpb + k % tpb;
+  const int64_t D = m.config.kv_lora_rank + m.config.qk_rope_head_dim;
   Upload up;
   const size_t off = up.add(rows.data(), n), off_pos = up.add(pos.data(), n);
   auto* base = up.send(m.meta_dev, m.s());
@@ -683,55 +684,51 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
                       const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits) {
   check_weights();
   Impl& m = *impl_;
+  StepPlan plan = check_step_inputs(m.config, *m.table, tokens, positions, seq_ids, q_seq_index, logit_rows, logits);
+  const std::vector<int64_t> new_rows = m.table->commit_step(plan);  // [T] pool row of each owned token, else -1
+  try {
+    set_device(m.device);
+    m.forward(tokens, step_tokens(positions, seq_ids, q_seq_index), new_rows.data(), logit_rows, logits);
+  } catch (...) {
+    // A later failure (non-finite values, device or communication errors) takes the slots back.
+    m.table->undo_step(plan);
+    throw;
+  }
+  m.timings.steps += 1;
+}
+
+void CudaEngine::Impl::forward(const TensorView& tokens, const StepTokens& step, const int64_t* new_rows,
+                               const TensorView& logit_rows, const TensorView& logits) {
+  Impl& m = *this;
   const EngineConfig& c = m.config;
-  PagedKVCache& meta = *m.meta;
-  check_step_inputs(c, meta, tokens, positions, seq_ids, q_seq_index, logit_rows, logits);
-  set_device(m.device);
-  const int64_t T = tokens.dim(0), L = logit_rows.dim(0), B = seq_ids.dim(0);
+  const int64_t T = step.T, L = logit_rows.dim(0), B = step.B;
   const int64_t hid = c.hidden_size, N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank,
                 P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, D = R + P, Dq = Dn + P, cp = c.cp,
                 cp_rank = c.rank % c.cp, tpb = c.tokens_per_block;
   const int64_t W = c.wuv_before_exchange ? Dv : R;
-  const int64_t* pos = positions.ptr<int64_t>();
-  const int64_t* sids = seq_ids.ptr<int64_t>();
-  const int64_t* qsi = q_seq_index.ptr<int64_t>();
+  const int64_t* pos = step.positions;
+  const int64_t* sids = step.seq_ids;
+  const int64_t* qsi = step.q_seq_index;
   const StreamHandle st = m.s();
 
-  // ---- KV bookkeeping on the host: append the owned positions of every sequence (all layers share the
-  // slots), and find the pool row of each appended token. Capacity was checked above.
+  // The tokens this rank owns and the pool rows they go to (the same in every layer's pool).
   std::vector<int64_t> app_tok, app_row;
-  {
-    std::vector<std::vector<int64_t>> owned(static_cast<size_t>(B));
-    for (int64_t t = 0; t < T; ++t) {
-      if (meta.owns(pos[t])) owned[static_cast<size_t>(qsi[t])].push_back(t);
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      const auto& toks = owned[static_cast<size_t>(b)];
-      if (toks.empty()) continue;
-      std::vector<int64_t> p;
-      for (int64_t t : toks) p.push_back(pos[t]);
-      const auto n = static_cast<int64_t>(toks.size());
-      m.zero_rows.assign(static_cast<size_t>(n * meta.row_bytes()), 0);
-      meta.append(sids[b], p.data(), n, m.zero_rows.data());
-      const SequenceView v = meta.view(sids[b]);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t k = v.num_tokens - n + i;
-        app_tok.push_back(toks[static_cast<size_t>(i)]);
-        app_row.push_back(static_cast<int64_t>(v.block_table[k / tpb]) * tpb + k % tpb);
-      }
-    }
+  for (int64_t t = 0; t < T; ++t) {
+    if (new_rows[t] < 0) continue;
+    app_tok.push_back(t);
+    app_row.push_back(new_rows[t]);
   }
   // Block tables of the batch, [B, max_blocks] (the positions of the slots live on the device, pool_pos).
   int64_t max_blocks = 1, max_num_slots = 0;
   for (int64_t b = 0; b < B; ++b) {
-    const SequenceView v = meta.view(sids[b]);
+    const SequenceView v = m.table->view(sids[b]);
     max_num_slots = std::max(max_num_slots, v.num_tokens);
     max_blocks = std::max(max_blocks, (v.num_tokens + tpb - 1) / tpb);
   }
   std::vector<int32_t> tables(static_cast<size_t>(B * max_blocks), 0);
   std::vector<int64_t> num_slots(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
-    const SequenceView v = meta.view(sids[b]);
+    const SequenceView v = m.table->view(sids[b]);
     num_slots[b] = v.num_tokens;
     std::copy_n(v.block_table, (v.num_tokens + tpb - 1) / tpb, tables.data() + b * max_blocks);
   }
@@ -989,7 +986,6 @@ void CudaEngine::step(const TensorView& tokens, const TensorView& positions, con
     HELIX_CHECK(std::isfinite(out[i]), "non-finite logits (NaN or Inf) for row ", i / c.vocab_size, " on rank ",
                 c.rank);
   }
-  m.timings.steps += 1;
 }
 
 }  // namespace helix::cuda

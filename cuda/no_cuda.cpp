@@ -88,11 +88,11 @@ CudaEngine::~CudaEngine() = default;
 void CudaEngine::set_weight(const std::string&, const TensorView&) { no_cuda(); }
 void CudaEngine::check_weights() const { no_cuda(); }
 std::vector<std::string> CudaEngine::expected_weights() const { no_cuda(); }
-void CudaEngine::add_sequence(int64_t) { no_cuda(); }
+void CudaEngine::add_sequence(int64_t, int64_t) { no_cuda(); }
 void CudaEngine::free_sequence(int64_t) { no_cuda(); }
 int64_t CudaEngine::num_free_blocks() const { no_cuda(); }
 int64_t CudaEngine::num_kv_blocks() const { no_cuda(); }
-const PagedKVCache& CudaEngine::cache_metadata() const { no_cuda(); }
+const BlockTable& CudaEngine::block_table() const { no_cuda(); }
 void CudaEngine::step(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&,
                       const TensorView&) {
   no_cuda();

@@ -54,8 +54,8 @@ class Recorder:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def add_sequence(self, seq_id: int) -> None:
-        self._engine.add_sequence(seq_id)
+    def add_sequence(self, seq_id: int, reserve_tokens: int = 0) -> None:
+        self._engine.add_sequence(seq_id, reserve_tokens)
         self.live.add(seq_id)
         self.max_live = max(self.max_live, len(self.live))
         self.events.append(("add", seq_id))
@@ -347,7 +347,7 @@ def test_cli_json_and_dump_logits(model, tmp_path, capsys):
     ]
     assert generate_main(argv) == 0
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(obj) == {"outputs", "ttl_ms", "tokens_per_s"}
+    assert set(obj) == {"outputs", "ttl_ms", "tokens_per_s", "error"} and obj["error"] is None
     assert [o["prompt_token_ids"] for o in obj["outputs"]] == [[1, 2, 3], [4, 5]]
     assert all(len(o["token_ids"]) == 6 and o["text"] is None for o in obj["outputs"])
     assert {"finish_reason", "error"} <= set(obj["outputs"][0])
@@ -358,18 +358,32 @@ def test_cli_json_and_dump_logits(model, tmp_path, capsys):
 
 
 def test_cli_refused_request_in_json_and_empty_dump(model, tmp_path, capsys):
-    """A request that cannot fit is reported (finish_reason "refused", the reason) while the other completes;
-    --dump-logits of a refused first request is an empty [0, vocab] array."""
+    """A request that cannot fit is reported (finish_reason "refused", the reason) while the other completes,
+    and the command exits 1 with the reason on stderr and in the JSON line; --dump-logits of a refused first
+    request is an empty [0, vocab] array."""
     dump = tmp_path / "l.npy"
     argv = ["--model", str(model), "--max-tokens", "16", "--tokens-per-block", "4", "--max-new-tokens", "12",
             "--prompt-token-ids", ",".join(["3"] * 10), "--prompt-token-ids", "1,2", "--ignore-eos", "--json",
             "--dump-logits", str(dump)]  # fmt: skip
-    assert generate_main(argv) == 0
-    refused, done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["outputs"]
+    assert generate_main(argv) == 1
+    captured = capsys.readouterr()
+    obj = json.loads(captured.out.strip().splitlines()[-1])
+    refused, done = obj["outputs"]
     assert refused["finish_reason"] == "refused" and "KV blocks" in refused["error"]
     assert refused["token_ids"] == []
     assert done["finish_reason"] == "length" and len(done["token_ids"]) == 12
+    assert obj["error"] == f"request 0 refused: {refused['error']}"
+    assert captured.err.strip().splitlines() == [f"helix generate: error: {obj['error']}"]
     assert np.load(dump).shape == (0, 1000)
+
+
+def test_cli_summary_of_a_refused_request_exits_1(model, capsys):
+    argv = ["--model", str(model), "--max-tokens", "16", "--tokens-per-block", "4", "--max-new-tokens", "12",
+            "--prompt-token-ids", ",".join(["3"] * 10)]  # fmt: skip
+    assert generate_main(argv) == 1
+    captured = capsys.readouterr()
+    assert "[0] prompt 10 tokens -> 0 tokens (refused: request 0 needs" in captured.out
+    assert "helix generate: error: request 0 refused: request 0 needs 6 KV blocks" in captured.err
 
 
 def test_cli_summary(model, capsys):

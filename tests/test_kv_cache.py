@@ -77,8 +77,7 @@ def test_append_read_and_block_boundaries(dtype: str) -> None:
     rows = arange_rows(13, d, np_dtype)
     expected_free = 5
     for lo, hi in [(0, 3), (3, 4), (4, 4), (4, 9), (9, 13)]:  # fill, cross and end at block boundaries
-        need = cache.blocks_needed(3, np.arange(lo, hi, dtype=np.int64))
-        assert need == -(-hi // tpb) - -(-lo // tpb)
+        need = -(-hi // tpb) - -(-lo // tpb)
         cache.append(3, np.arange(lo, hi, dtype=np.int64), rows[lo:hi])
         expected_free -= need
         assert cache.num_free_blocks == expected_free
@@ -116,9 +115,9 @@ def test_exhaustion_message_and_unchanged() -> None:
     cache.add_sequence(1)
     cache.append(0, np.arange(6, dtype=np.int64), arange_rows(6, 2))
     before = state(cache)
-    with pytest.raises(helix.KVCacheFullError, match=r"sequence 0 needs 2 .*only 1 of 3"):
+    with pytest.raises(helix.KVCacheFullError, match=r"needs 2 more block\(s\) on CP rank 0 .*only 1 of 3"):
         cache.append(0, np.arange(6, 13, dtype=np.int64), arange_rows(7, 2))
-    with pytest.raises(helix.KVCacheFullError, match="sequence 1"):
+    with pytest.raises(helix.KVCacheFullError, match=r"step needs 2 more block"):
         cache.append(1, np.arange(5, dtype=np.int64), arange_rows(5, 2))
     assert isinstance(helix.KVCacheFullError("x"), helix.HelixError)
     assert state(cache) == before
@@ -141,7 +140,6 @@ def make_filled_cache() -> helix.PagedKVCache:
         (lambda c: c.free_sequence(9), "unknown sequence 9"),
         (lambda c: c.positions(9), "unknown sequence 9"),
         (lambda c: c.read(9), "unknown sequence 9"),
-        (lambda c: c.blocks_needed(9, positions(7)), "unknown sequence 9"),
         (
             lambda c: c.append(0, positions(7, 8), arange_rows(2, 3)),
             r"'positions'.*position 8 .*sequence 0.*CP rank 0",
@@ -149,14 +147,13 @@ def make_filled_cache() -> helix.PagedKVCache:
         (lambda c: c.append(0, positions(0), arange_rows(1, 3)), r"position 0 .*belongs to CP rank 0"),
         (
             lambda c: c.append(0, positions(7, 5), arange_rows(2, 3)),
-            r"'positions'.*position 5 .*already held.*sequence 0",
+            r"'positions'\[1\] = 5 is already held for sequence 0",
         ),
         (
             lambda c: c.append(0, positions(7, 13, 7), arange_rows(3, 3)),
-            r"'positions'.*position 7 .*more than once",
+            r"'positions'\[2\] = 7 repeats positions\[0\] for sequence 0",
         ),
         (lambda c: c.append(0, positions(-3), arange_rows(1, 3)), r"'positions'.*-3.*negative"),
-        (lambda c: c.blocks_needed(0, positions(-3)), r"'positions'.*negative"),
         (lambda c: c.append(0, positions(7), arange_rows(2, 3)), r"'rows'.*len\(positions\)"),
         (lambda c: c.append(0, positions(7), arange_rows(1, 4)), r"'rows'.*head_dim"),
         (lambda c: c.append(0, positions(7), arange_rows(1, 3, BF16)), r"'rows'.*float32.*bfloat16"),
@@ -166,7 +163,6 @@ def make_filled_cache() -> helix.PagedKVCache:
         (lambda c: c.append(0, [7], arange_rows(1, 3)), r"'positions'.*numpy.ndarray"),
         (lambda c: c.append(0, positions(7).astype(np.int32), arange_rows(1, 3)), r"'positions'.*int64"),
         (lambda c: c.append(0, positions(7)[None], arange_rows(1, 3)), r"'positions'.*1 dimensions"),
-        (lambda c: c.blocks_needed(0, np.zeros(2)), r"'positions'"),
     ],
 )
 def test_errors_name_the_problem_and_change_nothing(call, match: str) -> None:
@@ -201,7 +197,7 @@ def test_ownership_partitions_the_sequence(cp: int, tpb: int) -> None:
             np.testing.assert_array_equal(owned, (all_pos // tpb) % cp == rank)
             assert [cache.owner_rank(p) for p in range(length)] == list((all_pos // tpb) % cp)
             mine = all_pos[owned]
-            assert cache.blocks_needed(0, all_pos) == -(-len(mine) // tpb)  # foreign positions are skipped
+            assert cache.table.blocks_for_tokens(length)[rank] == -(-len(mine) // tpb)
             if len(mine):
                 cache.append(0, mine, rows[mine])
             np.testing.assert_array_equal(cache.positions(0), mine)
@@ -294,3 +290,29 @@ def test_block_table_and_free_list_reuse() -> None:
     cache.add_sequence(5)
     cache.append(5, positions(0), arange_rows(1, 1))
     assert cache.block_table(5).tolist() == [0]  # the freed blocks are reused
+
+
+def test_block_table_binding_keeps_every_cp_ranks_view() -> None:
+    """helix.BlockTable as the engines use it: one table per CP rank fed the same steps agrees on every rank's
+    free blocks, refuses a bad step with the same message everywhere, and answers admission queries."""
+    tables = [helix.BlockTable(4, 2, cp_rank=r, cp_size=2) for r in range(2)]
+    one = np.zeros(1, np.int64)
+    for t in tables:
+        t.add_sequence(0, reserve_tokens=8)  # positions 0-7: 2 blocks on each rank
+        assert (t.free_blocks, t.unreserved_blocks) == ([4, 4], [2, 2])
+    rows = [t.commit_step(np.arange(5, dtype=np.int64), one, np.zeros(5, np.int64)) for t in tables]
+    assert rows[0].tolist() == [0, 1, -1, -1, 2] and rows[1].tolist() == [-1, -1, 0, 1, -1]
+    messages = set()
+    for t in tables:
+        assert t.free_blocks == [2, 3] and t.num_free_blocks == t.free_blocks[t.cp_rank]
+        assert t.held_positions(0).tolist() == [0, 1, 2, 3, 4]
+        assert t.blocks_for_tokens(9) == [3, 2]
+        assert t.can_admit(4) and not t.can_admit(9)  # 9 tokens: 3 blocks on rank 0, 2 unreserved
+        with pytest.raises(helix.ArgumentError) as info:
+            t.plan_step(positions(5, 3), one, np.zeros(2, np.int64))  # 3 is rank 1's, held
+        messages.add(str(info.value))
+        assert t.held_positions(0).tolist() == [0, 1, 2, 3, 4]
+    assert messages == {"argument 'positions'[1] = 3 is already held for sequence 0"}
+    assert repr(tables[1]) == (
+        "BlockTable(num_blocks=4, tokens_per_block=2, cp_rank=1, cp_size=2, sequences=1, free_blocks=3)"
+    )

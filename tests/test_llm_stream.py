@@ -49,7 +49,7 @@ def drain(llm: LLM, log: list[tuple[int, list[int]]] | None = None, max_steps: i
 def assert_all_free(llm: LLM) -> None:
     eng = llm.engine
     assert eng.num_free_blocks == eng.num_kv_blocks
-    assert llm.scheduler.free == [eng.num_kv_blocks] * eng.cp
+    assert eng.block_table.unreserved_blocks == [eng.num_kv_blocks] * eng.cp
 
 
 def test_requests_added_between_steps_join_and_decode_as_alone(llm, solo):
@@ -115,7 +115,7 @@ def test_abort_frees_blocks(model, solo):
     c = small.add_request(PROMPTS[2], GREEDY)  # 18 tokens: 5 blocks
     for _ in range(4):
         assert [o.request_id for o in small.step()] == [a]
-    assert small.scheduler.free == [2] and eng.num_free_blocks < 8
+    assert eng.block_table.unreserved_blocks == [2] and eng.num_free_blocks < 8
     out = small.abort_request(a)
     assert out.finish_reason == "aborted" and out.finished and out.token_ids == solo[1][:4]
     assert_all_free(small)
@@ -124,7 +124,7 @@ def test_abort_frees_blocks(model, solo):
         small.abort_request(99)
     reported = []
     first = small.step()  # b is admitted (c waits behind it)
-    assert small.scheduler.free == [3]
+    assert eng.block_table.unreserved_blocks == [3]
     aborted_c = small.abort_request(c)
     assert aborted_c.finish_reason == "aborted" and aborted_c.token_ids == []
     reported += first

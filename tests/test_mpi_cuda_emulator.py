@@ -7,7 +7,8 @@ send/recv all-to-all, all-reduce in float32 and bfloat16 (rank order, bf16 round
 and broadcast in and out of place, splits, errors. Only the exit code counts (see mpi_launch).
 
 In the SIMT-emulator build (HELIX_ENABLE_CUDA=EMULATOR), the CUDA engine itself runs under mpiexec with
-cp=2 and tp2cp2 (tests/mpi/test_cuda_emu_decode.py): greedy tokens and logits against the CPU engine.
+cp=2 and tp2cp2 (tests/mpi/test_cuda_emu_decode.py): greedy tokens and logits against the CPU engine; and
+failed steps that must leave every rank as it was (tests/mpi/test_failed_steps.py, as for the CPU engine).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from failed_steps import make_model, run_failed_steps
 from helix import _core
 from helix.tiny import make_tiny_model
 from mpi_launch import MPI_ENV, ROOT, mpiexec, run_mpi
@@ -127,4 +129,14 @@ def test_cuda_engine_on_emulator_matches_cpu(
         env={"HELIX_CUDA_EMU_SPEC": str(spec)},
     )
     assert not result.timed_out, "timed out\n" + result.describe()
+    assert result.returncode == 0, result.describe()
+
+
+@needs_emulator
+@pytest.mark.parametrize(("tp", "cp"), [(1, 2), (2, 2)], ids=["cp2", "tp2cp2"])
+def test_cuda_engine_failed_steps_on_emulator(tmp_path: Path, tp: int, cp: int) -> None:
+    """Every bad step raises the same error on every rank and changes nothing (tests/failed_steps.py)."""
+    model = make_model(tmp_path / "model")
+    result = run_failed_steps(model, tmp_path, tp, cp, "cuda")
+    assert not result.timed_out, "timed out (a rank waiting in a collective?)\n" + result.describe()
     assert result.returncode == 0, result.describe()

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <random>
 #include <string>
 
 #include "helix/engine_common.hpp"
@@ -115,17 +116,24 @@ void add_residual(std::vector<float>& h, const std::vector<float>& y, int64_t n,
   HELIX_CHECK(finite, "non-finite hidden state (NaN or Inf) after the ", block, " of layer ", layer, " on rank ", rank);
 }
 
+const EngineConfig& validated(const EngineConfig& c) {
+  validate_engine_config(c);
+  return c;
+}
+
 }  // namespace
 
-Engine::Engine(const EngineConfig& config, Communicator& world) : config_(config), world_(world) {
-  validate_engine_config(config_);
+Engine::Engine(const EngineConfig& config, Communicator& world)
+    : config_(validated(config)),
+      world_(world),
+      table_(config_.num_kv_blocks, config_.tokens_per_block, config_.rank % config_.cp, config_.cp) {
   check_engine_world(config_, world);
   const int64_t tp_rank = config_.rank / config_.cp, cp_rank = config_.rank % config_.cp;
   cp_comm_ = world.split(static_cast<int>(tp_rank), static_cast<int>(cp_rank));
   const int64_t D = config_.kv_lora_rank + config_.qk_rope_head_dim;
+  pools_.reserve(static_cast<size_t>(config_.num_layers));
   for (int64_t l = 0; l < config_.num_layers; ++l) {
-    caches_.push_back(std::make_unique<PagedKVCache>(config_.num_kv_blocks, config_.tokens_per_block, D,
-                                                     config_.kv_dtype, cp_rank, config_.cp));
+    pools_.emplace_back(config_.num_kv_blocks, config_.tokens_per_block, D, config_.kv_dtype);
   }
   impl_ = std::make_unique<Impl>();
   impl_->expected = expected_weight_shapes(config_);
@@ -153,36 +161,55 @@ void Engine::check_weights() const {
   }
 }
 
-void Engine::add_sequence(int64_t seq_id) {
-  HELIX_CHECK_ARG(!caches_.front()->has_sequence(seq_id), "sequence ", seq_id, " already exists");
-  for (auto& c : caches_) c->add_sequence(seq_id);
-}
+void Engine::add_sequence(int64_t seq_id, int64_t reserve_tokens) { table_.add_sequence(seq_id, reserve_tokens); }
 
-void Engine::free_sequence(int64_t seq_id) {
-  HELIX_CHECK_ARG(caches_.front()->has_sequence(seq_id), "unknown sequence ", seq_id);
-  for (auto& c : caches_) c->free_sequence(seq_id);
-}
-
-PagedKVCache& Engine::cache(int64_t layer) {
-  HELIX_CHECK_ARG(layer >= 0 && layer < config_.num_layers, "layer ", layer, " is outside [0, ", config_.num_layers,
-                  ")");
-  return *caches_[static_cast<size_t>(layer)];
-}
-
-int64_t Engine::num_free_blocks() const { return caches_.front()->num_free_blocks(); }
+void Engine::free_sequence(int64_t seq_id) { table_.free_sequence(seq_id); }
 
 void Engine::step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
                   const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits) {
   check_weights();
-  const EngineConfig& c = config_;
-  check_step_inputs(c, *caches_.front(), tokens, positions, seq_ids, q_seq_index, logit_rows, logits);
-  const int64_t T = tokens.dim(0), L = logit_rows.dim(0);
+  StepPlan plan = check_step_inputs(config_, table_, tokens, positions, seq_ids, q_seq_index, logit_rows, logits);
+  const std::vector<int64_t> new_rows = table_.commit_step(plan);  // [T] pool row of each owned token, else -1
+  try {
+    forward(tokens, step_tokens(positions, seq_ids, q_seq_index), new_rows.data(), logit_rows, logits);
+  } catch (...) {
+    // A later failure (non-finite values, communication) takes the slots back: the step leaves no trace.
+    table_.undo_step(plan);
+    throw;
+  }
+  timings_.steps += 1;
+}
 
+void Engine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
+  std::vector<float> values(static_cast<size_t>(config_.kv_lora_rank + config_.qk_rope_head_dim));  // one row
+  StepPlan plan;
+  const std::vector<int64_t> rows = commit_fill(table_, seq_id, num_tokens, plan);  // nothing below throws
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    KVPool& pool = pools_[static_cast<size_t>(l)];
+    std::mt19937_64 rng(seed + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(l + 1));
+    std::uniform_real_distribution<float> uniform(-scale, scale);
+    for (int64_t row : rows) {
+      if (row < 0) continue;
+      for (float& v : values) v = uniform(rng);
+      if (pool.dtype() == DType::Float32) {
+        std::memcpy(pool.row(row), values.data(), values.size() * 4);
+      } else {
+        auto* dst = static_cast<bf16_t*>(pool.row(row));
+        for (size_t d = 0; d < values.size(); ++d) dst[d] = float_to_bf16(values[d]);
+      }
+    }
+  }
+}
+
+void Engine::forward(const TensorView& tokens, const StepTokens& step, const int64_t* new_rows,
+                     const TensorView& logit_rows, const TensorView& logits) {
+  const EngineConfig& c = config_;
+  const int64_t T = step.T, L = logit_rows.dim(0);
   Impl& m = *impl_;
   const int64_t hid = c.hidden_size, N = c.world(), Htp = c.heads_tp(), Hc = c.heads_chunk(), R = c.kv_lora_rank,
                 P = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, D = R + P, Dq = Dn + P,
                 cp_rank = c.rank % c.cp;
-  const int64_t* pos = positions.ptr<int64_t>();
+  const int64_t* pos = step.positions;
   const int64_t W = c.wuv_before_exchange ? Dv : R;
   double t0 = now(), t1;
   auto lap = [&](double& acc) {
@@ -278,8 +305,8 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
       wuv = TensorView{const_cast<unsigned char*>(w.bytes.data()), w.dtype, w.shape};
     }
     HelixAttentionTimings at;
-    helix_attention(*cp_comm_, *caches_[static_cast<size_t>(l)], qv, kvv, positions, seq_ids, q_seq_index,
-                    c.softmax_scale, R, wuv, outv, &at);
+    helix_attention(*cp_comm_, table_, pools_[static_cast<size_t>(l)], step, new_rows, qv, kvv, c.softmax_scale, R, wuv,
+                    outv, &at);
     t1 = now();
     timings_.exchange_s += at.exchange_s;
     timings_.attention_s += (t1 - t0) - at.exchange_s;
@@ -390,7 +417,6 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
     HELIX_CHECK(std::isfinite(out[i]), "non-finite logits (NaN or Inf) for row ", i / c.vocab_size, " on rank ",
                 c.rank);
   }
-  timings_.steps += 1;
 }
 
 }  // namespace helix

@@ -1,5 +1,7 @@
 #include "helix/engine_common.hpp"
 
+#include <numeric>
+
 namespace helix {
 
 std::string layer_weight_name(int64_t layer, const char* name) {
@@ -117,14 +119,33 @@ void check_engine_weight(const std::map<std::string, ExpectedWeight>& expected, 
   }
 }
 
-void check_step_inputs(const EngineConfig& c, const PagedKVCache& cache, const TensorView& tokens,
-                       const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                       const TensorView& logit_rows, const TensorView& logits) {
+std::vector<int64_t> commit_fill(BlockTable& table, int64_t seq_id, int64_t num_tokens, StepPlan& plan) {
+  HELIX_CHECK_ARG(table.has_sequence(seq_id), "unknown sequence ", seq_id);
+  HELIX_CHECK_ARG(table.num_held(seq_id) == 0, "fill_sequence_random: sequence ", seq_id, " is not empty");
+  HELIX_CHECK_ARG(num_tokens >= 0, "argument 'num_tokens' must be >= 0, got ", num_tokens);
+  std::vector<int64_t> positions(static_cast<size_t>(num_tokens));
+  std::iota(positions.begin(), positions.end(), int64_t{0});
+  const std::vector<int64_t> one_sequence(positions.size(), 0);  // q_seq_index
+  plan = table.plan_step(StepTokens{positions.data(), one_sequence.data(), &seq_id, num_tokens, 1});
+  return table.commit_step(plan);
+}
+
+StepTokens step_tokens(const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index) {
+  return StepTokens{positions.ptr<int64_t>(), q_seq_index.ptr<int64_t>(), seq_ids.ptr<int64_t>(), positions.dim(0),
+                    seq_ids.dim(0)};
+}
+
+StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
+                           const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
+                           const TensorView& logit_rows, const TensorView& logits) {
   check_tensor(tokens, "tokens", 1, {DType::Int64});
   const int64_t T = tokens.dim(0);
   HELIX_CHECK_ARG(T > 0, "argument 'tokens' is empty");
   check_tensor(positions, "positions", 1, {DType::Int64});
   check_dim(positions, "positions", 0, T, "the number of tokens");
+  check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
+  check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
+  check_dim(q_seq_index, "q_seq_index", 0, T, "the number of tokens");
   check_tensor(logit_rows, "logit_rows", 1, {DType::Int64});
   const int64_t L = logit_rows.dim(0);
   for (int64_t i = 0; i < L; ++i) {
@@ -139,36 +160,7 @@ void check_step_inputs(const EngineConfig& c, const PagedKVCache& cache, const T
     HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument 'tokens'[", t, "] = ", id,
                     " is outside the vocabulary [0, ", c.vocab_size, ")");
   }
-  // The KV rows of every layer land in the same slots: check this rank's capacity once, before any work.
-  {
-    std::vector<int64_t> pos;
-    int64_t needed = 0;
-    check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
-    check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
-    check_dim(q_seq_index, "q_seq_index", 0, T, "the number of tokens");
-    // Checked for every token here (also when B == 0), with helix_attention's messages.
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t bi = q_seq_index.ptr<int64_t>()[t];
-      HELIX_CHECK_ARG(bi >= 0 && bi < seq_ids.dim(0), "argument 'q_seq_index'[", t, "] = ", bi, " is outside [0, ",
-                      seq_ids.dim(0), ")");
-      HELIX_CHECK_ARG(positions.ptr<int64_t>()[t] >= 0, "argument 'positions'[", t, "] is negative");
-    }
-    for (int64_t b = 0; b < seq_ids.dim(0); ++b) {
-      const int64_t sid = seq_ids.ptr<int64_t>()[b];
-      HELIX_CHECK_ARG(cache.has_sequence(sid), "argument 'seq_ids'[", b, "] = ", sid,
-                      " is not a sequence of the engine (add_sequence first)");
-      pos.clear();
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t bi = q_seq_index.ptr<int64_t>()[t];
-        if (bi == b && cache.owns(positions.ptr<int64_t>()[t])) pos.push_back(positions.ptr<int64_t>()[t]);
-      }
-      needed += cache.blocks_needed(sid, pos.data(), static_cast<int64_t>(pos.size()));
-    }
-    if (needed > cache.num_free_blocks()) {
-      throw KVCacheFullError(detail::concat("KV cache of rank ", c.rank, " needs ", needed,
-                                            " more blocks for this step but has ", cache.num_free_blocks(), " free"));
-    }
-  }
+  return table.plan_step(step_tokens(positions, seq_ids, q_seq_index));
 }
 
 }  // namespace helix

@@ -14,21 +14,23 @@ namespace {
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-// Validation of everything helix_attention reads or writes; returns W, the exchanged width.
-int64_t validate(const Communicator& cp_comm, const PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
-                 const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                 int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out) {
-  HELIX_CHECK_ARG(cp_comm.size() == cache.cp_size() && cp_comm.rank() == cache.cp_rank(),
-                  "argument 'cache' is for CP rank ", cache.cp_rank(), " of ", cache.cp_size(),
+// Validation of every argument of the PagedKVCache overload but the step's positions and sequences
+// (BlockTable::plan_step checks those).
+void validate(const Communicator& cp_comm, const PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
+              const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
+              int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out) {
+  const BlockTable& table = cache.table();
+  HELIX_CHECK_ARG(cp_comm.size() == table.cp_size() && cp_comm.rank() == table.cp_rank(),
+                  "argument 'cache' is for CP rank ", table.cp_rank(), " of ", table.cp_size(),
                   " but the communicator is rank ", cp_comm.rank(), " of ", cp_comm.size());
   check_tensor(q, "q", 3, {DType::Float32, DType::BFloat16});
   const int64_t T = q.dim(0), H = q.dim(1), D = q.dim(2), cp = cp_comm.size();
-  HELIX_CHECK_ARG(D == cache.head_dim(), "argument 'q' has width ", D, " but the cache holds rows of ",
-                  cache.head_dim());
+  HELIX_CHECK_ARG(D == cache.pool().head_dim(), "argument 'q' has width ", D, " but the cache holds rows of ",
+                  cache.pool().head_dim());
   HELIX_CHECK_ARG(kv_lora_rank > 0 && kv_lora_rank <= D, "argument 'kv_lora_rank' must be in (0, ", D, "], got ",
                   kv_lora_rank);
   HELIX_CHECK_ARG(H % cp == 0, "argument 'q' has ", H, " heads, not divisible by the CP size ", cp);
-  check_tensor(new_kv, "new_kv", 2, {cache.dtype()});
+  check_tensor(new_kv, "new_kv", 2, {cache.pool().dtype()});
   check_dim(new_kv, "new_kv", 0, T, "the number of query tokens");
   check_dim(new_kv, "new_kv", 1, D, "the cache row width");
   check_tensor(positions, "positions", 1, {DType::Int64});
@@ -36,16 +38,6 @@ int64_t validate(const Communicator& cp_comm, const PagedKVCache& cache, const T
   check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
   check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
   check_dim(q_seq_index, "q_seq_index", 0, T, "the number of query tokens");
-  const int64_t B = seq_ids.dim(0);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t b = q_seq_index.ptr<int64_t>()[t];
-    HELIX_CHECK_ARG(b >= 0 && b < B, "argument 'q_seq_index'[", t, "] = ", b, " is outside [0, ", B, ")");
-    HELIX_CHECK_ARG(positions.ptr<int64_t>()[t] >= 0, "argument 'positions'[", t, "] is negative");
-  }
-  for (int64_t b = 0; b < B; ++b) {
-    HELIX_CHECK_ARG(cache.has_sequence(seq_ids.ptr<int64_t>()[b]), "argument 'seq_ids'[", b,
-                    "] = ", seq_ids.ptr<int64_t>()[b], " is not a sequence of the cache");
-  }
   int64_t W = kv_lora_rank;
   if (w_uv.data != nullptr) {
     check_tensor(w_uv, "w_uv", 3, {DType::Float32, DType::BFloat16});
@@ -57,36 +49,29 @@ int64_t validate(const Communicator& cp_comm, const PagedKVCache& cache, const T
   check_dim(out, "out", 0, T, "the number of query tokens");
   check_dim(out, "out", 1, H / cp, "the heads of one chunk (H_tp / cp)");
   check_dim(out, "out", 2, W, "the exchanged width");
-  return W;
 }
 
-// Appends the owned rows of the batch to the cache, sequence by sequence, all or nothing.
-void append_owned(PagedKVCache& cache, const TensorView& new_kv, const int64_t* positions, const int64_t* seq_ids,
-                  const int64_t* q_seq_index, int64_t T, int64_t B) {
-  const int64_t row_bytes = cache.row_bytes();
-  std::vector<std::vector<int64_t>> tokens(static_cast<size_t>(B));
-  for (int64_t t = 0; t < T; ++t) {
-    if (cache.owns(positions[t])) tokens[static_cast<size_t>(q_seq_index[t])].push_back(t);
-  }
-  int64_t needed = 0;
-  std::vector<std::vector<int64_t>> pos(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t : tokens[b]) pos[b].push_back(positions[t]);
-    needed += cache.blocks_needed(seq_ids[b], pos[b].data(), static_cast<int64_t>(pos[b].size()));
-  }
-  if (needed > cache.num_free_blocks()) {
-    throw KVCacheFullError(detail::concat("KV cache of CP rank ", cache.cp_rank(), " needs ", needed,
-                                          " more blocks for this step but has ", cache.num_free_blocks(), " free"));
-  }
-  std::vector<unsigned char> rows;
-  const auto* src = static_cast<const unsigned char*>(new_kv.data);
-  for (int64_t b = 0; b < B; ++b) {
+// Partial attention of every token over the keys its sequence has on this rank: o [T, H, R], lse [T, H].
+void local_attention(const BlockTable& table, const KVPool& pool, const StepTokens& step, const TensorView& q,
+                     float scale, int64_t R, float* o, float* lse) {
+  std::vector<std::vector<int64_t>> tokens(static_cast<size_t>(step.B));  // the query tokens of each sequence
+  for (int64_t t = 0; t < step.T; ++t) tokens[step.q_seq_index[t]].push_back(t);
+  MlaAttentionParams p;
+  p.q = q.data;
+  p.q_pos = step.positions;
+  p.o = o;
+  p.lse = lse;
+  p.T = step.T;
+  p.H = q.dim(1);
+  p.D = q.dim(2);
+  p.R = R;
+  p.scale = scale;
+  p.q_dtype = q.dtype;
+  for (int64_t b = 0; b < step.B; ++b) {
     if (tokens[b].empty()) continue;
-    rows.resize(tokens[b].size() * static_cast<size_t>(row_bytes));
-    for (size_t i = 0; i < tokens[b].size(); ++i) {
-      std::memcpy(rows.data() + i * row_bytes, src + tokens[b][i] * row_bytes, static_cast<size_t>(row_bytes));
-    }
-    cache.append(seq_ids[b], pos[b].data(), static_cast<int64_t>(pos[b].size()), rows.data());
+    p.tokens = tokens[b].data();
+    p.num_tokens = static_cast<int64_t>(tokens[b].size());
+    paged_mla_attention_cpu(p, pool, table.view(step.seq_ids[b]));
   }
 }
 
@@ -100,21 +85,36 @@ void helix_attention(Communicator& cp_comm, PagedKVCache& cache, const TensorVie
                      const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
                      int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
                      HelixAttentionTimings* timings) {
-  const int64_t W = validate(cp_comm, cache, q, new_kv, positions, seq_ids, q_seq_index, kv_lora_rank, w_uv, out);
+  validate(cp_comm, cache, q, new_kv, positions, seq_ids, q_seq_index, kv_lora_rank, w_uv, out);
+  const StepTokens step{positions.ptr<int64_t>(), q_seq_index.ptr<int64_t>(), seq_ids.ptr<int64_t>(), q.dim(0),
+                        seq_ids.dim(0)};
+  StepPlan plan = cache.table().plan_step(step);
+  const std::vector<int64_t> new_rows = cache.table().commit_step(plan);
+  try {
+    helix_attention(cp_comm, cache.table(), cache.pool(), step, new_rows.data(), q, new_kv, scale, kv_lora_rank, w_uv,
+                    out, timings);
+  } catch (...) {
+    cache.table().undo_step(plan);
+    throw;
+  }
+}
+
+void helix_attention(Communicator& cp_comm, const BlockTable& table, KVPool& pool, const StepTokens& step,
+                     const int64_t* new_rows, const TensorView& q, const TensorView& new_kv, float scale,
+                     int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
+                     HelixAttentionTimings* timings) {
   const int64_t T = q.dim(0), H = q.dim(1), R = kv_lora_rank, cp = cp_comm.size(), Hc = H / cp;
-  const int64_t B = seq_ids.dim(0);
+  const int64_t W = out.dim(2);
   HelixAttentionTimings local;
   double t0 = now();
 
-  append_owned(cache, new_kv, positions.ptr<int64_t>(), seq_ids.ptr<int64_t>(), q_seq_index.ptr<int64_t>(), T, B);
+  pool.write_rows(new_rows, T, new_kv.data);
   double t1 = now();
   local.append_s = t1 - t0;
 
   // Partial attention over the local shard: o_part [T, H, R], lse_part [T, H].
   std::vector<float> o_part(static_cast<size_t>(T * H * R)), lse_part(static_cast<size_t>(T * H));
-  TensorView o_view{o_part.data(), DType::Float32, {T, H, R}};
-  TensorView lse_view{lse_part.data(), DType::Float32, {T, H}};
-  paged_mla_attention(q, positions, cache, seq_ids, q_seq_index, scale, kv_lora_rank, o_view, lse_view);
+  local_attention(table, pool, step, q, scale, R, o_part.data(), lse_part.data());
   double t2 = now();
   local.attention_s = t2 - t1;
 

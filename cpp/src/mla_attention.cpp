@@ -415,14 +415,14 @@ void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_
   run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, kv_dtype);
 }
 
-void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& cache, const SequenceView& seq) {
-  const KeySource src{static_cast<const unsigned char*>(cache.pool()),
-                      cache.row_bytes(),
+void paged_mla_attention_cpu(const MlaAttentionParams& p, const KVPool& pool, const SequenceView& seq) {
+  const KeySource src{static_cast<const unsigned char*>(pool.data()),
+                      pool.row_bytes(),
                       seq.positions,
                       seq.num_tokens,
                       seq.block_table,
-                      cache.tokens_per_block()};
-  run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, cache.dtype());
+                      seq.tokens_per_block};
+  run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, pool.dtype());
 }
 
 // ---- validated ops ---------------------------------------------------------------------------------------
@@ -479,22 +479,25 @@ void mla_attention(const TensorView& q, const TensorView& kv, const TensorView& 
   mla_attention_cpu(p, kv.data, kv_pos.ptr<const int64_t>(), s.S, kv.dtype);
 }
 
-MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
-                                        const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
-                                        int64_t kv_lora_rank) {
+MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos, const KVPool& pool,
+                                        const BlockTable& table, const TensorView& seq_ids,
+                                        const TensorView& q_seq_index, float scale, int64_t kv_lora_rank) {
   check_tensor(q, "q", 3, {DType::Float32, DType::BFloat16});
   check_tensor(q_pos, "q_pos", 1, {DType::Int64});
   check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
   check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
   MlaShape s{q.dim(0), q.dim(1), q.dim(2), kv_lora_rank, 0};
-  check_dim(q, "q", 2, cache.head_dim(), "the cache's head_dim");
+  check_dim(q, "q", 2, pool.head_dim(), "the cache's head_dim");
+  HELIX_CHECK_ARG(pool.num_rows() == table.num_blocks() * table.tokens_per_block(), "argument 'pool' has ",
+                  pool.num_rows(), " rows but the block table addresses ", table.num_blocks(), " x ",
+                  table.tokens_per_block());
   check_dim(q_pos, "q_pos", 0, s.T, "q.shape[0] (T)");
   check_dim(q_seq_index, "q_seq_index", 0, s.T, "q.shape[0] (T)");
   check_scale_and_rank(scale, kv_lora_rank, s.D);
   const int64_t B = seq_ids.dim(0);
   const int64_t* ids = seq_ids.ptr<const int64_t>();
   for (int64_t b = 0; b < B; ++b) {
-    HELIX_CHECK_ARG(cache.has_sequence(ids[b]), "argument 'seq_ids': sequence ", ids[b], " (seq_ids[", b,
+    HELIX_CHECK_ARG(table.has_sequence(ids[b]), "argument 'seq_ids': sequence ", ids[b], " (seq_ids[", b,
                     "]) is not in the cache");
   }
   const int64_t* idx = q_seq_index.ptr<const int64_t>();
@@ -505,10 +508,10 @@ MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q
   return s;
 }
 
-void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
+void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const KVPool& pool, const BlockTable& table,
                          const TensorView& seq_ids, const TensorView& q_seq_index, float scale, int64_t kv_lora_rank,
                          const TensorView& o, const TensorView& lse) {
-  const MlaShape s = check_paged_mla_attention_args(q, q_pos, cache, seq_ids, q_seq_index, scale, kv_lora_rank);
+  const MlaShape s = check_paged_mla_attention_args(q, q_pos, pool, table, seq_ids, q_seq_index, scale, kv_lora_rank);
   check_outputs(o, lse, s);
   const int64_t B = seq_ids.dim(0);
   // The query tokens of each sequence, in order.
@@ -530,7 +533,7 @@ void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const Pag
     if (tokens[b].empty()) continue;
     p.tokens = tokens[b].data();
     p.num_tokens = static_cast<int64_t>(tokens[b].size());
-    paged_mla_attention_cpu(p, cache, cache.view(seq_ids.ptr<const int64_t>()[b]));
+    paged_mla_attention_cpu(p, pool, table.view(seq_ids.ptr<const int64_t>()[b]));
   }
 }
 

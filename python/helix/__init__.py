@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; resolved lazily so that helix.config etc. work without a build.
 _LAZY = {
+    "BlockTable": "helix._core",
     "PagedKVCache": "helix._core",
     "HelixError": "helix._core",
     "ArgumentError": "helix._core",

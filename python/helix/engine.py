@@ -21,7 +21,9 @@ def default_kv_blocks(max_tokens: int, tokens_per_block: int, cp: int) -> int:
 
 
 class HelixEngine:
-    """One rank's engine: the model's sharded weights, per-layer paged KV caches, communicators.
+    """One rank's engine: the model's sharded weights, the paged KV cache (one block table, one pool per
+    layer), communicators. A step is all or nothing: a bad one raises the same error on every rank and leaves
+    the cache as it was.
 
     device="cpu" runs the compiled CPU engine; device="cuda" the CUDA engine on this rank's GPU. With
     cuda_comm="nccl" each rank has its own GPU (its local rank) and the ranks talk over NCCL; with
@@ -52,6 +54,7 @@ class HelixEngine:
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         self.device = check_device_name(device)
+        self.dtype = dtype  # of the stored weights and KV cache
         if cuda_comm not in CUDA_COMMS:
             raise ValueError(f"cuda_comm must be one of {CUDA_COMMS}, got {cuda_comm!r}")
         self.cuda_comm = cuda_comm
@@ -135,11 +138,18 @@ class HelixEngine:
         return self._engine.num_free_blocks
 
     @property
+    def block_table(self):
+        """This rank's KV bookkeeping (helix.BlockTable): admission queries, every CP rank's free blocks."""
+        return self._engine.block_table
+
+    @property
     def timings(self) -> dict:
         return self._engine.timings
 
-    def add_sequence(self, seq_id: int) -> None:
-        self._engine.add_sequence(seq_id)
+    def add_sequence(self, seq_id: int, reserve_tokens: int = 0) -> None:
+        """Registers an empty sequence, reserving the KV blocks of positions [0, reserve_tokens) on every CP
+        rank (helix.KVCacheFullError when they are not free)."""
+        self._engine.add_sequence(seq_id, reserve_tokens)
 
     def free_sequence(self, seq_id: int) -> None:
         self._engine.free_sequence(seq_id)

@@ -5,7 +5,8 @@ step over the running ones, ``abort`` drops one. Every rank makes the same calls
 sees the same logits (the engine gathers them), so every scheduling and sampling decision is identical
 across ranks without extra communication.
 KV blocks are reserved per CP rank for a request's whole length (prompt + max_new_tokens) when it is
-admitted: a running request never runs out of KV blocks; one that can never fit is refused with a reason.
+admitted (the engine's block table keeps the reservations and answers what admission needs): a running
+request never runs out of KV blocks; one that can never fit is refused with a reason.
 """
 
 from __future__ import annotations
@@ -117,19 +118,13 @@ class _Request:
     params: SamplingParams
     rng: np.random.Generator
     output: RequestOutput
-    reserved: list[int]  # blocks reserved on each CP rank
+    kv_tokens: int  # positions reserved in the KV cache: prompt + max_new_tokens
     seq_id: int = -1  # the engine's sequence id once admitted
     computed: int = 0  # tokens whose KV is in the cache
 
     @property
     def tokens(self) -> list[int]:
         return self.prompt + self.output.token_ids
-
-
-def blocks_per_cp_rank(num_tokens: int, tokens_per_block: int, cp: int) -> list[int]:
-    """KV blocks each CP rank holds for positions [0, num_tokens) under the Helix block rule."""
-    nblocks = -(-num_tokens // tokens_per_block)
-    return [len(range(c, nblocks, cp)) for c in range(cp)]
 
 
 class Scheduler:
@@ -145,7 +140,6 @@ class Scheduler:
         self.engine = engine
         self.eos = set(eos_token_ids)
         self.max_batch_tokens = max_batch_tokens
-        self.free = [engine.num_kv_blocks] * engine.cp  # unreserved blocks per CP rank
         self.stats = GenerationStats()  # since construction or the last reset_stats()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
@@ -161,7 +155,8 @@ class Scheduler:
         rid = self._next_id
         self._next_id += 1
         out = RequestOutput(prompt_token_ids=list(prompt), request_id=rid)
-        need = blocks_per_cp_rank(len(prompt) + params.max_new_tokens, tpb, eng.cp)
+        kv_tokens = len(prompt) + params.max_new_tokens
+        need = eng.block_table.blocks_for_tokens(kv_tokens)
         if not prompt:
             out.finish_reason, out.error = "refused", "empty prompt"
         elif any(n > eng.num_kv_blocks for n in need):
@@ -174,7 +169,7 @@ class Scheduler:
         if out.finished:
             self._refused.append(out)
         else:
-            req = _Request(list(prompt), params, np.random.default_rng(seed), out, need)
+            req = _Request(list(prompt), params, np.random.default_rng(seed), out, kv_tokens)
             self._waiting.append(req)
             self._live[rid] = req
         return rid
@@ -219,18 +214,18 @@ class Scheduler:
         changed, self._refused = self._refused, []
         t_start = time.perf_counter()
         eng, stats = self.engine, self.stats
-        while self._waiting and self._fits(self._waiting[0]):
-            req = self._waiting.popleft()
-            self.free = [f - n for f, n in zip(self.free, req.reserved, strict=True)]
+        while self._waiting and eng.block_table.can_admit(self._waiting[0].kv_tokens):
+            req = self._waiting[0]
+            eng.add_sequence(self._next_seq, reserve_tokens=req.kv_tokens)
+            self._waiting.popleft()
             req.seq_id = self._next_seq
             self._next_seq += 1
-            eng.add_sequence(req.seq_id)
             self._running.append(req)
         if not self._running:
             return changed
         tokens, positions, q_index, logit_rows, owners = [], [], [], [], []
         budget = self.max_batch_tokens
-        batch = []
+        batch, counts = [], []  # the requests of the step and how many of their tokens it feeds
         for req in self._running:
             todo = req.tokens[req.computed :]
             n = min(len(todo), budget) if req.computed < len(req.prompt) else 1
@@ -245,7 +240,7 @@ class Scheduler:
                 logit_rows.append(len(tokens) - 1)
                 owners.append(req)
             budget -= n
-            req.computed += n
+            counts.append(n)
         t0 = time.perf_counter()
         logits = eng.step(
             np.asarray(tokens, np.int64),
@@ -254,6 +249,8 @@ class Scheduler:
             np.asarray(q_index, np.int64),
             np.asarray(logit_rows, np.int64),
         )
+        for req, n in zip(batch, counts, strict=True):  # only now: a step that raised computed nothing
+            req.computed += n
         dt = (time.perf_counter() - t0) * 1e3
         stats.step_ms.append(dt)
         stats.peak_kv_blocks = max(stats.peak_kv_blocks, eng.num_kv_blocks - eng.num_free_blocks)
@@ -277,11 +274,7 @@ class Scheduler:
         stats.wall_s += time.perf_counter() - t_start
         return changed
 
-    def _fits(self, req: _Request) -> bool:
-        return all(n <= f for n, f in zip(req.reserved, self.free, strict=True))
-
     def _retire(self, req: _Request) -> None:
         """Takes a running request off the batch and returns its sequence and reserved blocks."""
         self._running.remove(req)
         self.engine.free_sequence(req.seq_id)
-        self.free = [f + n for f, n in zip(self.free, req.reserved, strict=True)]

@@ -168,6 +168,13 @@ def _generate(args: argparse.Namespace, comm) -> int:
         prompts, params, on_logits=lambda i, row: first_logits.append(row.copy()) if i == 0 else None
     )
     stats = llm.last_stats
+    # Every rank holds the same outputs: each exits 1 when a request was refused (or ended otherwise early).
+    failures = [
+        f"request {i} {o.finish_reason}: {o.error or 'no reason given'}"
+        for i, o in enumerate(outputs)
+        if o.finish_reason not in ("eos", "length")
+    ]
+    status = 1 if failures else 0
     peak = np.array([stats.peak_kv_blocks], np.int64)
     peak_per_rank = comm.all_gather(peak).ravel() if comm.size > 1 else peak
     gpu_bytes = None
@@ -175,7 +182,9 @@ def _generate(args: argparse.Namespace, comm) -> int:
         held = np.array([llm.engine.device_bytes], np.int64)
         gpu_bytes = comm.all_gather(held).ravel() if comm.size > 1 else held
     if comm.rank != 0:
-        return 0
+        return status
+    for failure in failures:
+        print(f"helix generate: error: {failure}", file=sys.stderr, flush=True)
     if args.dump_logits:
         vocab = llm.engine.config.vocab_size
         np.save(args.dump_logits, np.asarray(first_logits, np.float32).reshape(len(first_logits), vocab))
@@ -196,10 +205,11 @@ def _generate(args: argparse.Namespace, comm) -> int:
                     ],
                     "ttl_ms": [round(v, 4) for v in ttl],
                     "tokens_per_s": stats.tokens_per_s,
+                    "error": "; ".join(failures) or None,
                 }
             )
         )
-        return 0
+        return status
     for i, o in enumerate(outputs):
         shown = o.text if o.text is not None else " ".join(map(str, o.token_ids))
         reason = f"refused: {o.error}" if o.finish_reason == "refused" else o.finish_reason
@@ -221,7 +231,7 @@ def _generate(args: argparse.Namespace, comm) -> int:
 
         gib = ", ".join(f"{b / 2**30:.2f}" for b in gpu_bytes)
         print(f"GPU memory held per rank (GiB): [{gib}] on {_core.cuda.device_name()}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

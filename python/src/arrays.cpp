@@ -2,6 +2,7 @@
 
 #include <nanobind/stl/string.h>
 
+#include <cstring>
 #include <string>
 
 namespace helix::bind {
@@ -69,6 +70,18 @@ HostArray zeros(const std::vector<int64_t>& shape, DType dtype) {
   nb::list dims;
   for (int64_t s : shape) dims.append(s);
   return to_view(numpy().attr("zeros")(nb::tuple(dims), numpy_dtype(dtype)), "output");
+}
+
+nb::object int64_array(const int64_t* values, int64_t n) {
+  HostArray out = new_array({n}, DType::Int64);
+  if (n > 0) std::memcpy(out.view.data, values, static_cast<size_t>(n) * sizeof(int64_t));
+  return out.owner;
+}
+
+nb::object int32_array(const int32_t* values, int64_t n) {
+  HostArray out = new_array({n}, DType::Int32);
+  if (n > 0) std::memcpy(out.view.data, values, static_cast<size_t>(n) * sizeof(int32_t));
+  return out.owner;
 }
 
 }  // namespace helix::bind

@@ -29,4 +29,8 @@ HostArray new_array(const std::vector<int64_t>& shape, DType dtype);
 // A new NumPy array filled with zeros.
 HostArray zeros(const std::vector<int64_t>& shape, DType dtype);
 
+// 1-D NumPy copies of host values: int64 [n] and int32 [n].
+nb::object int64_array(const int64_t* values, int64_t n);
+nb::object int32_array(const int32_t* values, int64_t n);
+
 }  // namespace helix::bind

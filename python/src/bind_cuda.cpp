@@ -475,14 +475,14 @@ void bind_cuda_engine(nb::module_& c) {
             return d;
           },
           "{name: (shard shape, is_matrix)}: matrices may be float32 or bfloat16, the rest is float32.")
-      .def("add_sequence", &CudaEngine::add_sequence, "seq_id"_a)
+      .def("add_sequence", &CudaEngine::add_sequence, "seq_id"_a, "reserve_tokens"_a = 0)
       .def("free_sequence", &CudaEngine::free_sequence, "seq_id"_a)
       .def_prop_ro("num_free_blocks", &CudaEngine::num_free_blocks)
       .def_prop_ro("num_kv_blocks", &CudaEngine::num_kv_blocks)
       .def_prop_ro("device", &CudaEngine::device)
       .def_prop_ro("device_bytes", &CudaEngine::device_bytes)
-      .def("cache_metadata", &CudaEngine::cache_metadata, nb::rv_policy::reference_internal,
-           "This rank's KV bookkeeping (positions, block tables; its host pool holds no keys).")
+      .def_prop_ro("block_table", &CudaEngine::block_table, nb::rv_policy::reference_internal,
+                   "This rank's KV bookkeeping (a BlockTable shared by every layer's device pool).")
       .def(
           "fill_sequence_random",
           [](CudaEngine& e, int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {

@@ -94,7 +94,7 @@ void bind_engine(nb::module_& m) {
       .def("is_moe_layer", &EngineConfig::is_moe_layer)
       .def("vocab_shard", &EngineConfig::vocab_shard);
 
-  nb::class_<Engine>(m, "Engine", "The decoder engine of one rank (sharded weights, per-layer paged KV caches).")
+  nb::class_<Engine>(m, "Engine", "The decoder engine of one rank (sharded weights, paged KV cache of every layer).")
       .def(nb::init<const EngineConfig&, Communicator&>(), nb::arg("config"), nb::arg("world"), nb::keep_alive<1, 3>())
       .def(
           "set_weight",
@@ -105,12 +105,21 @@ void bind_engine(nb::module_& m) {
           nb::arg("name"), nb::arg("weight"))
       .def("check_weights", &Engine::check_weights)
       .def("expected_weights", &Engine::expected_weights)
-      .def("add_sequence", &Engine::add_sequence, nb::arg("seq_id"))
+      .def("add_sequence", &Engine::add_sequence, nb::arg("seq_id"), nb::arg("reserve_tokens") = 0,
+           "Register an empty sequence, reserving the KV blocks of positions [0, reserve_tokens) on every CP rank.")
       .def("free_sequence", &Engine::free_sequence, nb::arg("seq_id"))
       .def_prop_ro("num_free_blocks", &Engine::num_free_blocks)
       .def_prop_ro("num_kv_blocks", &Engine::num_kv_blocks)
-      .def("cache", &Engine::cache, nb::arg("layer"), nb::rv_policy::reference_internal,
-           "This rank's paged KV cache of one layer (read-only use: benchmarks fill it, tests inspect it).")
+      .def_prop_ro("block_table", &Engine::block_table, nb::rv_policy::reference_internal,
+                   "This rank's KV bookkeeping (a BlockTable shared by every layer).")
+      .def(
+          "fill_sequence_random",
+          [](Engine& e, int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
+            nb::gil_scoped_release release;
+            e.fill_sequence_random(seq_id, num_tokens, seed, scale);
+          },
+          nb::arg("seq_id"), nb::arg("num_tokens"), nb::arg("seed") = 0, nb::arg("scale") = 1.f,
+          "Benchmark aid: positions [0, num_tokens) of an empty sequence with random rows in every layer.")
       .def("step", &engine_step<Engine>, nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"),
            nb::arg("q_seq_index"), nb::arg("logit_rows"),
            "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"

@@ -16,6 +16,8 @@ using namespace nb::literals;
 
 namespace helix::bind {
 
+nb::object block_list(const BlockTable& table, int64_t seq_id);  // bind_block_table.cpp
+
 namespace {
 
 // "float32" / "bfloat16", or anything numpy.dtype() understands (numpy.float32, ml_dtypes.bfloat16).
@@ -45,67 +47,52 @@ HostArray positions_view(nb::handle positions) {
 void append(PagedKVCache& cache, int64_t seq_id, nb::handle positions, nb::handle rows) {
   HostArray pos = positions_view(positions);
   HostArray r = to_view(rows, "rows");
-  check_tensor(r.view, "rows", 2, {cache.dtype()});
+  check_tensor(r.view, "rows", 2, {cache.pool().dtype()});
   check_dim(r.view, "rows", 0, pos.view.dim(0), "len(positions)");
-  check_dim(r.view, "rows", 1, cache.head_dim(), "the cache's head_dim");
+  check_dim(r.view, "rows", 1, cache.pool().head_dim(), "the cache's head_dim");
   cache.append(seq_id, pos.view.ptr<const int64_t>(), pos.view.dim(0), r.view.data);
-}
-
-int64_t blocks_needed(const PagedKVCache& cache, int64_t seq_id, nb::handle positions) {
-  HostArray pos = positions_view(positions);
-  return cache.blocks_needed(seq_id, pos.view.ptr<const int64_t>(), pos.view.dim(0));
-}
-
-nb::object positions(const PagedKVCache& cache, int64_t seq_id) {
-  const std::vector<int64_t>& held = cache.positions(seq_id);
-  HostArray out = new_array({static_cast<int64_t>(held.size())}, DType::Int64);
-  if (!held.empty()) std::memcpy(out.view.data, held.data(), held.size() * sizeof(int64_t));
-  return out.owner;
 }
 
 // [num_tokens, head_dim] copy of the stored rows, in slot order.
 nb::object read(const PagedKVCache& cache, int64_t seq_id) {
-  const SequenceView v = cache.view(seq_id);
-  HostArray out = new_array({v.num_tokens, cache.head_dim()}, cache.dtype());
-  const int64_t rb = cache.row_bytes(), tpb = cache.tokens_per_block();
-  const auto* pool = static_cast<const unsigned char*>(cache.pool());
+  const SequenceView v = cache.table().view(seq_id);
+  const KVPool& pool = cache.pool();
+  HostArray out = new_array({v.num_tokens, pool.head_dim()}, pool.dtype());
   auto* dst = static_cast<unsigned char*>(out.view.data);
   for (int64_t k = 0; k < v.num_tokens; ++k) {
-    const int64_t block = v.block_table[k / tpb];
-    std::memcpy(dst + k * rb, pool + (block * tpb + k % tpb) * rb, static_cast<size_t>(rb));
+    std::memcpy(dst + k * pool.row_bytes(), pool.row(v.pool_row(k)), static_cast<size_t>(pool.row_bytes()));
   }
-  return out.owner;
-}
-
-// int32 [ceil(num_tokens / tokens_per_block)] copy of the sequence's block table.
-nb::object block_table(const PagedKVCache& cache, int64_t seq_id) {
-  const SequenceView v = cache.view(seq_id);
-  const int64_t n = (v.num_tokens + cache.tokens_per_block() - 1) / cache.tokens_per_block();
-  HostArray out = new_array({n}, DType::Int32);
-  if (n > 0) std::memcpy(out.view.data, v.block_table, static_cast<size_t>(n) * sizeof(int32_t));
   return out.owner;
 }
 
 // [num_blocks, tokens_per_block, head_dim] copy of the whole pool, used slots or not.
 nb::object read_pool(const PagedKVCache& cache) {
-  HostArray out = new_array({cache.num_blocks(), cache.tokens_per_block(), cache.head_dim()}, cache.dtype());
-  std::memcpy(out.view.data, cache.pool(), static_cast<size_t>(out.view.nbytes()));
+  const BlockTable& t = cache.table();
+  HostArray out = new_array({t.num_blocks(), t.tokens_per_block(), cache.pool().head_dim()}, cache.pool().dtype());
+  std::memcpy(out.view.data, cache.pool().data(), static_cast<size_t>(out.view.nbytes()));
   return out.owner;
 }
 
 std::string repr(const PagedKVCache& c) {
-  return detail::concat("PagedKVCache(num_blocks=", c.num_blocks(), ", tokens_per_block=", c.tokens_per_block(),
-                        ", head_dim=", c.head_dim(), ", dtype='", dtype_name(c.dtype()), "', cp_rank=", c.cp_rank(),
-                        ", cp_size=", c.cp_size(), ", sequences=", c.sequence_ids().size(),
-                        ", free_blocks=", c.num_free_blocks(), ")");
+  const BlockTable& t = c.table();
+  return detail::concat("PagedKVCache(num_blocks=", t.num_blocks(), ", tokens_per_block=", t.tokens_per_block(),
+                        ", head_dim=", c.pool().head_dim(), ", dtype='", dtype_name(c.pool().dtype()),
+                        "', cp_rank=", t.cp_rank(), ", cp_size=", t.cp_size(), ", sequences=", t.sequence_ids().size(),
+                        ", free_blocks=", t.num_free_blocks(), ")");
+}
+
+// A method of the cache that is its table's.
+template <class R, class... A>
+auto of_table(R (BlockTable::*f)(A...) const) {
+  return [f](const PagedKVCache& c, A... a) { return (c.table().*f)(a...); };
 }
 
 }  // namespace
 
 void bind_kv_cache(nb::module_& m) {
   nb::class_<PagedKVCache>(m, "PagedKVCache",
-                           "Paged KV cache of one rank: a pool of [num_blocks, tokens_per_block, head_dim] rows,\n"
-                           "a free list and per-sequence block tables. With (cp_rank, cp_size) it accepts only\n"
+                           "One layer's paged KV cache of one rank: a BlockTable (.table) and a pool of\n"
+                           "[num_blocks, tokens_per_block, head_dim] rows. With (cp_rank, cp_size) it accepts only\n"
                            "positions p with (p // tokens_per_block) % cp_size == cp_rank. Every failed call\n"
                            "raises (ArgumentError, KVCacheFullError) and leaves the cache unchanged.")
       .def(
@@ -115,33 +102,46 @@ void bind_kv_cache(nb::module_& m) {
             new (self) PagedKVCache(num_blocks, tokens_per_block, head_dim, parse_cache_dtype(dtype), cp_rank, cp_size);
           },
           "num_blocks"_a, "tokens_per_block"_a, "head_dim"_a, "dtype"_a = "float32", "cp_rank"_a = 0, "cp_size"_a = 1)
-      .def("add_sequence", &PagedKVCache::add_sequence, "seq_id"_a, "Register an empty sequence.")
+      .def(
+          "add_sequence", [](PagedKVCache& c, int64_t seq_id) { c.table().add_sequence(seq_id); }, "seq_id"_a,
+          "Register an empty sequence.")
       .def("append", &append, "seq_id"_a, "positions"_a, "rows"_a,
            "Append rows [n, head_dim] (cache dtype) at global positions int64 [n], all owned by this rank.")
-      .def("free_sequence", &PagedKVCache::free_sequence, "seq_id"_a,
-           "Return the sequence's blocks to the free list and forget it.")
-      .def("has_sequence", &PagedKVCache::has_sequence, "seq_id"_a)
-      .def("__contains__", &PagedKVCache::has_sequence, "seq_id"_a)
-      .def("owns", &PagedKVCache::owns, "position"_a, "True when global position `position` belongs to this rank.")
-      .def("owner_rank", &PagedKVCache::owner_rank, "position"_a,
+      .def(
+          "free_sequence", [](PagedKVCache& c, int64_t seq_id) { c.table().free_sequence(seq_id); }, "seq_id"_a,
+          "Return the sequence's blocks to the free list and forget it.")
+      .def("has_sequence", of_table(&BlockTable::has_sequence), "seq_id"_a)
+      .def("__contains__", of_table(&BlockTable::has_sequence), "seq_id"_a)
+      .def("owns", of_table(&BlockTable::owns), "position"_a,
+           "True when global position `position` belongs to this rank.")
+      .def("owner_rank", of_table(&BlockTable::owner_rank), "position"_a,
            "The CP rank owning global position `position` (>= 0).")
-      .def("blocks_needed", &blocks_needed, "seq_id"_a, "positions"_a,
-           "Blocks needed beyond those held to append the owned ones of `positions` (int64 [n]).")
-      .def("positions", &positions, "seq_id"_a, "Global positions held for the sequence, in slot order (int64).")
-      .def("sequence_ids", &PagedKVCache::sequence_ids, "Ids of the registered sequences, sorted.")
+      .def(
+          "positions",
+          [](const PagedKVCache& c, int64_t seq_id) {
+            const std::vector<int64_t>& held = c.table().positions(seq_id);
+            return int64_array(held.data(), static_cast<int64_t>(held.size()));
+          },
+          "seq_id"_a, "Global positions held for the sequence, in slot order (int64).")
+      .def("sequence_ids", of_table(&BlockTable::sequence_ids), "Ids of the registered sequences, sorted.")
       .def("read", &read, "seq_id"_a, "Copy of the stored rows [num_tokens, head_dim] in slot order.")
-      .def("block_table", &block_table, "seq_id"_a, "Copy of the sequence's block table (int32, pool block indices).")
+      .def(
+          "block_table", [](const PagedKVCache& c, int64_t seq_id) { return block_list(c.table(), seq_id); },
+          "seq_id"_a, "Copy of the sequence's block table (int32, pool block indices).")
       .def("read_pool", &read_pool,
            "Copy of the whole pool [num_blocks, tokens_per_block, head_dim], used slots or not (debugging).")
       .def("poison_unused", &PagedKVCache::poison_unused, "value"_a = std::numeric_limits<float>::quiet_NaN(),
            "Write `value` into every slot holding no token (test aid: kernels must never read them).")
-      .def_prop_ro("num_blocks", &PagedKVCache::num_blocks)
-      .def_prop_ro("num_free_blocks", &PagedKVCache::num_free_blocks)
-      .def_prop_ro("tokens_per_block", &PagedKVCache::tokens_per_block)
-      .def_prop_ro("head_dim", &PagedKVCache::head_dim)
-      .def_prop_ro("dtype", [](const PagedKVCache& c) { return std::string(dtype_name(c.dtype())); })
-      .def_prop_ro("cp_rank", &PagedKVCache::cp_rank)
-      .def_prop_ro("cp_size", &PagedKVCache::cp_size)
+      .def_prop_ro(
+          "table", [](PagedKVCache& c) -> BlockTable& { return c.table(); }, nb::rv_policy::reference_internal,
+          "The cache's BlockTable (bookkeeping: positions, blocks, free lists of every CP rank).")
+      .def_prop_ro("num_blocks", of_table(&BlockTable::num_blocks))
+      .def_prop_ro("num_free_blocks", of_table(&BlockTable::num_free_blocks))
+      .def_prop_ro("tokens_per_block", of_table(&BlockTable::tokens_per_block))
+      .def_prop_ro("head_dim", [](const PagedKVCache& c) { return c.pool().head_dim(); })
+      .def_prop_ro("dtype", [](const PagedKVCache& c) { return std::string(dtype_name(c.pool().dtype())); })
+      .def_prop_ro("cp_rank", of_table(&BlockTable::cp_rank))
+      .def_prop_ro("cp_size", of_table(&BlockTable::cp_size))
       .def("__repr__", &repr);
 }
 

@@ -34,13 +34,14 @@ nb::tuple paged_mla_attention_py(nb::handle q, nb::handle q_pos, const PagedKVCa
                                  nb::handle q_seq_index, float scale, int64_t kv_lora_rank) {
   HostArray q_a = to_view(q, "q"), qp_a = to_view(q_pos, "q_pos");
   HostArray ids_a = to_view(seq_ids, "seq_ids"), idx_a = to_view(q_seq_index, "q_seq_index");
-  const MlaShape s =
-      check_paged_mla_attention_args(q_a.view, qp_a.view, cache, ids_a.view, idx_a.view, scale, kv_lora_rank);
+  const MlaShape s = check_paged_mla_attention_args(q_a.view, qp_a.view, cache.pool(), cache.table(), ids_a.view,
+                                                    idx_a.view, scale, kv_lora_rank);
   HostArray o = new_array({s.T, s.H, s.R}, DType::Float32);
   HostArray lse = new_array({s.T, s.H}, DType::Float32);
   {
     nb::gil_scoped_release release;
-    paged_mla_attention(q_a.view, qp_a.view, cache, ids_a.view, idx_a.view, scale, kv_lora_rank, o.view, lse.view);
+    paged_mla_attention(q_a.view, qp_a.view, cache.pool(), cache.table(), ids_a.view, idx_a.view, scale, kv_lora_rank,
+                        o.view, lse.view);
   }
   return nb::make_tuple(o.owner, lse.owner);
 }

@@ -7,6 +7,7 @@
 namespace nb = nanobind;
 
 namespace helix::bind {
+void bind_block_table(nb::module_& m);
 void bind_kv_cache(nb::module_& m);
 void bind_ops(nb::module_& m);
 void bind_layers(nb::module_& m);
@@ -35,6 +36,7 @@ NB_MODULE(_core, m) {
       arg_error);
   nb::exception<helix::KVCacheFullError>(m, "KVCacheFullError", base.ptr());
   nb::exception<helix::DeviceMemoryError>(m, "DeviceMemoryError", base.ptr());
+  helix::bind::bind_block_table(m);
   helix::bind::bind_kv_cache(m);
   helix::bind::bind_ops(m);
   {  // def_submodule returns helix._core.ops if bind_ops created it (PyImport_AddModule semantics).

@@ -31,7 +31,7 @@ import zlib
 import helix
 import numpy as np
 from helix.comm import abort_on_exception, world
-from helix.generate import SamplingParams, blocks_per_cp_rank
+from helix.generate import SamplingParams
 
 
 def rss_kib() -> int:
@@ -87,6 +87,12 @@ def main() -> int:
     return 0
 
 
+def blocks_per_cp_rank(num_tokens: int, tokens_per_block: int, cp: int) -> list[int]:
+    """KV blocks each CP rank holds for positions [0, num_tokens): the ownership rule, independently."""
+    nblocks = -(-num_tokens // tokens_per_block)
+    return [len(range(c, nblocks, cp)) for c in range(cp)]
+
+
 def check_finished(out: helix.RequestOutput, params: helix.SamplingParams, fits: bool, eos: set[int]) -> None:
     """A request step() reported finished: refused exactly when it cannot fit, else a consistent ending."""
     if out.finish_reason == "refused":
@@ -135,7 +141,8 @@ def soak(
     def all_free(where: str) -> None:
         leaked = pool - eng.num_free_blocks
         assert leaked == 0, f"rank {comm.rank}: {leaked} KV blocks leaked {where}"
-        assert sched.free == [pool] * cp, f"rank {comm.rank}: reservations leaked {where}: {sched.free}"
+        unreserved = eng.block_table.unreserved_blocks
+        assert unreserved == [pool] * cp, f"rank {comm.rank}: reservations leaked {where}: {unreserved}"
 
     t_start = time.perf_counter()
     rss_after: list[tuple[int, int]] = []  # (requests done, VmRSS KiB), every 20 requests
@@ -167,7 +174,11 @@ def soak(
         if steps % 500 == 0:  # as a server scrapes its metrics: the per-step timings would grow forever
             scraped = llm.reset_stats()
             assert len(scraped.step_ms) <= 500 and llm.stats.step_ms == []
-        assert eng.num_free_blocks >= sched.free[cp_rank], f"rank {comm.rank}: blocks beyond its reservation"
+        table = eng.block_table
+        free, unreserved = table.free_blocks, table.unreserved_blocks
+        assert free[cp_rank] == eng.num_free_blocks, f"rank {comm.rank}: global view {free} != its free list"
+        beyond = any(f < u for f, u in zip(free, unreserved, strict=True))
+        assert not beyond, f"rank {comm.rank}: blocks held beyond the reservations: {free} < {unreserved}"
         max_running = max(max_running, sched.num_running)
         max_waiting = max(max_waiting, sched.num_waiting)
         for out in outs:

@@ -11,8 +11,9 @@
 // all-to-all, the o_proj / FFN all-reduces and the logits all-gather run over NCCL on the engine's stream.
 // One rank needs no NCCL. With CudaComm::Host they run on a duplicate of `world` instead, staged through
 // host memory (make_host_staged_communicator), so that several ranks may share one GPU. The KV bookkeeping (block
-// tables, slot positions, ownership, the free list) is a host PagedKVCache shared by all layers (every layer holds the
-// same positions in the same slots); its own host pool is never read; the keys live in one device pool per layer.
+// tables, slot positions, ownership, the free list) is one host BlockTable shared by all layers (every layer holds
+// the same positions in the same slots); the keys live in one device pool per layer. Steps are all or nothing,
+// as Engine's.
 #pragma once
 
 #include <cstdint>
@@ -20,9 +21,9 @@
 #include <string>
 #include <vector>
 
+#include "helix/block_table.hpp"
 #include "helix/comm.hpp"
 #include "helix/engine.hpp"
-#include "helix/kv_cache.hpp"
 #include "helix/tensor.hpp"
 
 namespace helix::cuda {
@@ -44,20 +45,20 @@ class CudaEngine {
   void check_weights() const;
   std::vector<std::string> expected_weights() const;
 
-  void add_sequence(int64_t seq_id);
+  void add_sequence(int64_t seq_id, int64_t reserve_tokens = 0);
   void free_sequence(int64_t seq_id);
   int64_t num_free_blocks() const;
   int64_t num_kv_blocks() const;
-  // The host bookkeeping of this rank's cache (positions and block tables; its pool holds no keys).
-  const PagedKVCache& cache_metadata() const;
+  // The host bookkeeping of this rank's cache (positions, block tables, free blocks of every CP rank).
+  const BlockTable& block_table() const;
 
   // As Engine::step: tokens [T] i64, positions [T] i64, seq_ids [B] i64, q_seq_index [T] i64,
   // logit_rows [L] i64 -> logits [L, vocab_size] f32 (host memory, identical on every rank).
   void step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
             const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits);
 
-  // Benchmark aid: appends positions [0, num_tokens) of `seq_id` (the ones this rank owns) with
-  // pseudo-random rows, uniform in [-scale, scale), written straight into every layer's device pool.
+  // Benchmark aid: appends positions [0, num_tokens) to `seq_id` with pseudo-random rows, uniform in
+  // [-scale, scale), written straight into every layer's device pool where this rank owns the position.
   // The sequence must exist and be empty; KVCacheFullError when the pool is too small.
   void fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale);
 

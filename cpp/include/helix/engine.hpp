@@ -1,6 +1,10 @@
-// The decoder engine of one rank: the sharded weights of a DeepSeek-V3-architecture model, one paged KV
-// cache per layer, and the communicators; runs prefill chunks and decode steps through one code path
-// (DESIGN.md §3). The Python layer loads and shards the weights and drives the decode loop.
+// The decoder engine of one rank: the sharded weights of a DeepSeek-V3-architecture model, the KV cache
+// (one block table, one host pool per layer: every layer holds the same positions in the same slots), and
+// the communicators; runs prefill chunks and decode steps through one code path (DESIGN.md §3). The Python
+// layer loads and shards the weights and drives the decode loop.
+//
+// A step is all or nothing (DESIGN.md §4): every input is validated, identically on every rank, before any
+// layer runs; a step that fails leaves the block table (and so every layer's cache) as it was.
 #pragma once
 
 #include <cstdint>
@@ -9,9 +13,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include "helix/block_table.hpp"
 #include "helix/comm.hpp"
 #include "helix/helix_attention.hpp"
-#include "helix/kv_cache.hpp"
+#include "helix/kv_pool.hpp"
 #include "helix/tensor.hpp"
 
 namespace helix {
@@ -62,12 +67,13 @@ class Engine {
   void check_weights() const;
   std::vector<std::string> expected_weights() const;
 
-  void add_sequence(int64_t seq_id);
+  // See BlockTable::add_sequence (reserve_tokens: the blocks of positions [0, reserve_tokens) on every CP rank).
+  void add_sequence(int64_t seq_id, int64_t reserve_tokens = 0);
   void free_sequence(int64_t seq_id);
-  int64_t num_free_blocks() const;
+  int64_t num_free_blocks() const { return table_.num_free_blocks(); }
   int64_t num_kv_blocks() const { return config_.num_kv_blocks; }
-  // This rank's cache of one layer (every layer's cache holds the same positions in the same slots).
-  PagedKVCache& cache(int64_t layer);
+  // The KV bookkeeping of this rank (admission queries, and tests that inspect it).
+  const BlockTable& block_table() const { return table_; }
 
   // One forward pass over T tokens of B sequences (prompt chunks and decode tokens alike).
   // tokens [T] i64, positions [T] i64 global, seq_ids [B] i64, q_seq_index [T] i64 in [0,B),
@@ -75,15 +81,25 @@ class Engine {
   void step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
             const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits);
 
+  // Benchmark aid: appends positions [0, num_tokens) to the empty sequence `seq_id`, with pseudo-random rows,
+  // uniform in [-scale, scale), in every layer's pool where this rank owns the position (KVCacheFullError
+  // when the pool is too small). As CudaEngine::fill_sequence_random.
+  void fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale);
+
   const EngineConfig& config() const { return config_; }
   const EngineTimings& timings() const { return timings_; }
 
  private:
   struct Impl;
+  // The layers of a validated, committed step (new_rows from BlockTable::commit_step).
+  void forward(const TensorView& tokens, const StepTokens& step, const int64_t* new_rows, const TensorView& logit_rows,
+               const TensorView& logits);
+
   EngineConfig config_;
   Communicator& world_;
   std::unique_ptr<Communicator> cp_comm_;
-  std::vector<std::unique_ptr<PagedKVCache>> caches_;
+  BlockTable table_;
+  std::vector<KVPool> pools_;  // per layer: [num_kv_blocks * tokens_per_block, kv_lora_rank + rope_dim]
   std::unique_ptr<Impl> impl_;
   EngineTimings timings_;
 };

@@ -1,6 +1,6 @@
 // What the CPU engine (engine.cpp) and the CUDA engine (cuda/cuda_engine.cu) share: the config
 // validation, the weight names and per-rank shard shapes, the weight checks, and the validation of a
-// step's inputs with the KV capacity check. One implementation, so both engines accept and refuse the
+// step's inputs with its KV plan. One implementation, so both engines accept and refuse the
 // same inputs with the same messages.
 #pragma once
 
@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "helix/block_table.hpp"
 #include "helix/comm.hpp"
 #include "helix/engine.hpp"
-#include "helix/kv_cache.hpp"
 #include "helix/tensor.hpp"
 
 namespace helix {
@@ -37,11 +37,19 @@ void check_engine_world(const EngineConfig& c, const Communicator& world);
 void check_engine_weight(const std::map<std::string, ExpectedWeight>& expected, const std::string& name,
                          const TensorView& w);
 
-// Validates the arguments of Engine::step (shapes, dtypes, token ids, rows, sequence membership) and
-// checks, before any work, that `cache` (this rank's bookkeeping; every layer holds the same slots) has
-// the blocks the owned new positions need: KVCacheFullError otherwise.
-void check_step_inputs(const EngineConfig& c, const PagedKVCache& cache, const TensorView& tokens,
-                       const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                       const TensorView& logit_rows, const TensorView& logits);
+// Validates the arguments of Engine::step (shapes, dtypes, token ids, rows) and plans the step on `table`
+// (sequences, repeated and held positions, capacity on every CP rank): the whole step is checked before any
+// work, identically on every rank. The plan is what the engine commits.
+StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
+                           const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
+                           const TensorView& logit_rows, const TensorView& logits);
+
+// fill_sequence_random of both engines: checks that `seq_id` exists and is empty, then plans and commits
+// positions [0, num_tokens) as one step (KVCacheFullError when a CP rank lacks the blocks). Returns new_rows
+// [num_tokens] (BlockTable::commit_step); `plan` is what undo_step takes back.
+std::vector<int64_t> commit_fill(BlockTable& table, int64_t seq_id, int64_t num_tokens, StepPlan& plan);
+
+// The step's host arrays, once check_step_inputs accepted them.
+StepTokens step_tokens(const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index);
 
 }  // namespace helix

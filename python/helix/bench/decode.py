@@ -121,26 +121,14 @@ def ensure_model(preset: str, model_dir: str | Path) -> Path:
     return out
 
 
-def fill_kv(engine: Any, seq_id: int, context: int, rng: np.random.Generator, chunk: int = 16384) -> int:
-    """Adds ``seq_id`` and writes random unit-scale rows at every position < context this rank owns, in
-    every layer's cache. Returns the bytes of rows written on this rank (all layers)."""
-    import ml_dtypes
-
-    core = engine._engine
+def fill_kv(engine: Any, seq_id: int, context: int, rng: np.random.Generator) -> int:
+    """Adds ``seq_id`` with positions [0, context) holding random rows, uniform in [-1, 1), in every layer's
+    cache (where this rank owns the position). Returns the bytes of rows written on this rank (all layers)."""
     engine.add_sequence(seq_id)
-    written = 0
-    for layer in range(engine.config.num_hidden_layers):
-        cache = core.cache(layer)
-        dtype = np.float32 if cache.dtype == "float32" else ml_dtypes.bfloat16
-        for start in range(0, context, chunk):
-            pos = np.arange(start, min(context, start + chunk), dtype=np.int64)
-            pos = pos[(pos // cache.tokens_per_block) % engine.cp == engine.rank % engine.cp]
-            if len(pos) == 0:
-                continue
-            rows = rng.standard_normal((len(pos), cache.head_dim), dtype=np.float32).astype(dtype)
-            cache.append(seq_id, pos, rows)
-            written += rows.nbytes
-    return written
+    engine._engine.fill_sequence_random(seq_id, context, seed=int(rng.integers(2**62)), scale=1.0)
+    cfg = engine.config
+    row_bytes = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * (4 if engine.dtype == "float32" else 2)
+    return len(engine.block_table.positions(seq_id)) * row_bytes * cfg.num_hidden_layers
 
 
 def rank_ceilings(comm: Any, copy_bytes: int) -> dict[str, float]:

@@ -14,8 +14,9 @@
 #include <cstdint>
 #include <string_view>
 
+#include "helix/block_table.hpp"
 #include "helix/dtype.hpp"
-#include "helix/kv_cache.hpp"
+#include "helix/kv_pool.hpp"
 #include "helix/tensor.hpp"
 
 namespace helix {
@@ -37,8 +38,9 @@ struct MlaAttentionParams {
 // Kernel entry points (no validation; shapes as documented). OpenMP-parallel over keys and rows.
 // kv: [S, D] kv_dtype (Float32 or BFloat16), kv_pos: [S].
 void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S, DType kv_dtype);
-// Keys of sequence `seq` read from `cache` through its block table (unused slots are never read).
-void paged_mla_attention_cpu(const MlaAttentionParams& p, const PagedKVCache& cache, const SequenceView& seq);
+// Keys of sequence `seq` read from `pool` through its block table (unused slots are never read).
+// pool: rows [num_blocks * seq.tokens_per_block, D] of pool.dtype(); seq: from the BlockTable.
+void paged_mla_attention_cpu(const MlaAttentionParams& p, const KVPool& pool, const SequenceView& seq);
 
 // Which micro-kernels run. float32 keys always run Portable or the exact Avx512 kernels (the BF16 product
 // paths are for bfloat16 keys only). Errors: docs/performance.md; bounds: tests/tolerances.py.
@@ -89,15 +91,15 @@ void mla_attention(const TensorView& q, const TensorView& kv, const TensorView& 
                    float scale, int64_t kv_lora_rank, const TensorView& o, const TensorView& lse);
 
 // Validates the inputs of paged_mla_attention and returns the shapes (S = 0: per sequence).
-// q [T,H,D] f32|bf16 with D == cache.head_dim(); q_pos [T] i64; seq_ids [B] i64, each known to the cache;
-// q_seq_index [T] i64 in [0, B).
-MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
-                                        const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
-                                        int64_t kv_lora_rank);
+// q [T,H,D] f32|bf16 with D == pool.head_dim(); pool rows == table.num_blocks() * table.tokens_per_block();
+// q_pos [T] i64; seq_ids [B] i64, each known to the table; q_seq_index [T] i64 in [0, B).
+MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos, const KVPool& pool,
+                                        const BlockTable& table, const TensorView& seq_ids,
+                                        const TensorView& q_seq_index, float scale, int64_t kv_lora_rank);
 
-// q [T,H,D]; q_pos [T]; seq_ids [B] i64; q_seq_index [T] i64 in [0,B): the sequence each query token reads.
-// o [T,H,R] f32; lse [T,H] f32.
-void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const PagedKVCache& cache,
+// q [T,H,D]; q_pos [T]; the keys: `pool` through `table`; seq_ids [B] i64; q_seq_index [T] i64 in [0,B): the
+// sequence each query token reads. o [T,H,R] f32; lse [T,H] f32.
+void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const KVPool& pool, const BlockTable& table,
                          const TensorView& seq_ids, const TensorView& q_seq_index, float scale, int64_t kv_lora_rank,
                          const TensorView& o, const TensorView& lse);
 
