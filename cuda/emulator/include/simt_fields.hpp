@@ -1,6 +1,6 @@
 // The pointers a kernel receives, found by type: every pointer argument, and every pointer field of a
 // struct argument (a params struct, found with structured bindings), so the launch can check that each
-// one is null or device memory (runtime.cpp: check_kernel_args). Nothing is listed by hand: a new field
+// one is null or device memory (kernel_args.cpp). Nothing is listed by hand: a new field
 // or a new params struct is checked as soon as it exists, and a struct argument the emulator cannot take
 // apart (not an aggregate, more than 32 fields, a C array member) fails to compile here.
 #pragma once
