@@ -51,6 +51,11 @@ core=$("${san_env[@]}" python -c "import helix._core as c; print(c.__file__)")
 case "$core" in "$ROOT/build-asan/"*) ;; *) echo "[test] sanitized run imported $core" >&2; exit 1 ;; esac
 log=build-asan/last-pytest.log
 "${san_env[@]}" python -m pytest "${san_tests[@]}" -q -p no:cacheprovider -m "not mpi and not oracle and not slow" 2>&1 | tee "$log"
+echo "== sanitizers: the emulated CUDA engine tests again with an H100's 132 SMs (HELIX_SIMT_SMS) =="
+# The split-KV plan sizes its splits from the SM count (the default 4 never splits a prompt chunk; 132
+# does). tests/test_simt_emulator.py drives the engine to the plan's 256 splits with a long context.
+"${san_env[@]}" HELIX_SIMT_SMS=132 python -m pytest tests/test_cuda_engine.py -q -p no:cacheprovider \
+  -m "not mpi and not oracle and not slow" 2>&1 | tee -a "$log"
 echo "== sanitizers: the emulated CUDA engine and fake NCCL under mpiexec (cp2, tp2cp2) =="
 # A sanitizer report in a rank aborts it, so the job (and the test) fails.
 "${san_env[@]}" python -m pytest tests/test_mpi_cuda_emulator.py -q -p no:cacheprovider 2>&1 | tee -a "$log"

@@ -1,38 +1,58 @@
-"""The SIMT emulator (HELIX_ENABLE_CUDA=EMULATOR): cuda/ kernels under different thread schedules.
+"""The SIMT emulator (HELIX_ENABLE_CUDA=EMULATOR): cuda/ kernels under different schedules, the
+translator's view of the kernels' parameters, and the CUDA engine at an H100's split counts.
 
-The emulator resumes the fibers of a block in the order HELIX_SIMT_SCHEDULE names (forward, reverse,
-random:<seed>). A kernel whose threads exchange data only across proper barriers gives bitwise-identical
+The emulator runs the blocks of a grid, and resumes the fibers of a block, in the order
+HELIX_SIMT_SCHEDULE names (forward, reverse, random:<seed>). A kernel whose threads exchange data only
+across proper barriers, and whose blocks do not depend on each other's order, gives bitwise-identical
 results under every order; a missing __syncthreads / __syncwarp shows up as a difference. Skipped on real
 GPU builds and builds without CUDA (the emulator's own unit tests are in tests/cpp/test_simt.cpp).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
 from helix import _core
+from helix.engine import HelixEngine
+from helix.tiny import make_tiny_model
+from tolerances import tol
 
 cuda = _core.cuda
 pytestmark = pytest.mark.skipif(not cuda.emulated(), reason="not the SIMT-emulator build")
 SCHEDULES = ["forward", "reverse", "random:1", "random:20240601"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _translate_module():
+    path = ROOT / "cuda" / "emulator" / "translate.py"
+    spec = importlib.util.spec_from_file_location("simt_translate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _bf16(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32).astype(ml_dtypes.bfloat16)
 
 
-def _under_each_schedule(monkeypatch: pytest.MonkeyPatch, fn) -> list:
+def _under_each_schedule(monkeypatch: pytest.MonkeyPatch, fn, schedules: list[str] = SCHEDULES) -> list:
     results = []
-    for schedule in SCHEDULES:
+    for schedule in schedules:
         monkeypatch.setenv("HELIX_SIMT_SCHEDULE", schedule)
         results.append(fn())
     return results
 
 
-def _assert_bitwise_equal(results: list) -> None:
+def _assert_bitwise_equal(results: list, schedules: list[str] = SCHEDULES) -> None:
     first = results[0]
-    for schedule, other in zip(SCHEDULES[1:], results[1:], strict=True):
+    for schedule, other in zip(schedules[1:], results[1:], strict=True):
         for a, b in zip(first, other, strict=True):
             assert a.tobytes() == b.tobytes(), f"schedule {schedule} changed the result"
 
@@ -91,13 +111,7 @@ def test_moe_experts_is_schedule_independent(monkeypatch):
 
 
 def test_translator_reads_aligned_static_shared_arrays():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "cuda" / "emulator" / "translate.py"
-    spec = importlib.util.spec_from_file_location("simt_translate", path)
-    translate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(translate)
+    translate = _translate_module()
     src = "__global__ void k() {\n  __shared__ __align__(16) float xs[4][8];\n}\n"
     out = translate.translate(src, "k.cu")
     assert "static_shared" in out and "float (&xs)[4][8]" in out and "> 16 ?" in out
@@ -142,3 +156,128 @@ def test_benchmark_scripts_run_in_smoke_mode(tmp_path, capsys):
     layer = json.loads((tmp_path / "layer.json").read_text())
     assert [r["batch"] for r in layer["rows"]] == [1, 2]
     assert all(r["step_ms_median"] > 0 for r in layer["rows"])
+
+
+# ---- the CUDA engine ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("simt") / "tiny"
+    make_tiny_model(path)
+    return path
+
+
+def test_engine_is_schedule_independent(monkeypatch, model):
+    """Every kernel of a step (prompt chunk, then a decode step whose attention has 2 splits and whose
+    experts run on the device) gives bitwise-identical logits whatever order its blocks and threads run in."""
+    kw = dict(tokens_per_block=4, max_tokens=64, progress=False, comm=_core.self_communicator())
+    engine = HelixEngine(str(model), device="cuda", **kw)
+    prompt = np.arange(3, 43, dtype=np.int64)  # 40 tokens: 2 key tiles at the decode step
+
+    def run():
+        engine.add_sequence(0)
+        try:
+            n = len(prompt)
+            chunk = engine.step(prompt, np.arange(n), np.array([0]), np.zeros(n, np.int64), np.arange(n))
+            one = np.array([n], np.int64)
+            step = engine.step(one, one, np.array([0]), np.zeros(1, np.int64), np.arange(1))
+            return chunk, step
+        finally:
+            engine.free_sequence(0)
+
+    schedules = SCHEDULES[:3]  # a whole step per schedule: forward, reverse and one random order
+    _assert_bitwise_equal(_under_each_schedule(monkeypatch, run, schedules), schedules)
+
+
+# One decode step of sequence 0 after `ctx - 1` random keys, in a fresh process (the SM count is read once
+# per thread): argv model ctx out.npy.
+_DECODE_AFTER_RANDOM_KEYS = """
+import sys
+import numpy as np
+from helix import _core
+from helix.engine import HelixEngine
+model, ctx, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+engine = HelixEngine(model, device="cuda", tokens_per_block=64, max_tokens=ctx, progress=False,
+                     comm=_core.self_communicator())
+engine.add_sequence(0)
+engine._engine.fill_sequence_random(0, ctx - 1, 7, 1.0)
+pos, one = np.array([ctx - 1], np.int64), np.zeros(1, np.int64)
+np.save(out, engine.step(np.array([5], np.int64), pos, one, one, np.arange(1)))
+"""
+
+
+def _decode_with_sms(model: Path, sms: int, ctx: int, tmp_path: Path) -> tuple[np.ndarray, list[int]]:
+    """Logits of the step and the split count (grid.x) of every attention launch, with `sms` SMs."""
+    log, out = tmp_path / f"launches_{sms}.log", tmp_path / f"logits_{sms}.npy"
+    build = str(Path(_core.__file__).parents[1])  # the package this test imported (e.g. the sanitized one)
+    env = dict(os.environ, HELIX_SIMT_SMS=str(sms), HELIX_SIMT_LAUNCH_LOG=str(log))
+    env["PYTHONPATH"] = os.pathsep.join([build, env.get("PYTHONPATH", "")])
+    env.pop("HELIX_SIMT_SCHEDULE", None)
+    cmd = [sys.executable, "-c", _DECODE_AFTER_RANDOM_KEYS, str(model), str(ctx), str(out)]
+    subprocess.run(cmd, env=env, check=True, timeout=300)
+    splits = [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("attention_")]
+    return np.load(out), splits
+
+
+def test_engine_reaches_an_h100_split_count(model, tmp_path):
+    """With an H100's 132 SMs a decode step over 8192 slots splits attention 256 ways (the plan's cap and
+    merge_states' largest N) in every layer; the logits equal those of 4 splits (2 SMs) up to fp32
+    summation order. The engine tests' own contexts (< 64 slots) never split more than 2 ways."""
+    big, big_splits = _decode_with_sms(model, 132, 8192, tmp_path)
+    small, small_splits = _decode_with_sms(model, 2, 8192, tmp_path)
+    layers = 4
+    assert big_splits == [256] * layers and small_splits == [4] * layers
+    np.testing.assert_allclose(big, small, **tol("cuda_engine_logits", "float32"))
+
+
+# ---- kernel parameters --------------------------------------------------------------------------------
+
+# Params structs that never reach a kernel: the cuBLAS entry points take them, and the fake cuBLAS checks
+# that their operands are device memory (cuda/emulator/cublas.cpp).
+HOST_ONLY_PARAMS = {"LinearParams", "HeadLinearParams"}
+
+
+def test_translator_names_kernel_parameters_and_struct_fields():
+    translate = _translate_module()
+    src = """struct P {
+  const float* in;  // [n]
+  float *out, *aux[2];
+  int64_t n = 0, m{3};
+  DType dtype = DType::Float32;
+  bool empty() const { return n == 0; }
+  static constexpr int kMax = 4;
+ private:
+  int hidden_ : 3;
+};
+__global__ void __launch_bounds__(64) k(P p, const int* __restrict__ flag, int64_t chunk) {}
+void f(P p) { k<<<1, 64>>>(p, nullptr, 2); }
+"""
+    assert translate.struct_fields(src)["P"] == ["in", "out", "aux", "n", "m", "dtype", "hidden_"]
+    assert translate.kernel_params(src) == {"k": [("p", "P"), ("flag", None), ("chunk", "int64_t")]}
+    out = translate.translate(src, "k.cu")
+    assert '::simt::launch(k, "k", "p{in,out,aux,n,m,dtype,hidden_},flag,chunk", 64, 1, 64)' in out
+
+
+def test_every_params_struct_in_cuda_hpp_reaches_the_pointer_check():
+    """Each params struct of the CUDA API is passed to a kernel by value (so its pointer fields are checked
+    at every launch, and the translator read its field names), or is a cuBLAS operand (checked there). A
+    new struct must be put in one of the two classes."""
+    translate = _translate_module()
+    header = ROOT / "cpp" / "include" / "helix" / "cuda.hpp"
+    structs = translate.struct_fields(
+        header.read_text() + (ROOT / "cpp" / "include" / "helix" / "ops" / "merge_states.hpp").read_text()
+    )
+    params = {name for name in structs if name.endswith("Params")}
+    assert {"PagedMlaAttentionParams", "MergeStatesParams", "MoeExpertsParams"} <= params
+    launched = {
+        type_
+        for cu in (ROOT / "cuda").glob("*.cu")
+        for kernel in translate.kernel_params(cu.read_text()).values()
+        for _, type_ in kernel
+    }
+    for name in sorted(params):
+        assert structs[name], f"the translator read no fields of {name}"
+        assert (name in launched) != (name in HOST_ONLY_PARAMS), (
+            f"{name} must reach a kernel by value or be listed in HOST_ONLY_PARAMS (a cuBLAS operand)"
+        )

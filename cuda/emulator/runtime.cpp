@@ -3,7 +3,9 @@
 //   - one device, "Helix SIMT emulator (CPU)", HELIX_SIMT_SMS multiprocessors (default 4);
 //   - device memory is host memory kept in a registry; copies check their direction against it (a host
 //     pointer where the kind says device, or a range past the end of an allocation, is
-//     cudaErrorInvalidValue); fresh allocations are 0xFF-filled (uninitialized floats read as NaN);
+//     cudaErrorInvalidValue); fresh allocations are 0xFF-filled (uninitialized floats read as NaN) and
+//     their rounding to 256 bytes is poisoned for AddressSanitizer; kernel launches check that every
+//     pointer they pass is device memory (kernel_args.cpp);
 //   - streams are faithful by default: kernels, memsets, device-side copies and host-to-device copies
 //     (whose source is captured at call time, as for pageable memory) are queued per stream and run at
 //     the next synchronizing call: cudaStreamSynchronize, cudaDeviceSynchronize, cudaEventSynchronize,
@@ -25,6 +27,15 @@
 #include <vector>
 
 #include "internal.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define SIMT_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define SIMT_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define SIMT_POISON(p, n) ((void)(p), (void)(n))
+#define SIMT_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 struct CUstream_st {
   unsigned flags = 0;
@@ -483,9 +494,12 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
                      "cudaMalloc: " + std::to_string(bytes) + " bytes exceed the emulated device memory (" +
                          std::to_string(limit - s.allocated) + " free; HELIX_SIMT_MEMORY_BYTES)");
   }
-  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  const size_t rounded = (bytes + 255) / 256 * 256;  // cudaMalloc's alignment
+  void* p = std::aligned_alloc(256, rounded);
   if (p == nullptr) return set_error(cudaErrorMemoryAllocation, "cudaMalloc: host allocation failed");
   std::memset(p, 0xFF, bytes);  // cudaMalloc memory is uninitialized: read before written -> NaN
+  // The rounding is there on a GPU too, so an overrun into it goes unnoticed there: ASan reports it here.
+  SIMT_POISON(static_cast<char*>(p) + bytes, rounded - bytes);
   s.allocations[reinterpret_cast<uintptr_t>(p)] = bytes;
   s.allocated += bytes;
   *ptr = p;
@@ -510,6 +524,7 @@ cudaError_t cudaFree(void* ptr) {
     return set_error(cudaErrorInvalidValue,
                      "cudaFree: " + simt::detail::ptr_str(ptr) + " is not a live cudaMalloc allocation");
   st().allocated -= it->second;
+  SIMT_UNPOISON(ptr, (it->second + 255) / 256 * 256);
   a.erase(it);
   std::free(ptr);
   return sync;

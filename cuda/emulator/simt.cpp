@@ -1,7 +1,8 @@
 // The kernel engine of the SIMT emulator: runs one grid on the CPU, every thread of a block as a fiber.
 //
-// Blocks run one after another; inside a block the scheduler resumes runnable fibers in rounds, in the
-// order HELIX_SIMT_SCHEDULE asks (forward, reverse, random:<seed>; re-read at every launch). A fiber runs
+// Blocks run one after another, in the order HELIX_SIMT_SCHEDULE asks (forward, reverse, random:<seed>;
+// re-read at every launch); inside a block the scheduler resumes runnable fibers in rounds, in that order
+// too (random: one seeded generator per launch shuffles the blocks, then every round). A fiber runs
 // until it reaches a synchronization point (__syncthreads, a warp collective) or exits. A missing barrier
 // shows up as outputs that change with the schedule; a barrier that some threads never reach shows up as
 // a deadlock that stops the launch with an error naming the kernel and the waiting source lines.
@@ -399,25 +400,101 @@ void complete_shfl(void* const* lane_data, unsigned mask) {
   }
 }
 
-cudaError_t run_grid(const LaunchConfig& config, const std::function<void()>& body) {
-  const unsigned nthreads = config.block.x * config.block.y * config.block.z;
+namespace {
+
+struct Schedule {
   Order order = Order::Forward;
   uint64_t seed = 0;
-  if (const char* s = std::getenv("HELIX_SIMT_SCHEDULE"); s != nullptr && *s != '\0') {
-    const std::string v = s;
-    if (v == "forward") {
-      order = Order::Forward;
-    } else if (v == "reverse") {
-      order = Order::Reverse;
-    } else if (v.rfind("random:", 0) == 0) {
-      order = Order::Random;
-      seed = std::strtoull(v.c_str() + 7, nullptr, 10);
-    } else {
-      return set_error(cudaErrorInvalidValue,
-                       "HELIX_SIMT_SCHEDULE must be forward, reverse or random:<seed>, got '" + v + "'");
+};
+
+// HELIX_SIMT_SCHEDULE, re-read at every launch; false (with the message in *error) when malformed.
+bool read_schedule(Schedule& out, std::string* error) {
+  const char* s = std::getenv("HELIX_SIMT_SCHEDULE");
+  if (s == nullptr || *s == '\0') return true;
+  const std::string v = s;
+  const bool random =
+      v.rfind("random:", 0) == 0 && v.size() > 7 && v.find_first_not_of("0123456789", 7) == std::string::npos;
+  if (v == "forward") {
+    out.order = Order::Forward;
+  } else if (v == "reverse") {
+    out.order = Order::Reverse;
+  } else if (random) {
+    out.order = Order::Random;
+    out.seed = std::strtoull(v.c_str() + 7, nullptr, 10);
+  } else {
+    *error = "HELIX_SIMT_SCHEDULE must be forward, reverse or random:<seed>, got '" + v + "'";
+    return false;
+  }
+  return true;
+}
+
+// HELIX_SIMT_LAUNCH_LOG=<file>: one line per grid run, "<name> <grid x y z> <block x y z> <smem>", so
+// that tests can see what the host code launched (e.g. the split count of the attention plan).
+void log_launch(const LaunchConfig& c) {
+  const char* path = std::getenv("HELIX_SIMT_LAUNCH_LOG");
+  if (path == nullptr || *path == '\0') return;
+  if (FILE* f = std::fopen(path, "a")) {
+    std::fprintf(f, "%s %u %u %u %u %u %u %zu\n", c.name, c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z,
+                 c.dynamic_smem);
+    std::fclose(f);
+  }
+}
+
+// The order blocks run in: linear block indices (x fastest), reversed or shuffled like the threads.
+// (A GPU runs blocks concurrently in an unspecified order; code that depends on the order is wrong.)
+std::vector<uint64_t> block_order(const dim3& grid, Order order, std::mt19937_64& rng) {
+  std::vector<uint64_t> blocks(static_cast<size_t>(grid.x) * grid.y * grid.z);
+  for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = order == Order::Reverse ? blocks.size() - 1 - i : i;
+  if (order == Order::Random) std::shuffle(blocks.begin(), blocks.end(), rng);
+  return blocks;
+}
+
+// Runs block `b` of the launch to completion (or to the launch's first error).
+void run_block(const LaunchConfig& config, uint64_t b, Order order, std::vector<unsigned>& perm, std::mt19937_64& rng) {
+  const unsigned nthreads = config.block.x * config.block.y * config.block.z;
+  const uint64_t gx = config.grid.x, gy = config.grid.y;
+  g_block_idx = {static_cast<unsigned>(b % gx), static_cast<unsigned>(b / gx % gy),
+                 static_cast<unsigned>(b / (gx * gy))};
+  if (config.dynamic_smem > 0) std::memset(g_dynamic_smem, 0xFF, config.dynamic_smem);
+  for (auto& v : g.shared) std::memset(v.ptr, 0xFF, v.bytes);
+  for (unsigned i = 0; i < nthreads; ++i) {
+    Fiber& f = g.fibers[i];
+    init_fiber(f, i);
+    f.tid = {i % config.block.x, (i / config.block.x) % config.block.y, i / (config.block.x * config.block.y)};
+    f.warp = static_cast<int>(i / 32);
+    f.lane = static_cast<int>(i % 32);
+  }
+  for (size_t w = 0; w < g.warps.size(); ++w) {
+    const unsigned n = std::min<unsigned>(32, nthreads - static_cast<unsigned>(w) * 32);
+    g.warps[w] = Warp{};
+    g.warps[w].existing = n == 32 ? 0xffffffffu : ((1u << n) - 1);
+  }
+  g.live = static_cast<int>(nthreads);
+  g.at_barrier = 0;
+  while (g.live > 0 && g.error.empty()) {
+    if (order == Order::Random) std::shuffle(perm.begin(), perm.end(), rng);
+    bool progressed = false;
+    for (unsigned i : perm) {
+      Fiber& f = g.fibers[i];
+      if (f.state != State::Runnable) continue;
+      resume(f);
+      progressed = true;
+      if (!g.error.empty()) break;
+    }
+    if (!progressed && g.error.empty() && g.live > 0) {
+      g.error = block_label() + ": deadlock, no thread can proceed (a hang on a GPU):" + describe_waiters();
     }
   }
-  std::mt19937_64 rng(seed);
+}
+
+}  // namespace
+
+cudaError_t run_grid(const LaunchConfig& config, const std::function<void()>& body) {
+  const unsigned nthreads = config.block.x * config.block.y * config.block.z;
+  Schedule schedule;
+  if (std::string error; !read_schedule(schedule, &error)) return set_error(cudaErrorInvalidValue, error);
+  log_launch(config);
+  std::mt19937_64 rng(schedule.seed);  // the same seed gives the same block and thread orders
 
   g = Grid{};
   g.config = &config;
@@ -437,44 +514,10 @@ cudaError_t run_grid(const LaunchConfig& config, const std::function<void()>& bo
     g_stacks_dirty = false;
   }
   std::vector<unsigned> perm(nthreads);
-  for (unsigned i = 0; i < nthreads; ++i) perm[i] = order == Order::Reverse ? nthreads - 1 - i : i;
-
-  for (unsigned bz = 0; bz < config.grid.z && g.error.empty(); ++bz) {
-    for (unsigned by = 0; by < config.grid.y && g.error.empty(); ++by) {
-      for (unsigned bx = 0; bx < config.grid.x && g.error.empty(); ++bx) {
-        g_block_idx = {bx, by, bz};
-        if (config.dynamic_smem > 0) std::memset(g_dynamic_smem, 0xFF, config.dynamic_smem);
-        for (auto& v : g.shared) std::memset(v.ptr, 0xFF, v.bytes);
-        for (unsigned i = 0; i < nthreads; ++i) {
-          Fiber& f = g.fibers[i];
-          init_fiber(f, i);
-          f.tid = {i % config.block.x, (i / config.block.x) % config.block.y, i / (config.block.x * config.block.y)};
-          f.warp = static_cast<int>(i / 32);
-          f.lane = static_cast<int>(i % 32);
-        }
-        for (size_t w = 0; w < g.warps.size(); ++w) {
-          const unsigned n = std::min<unsigned>(32, nthreads - static_cast<unsigned>(w) * 32);
-          g.warps[w] = Warp{};
-          g.warps[w].existing = n == 32 ? 0xffffffffu : ((1u << n) - 1);
-        }
-        g.live = static_cast<int>(nthreads);
-        g.at_barrier = 0;
-        while (g.live > 0 && g.error.empty()) {
-          if (order == Order::Random) std::shuffle(perm.begin(), perm.end(), rng);
-          bool progressed = false;
-          for (unsigned i : perm) {
-            Fiber& f = g.fibers[i];
-            if (f.state != State::Runnable) continue;
-            resume(f);
-            progressed = true;
-            if (!g.error.empty()) break;
-          }
-          if (!progressed && g.error.empty() && g.live > 0) {
-            g.error = block_label() + ": deadlock, no thread can proceed (a hang on a GPU):" + describe_waiters();
-          }
-        }
-      }
-    }
+  for (unsigned i = 0; i < nthreads; ++i) perm[i] = schedule.order == Order::Reverse ? nthreads - 1 - i : i;
+  for (uint64_t b : block_order(config.grid, schedule.order, rng)) {
+    if (!g.error.empty()) break;
+    run_block(config, b, schedule.order, perm, rng);
   }
   for (auto& v : g.shared) std::free(v.ptr);
   g.shared.clear();
@@ -491,74 +534,4 @@ cudaError_t run_grid(const LaunchConfig& config, const std::function<void()>& bo
   return cudaSuccess;
 }
 
-// ---- tensor core -------------------------------------------------------------------------------------
-
-namespace {
-
-struct MmaData {
-  float* d;
-  const uint32_t* a;
-  uint32_t b0, b1;
-};
-
-float bf16_at(uint32_t reg, int half) {
-  const uint32_t bits = half == 0 ? (reg & 0xffffu) : (reg >> 16);
-  return __uint_as_float(bits << 16);
-}
-
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 from the PTX ISA, section 9.7.14.5.8 "Matrix
-// Fragments for mma.m16n8k16 with floating point type" (groupID = laneid >> 2, threadID_in_group =
-// laneid % 4; within a .b32 register the element with the lower index is in the lower 16 bits):
-//   A (16x16, four registers, elements a0..a7): row = groupID for ai with i < 2 or 4 <= i < 6, else
-//     groupID + 8; col = threadID_in_group * 2 + (i & 1), plus 8 for i >= 4.
-//   B (16x8, two registers, b0..b3): row (k) = threadID_in_group * 2 + (i & 1), plus 8 for i >= 2;
-//     col (n) = groupID.
-//   C/D (16x8 f32, c0..c3): row = groupID for i < 2, else groupID + 8; col = threadID_in_group * 2 + (i & 1).
-// Products of bf16 values are exact in fp32; the emulator sums them in fp32 in k order onto C (the
-// hardware's internal summation order is unspecified).
-void complete_mma(void* const* lane_data, unsigned mask) {
-  float A[16][16], B[16][8], C[16][8];
-  for (int lane = 0; lane < 32; ++lane) {
-    const auto* m = static_cast<const MmaData*>(lane_data[lane]);
-    const int group = lane >> 2, tig = lane % 4;
-    for (int i = 0; i < 8; ++i) {
-      const int row = (i < 2 || (i >= 4 && i < 6)) ? group : group + 8;
-      const int col = tig * 2 + (i & 1) + (i >= 4 ? 8 : 0);
-      A[row][col] = bf16_at(m->a[i / 2], i & 1);
-    }
-    for (int i = 0; i < 4; ++i) {
-      const int row = tig * 2 + (i & 1) + (i >= 2 ? 8 : 0);
-      B[row][group] = bf16_at(i < 2 ? m->b0 : m->b1, i & 1);
-    }
-    for (int i = 0; i < 4; ++i) C[i < 2 ? group : group + 8][tig * 2 + (i & 1)] = m->d[i];
-  }
-  (void)mask;
-  float D[16][8];
-  for (int r = 0; r < 16; ++r) {
-    for (int c = 0; c < 8; ++c) {
-      float acc = C[r][c];
-      for (int k = 0; k < 16; ++k) acc = fmaf(A[r][k], B[k][c], acc);
-      D[r][c] = acc;
-    }
-  }
-  for (int lane = 0; lane < 32; ++lane) {
-    const auto* m = static_cast<const MmaData*>(lane_data[lane]);
-    const int group = lane >> 2, tig = lane % 4;
-    for (int i = 0; i < 4; ++i) m->d[i] = D[i < 2 ? group : group + 8][tig * 2 + (i & 1)];
-  }
-}
-
-}  // namespace
-
 }  // namespace simt::detail
-
-namespace simt {
-
-void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
-                       const std::source_location& loc) {
-  detail::MmaData m{d, a, b0, b1};
-  // mma.sync.aligned needs all 32 lanes of the warp.
-  detail::warp_collective(0xffffffffu, detail::complete_mma, &m, "mma.sync.m16n8k16", loc);
-}
-
-}  // namespace simt

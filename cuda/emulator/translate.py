@@ -11,11 +11,17 @@ compiler messages and std::source_location pointing at the original file and lin
   __shared__ T a[N], b;        (static shared memory, per block, 0xFF-filled at every block start)
       -> T (&a)[N] = *static_cast<T (*)[N]>(::simt::detail::static_shared(&key, sizeof(T[N]), align)); ...
 
+The "arg names" string of a launch names the kernel's parameters for the emulator's messages, and the
+fields of a struct parameter: `p{q,q_pos,...},chunk,num_splits`. Struct definitions are read from the
+.cu and the project headers it includes (quoted includes found next to it or in the -I folders). The
+launch checks these names against the parameters' real types, and every pointer in them against the
+device allocations (cuda/emulator/include/simt_fields.hpp): the names only label, they decide nothing.
+
 Comments and string literals are never rewritten. Anything else that mentions `<<<` or `__shared__`
 (a launch of a kernel not defined in the same file, an initialized __shared__ variable, ...) stops
 the build with the file and line: the emulator must not silently run something it did not understand.
 
-Usage: translate.py INPUT.cu OUTPUT.cpp
+Usage: translate.py INPUT.cu OUTPUT.cpp [-I DIR]...
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["translate", "TranslateError"]
+__all__ = ["translate", "TranslateError", "struct_fields", "kernel_params"]
 
 
 class TranslateError(Exception):
@@ -96,9 +102,127 @@ def _kernel_expr_start(masked: str, end: int) -> int:
     return i
 
 
-def translate(src: str, path: str) -> str:
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.M)
+_STRUCT = re.compile(r"\bstruct\s+([A-Za-z_]\w*)\s*(?:final\s*)?\{")
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+_NOT_A_FIELD = re.compile(r"(?:static|using|typedef|friend|template|enum|struct|class|union|static_assert)\b")
+
+
+def _closing(masked: str, open_pos: int) -> int:
+    """Index of the bracket closing the one at open_pos ({ or ()."""
+    pair = {"{": "}", "(": ")"}[masked[open_pos]]
+    depth = 0
+    for i in range(open_pos, len(masked)):
+        if masked[i] == masked[open_pos]:
+            depth += 1
+        elif masked[i] == pair:
+            depth -= 1
+            if depth == 0:
+                return i
+    raise TranslateError(f"unbalanced '{masked[open_pos]}'")
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """text split at `sep` outside (), [], {} and <>."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c in "([{<":
+            depth += 1
+        elif c in ")]}>":
+            depth -= 1
+        elif c == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _declared_name(declarator: str) -> str:
+    """The name in `T name[N] = init` / `name : 3` / `name{init}` (the last identifier before them)."""
+    d = _split_top(declarator, "=")[0]
+    d = re.sub(r"\[[^\]]*\]|\{[^}]*\}", " ", d)
+    d = re.split(r"(?<!:):(?!:)", d)[0]
+    names = _IDENT.findall(d)
+    return names[-1] if names else ""
+
+
+def struct_fields(src: str) -> dict[str, list[str]]:
+    """Data member names of every `struct Name {...}` in src, in declaration order (member functions,
+    static members, nested types and access specifiers skipped)."""
+    masked = _mask(src)
+    out: dict[str, list[str]] = {}
+    for m in _STRUCT.finditer(masked):
+        body = masked[m.end() : _closing(masked, m.end() - 1)]
+        flat, depth = [], 0  # body with nested {...} (function bodies, brace initializers) made a ';'
+        for c in body:
+            if c == "{":
+                depth += 1
+                if depth == 1:
+                    flat.append(";")
+            elif c == "}":
+                depth -= 1
+            elif depth == 0:
+                flat.append(c)
+        fields = []
+        for stmt in "".join(flat).split(";"):
+            stmt = re.sub(r"^\s*(?:(?:public|private|protected)\s*:(?!:)\s*)*", "", stmt).strip()
+            first = _split_top(stmt, ",")[0]
+            if not stmt or _NOT_A_FIELD.match(stmt) or "(" in _split_top(first, "=")[0]:
+                continue  # a member function, constructor, type or static member
+            decls = _split_top(stmt, ",")
+            if len(_IDENT.findall(_split_top(decls[0], "=")[0])) < 2:
+                continue  # no type before the name: not a data member we understand
+            fields += [_declared_name(d) for d in decls]
+        out.setdefault(m.group(1), fields)  # the first definition: the .cu's own before its headers'
+    return out
+
+
+def _with_includes(src: str, path: str, include_dirs: tuple[str, ...], seen: set[Path]) -> str:
+    """src followed by the text of the project headers it includes, recursively (each once)."""
+    texts = [src]
+    for name in _INCLUDE.findall(src):
+        for base in (Path(path).parent, *map(Path, include_dirs)):
+            header = (base / name).resolve()
+            if header.is_file():
+                if header not in seen:
+                    seen.add(header)
+                    text = header.read_text(encoding="utf-8")
+                    texts.append(_with_includes(text, str(header), include_dirs, seen))
+                break
+    return "\n".join(texts)
+
+
+def kernel_params(src: str) -> dict[str, list[tuple[str, str | None]]]:
+    """Every __global__ kernel in src: its parameters as (name, type), where type is the last word of a
+    by-value parameter's type ("RopeParams", "int64_t") and None for pointers and references."""
+    masked = _mask(src)
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    for m in _KERNEL_DEF.finditer(masked):
+        params = masked[m.end() : _closing(masked, m.end() - 1)]
+        found: list[tuple[str, str | None]] = []
+        for i, param in enumerate(p for p in _split_top(params, ",") if p.strip()):
+            decl = _split_top(param, "=")[0]
+            words = _IDENT.findall(re.sub(r"<[^<>]*>", " ", decl))
+            by_value = len(words) >= 2 and "*" not in decl and "&" not in decl
+            found.append((words[-1] if len(words) >= 2 else f"arg{i}", words[-2] if by_value else None))
+        if out.setdefault(m.group(2), found) != found:
+            raise TranslateError(f"overloaded kernel '{m.group(2)}' (parameters are named per kernel name)")
+    return out
+
+
+def _arg_names(params: list[tuple[str, str | None]], structs: dict[str, list[str]]) -> str:
+    """A launch's "arg names": `p{field,...}` for a struct parameter whose definition was read."""
+    return ",".join(f"{n}{{{','.join(structs[t])}}}" if structs.get(t) else n for n, t in params)
+
+
+def translate(src: str, path: str, include_dirs: tuple[str, ...] = ()) -> str:
     masked = _mask(src)
     bounds = {m.group(2): (m.group(1) or "0").strip() for m in _KERNEL_DEF.finditer(masked)}
+    structs = struct_fields(_with_includes(src, path, include_dirs, set()))
+    try:
+        arg_names = {k: _arg_names(params, structs) for k, params in kernel_params(src).items()}
+    except TranslateError as e:
+        raise TranslateError(f"{path}: {e}") from None
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement) on src
 
     def fail(pos: int, what: str) -> None:
@@ -123,9 +247,8 @@ def translate(src: str, path: str) -> str:
         if not after.startswith("("):
             fail(m.start(), "a launch must be followed by its argument list")
         name_literal = " ".join(expr.split()).replace('"', "")
-        edits.append(
-            (start, close + 3, f'::simt::launch({expr}, "{name_literal}", {bounds[base]}, {config})')
-        )
+        launch = f'::simt::launch({expr}, "{name_literal}", "{arg_names[base]}", {bounds[base]}, {config})'
+        edits.append((start, close + 3, launch))
 
     # Dynamic shared memory.
     extern_spans = []
@@ -202,12 +325,13 @@ def translate(src: str, path: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
+    include_dirs = tuple(argv[i + 1] for i in range(3, len(argv) - 1, 2) if argv[i] == "-I")
+    if len(argv) < 3 or len(argv) != 3 + 2 * len(include_dirs):
         print(__doc__, file=sys.stderr)
         return 2
     src_path, out_path = Path(argv[1]).resolve(), Path(argv[2])
     try:
-        text = translate(src_path.read_text(encoding="utf-8"), str(src_path))
+        text = translate(src_path.read_text(encoding="utf-8"), str(src_path), include_dirs)
     except TranslateError as e:
         print(f"translate.py: error: {e}", file=sys.stderr)
         return 1

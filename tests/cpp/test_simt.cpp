@@ -1,12 +1,14 @@
 // Tests of the SIMT emulator itself (HELIX_ENABLE_CUDA=EMULATOR builds only): the tensor-core fragment
 // layouts against a plain matmul, shuffles as warp collectives, barrier divergence and deadlock
-// detection, the real launch limits, copy-direction checks, deferred streams and schedule variation.
+// detection, the real launch limits, copy-direction checks, deferred streams, schedule variation (threads
+// and blocks), the launch-time check of kernel pointers and (under ASan) the poisoned allocation padding.
 // Kernels here are plain functions launched with ::simt::launch (no translate.py step for tests).
 #if HELIX_CUDA_EMULATOR
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -67,7 +69,7 @@ TEST(SimtEmulator, MmaMatchesMatmul) {
   uint16_t* dA = device_copy(A);
   uint16_t* dB = device_copy(B);
   float* dD = device_copy(C);
-  simt::launch(mma_kernel, "mma_kernel", 32, 1, 32)(dA, dB, dD);
+  simt::launch(mma_kernel, "mma_kernel", "", 32, 1, 32)(dA, dB, dD);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   const auto D = host_copy(dD, 128);
   for (int m = 0; m < 16; ++m) {
@@ -96,7 +98,7 @@ void shuffle_kernel(float* out) {
 TEST(SimtEmulator, ShufflesAreWarpCollectives) {
   float* d = nullptr;
   ASSERT_EQ(cudaMalloc(&d, 192 * 4), cudaSuccess);
-  simt::launch(shuffle_kernel, "shuffle_kernel", 0, 1, 64)(d);
+  simt::launch(shuffle_kernel, "shuffle_kernel", "", 0, 1, 64)(d);
   const auto out = host_copy(d, 192);
   for (int i = 0; i < 64; ++i) {
     const int base = i / 32 * 32;
@@ -136,7 +138,7 @@ void warp_deadlock_kernel(int* out) {
 TEST(SimtEmulator, DivergentBarrierIsAnErrorNamingTheKernel) {
   int* d = nullptr;
   ASSERT_EQ(cudaMalloc(&d, 64 * 4), cudaSuccess);
-  simt::launch(divergent_barrier_kernel, "divergent_barrier_kernel", 0, 1, 64)(d);
+  simt::launch(divergent_barrier_kernel, "divergent_barrier_kernel", "", 0, 1, 64)(d);
   const cudaError_t e = cudaDeviceSynchronize();
   EXPECT_EQ(e, cudaErrorLaunchFailure);
   const std::string msg = cudaGetErrorString(e);
@@ -144,7 +146,7 @@ TEST(SimtEmulator, DivergentBarrierIsAnErrorNamingTheKernel) {
   EXPECT_NE(msg.find("divergent __syncthreads"), std::string::npos) << msg;
   cudaGetLastError();
 
-  simt::launch(warp_deadlock_kernel, "warp_deadlock_kernel", 0, 1, 64)(d);
+  simt::launch(warp_deadlock_kernel, "warp_deadlock_kernel", "", 0, 1, 64)(d);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
   const std::string msg2 = cudaGetErrorString(cudaErrorLaunchFailure);
   EXPECT_NE(msg2.find("warp_deadlock_kernel"), std::string::npos) << msg2;
@@ -152,7 +154,7 @@ TEST(SimtEmulator, DivergentBarrierIsAnErrorNamingTheKernel) {
   cudaGetLastError();
 
   // The emulator recovers: a correct launch afterwards runs.
-  simt::launch(exited_threads_arrive_kernel, "exited_threads_arrive_kernel", 0, 1, 64)(d);
+  simt::launch(exited_threads_arrive_kernel, "exited_threads_arrive_kernel", "", 0, 1, 64)(d);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const auto out = host_copy(d, 40);
   for (int v : out) EXPECT_EQ(v, 2);
@@ -165,19 +167,19 @@ void noop_kernel(int) {}
 
 TEST(SimtEmulator, LaunchLimitsFailLikeOnAGpu) {
   cudaGetLastError();
-  simt::launch(noop_kernel, "noop_kernel", 0, 1, 1025)(0);
+  simt::launch(noop_kernel, "noop_kernel", "", 0, 1, 1025)(0);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
-  simt::launch(noop_kernel, "noop_kernel", 128, 1, 256)(0);  // __launch_bounds__(128)
+  simt::launch(noop_kernel, "noop_kernel", "", 128, 1, 256)(0);  // __launch_bounds__(128)
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchOutOfResources);
-  simt::launch(noop_kernel, "noop_kernel", 0, dim3(1, 65536), 32)(0);
+  simt::launch(noop_kernel, "noop_kernel", "", 0, dim3(1, 65536), 32)(0);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
-  simt::launch(noop_kernel, "noop_kernel", 0, 1, 32, 64 * 1024)(0);  // > 48 KiB without opting in
+  simt::launch(noop_kernel, "noop_kernel", "", 0, 1, 32, 64 * 1024)(0);  // > 48 KiB without opting in
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
   EXPECT_EQ(cudaFuncSetAttribute(noop_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024),
             cudaErrorInvalidValue);
   cudaGetLastError();
   ASSERT_EQ(cudaFuncSetAttribute(noop_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024), cudaSuccess);
-  simt::launch(noop_kernel, "noop_kernel", 0, 1, 32, 64 * 1024)(0);
+  simt::launch(noop_kernel, "noop_kernel", "", 0, 1, 32, 64 * 1024)(0);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
@@ -212,7 +214,7 @@ TEST(SimtEmulator, StreamWorkIsDeferredUntilSynchronized) {
   ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
   float* d = nullptr;
   ASSERT_EQ(cudaMalloc(&d, 64 * 4), cudaSuccess);
-  simt::launch(fill_kernel, "fill_kernel", 0, 2, 32, 0, s)(d, 3.f);
+  simt::launch(fill_kernel, "fill_kernel", "", 0, 2, 32, 0, s)(d, 3.f);
   // Device memory is host memory here: peeking shows the kernel has not run (fresh memory is 0xFF).
   uint32_t bits;
   std::memcpy(&bits, d, 4);
@@ -220,7 +222,7 @@ TEST(SimtEmulator, StreamWorkIsDeferredUntilSynchronized) {
   ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
   EXPECT_EQ(d[63], 3.f);
   // A copy to pageable host memory returns complete.
-  simt::launch(fill_kernel, "fill_kernel", 0, 2, 32, 0, s)(d, 5.f);
+  simt::launch(fill_kernel, "fill_kernel", "", 0, 2, 32, 0, s)(d, 5.f);
   std::vector<float> out(64);
   ASSERT_EQ(cudaMemcpyAsync(out.data(), d, 256, cudaMemcpyDeviceToHost, s), cudaSuccess);
   EXPECT_EQ(out[0], 5.f);
@@ -242,7 +244,7 @@ std::vector<float> run_racy(const char* schedule) {
   setenv("HELIX_SIMT_SCHEDULE", schedule, 1);
   float* d = nullptr;
   EXPECT_EQ(cudaMalloc(&d, 64 * 4), cudaSuccess);
-  simt::launch(racy_kernel, "racy_kernel", 0, 1, 64)(d);
+  simt::launch(racy_kernel, "racy_kernel", "", 0, 1, 64)(d);
   auto out = host_copy(d, 64);
   unsetenv("HELIX_SIMT_SCHEDULE");
   cudaFree(d);
@@ -257,6 +259,120 @@ TEST(SimtEmulator, MissingBarrierShowsUpAcrossSchedules) {
   EXPECT_EQ(rev[31], 32.f);
   EXPECT_TRUE(std::isnan(rev[63]));  // slot 64 is never written: uninitialized shared memory is NaN
   EXPECT_NE(std::memcmp(fwd.data(), rev.data(), 64 * 4), 0);
+}
+
+// Thread 0 of each block appends its linear block index (a data race on a GPU; here blocks run one at a
+// time, so it records their order).
+void block_order_kernel(int* next, int* order) {
+  if (threadIdx.x == 0) order[(*next)++] = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+}
+
+std::vector<int> run_block_order(const char* schedule) {
+  setenv("HELIX_SIMT_SCHEDULE", schedule, 1);
+  int *next = nullptr, *order = nullptr;
+  EXPECT_EQ(cudaMalloc(&next, 4), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&order, 24 * 4), cudaSuccess);
+  EXPECT_EQ(cudaMemset(next, 0, 4), cudaSuccess);
+  simt::launch(block_order_kernel, "block_order_kernel", "next,order", 0, dim3(2, 3, 4), 64)(next, order);
+  auto out = host_copy(order, 24);
+  unsetenv("HELIX_SIMT_SCHEDULE");
+  cudaFree(next);
+  cudaFree(order);
+  return out;
+}
+
+TEST(SimtEmulator, BlocksRunInTheScheduleOrder) {
+  std::vector<int> forward(24);
+  for (int i = 0; i < 24; ++i) forward[i] = i;
+  const std::vector<int> reverse(forward.rbegin(), forward.rend());
+  EXPECT_EQ(run_block_order("forward"), forward);
+  EXPECT_EQ(run_block_order("reverse"), reverse);
+  const auto r1 = run_block_order("random:1"), r2 = run_block_order("random:2");
+  EXPECT_EQ(run_block_order("random:1"), r1);  // reproducible from the seed
+  EXPECT_NE(r1, r2);
+  EXPECT_NE(r1, forward);
+  for (auto r : {r1, r2}) {  // every block runs once
+    std::sort(r.begin(), r.end());
+    EXPECT_EQ(r, forward);
+  }
+}
+
+// ---- kernel pointers -------------------------------------------------------------------------------------
+
+struct CopyParams {
+  const float* in;  // [n]
+  float* out;       // [n]
+  int64_t n = 0;
+};
+
+void params_kernel(CopyParams p, const int* flag) {
+  if (threadIdx.x < p.n) p.out[threadIdx.x] = p.in[threadIdx.x] + (flag != nullptr ? 1.f : 0.f);
+}
+
+std::string launch_error(const CopyParams& p, const int* flag, const char* names = "p{in,out,n},flag") {
+  cudaGetLastError();
+  simt::launch(params_kernel, "params_kernel", names, 0, 1, 8)(p, flag);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? "" : std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+}
+
+TEST(SimtEmulator, EveryKernelPointerMustBeDeviceMemory) {
+  std::vector<float> host(8, 2.f);
+  const int host_flag = 1;
+  float* in = device_copy(host);
+  float* out = device_copy(std::vector<float>(8, 0.f));
+  int* flag = device_copy(std::vector<int>{1});
+  EXPECT_EQ(launch_error({in, out, 8}, nullptr), "");       // device pointers and null
+  EXPECT_EQ(launch_error({in + 8, out + 8, 0}, flag), "");  // one past the end: an empty range
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+  std::string e = launch_error({host.data(), out, 8}, nullptr);
+  EXPECT_NE(e.find("cudaErrorIllegalAddress"), std::string::npos) << e;
+  EXPECT_NE(e.find("params_kernel"), std::string::npos) << e;
+  EXPECT_NE(e.find("parameter p.in = "), std::string::npos) << e;
+  EXPECT_NE(e.find("not device memory"), std::string::npos) << e;
+  e = launch_error({in, out, 8}, &host_flag);
+  EXPECT_NE(e.find("parameter flag = "), std::string::npos) << e;
+  e = launch_error({in, out + 9, 8}, nullptr);  // past the end of its allocation
+  EXPECT_NE(e.find("parameter p.out = "), std::string::npos) << e;
+  e = launch_error({in, host.data(), 8}, nullptr, "");  // no names: positions
+  EXPECT_NE(e.find("parameter #0.field #1 = "), std::string::npos) << e;
+  e = launch_error({in, out, 8}, nullptr, "p{in,out},flag");  // names that miss a field
+  EXPECT_NE(e.find("cudaErrorInvalidValue"), std::string::npos) << e;
+  EXPECT_NE(e.find("translate.py"), std::string::npos) << e;
+  float* freed = device_copy(host);
+  ASSERT_EQ(cudaFree(freed), cudaSuccess);
+  EXPECT_NE(launch_error({freed, out, 8}, nullptr).find("parameter p.in = "), std::string::npos);
+
+  // Only the two good launches ran: out = in + 0 (the second wrote nothing).
+  for (float v : host_copy(out, 8)) EXPECT_EQ(v, 2.f);
+  cudaFree(in);
+  cudaFree(out);
+  cudaFree(flag);
+}
+
+// ---- allocation padding -------------------------------------------------------------------------------
+
+[[maybe_unused]] void read_at_kernel(const float* in, float* out, int i) { out[0] = in[i]; }
+
+TEST(SimtEmulatorDeathTest, OverrunIntoAllocationPaddingIsReported) {
+#if !defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "needs AddressSanitizer: runs in the sanitizer build (build-asan/)";
+#else
+  float *in = nullptr, *out = nullptr;
+  ASSERT_EQ(cudaMalloc(&in, 9 * 4), cudaSuccess);  // 36 bytes: cudaMalloc rounds to 256
+  ASSERT_EQ(cudaMalloc(&out, 4), cudaSuccess);
+  simt::launch(read_at_kernel, "read_at_kernel", "in,out,i", 0, 1, 1)(in, out, 8);  // the last element
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_DEATH(
+      {
+        simt::launch(read_at_kernel, "read_at_kernel", "in,out,i", 0, 1, 1)(in, out, 9);  // bytes 36..39
+        cudaDeviceSynchronize();
+      },
+      "use-after-poison");
+  cudaFree(in);
+  cudaFree(out);
+#endif
 }
 
 }  // namespace

@@ -1,12 +1,14 @@
 // The kernel side of the SIMT emulator: CUDA's device built-ins for code compiled by the host compiler.
 //
-// Every thread of a block is a fiber; blocks run one after another (cuda/emulator/simt.cpp). threadIdx,
-// blockIdx, blockDim and gridDim read the running fiber's coordinates. __syncthreads is a block barrier
-// (threads that exited count as arrived); __syncwarp, the shuffles and the tensor-core mma are true warp
-// collectives: a lane blocks until every lane of the mask arrives at the same call, then all get their
-// results. Deadlocks (e.g. a __syncthreads some threads never reach) stop the launch with an error that
-// names the kernel and the source lines. Launches are written `::simt::launch(kernel, "name", max_threads,
-// grid, block, smem, stream)(args...)` by cuda/emulator/translate.py from `kernel<<<...>>>(args...)`.
+// Every thread of a block is a fiber; blocks run one after another, in the schedule's order
+// (cuda/emulator/simt.cpp). threadIdx, blockIdx, blockDim and gridDim read the running fiber's
+// coordinates. __syncthreads is a block barrier (threads that exited count as arrived); __syncwarp, the
+// shuffles and the tensor-core mma are true warp collectives: a lane blocks until every lane of the mask
+// arrives at the same call, then all get their results. Deadlocks (e.g. a __syncthreads some threads never
+// reach) stop the launch with an error that names the kernel and the source lines. Launches are written
+// `::simt::launch(kernel, "name", "arg names", max_threads, grid, block, smem, stream)(args...)` by
+// cuda/emulator/translate.py from `kernel<<<...>>>(args...)`; every pointer they pass must be null or
+// device memory (simt_fields.hpp).
 #pragma once
 
 #include <math.h>
@@ -19,6 +21,8 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+#include "simt_fields.hpp"
 
 #ifndef HELIX_CUDA_EMULATOR
 #define HELIX_CUDA_EMULATOR 1
@@ -149,6 +153,9 @@ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint3
 // ---- launches ---------------------------------------------------------------------------------------
 struct LaunchConfig {
   const char* name;  // the kernel's name, for errors
+  // Its parameter names for errors, from translate.py: "p{field,...},chunk" (a struct parameter lists
+  // its fields); "" when unknown (positions are named instead).
+  const char* arg_names;
   const void* func;  // identity of the kernel (cudaFuncSetAttribute)
   int max_threads;   // __launch_bounds__ (0: none)
   dim3 grid, block;
@@ -158,18 +165,26 @@ struct LaunchConfig {
 // Checks the configuration like a GPU launch (errors come back from cudaGetLastError) and runs or
 // queues the grid on the stream.
 void submit(const LaunchConfig& config, std::function<void()> thread_body);
+namespace detail {
+// True when every pointer in args is null or points into (or one past the end of) a live device
+// allocation; otherwise records cudaErrorIllegalAddress naming the kernel, parameter and field (a GPU
+// faults when the kernel dereferences a host pointer). Also refuses arg_names that disagree with the
+// parameters' types (translate.py misread a struct).
+bool check_kernel_args(const LaunchConfig& config, const KernelArgs& args);
+}  // namespace detail
 
 template <class... P>
 class Launcher {
  public:
   Launcher(void (*kernel)(P...), LaunchConfig config) : kernel_(kernel), config_(config) {}
-  // Arguments are converted to the kernel's parameter types and copied at launch time, like CUDA does.
+  // Arguments are converted to the kernel's parameter types and copied at launch time, like CUDA does;
+  // a launch whose pointers are not all device memory (or null) fails and does not run.
   template <class... A>
   void operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
-    submit(config_, [kernel = kernel_, params = std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)]() {
-      std::apply(kernel, params);
-    });
+    std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+    if (!detail::check_kernel_args(config_, detail::kernel_args(params))) return;
+    submit(config_, [kernel = kernel_, params = std::move(params)]() { std::apply(kernel, params); });
   }
 
  private:
@@ -178,10 +193,10 @@ class Launcher {
 };
 
 template <class... P>
-Launcher<P...> launch(void (*kernel)(P...), const char* name, int max_threads, dim3 grid, dim3 block,
-                      size_t dynamic_smem = 0, cudaStream_t stream = nullptr) {
-  return Launcher<P...>(kernel, LaunchConfig{name, reinterpret_cast<const void*>(kernel), max_threads, grid, block,
-                                             dynamic_smem, stream});
+Launcher<P...> launch(void (*kernel)(P...), const char* name, const char* arg_names, int max_threads, dim3 grid,
+                      dim3 block, size_t dynamic_smem = 0, cudaStream_t stream = nullptr) {
+  return Launcher<P...>(kernel, LaunchConfig{name, arg_names, reinterpret_cast<const void*>(kernel), max_threads, grid,
+                                             block, dynamic_smem, stream});
 }
 
 // Dynamic shared memory of the running block (the launch's size, 0xFF-filled at every block start).
