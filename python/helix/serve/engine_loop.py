@@ -72,11 +72,11 @@ class EngineLoop:
                     self.llm.reset_stats()
             used = self.llm.engine.num_kv_blocks - self.llm.engine.num_free_blocks
             kv_used = self.channel.gather(used)
-            self._publish(deltas)
-            if self.metrics is not None:
+            if self.client is not None:  # before the tokens go out: a client may act on them at once
                 sched = self.llm.scheduler
                 self.client.running = sched.num_running
                 self.metrics.record_step(sched.num_running, sched.num_waiting, kv_used)
+            self._publish(deltas)
 
     def _collect(self) -> Commands:
         """Rank 0: the HTTP side's news; waits for some while idle; shutdown once drained."""
