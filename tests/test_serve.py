@@ -12,12 +12,16 @@ disconnect tests use to make requests wait.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,3 +297,45 @@ def test_sigterm_drains_and_every_rank_exits_0(server, client, reference):
     assert server.terminate(60) == 0, server.log()
     assert time.monotonic() - t0 < 30
     assert "helix serve: stopped" in server.log()
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_a_rank_that_dies_ends_the_job(model, tmp_path):
+    """SIGKILL to one rank of a serving job (idle, waiting in the control broadcast): the job ends
+    within seconds, non-zero."""
+    proc = ServerProcess(2, ["--model", str(model), "--cp", "2", *ENGINE_FLAGS], tmp_path / "die.log")
+    try:
+        proc.wait_ready()
+        argv = {p: Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in _descendants(proc.proc.pid)}
+        ranks = [p for p, a in argv.items() if a[0] == sys.executable.encode() and b"serve" in a]
+        assert len(ranks) == 2
+        t0 = time.monotonic()
+        os.kill(max(ranks), signal.SIGKILL)
+        rc = proc.proc.wait(30)
+        assert rc != 0 and time.monotonic() - t0 < 20, proc.log()
+    finally:
+        proc.stop()
+
+
+def test_port_in_use_is_a_clear_error(model):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_mpi(1, ["-m", "helix", "serve", "--model", str(model), "--port", str(port)], timeout=60)
+    assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output, result.describe()

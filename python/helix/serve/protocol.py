@@ -156,13 +156,28 @@ def parse_body(raw: bytes, model: type[_Strict]) -> Any:
     try:
         req = model.model_validate(obj)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise ApiError(400, f"{param}: {err['msg']} (got {_short(err.get('input'))})", param) from None
+        errors = [(_param(e["loc"]), e) for e in exc.errors()]
+        param, first = errors[0]
+        # A union (prompt: str | list[int] | ...) reports one error per alternative: say them all.
+        why = " or ".join(dict.fromkeys(e["msg"] for p, e in errors if p == param))
+        raise ApiError(400, f"{param}: {why} (got {_short(first.get('input'))})", param) from None
     bad = req.unsupported()
     if bad:
         raise ApiError(400, bad[0][1], bad[0][0])
     return req
+
+
+def _param(loc: tuple) -> str | None:
+    """The field path of a pydantic error location, less the union alternatives pydantic names
+    ("str", "list[int]", a model's class name)."""
+    parts = []
+    for part in loc:
+        if isinstance(part, str) and (
+            part in ("str", "int", "float", "bool") or "[" in part or part[:1].isupper()
+        ):
+            break
+        parts.append(str(part))
+    return ".".join(parts) or None
 
 
 def _short(value: Any) -> str:
