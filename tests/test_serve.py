@@ -339,3 +339,17 @@ def test_port_in_use_is_a_clear_error(model):
         port = busy.getsockname()[1]
         result = run_mpi(1, ["-m", "helix", "serve", "--model", str(model), "--port", str(port)], timeout=60)
     assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output, result.describe()
+
+
+def test_bench_serve_smoke(tmp_path):
+    """`helix bench serve` at a tiny size (so that it never rots): JSON with every level, and the plots."""
+    from helix.bench import serve as bench_serve
+
+    args = ["--concurrency", "1,2", "--requests", "2", "--max-tokens", "4", "--prompt-len", "8"]
+    assert bench_serve.main([*args, "--out", str(tmp_path)]) == 0
+    levels = json.loads((tmp_path / "serve.json").read_text())["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 2]
+    for lv in levels:
+        assert lv["output_tokens_per_s"] > 0 and lv["ceiling_tokens_per_s"] > 0
+        assert 0 < lv["ttft_ms"]["p50"] <= lv["ttft_ms"]["p99"] and lv["itl_ms"]["p50"] > 0
+    assert (tmp_path / "serve-throughput.png").read_bytes()[:4] == b"\x89PNG"

@@ -114,7 +114,9 @@ class LLM:
         """Admits waiting requests as KV blocks free and runs one engine step over the running ones.
 
         Returns the output of every request that changed in this step: a new token (its token_ids so far;
-        finished when it was the last one, finish_reason "eos" or "length") or refused since the last step.
+        finished when it was the last one, finish_reason "eos", "stop" or "length") or refused since the last
+        step. With a tokenizer, out.text is the text so far (see helix.detokenize); a stop string ends the
+        request in the step that completes it (on every rank alike, so the abort is collective too).
         Each request keeps one RequestOutput object, updated in place. [] when there is nothing to do.
         on_logits(request_id, logits[vocab]) is called for every sampled token. Collective under MPI.
         """

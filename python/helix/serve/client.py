@@ -125,8 +125,12 @@ class EngineClient:
         return adds, aborts
 
     def publish(self, deltas: list[tuple[int, Delta]]) -> None:
-        if deltas and self._loop is not None:
+        if not deltas or self._loop is None:
+            return
+        try:
             self._loop.call_soon_threadsafe(self._deliver, deltas)
+        except RuntimeError:  # the event loop has closed (shutdown): nobody is left to tell
+            pass
 
     def begin_drain(self) -> None:
         """Refuse new requests from now on and wake the engine loop (safe in a signal handler)."""

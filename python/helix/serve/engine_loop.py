@@ -119,7 +119,7 @@ class EngineLoop:
                 continue
             del self._keys[rid]
             out = self.llm.abort_request(rid)
-            if out is not None:
+            if out is not None and self.client is not None:
                 deltas.append((key, self._delta(key, out)))
         return deltas
 
@@ -131,14 +131,13 @@ class EngineLoop:
                 continue
             if out.finished:
                 del self._rids[key], self._keys[out.request_id]
-            deltas.append((key, self._delta(key, out)))
+            if self.client is not None:
+                deltas.append((key, self._delta(key, out)))
         return deltas
 
     def _delta(self, key: int, out: RequestOutput) -> Delta:
-        """Rank 0: what out gained since the last Delta of this key (others: a placeholder)."""
-        prog = self._progress.get(key)
-        if prog is None:
-            return Delta([], "", [], len(out.token_ids), out.finish_reason)
+        """Rank 0: what out gained since the last Delta of this key."""
+        prog = self._progress[key]
         text = out.text or ""
         delta = Delta(
             token_ids=out.token_ids[prog.tokens :],
