@@ -91,15 +91,29 @@ class ServerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"helix serve not ready after {timeout_s} s:\n{self.log()}")
 
+    def send_sigterm(self) -> None:
+        """SIGTERM to mpiexec, which forwards it to every rank (as a user's `kill` would). Not to the
+        `timeout` around it: timeout would pass it on too, but then SIGKILL the job 5 s later."""
+        os.kill(self._mpiexec_pid() or self.proc.pid, signal.SIGTERM)
+
+    def _mpiexec_pid(self) -> int | None:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:  # the parent is our timeout
+                return int(stat.parent.name)
+        return None
+
     def terminate(self, timeout_s: float = 60) -> int:
-        """SIGTERM to the job (timeout forwards it to mpiexec, which forwards it to every rank); its exit
-        code (-9 if it had to be killed)."""
+        """SIGTERM (send_sigterm) and wait: the job's exit code (-9 if it had to be killed)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.send_sigterm()
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # timeout leads its own process group: the job
                 self.proc.wait()
                 return -9
         return self.proc.returncode
