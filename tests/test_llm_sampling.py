@@ -135,3 +135,23 @@ def test_detokenizer_holds_back_a_possible_stop_string(model):
     for t in ids:
         plain.add(t)
     assert plain.finish() == "café ab abc"
+
+
+def test_generate_cli_stop_and_logprobs(model, full, capsys):
+    """helix generate --stop-token-ids / --stop / --logprobs: the same results as the Python API."""
+    import json
+
+    from helix.generate_cli import main as generate_main
+
+    tok = full.token_ids[4]
+    args = ["--model", str(model), "--tokens-per-block", "4", "--max-tokens", "512", "--json", "--ignore-eos"]
+    args += ["--prompt-token-ids", ",".join(map(str, PROMPT)), "--max-new-tokens", "24"]
+    assert generate_main([*args, "--stop-token-ids", str(tok), "--logprobs", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["outputs"][0]
+    assert out["token_ids"] == full.token_ids[: full.token_ids.index(tok) + 1] and out["stop_reason"] == tok
+    assert [lp["token_id"] for lp in out["logprobs"]] == out["token_ids"]
+    assert all(len(lp["top"]) == 2 for lp in out["logprobs"])
+    stop = full.text[5:8]
+    assert generate_main([*args, "--stop", stop]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["outputs"][0]
+    assert out["finish_reason"] == "stop" and out["text"] == full.text[: full.text.index(stop)]
