@@ -14,5 +14,6 @@ run ops --threads 1 --out bench-results/ops-1t.json --png bench-results/ops-1t.p
 run helix | tee bench-results/helix_step.log
 run decode | tee bench-results/decode.log
 run peer --threads 1 --out bench-results/peer-1t.json --png bench-results/peer-1t.png | tee bench-results/peer-1t.log
+run serve --out bench-results/serve | tee bench-results/serve.log
 run attention --threads "$T2" --out bench-results/attention-${T2}t.json --png bench-results/attention-${T2}t.png | tee bench-results/attention-${T2}t.log
 run peer --threads "$T2" --out bench-results/peer-${T2}t.json --png bench-results/peer-${T2}t.png | tee bench-results/peer-${T2}t.log

@@ -1,6 +1,6 @@
 """Command line: ``python -m helix <command>``; under MPI: ``mpiexec -n N python -m helix <command>``.
 
-Commands: generate, make-tiny-model, demo, bench, plan, version.
+Commands: generate, serve, make-tiny-model, demo, bench, plan, version.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ _DELEGATED = {
     "demo": ("helix.demo", "sharded DeepSeek-V3-shaped attention vs unsharded, on this machine"),
     "plan": ("helix.planner", "roofline planner: layouts and the Pareto frontier for decode"),
     "generate": ("helix.generate_cli", "decode prompts with Helix parallelism across MPI ranks"),
+    "serve": ("helix.serve.cli", "an OpenAI-compatible server on the Helix ranks (mpiexec -n N)"),
 }
 _BENCHES = {
     "attention": "helix.bench.attention",
@@ -25,6 +26,7 @@ _BENCHES = {
     "ops": "helix.bench.ops",
     "decode": "helix.bench.decode",
     "peer": "helix.bench.peer",
+    "serve": "helix.bench.serve",
 }
 
 

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SamplingParams", "RequestOutput", "GenerationStats", "Scheduler", "sample"]
+__all__ = [
+    "SamplingParams",
+    "RequestOutput",
+    "TokenLogprobs",
+    "GenerationStats",
+    "Scheduler",
+    "sample",
+    "token_logprobs",
+]
 
 
 @dataclass
@@ -29,6 +37,9 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False
+    stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one (needs a tokenizer)
+    stop_token_ids: tuple[int, ...] = ()  # finish after sampling one of these (kept in token_ids)
+    logprobs: int | None = None  # None: none; k: the sampled token's log-probability and the top k
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -39,6 +50,30 @@ class SamplingParams:
             raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
+        self.stop_token_ids = tuple(self.stop_token_ids)
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        if self.logprobs is not None and (
+            not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool) or self.logprobs < 0
+        ):
+            raise ValueError(f"logprobs must be None or a non-negative integer, got {self.logprobs!r}")
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probabilities (natural log, of the model's distribution before temperature / top-k / top-p) at
+    one generated position: the sampled token's, and the most likely tokens', most likely first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob) of the SamplingParams.logprobs most likely
 
 
 @dataclass
@@ -47,10 +82,15 @@ class RequestOutput:
 
     prompt_token_ids: list[int]
     token_ids: list[int] = field(default_factory=list)
-    text: str | None = None  # the decoded tokens, set when the request finishes (with a tokenizer.json)
-    finish_reason: str | None = None  # None while running; "eos", "length", "refused" or "aborted"
+    # The decoded tokens (with a tokenizer.json): the text so far, less an end that may begin a stop string;
+    # all of it, up to any stop string, once finished.
+    text: str | None = None
+    # None while running; "eos", "stop" (a stop string or stop token), "length", "refused" or "aborted"
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None  # the stop string or stop token id that finished it
     error: str | None = None  # why a request was refused
     request_id: int = -1
+    logprobs: list[TokenLogprobs] | None = None  # one per token when SamplingParams.logprobs is set
 
     @property
     def finished(self) -> bool:
@@ -110,6 +150,18 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         keep = min(len(order), int(np.searchsorted(np.cumsum(p), params.top_p) + 1))
         order, p = order[:keep], p[:keep]
     return int(order[_draw(p, rng)])
+
+
+def token_logprobs(logits: np.ndarray, token: int, k: int) -> TokenLogprobs:
+    """The log-softmax of logits [vocab] (float64) at token, and the k largest (most likely first)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z_max = z.max()
+    log_total = z_max + np.log(np.exp(z - z_max).sum())
+    k = min(k, z.shape[0])
+    top = np.argpartition(-z, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
+    top = top[np.argsort(-z[top], kind="stable")]
+    pairs = tuple((int(t), float(z[t] - log_total)) for t in top)
+    return TokenLogprobs(int(token), float(z[token] - log_total), pairs)
 
 
 @dataclass(eq=False)  # identity: requests are found in the queues by object
@@ -262,9 +314,14 @@ class Scheduler:
                 on_logits(out.request_id, row)
             tok = sample(row, req.params, req.rng)
             out.token_ids.append(tok)
+            if req.params.logprobs is not None:
+                out.logprobs = out.logprobs if out.logprobs is not None else []
+                out.logprobs.append(token_logprobs(row, tok, req.params.logprobs))
             stats.generated_tokens += 1
             if tok in self.eos and not req.params.ignore_eos:
                 out.finish_reason = "eos"
+            elif tok in req.params.stop_token_ids:
+                out.finish_reason, out.stop_reason = "stop", tok
             elif len(out.token_ids) >= req.params.max_new_tokens:
                 out.finish_reason = "length"
             changed.append(out)

@@ -11,7 +11,7 @@ import numpy as np
 
 from helix.device import CUDA_COMMS, DEVICES
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_model_arguments", "parallel_config_from_args", "make_llm"]
 
 
 def _token_ids(text: str) -> list[int]:
@@ -24,28 +24,11 @@ def _token_ids(text: str) -> list[int]:
     return ids
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="helix generate", description=__doc__)
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, layout and engine flags (shared by helix generate and helix serve; see make_llm)."""
     p.add_argument(
         "--model", required=True, help="checkpoint folder (config.json, *.safetensors, tokenizer.json)"
     )
-    p.add_argument(
-        "--prompt", action="append", default=[], help="a text prompt (repeatable: one request each)"
-    )
-    p.add_argument(
-        "--prompt-token-ids",
-        action="append",
-        default=[],
-        type=_token_ids,
-        metavar="1,2,3",
-        help="a prompt as token ids (repeatable)",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--ignore-eos", action="store_true")
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
@@ -83,6 +66,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="split every expert over all ranks instead of distributing experts",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="helix generate", description=__doc__)
+    add_model_arguments(p)
+    p.add_argument(
+        "--prompt", action="append", default=[], help="a text prompt (repeatable: one request each)"
+    )
+    p.add_argument(
+        "--prompt-token-ids",
+        action="append",
+        default=[],
+        type=_token_ids,
+        metavar="1,2,3",
+        help="a prompt as token ids (repeatable)",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument(
+        "--stop", action="append", default=[], help="a stop string (repeatable; needs tokenizer.json)"
+    )
+    p.add_argument(
+        "--stop-token-ids", type=_token_ids, default=[], metavar="7,9", help="finish on any of these"
+    )
+    p.add_argument(
+        "--logprobs", type=int, default=None, metavar="K", help="log-probabilities of the top K (--json)"
+    )
     p.add_argument(
         "--dump-logits",
         metavar="FILE.npy",
@@ -92,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parallel_config(args: argparse.Namespace):
+def parallel_config_from_args(args: argparse.Namespace):
+    """The ParallelConfig of --config, overridden by --tp, --cp, --tokens-per-block and --max-tokens."""
     from helix.parallel_config import ParallelConfig
 
     pc = ParallelConfig.from_file(args.config) if args.config else ParallelConfig()
@@ -104,6 +119,26 @@ def _parallel_config(args: argparse.Namespace):
     }
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(pc, **changes) if changes else pc
+
+
+def make_llm(args: argparse.Namespace, comm, *, progress: bool):
+    """The helix.LLM of the flags of add_model_arguments on this job's ranks (collective)."""
+    from helix.llm import LLM
+
+    pc = parallel_config_from_args(args)
+    pc.check_world_size(comm.size)
+    return LLM(
+        args.model,
+        pc,
+        dtype=args.dtype,
+        comm=comm,
+        max_batch_tokens=args.max_batch_tokens,
+        wuv_before_exchange=args.wuv_before_exchange,
+        expert_tensor_parallel=args.expert_tensor_parallel,
+        progress=progress,
+        device=args.device,
+        cuda_comm=args.cuda_comm,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,10 +167,8 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(args: argparse.Namespace, comm) -> int:
     from helix.config import ModelConfig
     from helix.generate import SamplingParams
-    from helix.llm import LLM, check_prompt_ids
+    from helix.llm import check_prompt_ids
 
-    pc = _parallel_config(args)
-    pc.check_world_size(comm.size)
     prompts: list = list(args.prompt) + list(args.prompt_token_ids)
     if not prompts:
         raise SystemExit("helix generate: give at least one --prompt or --prompt-token-ids")
@@ -146,23 +179,16 @@ def _generate(args: argparse.Namespace, comm) -> int:
         top_p=args.top_p,
         seed=args.seed,
         ignore_eos=args.ignore_eos,
+        stop=tuple(args.stop),
+        stop_token_ids=tuple(args.stop_token_ids),
+        logprobs=args.logprobs,
     )
     # Token ids are checked against config.json before any weight is loaded.
     vocab_size = ModelConfig.from_pretrained(args.model).vocab_size
     for ids in args.prompt_token_ids:
         check_prompt_ids(ids, vocab_size)
-    llm = LLM(
-        args.model,
-        pc,
-        dtype=args.dtype,
-        comm=comm,
-        max_batch_tokens=args.max_batch_tokens,
-        wuv_before_exchange=args.wuv_before_exchange,
-        expert_tensor_parallel=args.expert_tensor_parallel,
-        progress=not args.json,
-        device=args.device,
-        cuda_comm=args.cuda_comm,
-    )
+    llm = make_llm(args, comm, progress=not args.json)
+    pc = llm.parallel_config
     first_logits: list[np.ndarray] = []
     outputs = llm.generate(
         prompts, params, on_logits=lambda i, row: first_logits.append(row.copy()) if i == 0 else None
@@ -199,7 +225,14 @@ def _generate(args: argparse.Namespace, comm) -> int:
                             "token_ids": o.token_ids,
                             "text": o.text,
                             "finish_reason": o.finish_reason,
+                            "stop_reason": o.stop_reason,
                             "error": o.error,
+                            "logprobs": None
+                            if o.logprobs is None
+                            else [
+                                {"token_id": lp.token_id, "logprob": lp.logprob, "top": lp.top}
+                                for lp in o.logprobs
+                            ],
                         }
                         for o in outputs
                     ],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from helix.detokenize import IncrementalDetokenizer
 from helix.engine import HelixEngine
 from helix.generate import GenerationStats, RequestOutput, SamplingParams, Scheduler
 from helix.parallel_config import ParallelConfig
@@ -83,7 +84,15 @@ class LLM:
             from tokenizers import Tokenizer
 
             self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self._detokenizers: dict[int, IncrementalDetokenizer] = {}  # unfinished requests, with a tokenizer
         self.last_stats: GenerationStats | None = None
+
+    @property
+    def max_request_tokens(self) -> int:
+        """The longest request (prompt + max_new_tokens) the KV pool can ever hold: its blocks rotate over
+        the CP ranks, each of which has num_kv_blocks."""
+        eng = self.engine
+        return eng.num_kv_blocks * eng.cp * eng.tokens_per_block
 
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -105,15 +114,25 @@ class LLM:
         """Admits waiting requests as KV blocks free and runs one engine step over the running ones.
 
         Returns the output of every request that changed in this step: a new token (its token_ids so far;
-        finished when it was the last one, finish_reason "eos" or "length") or refused since the last step.
+        finished when it was the last one, finish_reason "eos", "stop" or "length") or refused since the last
+        step. With a tokenizer, out.text is the text so far (see helix.detokenize); a stop string ends the
+        request in the step that completes it (on every rank alike, so the abort is collective too).
         Each request keeps one RequestOutput object, updated in place. [] when there is nothing to do.
         on_logits(request_id, logits[vocab]) is called for every sampled token. Collective under MPI.
         """
         outputs = self.scheduler.step(on_logits)
-        if self.tokenizer is not None:
-            for out in outputs:
-                if out.finished:
-                    out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        for out in outputs:
+            detok = self._detokenizers.get(out.request_id)
+            if detok is None:
+                continue
+            if out.token_ids and detok.add(out.token_ids[-1]):
+                if not out.finished:  # every rank sees the same text: the abort is collective too
+                    self.scheduler.abort(out.request_id)
+                out.finish_reason, out.stop_reason = "stop", detok.stop_reason
+            if out.finished:
+                detok.finish()
+                del self._detokenizers[out.request_id]
+            out.text = detok.text
         return outputs
 
     def has_unfinished_requests(self) -> bool:
@@ -124,7 +143,11 @@ class LLM:
         """Drops a waiting or running request and frees its KV blocks. Returns its output (finish_reason
         "aborted", the tokens so far), or None when it had already finished; KeyError for an id that was
         never returned by add_request. Collective under MPI."""
-        return self.scheduler.abort(request_id)
+        out = self.scheduler.abort(request_id)
+        detok = self._detokenizers.pop(request_id, None)
+        if out is not None and detok is not None:
+            out.text = detok.text
+        return out
 
     @property
     def stats(self) -> GenerationStats:
@@ -184,11 +207,16 @@ class LLM:
             return SamplingParams()
         if not isinstance(sampling_params, SamplingParams):
             raise TypeError(f"expected helix.SamplingParams, got {type(sampling_params).__name__}")
+        if sampling_params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer.json in the model folder (use stop_token_ids)")
         return sampling_params
 
     def _add(self, ids: list[int], params: SamplingParams) -> int:
         seed = params.seed if params.seed is not None else self._shared_seed()
-        return self.scheduler.add(ids, params, seed)
+        rid = self.scheduler.add(ids, params, seed)
+        if self.tokenizer is not None:
+            self._detokenizers[rid] = IncrementalDetokenizer(self.tokenizer, params.stop)
+        return rid
 
     def _shared_seed(self) -> int:
         """A random seed chosen by rank 0 and broadcast, so that every rank samples the same tokens.

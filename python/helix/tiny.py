@@ -6,7 +6,8 @@
 away from 1, a non-zero router correction bias (it changes expert selection), and an lm_head scaled up so
 that greedy decoding has clear winners. Writing is deterministic for a seed: same seed, same bytes.
 
-CLI: ``python -m helix make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L]``.
+CLI: ``python -m helix make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L]
+[--tokenizer]`` (--tokenizer: also a byte-level BPE tokenizer with a chat template, helix.tiny_tokenizer).
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def make_tiny_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L]``."""
+    """``make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L] [--tokenizer]``."""
     parser = argparse.ArgumentParser(
         prog="helix make-tiny-model", description="write the embedded default model"
     )
@@ -284,10 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     parser.add_argument("--layout", choices=["original", "transformers5"], default="original")
+    parser.add_argument(
+        "--tokenizer", action="store_true", help="also write a BPE tokenizer with a chat template"
+    )
     args = parser.parse_args(argv)
     config = make_tiny_model(
         args.dir, seed=args.seed, fp8=args.fp8, shards=args.shards, dtype=args.dtype, layout=args.layout
     )
+    if args.tokenizer:
+        from helix.tiny_tokenizer import make_tiny_tokenizer
+
+        make_tiny_tokenizer(args.dir, config.vocab_size, seed=args.seed)
     print(
         f"wrote {args.dir}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{config.num_attention_heads} heads, {config.n_routed_experts} experts, vocab {config.vocab_size}"
