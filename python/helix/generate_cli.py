@@ -198,7 +198,7 @@ def _generate(args: argparse.Namespace, comm) -> int:
     failures = [
         f"request {i} {o.finish_reason}: {o.error or 'no reason given'}"
         for i, o in enumerate(outputs)
-        if o.finish_reason not in ("eos", "length")
+        if o.finish_reason not in ("eos", "stop", "length")
     ]
     status = 1 if failures else 0
     peak = np.array([stats.peak_kv_blocks], np.int64)
