@@ -26,6 +26,7 @@ _BENCHES = {
     "ops": "helix.bench.ops",
     "decode": "helix.bench.decode",
     "peer": "helix.bench.peer",
+    "prefill": "helix.bench.prefill",
     "serve": "helix.bench.serve",
 }
 
