@@ -8,8 +8,11 @@ checkpoint, each returning ``{"prefill_s": {n: seconds}, "decode_ms": {n: ms per
   interpreter, with the LD_PRELOAD (tcmalloc, Intel OpenMP) that vLLM's CPU guide asks for.
 - llama.cpp: ``llama-bench`` (built from the sources vendored in the llama-cpp-python sdist) on a GGUF
   conversion of the checkpoint (bf16, scripts/peers_convert_gguf.py): prefill = ``-p n -n 0``, decode =
-  ``-p 0 -n steps -d n`` (n tokens of context prefilled first, untimed), one repetition each.
-- transformers (decode only, float32): helix.bench.peer's hf_step_time (the oracle, 60-200x slower).
+  ``-p 0 -n steps -d n`` (n tokens of context prefilled first, untimed), one repetition each, no warm-up run
+  (llama-bench's warm-up repeats the whole test; its one-time costs, the weights mapped from the page cache
+  and the thread pool, are well under 1% of a 1K prefill here).
+- transformers (decode only, float32, in this process): helix.bench.peer's hf_step_time (the oracle, 60-200x
+  slower than the others).
 
 The peers are not dependencies of the runtime: scripts/peers.sh installs them outside the project tree into
 ``$HELIX_PEERS_DIR`` (default ~/.cache/helix-peers); a peer that is not there is skipped with the reason.
@@ -131,7 +134,7 @@ def _vllm(view: Path, threads: int, prompts: list[int], steps: int) -> dict:
 
 def _llama_cpp(view: Path, threads: int, prompts: list[int], steps: int) -> dict:
     gguf = _gguf(view)
-    base = [str(_llama_bench()), "-m", str(gguf), "-t", str(threads), "-r", "1", "-o", "json"]
+    base = [str(_llama_bench()), "-m", str(gguf), "-t", str(threads), "-r", "1", "--no-warmup", "-o", "json"]
 
     def tokens_per_s(*args: str) -> float:
         done = subprocess.run([*base, *args], check=True, capture_output=True, text=True)
