@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every CPU benchmark suite and writes bench-results/ (JSON, PNG, logs). Re-run on a quiet machine:
-#   bash benchmarks/run_all.sh [THREADS]     (THREADS: the 2-thread pass of attention, ops and peer; default 2)
+#   bash benchmarks/run_all.sh [THREADS]     (THREADS: the 2-thread pass of attention; default 2)
+# The peers (vLLM CPU, llama.cpp) run where scripts/peers.sh installed them ($HELIX_PEERS_DIR), else are skipped.
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset so that NumPy's OpenBLAS picks its kernel for this CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ run attention-accuracy --out bench-results/attention_accuracy.json | tee bench-r
 run ops --threads 1 --out bench-results/ops-1t.json --png bench-results/ops-1t.png | tee bench-results/ops-1t.log
 run helix | tee bench-results/helix_step.log
 run decode | tee bench-results/decode.log
-run peer --threads 1 --out bench-results/peer-1t.json --png bench-results/peer-1t.png | tee bench-results/peer-1t.log
+run prefill | tee bench-results/prefill.log
+run peer --threads 1,"$T2" | tee bench-results/peer.log
 run serve --out bench-results/serve | tee bench-results/serve.log
 run attention --threads "$T2" --out bench-results/attention-${T2}t.json --png bench-results/attention-${T2}t.png | tee bench-results/attention-${T2}t.log
-run peer --threads "$T2" --out bench-results/peer-${T2}t.json --png bench-results/peer-${T2}t.png | tee bench-results/peer-${T2}t.log
