@@ -39,6 +39,8 @@ def main() -> None:
         skip_tokenizer_init=True,
         enable_prefix_caching=False,
         max_model_len=max(prompts) + args.decode_steps + 64,
+        # MLA on vLLM's CPU backend turns chunked prefill off: a prompt must fit one batch.
+        max_num_batched_tokens=max(4096, max(prompts) + args.decode_steps + 64),
         disable_log_stats=False,
     )
     rng = random.Random(0)
