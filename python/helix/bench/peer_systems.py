@@ -101,7 +101,14 @@ def _gguf(view: Path) -> Path:
 
 
 def _last_json(text: str) -> Any:
-    return json.loads(text.strip().splitlines()[-1])
+    """The last line of a worker's stdout that is a JSON object (vLLM prints its shutdown after it)."""
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise RuntimeError("the worker printed no JSON result: " + " | ".join(text.strip().splitlines()[-3:]))
 
 
 def _helix(model_dir: Path, threads: int, prompts: list[int], steps: int) -> dict:
