@@ -40,8 +40,8 @@ inline constexpr int64_t kLinearAmxMinTokens = 8;
 
 // Tokens from which linear_cpu runs bf16 weights on the AVX512_BF16 split path (CPUs with AVX512_BF16 and no
 // usable AMX; linear_bf16_split.hpp). Measured on Zen 4 (1 thread, DeepSeek shapes): T = 8 fills half of
-// its 16-token vectors and runs at 0.6x the AVX-512 path; T = 16 at 1.05-1.35x, T = 512 at 1.1-2x (about
-// 100-110 GFLOP/s, the core's float32 FMA rate, where the AVX-512 tiles fall to 45-90 once x leaves L2).
+// its 16-token vectors and runs at 0.6x the AVX-512 path; T = 16 at 1.05-1.25x, T = 512 at 1.1-1.7x (90-105
+// GFLOP/s, near the core's float32 FMA rate, where the AVX-512 tiles fall to 58-90); docs/performance.md §8.2.
 inline constexpr int64_t kLinearBf16SplitMinTokens = 16;
 
 // Kernel (no validation). Must not be called with y overlapping x or w. bf16 weights with T >=
