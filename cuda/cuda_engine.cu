@@ -23,6 +23,17 @@
 #include "common.cuh"
 #include "helix/cuda_engine.hpp"
 #include "helix/engine_common.hpp"
+#include "helix/ops/attention.hpp"
+#include "helix/ops/embedding.hpp"
+#include "helix/ops/head_linear.hpp"
+#include "helix/ops/kv_append.hpp"
+#include "helix/ops/linear.hpp"
+#include "helix/ops/merge_states.hpp"
+#include "helix/ops/moe_experts.hpp"
+#include "helix/ops/moe_route.hpp"
+#include "helix/ops/rms_norm.hpp"
+#include "helix/ops/rope.hpp"
+#include "helix/ops/silu_mul.hpp"
 
 namespace helix::cuda {
 
@@ -38,19 +49,6 @@ unsigned blocks_for(int64_t n) {
 }
 
 // ---- small kernels of the engine -------------------------------------------------------------------
-
-// out[t, :] = table[ids[t] - vocab_start, :] when the id is in this rank's shard [vocab_start, +V), else 0.
-template <class T>
-__global__ void embedding_kernel(const int64_t* ids, const T* table, float* out, int64_t n_tokens, int64_t V,
-                                 int64_t hidden, int64_t vocab_start) {
-  const int64_t total = n_tokens * hidden;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / hidden, d = i % hidden;
-    const int64_t row = ids[t] - vocab_start;
-    out[i] = row >= 0 && row < V ? load_as_float(table, row * hidden + d) : 0.f;
-  }
-}
 
 // y[i] = bf16(x[i])
 __global__ void to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
@@ -290,10 +288,11 @@ struct CudaEngine::Impl {
     p.T = T;
     p.K = K;
     p.N = N;
-    p.y_dtype = DType::Float32;
-    p.dtype = wt.dtype;
+    p.ldx = K;
+    p.ldy = N;
+    p.x_dtype = p.w_dtype = wt.dtype;
     p.accumulate = accumulate;
-    cuda::linear(p, s());
+    launch_linear(p, s());
   }
 
   // Per-head linear over H heads starting at first_head of w [H_all, N, K]; x rows ldx apart (elements).
@@ -311,29 +310,12 @@ struct CudaEngine::Impl {
     p.x_head_stride = x_head_stride;
     p.ldy = ldy;
     p.y_head_stride = y_head_stride;
-    p.dtype = wt.dtype;
-    cuda::head_linear(p, s());
+    p.x_dtype = p.w_dtype = wt.dtype;
+    launch_head_linear(p, s());
   }
 
   void rms_norm(const float* x, const float* wt, float* out, int64_t T, int64_t D, int64_t ld) {
-    if (ld == D) {
-      RmsNormParams p;
-      p.x = x;
-      p.weight = wt;
-      p.out = out;
-      p.T = T;
-      p.N = D;
-      p.eps = config.rms_norm_eps;
-      p.dtype = DType::Float32;
-      launch_rms_norm(p, s());
-      return;
-    }
-    // Strided rows (c_kv inside [T, R + P]): normalize a dense copy, then put it back.
-    HELIX_CHECK(x == out, "rms_norm: strided rows are normalized in place");
-    float* dense = ckv.as<float>(T * D);
-    HELIX_CUDA_CHECK(cudaMemcpy2DAsync(dense, D * 4, x, ld * 4, D * 4, T, cudaMemcpyDeviceToDevice, s()));
-    rms_norm(dense, wt, dense, T, D, D);
-    HELIX_CUDA_CHECK(cudaMemcpy2DAsync(out, ld * 4, dense, D * 4, D * 4, T, cudaMemcpyDeviceToDevice, s()));
+    launch_rms_norm(RmsNormParams{x, wt, out, T, D, ld, ld, config.rms_norm_eps, DType::Float32}, s());
   }
 
   void all_reduce(float* buf, int64_t count) {
@@ -538,16 +520,7 @@ void CudaEngine::Impl::swiglu_mlp(int64_t l, const std::string& mlp, int64_t T, 
   float* g = gu.as<float>(T * 2 * F);
   float* a = act.as<float>(T * F);
   linear(xx, T, hid, lw(l, (mlp + ".gate_up_proj").c_str()), 2 * F, g, false);
-  SiluMulParams sp;
-  sp.gate = g;
-  sp.up = g + F;
-  sp.out = a;
-  sp.T = T;
-  sp.I = F;
-  sp.gate_stride = 2 * F;
-  sp.up_stride = 2 * F;
-  sp.dtype = DType::Float32;
-  launch_silu_mul(sp, s());
+  launch_silu_mul(SiluMulParams{g, a, T, F, DType::Float32}, s());
   linear(a, T, F, lw(l, (mlp + ".down_proj").c_str()), hid, yy, accumulate);
 }
 
@@ -572,8 +545,8 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
   MoeRouteParams rp;
   rp.logits = logits;
   rp.bias = lw(l, "e_score_correction_bias").f32();
-  rp.weights = route_w.as<float>(T * K);
-  rp.ids = route_ids.as<int64_t>(T * K);
+  rp.topk_weight = route_w.as<float>(T * K);
+  rp.topk_idx = route_ids.as<int32_t>(T * K);
   rp.T = T;
   rp.E = E;
   rp.n_group = c.n_group;
@@ -592,8 +565,8 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
   if (moe_experts_supported(T, K, n_local, hid, Fe)) {
     MoeExpertsParams ep;
     ep.h = xx;
-    ep.topk_idx = rp.ids;
-    ep.topk_weight = rp.weights;
+    ep.topk_idx = rp.topk_idx;
+    ep.topk_weight = rp.topk_weight;
     ep.gate_up = gate_up.data();
     ep.down = down.data();
     ep.out = yy;
@@ -603,7 +576,8 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
     ep.F = Fe;
     ep.local_first = first;
     ep.n_local = n_local;
-    ep.dtype = gate_up.dtype;
+    ep.gate_up_dtype = gate_up.dtype;
+    ep.down_dtype = down.dtype;
     ep.workspace = moe_ws.as<unsigned char>(static_cast<int64_t>(moe_experts_workspace_bytes(ep)));
     launch_moe_experts(ep, s());
   } else {
@@ -616,10 +590,10 @@ void CudaEngine::Impl::moe_ffn(int64_t l, int64_t T, float* yy) {
 void CudaEngine::Impl::moe_experts_on_host(int64_t l, int64_t T, const float* xx, const MoeRouteParams& rp,
                                            int64_t n_local, int64_t Fe, int64_t first, float* yy) {
   const int64_t K = config.num_experts_per_tok, hid = config.hidden_size;
-  std::vector<int64_t> ids(static_cast<size_t>(T * K));
+  std::vector<int32_t> ids(static_cast<size_t>(T * K));
   std::vector<float> wts(static_cast<size_t>(T * K));
-  HELIX_CUDA_CHECK(cudaMemcpyAsync(ids.data(), rp.ids, ids.size() * 8, cudaMemcpyDeviceToHost, s()));
-  HELIX_CUDA_CHECK(cudaMemcpyAsync(wts.data(), rp.weights, wts.size() * 4, cudaMemcpyDeviceToHost, s()));
+  HELIX_CUDA_CHECK(cudaMemcpyAsync(ids.data(), rp.topk_idx, ids.size() * 4, cudaMemcpyDeviceToHost, s()));
+  HELIX_CUDA_CHECK(cudaMemcpyAsync(wts.data(), rp.topk_weight, wts.size() * 4, cudaMemcpyDeviceToHost, s()));
   HELIX_CUDA_CHECK(cudaStreamSynchronize(s()));
   check_flags(read_flags());  // a flagged step ends here, before any expert runs on garbage
   // Bucket (token, weight) by local expert, in token order (as moe_experts_cpu).
@@ -649,11 +623,6 @@ void CudaEngine::Impl::moe_experts_on_host(int64_t l, int64_t T, const float* xx
   float* g = gu.as<float>(max_rows * 2 * Fe);
   float* a = act.as<float>(max_rows * Fe);
   float* yr = ye.as<float>(max_rows * hid);
-  SiluMulParams sp;
-  sp.gate_stride = 2 * Fe;
-  sp.up_stride = 2 * Fe;
-  sp.I = Fe;
-  sp.dtype = DType::Float32;
   for (int64_t e = 0; e < n_local; ++e) {
     const auto n = static_cast<int64_t>(tok[e].size());
     if (n == 0) continue;
@@ -662,11 +631,7 @@ void CudaEngine::Impl::moe_experts_on_host(int64_t l, int64_t T, const float* xx
     gather_rows_kernel<float, int32_t><<<blocks_for(n * hid), kThreads, 0, s()>>>(xx, d_tok, xr, n, hid, hid);
     HELIX_CUDA_CHECK_LAUNCH("gather_rows_kernel");
     linear(xr, n, hid, gate_up, 2 * Fe, g, false, e * 2 * Fe * hid);
-    sp.gate = g;
-    sp.up = g + Fe;
-    sp.out = a;
-    sp.T = n;
-    launch_silu_mul(sp, s());
+    launch_silu_mul(SiluMulParams{g, a, n, Fe, DType::Float32}, s());
     linear(a, n, Fe, down, hid, yr, false, e * hid * Fe);
     scatter_add_weighted_kernel<<<blocks_for(n * hid), kThreads, 0, s()>>>(yy, yr, d_tok, d_w, n, hid);
     HELIX_CUDA_CHECK_LAUNCH("scatter_add_weighted_kernel");
@@ -765,14 +730,7 @@ void CudaEngine::Impl::forward(const TensorView& tokens, const StepTokens& step,
   {
     const DeviceWeight& table = m.w("embed_tokens");
     const int64_t Vs = c.vocab_shard(), v0 = c.rank * Vs;
-    if (table.dtype == DType::Float32) {
-      embedding_kernel<float>
-          <<<blocks_for(T * hid), kThreads, 0, st>>>(d_tokens, table.buf.as<float>(), h, T, Vs, hid, v0);
-    } else {
-      embedding_kernel<uint16_t>
-          <<<blocks_for(T * hid), kThreads, 0, st>>>(d_tokens, table.buf.as<uint16_t>(), h, T, Vs, hid, v0);
-    }
-    HELIX_CUDA_CHECK_LAUNCH("embedding_kernel");
+    launch_embedding(EmbeddingParams{d_tokens, table.data(), h, T, Vs, hid, v0, table.dtype}, st);
   }
   m.timer.mark(st, &m.timings.other_s);
   m.all_reduce(h, T * hid);
@@ -800,20 +758,20 @@ void CudaEngine::Impl::forward(const TensorView& tokens, const StepTokens& step,
     m.timer.mark(st, &m.timings.linear_s);
     m.rms_norm(kva, m.lw(l, "kv_a_layernorm").f32(), kva, T, R, D);
     RopeParams rp;
-    rp.positions = d_pos;
+    rp.pos = d_pos;
     rp.inv_freq = d_freq;
     rp.T = T;
     rp.P = P;
     rp.attention_factor = c.rope_attention_factor;
     rp.dtype = DType::Float32;
     rp.x = q;
-    rp.heads = Htp;
-    rp.width = Dq;
+    rp.H = Htp;
+    rp.stride = Dq;
     rp.offset = Dn;
     launch_rope(rp, st);
     rp.x = kva;
-    rp.heads = 1;
-    rp.width = D;
+    rp.H = 1;
+    rp.stride = D;
     rp.offset = R;
     launch_rope(rp, st);
     // q_abs[t, h] = [W_UK[h] q_nope[t, h] | q_pe[t, h]]
@@ -876,7 +834,7 @@ void CudaEngine::Impl::forward(const TensorView& tokens, const StepTokens& step,
       ap.tokens_per_block = tpb;
       ap.max_num_slots = max_num_slots;
       ap.scale = c.softmax_scale;
-      ap.dtype = c.kv_dtype;
+      ap.q_dtype = ap.kv_dtype = c.kv_dtype;
       ap.workspace = m.attn_ws.as<float>(attention_workspace_floats(ap));
       launch_paged_mla_attention(ap, AttentionKernel::Auto, st);
     }

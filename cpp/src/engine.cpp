@@ -296,21 +296,37 @@ void Engine::forward(const TensorView& tokens, const StepTokens& step, const int
     }
     lap(timings_.other_s);
 
-    TensorView qv{m.q_abs.data(), DType::Float32, {T, Htp, D}};
-    TensorView kvv{m.new_kv.data(), c.kv_dtype, {T, D}};
-    TensorView outv{m.attn.data(), DType::Float32, {T, Hc, W}};
-    TensorView wuv{};
+    const BatchView batch = table_.batch_view(step.seq_ids, step.B);
+    HelixAttentionParams hp;
+    hp.q = m.q_abs.data();
+    hp.new_kv = m.new_kv.data();
+    hp.new_rows = new_rows;
+    hp.q_pos = step.positions;
+    hp.q_seq = step.q_seq_index;
+    hp.pool = pools_[static_cast<size_t>(l)].data();
+    hp.block_tables = batch.block_tables.data();
+    hp.kv_pos = table_.row_positions();
+    hp.num_slots = batch.num_slots.data();
     if (c.wuv_before_exchange) {
-      const Weight& w = W_("w_uv");
-      wuv = TensorView{const_cast<unsigned char*>(w.bytes.data()), w.dtype, w.shape};
+      hp.w_uv = W_("w_uv").bytes.data();
+      hp.w_uv_dtype = W_("w_uv").dtype;
     }
-    HelixAttentionTimings at;
-    helix_attention(*cp_comm_, table_, pools_[static_cast<size_t>(l)], step, new_rows, qv, kvv, c.softmax_scale, R, wuv,
-                    outv, &at);
-    t1 = now();
-    timings_.exchange_s += at.exchange_s;
-    timings_.attention_s += (t1 - t0) - at.exchange_s;
-    t0 = t1;
+    hp.out = m.attn.data();
+    hp.T = T;
+    hp.H = Htp;
+    hp.D = D;
+    hp.R = R;
+    hp.W = W;
+    hp.B = step.B;
+    hp.max_blocks = batch.max_blocks;
+    hp.tokens_per_block = c.tokens_per_block;
+    hp.max_num_slots = batch.max_num_slots;
+    hp.scale = c.softmax_scale;
+    hp.q_dtype = DType::Float32;
+    hp.kv_dtype = c.kv_dtype;
+    helix_attention_cpu(hp, *cp_comm_, [&](HelixStage stage) {
+      lap(stage == HelixStage::Exchange ? timings_.exchange_s : timings_.attention_s);
+    });
     const float* attn_out = m.attn.data();  // [T, Hc, Dv] after W_UV
     if (!c.wuv_before_exchange) {
       // This rank's chunk is heads [cp_rank * Hc, (cp_rank + 1) * Hc) of its TP rank's W_UV.

@@ -1,4 +1,4 @@
-// Bindings of the Helix attention step and the decoder engine.
+// Bindings of the decoder engine (and the CPU helix_attention: bind_helix_attention.cpp).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -12,6 +12,8 @@ namespace nb = nanobind;
 
 namespace helix::bind {
 
+void bind_helix_attention(nb::module_& m, Device dev);  // bind_helix_attention.cpp
+
 namespace {
 
 DType parse_kv_dtype(const std::string& s) {
@@ -20,38 +22,10 @@ DType parse_kv_dtype(const std::string& s) {
   throw ArgumentError("kv_dtype must be 'float32' or 'bfloat16', got '" + s + "'");
 }
 
-nb::object helix_attention_py(Communicator& cp_comm, PagedKVCache& cache, nb::handle q, nb::handle new_kv,
-                              nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index, float scale,
-                              int64_t kv_lora_rank, nb::handle w_uv) {
-  HostArray qa = to_view(q, "q"), kva = to_view(new_kv, "new_kv"), pa = to_view(positions, "positions"),
-            sa = to_view(seq_ids, "seq_ids"), ia = to_view(q_seq_index, "q_seq_index");
-  HostArray wa;
-  if (!w_uv.is_none()) wa = to_view(w_uv, "w_uv");
-  HELIX_CHECK_ARG(qa.view.ndim() == 3, "argument 'q' must have 3 dimensions [T, H_tp, D], got shape ",
-                  shape_str(qa.view.shape));
-  const int64_t cp = cp_comm.size();
-  HELIX_CHECK_ARG(qa.view.dim(1) % cp == 0, "argument 'q' has ", qa.view.dim(1), " heads, not divisible by cp ", cp);
-  const int64_t W = w_uv.is_none() ? kv_lora_rank : (wa.view.ndim() == 3 ? wa.view.dim(1) : 0);
-  HELIX_CHECK_ARG(W > 0, "argument 'w_uv' must have shape [H_tp, Dv, kv_lora_rank]");
-  HostArray out = new_array({qa.view.dim(0), qa.view.dim(1) / cp, W}, DType::Float32);
-  {
-    nb::gil_scoped_release release;
-    helix_attention(cp_comm, cache, qa.view, kva.view, pa.view, sa.view, ia.view, scale, kv_lora_rank, wa.view,
-                    out.view);
-  }
-  return out.owner;
-}
-
 }  // namespace
 
 void bind_engine(nb::module_& m) {
-  m.def("helix_attention", &helix_attention_py, nb::arg("cp_comm"), nb::arg("cache"), nb::arg("q"), nb::arg("new_kv"),
-        nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"), nb::arg("scale"), nb::arg("kv_lora_rank"),
-        nb::arg("w_uv") = nb::none(),
-        "The Helix attention step of one layer on this rank: append owned rows, partial attention over the\n"
-        "local shard, optional W_UV, one all-to-all over the CP group, LSE merge.\n"
-        "q [T, H_tp, D]; new_kv [T, D] (cache dtype); positions [T]; seq_ids [B]; q_seq_index [T];\n"
-        "w_uv [H_tp, Dv, R] or None. Returns [T, H_tp / cp, W] float32 (W = Dv with w_uv, else R).");
+  bind_helix_attention(m, Device::Cpu);
   m.def("helix_exchange_bytes", &helix_exchange_bytes, nb::arg("cp"), nb::arg("T"), nb::arg("H_tp"), nb::arg("width"),
         "Bytes one rank sends per Helix attention step.");
 
