@@ -25,7 +25,8 @@ class HelixEngine:
     layer), communicators. A step is all or nothing: a bad one raises the same error on every rank and leaves
     the cache as it was.
 
-    device="cpu" runs the compiled CPU engine; device="cuda" the CUDA engine on this rank's GPU. With
+    device="cpu" runs the compiled engine on the CPU; device="cuda" on this rank's GPU (one engine, two
+    backends: helix._core.Engine(..., device=...)). With
     cuda_comm="nccl" each rank has its own GPU (its local rank) and the ranks talk over NCCL; with
     cuda_comm="host" the collectives run over `comm` (MPI) through host memory and ranks may share GPUs
     (local rank modulo the GPU count), e.g. several CP ranks on one GPU. Without CUDA in the build or
@@ -96,10 +97,9 @@ class HelixEngine:
         ec.kv_dtype = dtype
         ec.wuv_before_exchange = wuv_before_exchange
         ec.expert_tensor_parallel = expert_tensor_parallel
-        if self.cuda_device is None:
-            self._engine = _core.Engine(ec, self.comm)
-        else:
-            self._engine = _core.cuda.CudaEngine(ec, self.comm, self.cuda_device, cuda_comm)
+        self._engine = _core.Engine(
+            ec, self.comm, device=device, cuda_device=self.cuda_device or 0, cuda_comm=cuda_comm
+        )
 
         ckpt = Checkpoint.open(model_dir, config=cfg)
         ckpt.validate(cfg)
@@ -130,8 +130,8 @@ class HelixEngine:
 
     @property
     def device_bytes(self) -> int | None:
-        """GPU memory this rank's CUDA engine holds (weights, KV cache, workspaces); None on the CPU."""
-        return self._engine.device_bytes if self.cuda_device is not None else None
+        """GPU memory this rank's engine holds (weights, KV cache, workspaces); None on the CPU."""
+        return self._engine.memory_bytes if self.device == "cuda" else None
 
     @property
     def num_free_blocks(self) -> int:

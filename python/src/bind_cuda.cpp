@@ -14,10 +14,7 @@
 #include <vector>
 
 #include "arrays.hpp"
-#include "engine_step.hpp"
 #include "helix/cuda.hpp"
-#include "helix/cuda_engine.hpp"
-#include "helix/engine_common.hpp"
 #include "helix/ops/attention.hpp"
 #include "helix/ops/linear.hpp"
 #include "helix/ops/moe_experts.hpp"
@@ -85,77 +82,8 @@ nb::dict nccl_collectives_one_rank(nb::handle x_obj) {
   return out;
 }
 
-nb::dict timings_dict(const EngineTimings& t) {
-  nb::dict d;
-  d["attention_s"] = t.attention_s;
-  d["exchange_s"] = t.exchange_s;
-  d["linear_s"] = t.linear_s;
-  d["moe_s"] = t.moe_s;
-  d["allreduce_s"] = t.allreduce_s;
-  d["other_s"] = t.other_s;
-  d["steps"] = t.steps;
-  return d;
-}
-
-void bind_cuda_engine(nb::module_& c) {
+void bind_cuda_comm(nb::module_& c) {
   using namespace nb::literals;
-  using cuda::CudaEngine;
-  nb::class_<CudaEngine>(c, "CudaEngine",
-                         "The decoder engine of one rank on one GPU: helix._core.Engine's contract (same config, "
-                         "weights, step), with weights, KV cache and the Helix step on the device and NCCL "
-                         "between ranks.")
-      .def(
-          "__init__",
-          [](CudaEngine* self, const EngineConfig& config, Communicator& world, int device, const std::string& comm) {
-            HELIX_CHECK_ARG(comm == "nccl" || comm == "host", "argument 'comm' must be 'nccl' or 'host', got '", comm,
-                            "'");
-            nb::gil_scoped_release release;  // the NCCL bootstrap (or the split) is collective over `world`
-            new (self) CudaEngine(config, world, device, comm == "nccl" ? cuda::CudaComm::Nccl : cuda::CudaComm::Host);
-          },
-          "config"_a, "world"_a, "device"_a = 0, "comm"_a = "nccl",
-          "comm: 'nccl' (one GPU per rank) or 'host' (collectives over `world`, device buffers staged through "
-          "host memory: ranks may share a GPU).")
-      .def(
-          "set_weight",
-          [](CudaEngine& e, const std::string& name, nb::handle w) {
-            HostArray a = to_view(w, name.c_str());
-            e.set_weight(name, a.view);
-          },
-          "name"_a, "weight"_a)
-      .def("check_weights", &CudaEngine::check_weights)
-      .def("expected_weights", &CudaEngine::expected_weights)
-      .def(
-          "expected_weight_shapes",
-          [](const CudaEngine& e) {
-            nb::dict d;
-            for (const auto& [name, w] : expected_weight_shapes(e.config())) {
-              d[name.c_str()] = nb::make_tuple(nb::cast(w.shape), w.matrix);
-            }
-            return d;
-          },
-          "{name: (shard shape, is_matrix)}: matrices may be float32 or bfloat16, the rest is float32.")
-      .def("add_sequence", &CudaEngine::add_sequence, "seq_id"_a, "reserve_tokens"_a = 0)
-      .def("free_sequence", &CudaEngine::free_sequence, "seq_id"_a)
-      .def_prop_ro("num_free_blocks", &CudaEngine::num_free_blocks)
-      .def_prop_ro("num_kv_blocks", &CudaEngine::num_kv_blocks)
-      .def_prop_ro("device", &CudaEngine::device)
-      .def_prop_ro("device_bytes", &CudaEngine::device_bytes)
-      .def_prop_ro("block_table", &CudaEngine::block_table, nb::rv_policy::reference_internal,
-                   "This rank's KV bookkeeping (a BlockTable shared by every layer's device pool).")
-      .def(
-          "fill_sequence_random",
-          [](CudaEngine& e, int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
-            nb::gil_scoped_release release;
-            e.fill_sequence_random(seq_id, num_tokens, seed, scale);
-          },
-          "seq_id"_a, "num_tokens"_a, "seed"_a = 0, "scale"_a = 1.f,
-          "Benchmark aid: positions [0, num_tokens) of an empty sequence with random rows, straight into "
-          "every layer's device pool.")
-      .def("step", &engine_step<CudaEngine>, "tokens"_a, "positions"_a, "seq_ids"_a, "q_seq_index"_a, "logit_rows"_a,
-           "One forward pass on the GPU: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
-           "-> logits [L, vocab_size] float32 (host), identical on every rank.")
-      .def_prop_ro("timings", [](const CudaEngine& e) { return timings_dict(e.timings()); });
-
   c.def(
       "nccl_communicator",
       [](Communicator& bootstrap, int device) {
@@ -193,7 +121,7 @@ void bind_cuda(nb::module_& m) {
   bind_helix_attention(c, Device::Cuda);
   c.def("nccl_collectives_one_rank", &nccl_collectives_one_rank, "x"_a,
         "Runs every collective of a one-rank NCCL communicator on x [n] f32; returns the results by name.");
-  bind_cuda_engine(c);
+  bind_cuda_comm(c);
 }
 
 }  // namespace helix::bind
