@@ -27,6 +27,9 @@ TWINS = [
     (_core.layers, "embedding"),
     (_core.layers, "kv_append"),
     (_core.ops, "merge_states"),
+    (_core.ops, "mla_attention"),
+    (_core.ops, "paged_mla_attention"),
+    (_core, "helix_attention"),
 ]
 
 
@@ -123,3 +126,41 @@ def test_each_device_names_the_dtypes_it_runs():
     assert _core.layers.linear(xf, wb).shape == (2, 3)
     with pytest.raises(_core.ArgumentError, match="'w'"):
         cuda.linear(xf, wb)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("with_wuv", [False, True])
+def test_helix_attention_twins_agree_on_one_rank(dtype, with_wuv):
+    """Two steps (a prompt chunk of two sequences, then a decode token each) on identical caches: the same
+    output from both devices, and the same rows stored in both caches. Several CP ranks: tests/mpi/."""
+    rng = np.random.default_rng([dtype == "bfloat16", with_wuv])
+    store = np.float32 if dtype == "float32" else BF16
+    H, R, P, Dv, tpb = 4, 32, 16, 24, 4
+    D = R + P
+    caches = [_core.PagedKVCache(16, tpb, D, dtype) for _ in range(2)]
+    for cache in caches:
+        cache.add_sequence(5)
+        cache.add_sequence(9)
+    w_uv = (rng.standard_normal((H, Dv, R)) / np.sqrt(R)).astype(np.float32) if with_wuv else None
+    comm = _core.self_communicator()
+    for positions, q_seq in [([0, 1, 2, 3, 4, 0, 1], [0, 0, 0, 0, 0, 1, 1]), ([5, 2], [0, 1])]:
+        T = len(positions)
+        args = (
+            rng.standard_normal((T, H, D)).astype(store),  # the CUDA kernels read q as the cache
+            rng.standard_normal((T, D)).astype(store),
+            np.array(positions, np.int64),
+            np.array([5, 9], np.int64),
+            np.array(q_seq, np.int64),
+            D**-0.5,
+            R,
+            w_uv,
+        )
+        cpu = _core.helix_attention(comm, caches[0], *args)
+        dev = cuda.helix_attention(comm, caches[1], *args)
+        assert cpu.shape == dev.shape == (T, H, Dv if with_wuv else R)
+        np.testing.assert_allclose(dev, cpu, **tol("cuda.helix_attention", dtype))
+    for seq in (5, 9):
+        np.testing.assert_array_equal(caches[1].read(seq).view(np.uint8), caches[0].read(seq).view(np.uint8))
+        np.testing.assert_array_equal(caches[1].positions(seq), caches[0].positions(seq))
