@@ -44,7 +44,7 @@ class CudaBackend final : public Backend {
   StepArrays begin_step(const StepInput& in) override;
   void mark(double* component) override { timer_.mark(s(), component); }
   void download(void* host, const void* src, size_t bytes) override {
-    HELIX_CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, s()));
+    if (bytes > 0) HELIX_CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, s()));
   }
   void finish_step() override;
 

@@ -77,7 +77,9 @@ class CpuBackend final : public Backend {
     *component += t - last_mark_;
     last_mark_ = t;
   }
-  void download(void* host, const void* src, size_t bytes) override { std::memcpy(host, src, bytes); }
+  void download(void* host, const void* src, size_t bytes) override {
+    if (bytes > 0) std::memcpy(host, src, bytes);  // a step may return no logit rows (host == nullptr)
+  }
   void finish_step() override {}
 
   void embedding(const EmbeddingParams& p) override { embedding_cpu(p); }

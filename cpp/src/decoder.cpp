@@ -26,12 +26,11 @@ struct Step {
   const TensorView& w(const std::string& name) const { return weights.at(name); }
   const TensorView& lw(int64_t layer, const char* name) const { return w(layer_weight_name(layer, name)); }
 
-  // y[T, N] (+)= x[T, K] (rows ldx apart) @ weight[N, K]^T, weight rows from `first_row`.
-  void linear(const float* x, int64_t rows, int64_t K, int64_t ldx, const TensorView& weight, float* y,
-              bool accumulate = false, int64_t first_row = 0, int64_t N = -1) {
-    N = N < 0 ? weight.dim(0) : N;
-    const auto* w0 = static_cast<const unsigned char*>(weight.data) + first_row * K * dtype_size(weight.dtype);
-    b.linear(LinearParams{x, w0, y, rows, N, K, ldx, N, weight.dtype, accumulate, DType::Float32, DType::Float32});
+  // y[rows, N] (+)= x[rows, K] @ weight[N, K]^T (dense rows).
+  void linear(const float* x, int64_t rows, const TensorView& weight, float* y, bool accumulate = false) {
+    const int64_t N = weight.dim(0), K = weight.dim(1);
+    b.linear(
+        LinearParams{x, weight.data, y, rows, N, K, K, N, weight.dtype, accumulate, DType::Float32, DType::Float32});
   }
   // Per-head y[t, h] = weight[first_head + h] x[t, h] for H heads of x (rows ldx apart, heads x_stride apart).
   void head_linear(const float* x, int64_t ldx, int64_t x_stride, const TensorView& weight, int64_t first_head,
@@ -77,13 +76,13 @@ void Step::attention_block(int64_t l, float* h) {
   rms_norm(h, lw(l, "input_layernorm"), x, T, hid, hid);
   if (c.q_lora_rank > 0) {
     float* qa = buf<float>(Buffer::QueryLora, T * c.q_lora_rank);
-    linear(x, T, hid, hid, lw(l, "q_a_proj"), qa);
+    linear(x, T, lw(l, "q_a_proj"), qa);
     rms_norm(qa, lw(l, "q_a_layernorm"), qa, T, c.q_lora_rank, c.q_lora_rank);
-    linear(qa, T, c.q_lora_rank, c.q_lora_rank, lw(l, "q_b_proj"), q);
+    linear(qa, T, lw(l, "q_b_proj"), q);
   } else {
-    linear(x, T, hid, hid, lw(l, "q_proj"), q);
+    linear(x, T, lw(l, "q_proj"), q);
   }
-  linear(x, T, hid, hid, lw(l, "kv_a_proj_with_mqa"), kva);
+  linear(x, T, lw(l, "kv_a_proj_with_mqa"), kva);
   b.mark(&t.linear_s);
   // c_kv = kv_a_layernorm(kva[:, :R]) in place; RoPE on q_pe and k_pe at the global positions.
   rms_norm(kva, lw(l, "kv_a_layernorm"), kva, T, R, D);
@@ -134,7 +133,7 @@ void Step::attention_block(int64_t l, float* h) {
     b.mark(&t.attention_s);
   }
   float* y = buf<float>(Buffer::Output, T * hid);
-  linear(attn, T, Hc * Dv, Hc * Dv, lw(l, "o_proj"), y);
+  linear(attn, T, lw(l, "o_proj"), y);
   b.mark(&t.linear_s);
   all_reduce(y);
   b.add_residual(h, y, T * hid, l, Block::Attention);
@@ -145,16 +144,16 @@ void Step::swiglu(int64_t l, const char* mlp, int64_t F, const float* x, float* 
   const int64_t hid = c.hidden_size;
   float* gu = buf<float>(Buffer::GateUp, T * 2 * F);
   float* act = buf<float>(Buffer::Activation, T * F);
-  linear(x, T, hid, hid, lw(l, (std::string(mlp) + ".gate_up_proj").c_str()), gu);
+  linear(x, T, lw(l, (std::string(mlp) + ".gate_up_proj").c_str()), gu);
   b.silu_mul(SiluMulParams{gu, act, T, F, DType::Float32});
-  linear(act, T, F, F, lw(l, (std::string(mlp) + ".down_proj").c_str()), y, accumulate);
+  linear(act, T, lw(l, (std::string(mlp) + ".down_proj").c_str()), y, accumulate);
 }
 
 // y = the routed experts of this rank (expert or tensor parallel) + the shared experts, before the all-reduce.
 void Step::moe(int64_t l, const float* x, float* y) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, hid = c.hidden_size;
   float* logits = buf<float>(Buffer::RouterLogits, T * E);
-  linear(x, T, hid, hid, lw(l, "gate"), logits);
+  linear(x, T, lw(l, "gate"), logits);
   MoeRouteParams r{logits,
                    static_cast<const float*>(lw(l, "e_score_correction_bias").data),
                    buf<int32_t>(Buffer::RouteIdx, T * K),
@@ -208,7 +207,7 @@ void Step::lm_head(const float* h, float* logits) {
   b.gather_rows(rows, h, hid, a.logit_rows, L, hid);
   rms_norm(rows, w("norm"), rows, L, hid, hid);
   float* local = buf<float>(Buffer::Logits, L * Vs);  // [L, Vs]
-  linear(rows, L, hid, hid, w("lm_head"), local);
+  linear(rows, L, w("lm_head"), local);
   b.mark(&t.linear_s);
   float* all = buf<float>(Buffer::LogitsGathered, N * L * Vs);  // [N, L, Vs]
   b.all_gather(local, all, L * Vs);
