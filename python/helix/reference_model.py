@@ -171,25 +171,24 @@ def mla_attention(
     return o @ w[prefix + "o_proj.weight"].T
 
 
-def ffn(
-    config: ModelConfig, w: Mapping[str, np.ndarray], prefix: str, moe: bool, x: np.ndarray
-) -> np.ndarray:
-    """Dense MLP or MoE (routed + shared experts) of x [T, D] (already normalized); ``prefix`` is
-    ``model.layers.L.mlp.``."""
-    m = prefix
+def ffn(config: ModelConfig, w: Mapping[str, np.ndarray], mlp: str, moe: bool, x: np.ndarray) -> np.ndarray:
+    """Dense MLP or MoE (routed + shared experts) of x [T, D] (already normalized); ``mlp`` is the weights'
+    prefix, ``model.layers.L.mlp.``."""
     if not moe:
-        return silu_mlp(x, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
-    weights, ids = moe_route(config, x, w[m + "gate.weight"], w[m + "gate.e_score_correction_bias"])
+        return silu_mlp(
+            x, w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"], w[mlp + "down_proj.weight"]
+        )
+    weights, ids = moe_route(config, x, w[mlp + "gate.weight"], w[mlp + "gate.e_score_correction_bias"])
     out = np.zeros_like(x)
     for t in range(x.shape[0]):
         for weight, e in zip(weights[t], ids[t], strict=True):
-            e_ = f"{m}experts.{e}."
+            e_ = f"{mlp}experts.{e}."
             y = silu_mlp(
                 x[t : t + 1], w[e_ + "gate_proj.weight"], w[e_ + "up_proj.weight"], w[e_ + "down_proj.weight"]
             )
             out[t] += weight * y[0]
     if config.n_shared_experts:
-        s = m + "shared_experts."
+        s = mlp + "shared_experts."
         out += silu_mlp(x, w[s + "gate_proj.weight"], w[s + "up_proj.weight"], w[s + "down_proj.weight"])
     return out
 

@@ -127,6 +127,8 @@ def speculative_generate(
     k = check_speculative_tokens(k)
     if k == 0:
         raise ValueError("speculative_generate needs k >= 1 drafts per step")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     params = params or SamplingParams(max_new_tokens=max_new_tokens)
     rng = rng or np.random.default_rng(params.seed)
     out = SpeculativeOutput(token_ids=[], stats=SpeculativeStats(k))
@@ -166,9 +168,8 @@ def _draft(
     rng: np.random.Generator,
     draft_hook: DraftHook | None,
 ) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """(k drafts, q [k, V] they were drawn from, MTP logits [k, V]) after ``tokens``. hidden [m, D]: the
-    main model's hidden states of the m rows the MTP cache lacks (positions n - m .. n - 1, n = len(tokens)
-    - 1)."""
+    """(k drafts, q [k, V] they were drawn from, MTP logits [k, V]) after ``tokens`` = t_0 .. t_n.
+    hidden [m, D]: the main model's hidden states of the m rows the MTP cache lacks, n - m .. n - 1."""
     n = len(tokens) - 1
     g, logits = mtp.forward(hidden, tokens[n - hidden.shape[0] + 1 :], mtp_cache)
     g, row = g[-1:], logits[-1]

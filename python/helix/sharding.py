@@ -9,6 +9,8 @@ Layout: N = tp * cp ranks, rank = tp_rank * cp + cp_rank.
   intermediate split over N) with expert_tensor_parallel.
 - router (gate, correction bias) and norms: replicated, float32.
 - embedding and lm_head: split over the vocabulary in shards of ceil(V / N) rows (zero-padded).
+- the multi-token-prediction layer (shard_mtp_weights): its block as a MoE layer's, its embedding and
+  shared_head.head as the model's, eh_proj [hidden, 2*hidden] and its norms replicated.
 """
 
 from __future__ import annotations
