@@ -251,6 +251,7 @@ class Scheduler:
         req = self._live.pop(request_id, None)
         if req is None:
             return None
+        self.keep_kv.discard(request_id)  # an aborted request's KV is not kept
         if req in self._waiting:
             self._waiting.remove(req)
         elif self._importing.pop(request_id, None) is not None:

@@ -76,7 +76,9 @@ def write_kv_file(path: str | os.PathLike, header: KVFileHeader, rows: np.ndarra
     uint8), written after the header."""
     expected = (header.num_layers, header.num_positions)
     if rows.shape[:2] != expected or rows.nbytes != header.data_bytes:
-        raise ValueError(f"rows {rows.shape} {rows.dtype} do not match the header: {expected} x {header.dtype}")
+        raise ValueError(
+            f"rows {rows.shape} {rows.dtype} do not match the header: {expected} x {header.dtype}"
+        )
     fields = {k: v for k, v in header.__dict__.items() if k not in ("layout", "data_offset")}
     text = json.dumps({"format": 1, **fields, "layout": header.layout.as_dict()}).encode()
     start = len(MAGIC) + 8 + len(text)
