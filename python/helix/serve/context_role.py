@@ -84,7 +84,8 @@ class ContextRole:
                 raise ApiError(409, f"KV handle {handle!r} was already claimed", "handle")
             exp.claimed = True
             exp.deadline = time.monotonic() + 2 * self.timeout  # outlives any pull of the claimer
-            return exp.spec
+        print(f"helix serve: KV handle {handle} claimed", flush=True)
+        return exp.spec
 
     def release(self, handle: str) -> None:
         with self._lock:

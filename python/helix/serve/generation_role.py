@@ -86,6 +86,7 @@ class GenerationRole:
                 "kv_transfer_params",
             )
         spec = await asyncio.to_thread(self._claim, url.rstrip("/"), handle)
+        print(f"helix serve: KV handle {handle} claimed from {spec.context_url}", flush=True)
         if spec.prompt_token_ids != prepared.prompt:
             raise ApiError(400, "the prompt is not the one the context server prefilled", "prompt")
         if len(spec.token_ids) >= prepared.params.max_new_tokens:
