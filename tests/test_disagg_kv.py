@@ -45,6 +45,14 @@ def test_pull_runs_deliver_exactly_the_owned_rows(src_cp, dst_cp):
             assert got == mine
 
 
+def test_the_example_of_the_docs():
+    """docs/disaggregated.md: 26 positions, context cp2 blocks of 4, generation cp3 blocks of 3."""
+    src, dst = KVLayout(1, 2, 4), KVLayout(1, 3, 3)
+    runs = [(r.position, r.count, r.src_rank) for r in pull_runs(src, dst, 26, 0)]
+    assert runs == [(0, 3, 0), (9, 3, 0), (18, 2, 0), (20, 1, 1)]
+    assert [owned_count(dst, 26, r) for r in range(3)] == [9, 9, 8]
+
+
 def test_layout_refuses_bad_fields():
     with pytest.raises(ValueError, match="KVLayout.cp must be a positive integer"):
         KVLayout(1, 0, 4)

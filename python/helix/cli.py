@@ -28,6 +28,7 @@ _BENCHES = {
     "decode": "helix.bench.decode",
     "peer": "helix.bench.peer",
     "serve": "helix.bench.serve",
+    "disagg": "helix.bench.disagg",
 }
 
 

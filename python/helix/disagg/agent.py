@@ -83,12 +83,21 @@ class KVAgent:
     def __init__(self, name: str) -> None:
         nixl = _nixl()
         self.name = name
-        self.nixl = nixl.nixl_agent(name, nixl.nixl_agent_config(backends=["UCX"]))
+        # No progress thread: NIXL's spins with no pause (60% of a core per idle agent here, measured), which
+        # on a small machine takes the cores from the engines. A puller progresses its READs when it polls
+        # them; the side read from needs none for the intra-node transports (shared memory, CMA), and
+        # progress() is there for the others (see ContextLoop).
+        config = nixl.nixl_agent_config(enable_prog_thread=False, backends=["UCX"])
+        self.nixl = nixl.nixl_agent(name, config)
         self._remotes: set[str] = set()
 
     def register(self, regions: list[tuple[int, int]]):
         """Registers host memory regions [(address, nbytes)] for transfers; returns the registration."""
         return self.nixl.register_memory([(a, n, 0, "") for a, n in regions], "DRAM")
+
+    def progress(self) -> None:
+        """Lets UCX serve the READs of peers on transports that need the target's help (e.g. TCP)."""
+        self.nixl.get_new_notifs()
 
     def metadata(self) -> bytes:
         """What a peer needs to reach this agent and its registered memory (after register)."""

@@ -115,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, llm, sock: socket.socket | None) -> None:
     from helix.serve.channel import ControlChannel
+    from helix.serve.client import EngineClient
 
     channel = ControlChannel()
-    make_loop, role = _role(args, llm, channel, sock is not None)
+    client = EngineClient(args.max_waiting) if sock is not None else None
+    make_loop, role = _role(args, llm, channel, client)
     if sock is None:  # the other ranks follow rank 0, which decides when to stop
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -127,7 +129,6 @@ def _serve(args: argparse.Namespace, llm, sock: socket.socket | None) -> None:
     import uvicorn
 
     from helix.serve.app import make_app
-    from helix.serve.client import EngineClient
     from helix.serve.metrics import ServerMetrics
     from helix.serve.prepare import ServedModel
 
@@ -140,7 +141,6 @@ def _serve(args: argparse.Namespace, llm, sock: socket.socket | None) -> None:
         llm.max_request_tokens,
         args.default_max_tokens,
     )
-    client = EngineClient(args.max_waiting)
     metrics = ServerMetrics(name, llm.engine.num_kv_blocks)
     config = uvicorn.Config(
         make_app(served, client, metrics, role),
@@ -172,7 +172,7 @@ def _serve(args: argparse.Namespace, llm, sock: socket.socket | None) -> None:
     print("helix serve: stopped", flush=True)
 
 
-def _role(args: argparse.Namespace, llm, channel, rank0: bool):
+def _role(args: argparse.Namespace, llm, channel, client):
     """(the engine loop's class with its role's arguments, rank 0's HTTP role or None). Collective: the
     disaggregated roles start a NIXL agent on the ranks that need one."""
     from helix.serve.engine_loop import EngineLoop
@@ -189,12 +189,15 @@ def _role(args: argparse.Namespace, llm, channel, rank0: bool):
     if args.role == "context":
         from helix.serve.context_role import ContextLoop, ContextRole, register_sources
 
-        sources = register_sources(llm, channel, name)
-        role = ContextRole(args.handoff_timeout) if rank0 else None
-        return functools.partial(ContextLoop, sources=sources, fingerprint=fingerprint, role=role), role
+        agent, sources = register_sources(llm, channel, name)
+        role = ContextRole(args.handoff_timeout, client.wake) if client is not None else None
+        loop = functools.partial(
+            ContextLoop, agent=agent, sources=sources, fingerprint=fingerprint, role=role
+        )
+        return loop, role
     from helix.disagg.agent import KVAgent
     from helix.serve.generation_role import GenerationLoop, GenerationRole
 
     agent = KVAgent(f"{name}-r{llm.engine.rank}")
-    role = GenerationRole(llm, fingerprint, args.handoff_timeout) if rank0 else None
+    role = GenerationRole(llm, fingerprint, args.handoff_timeout) if client is not None else None
     return functools.partial(GenerationLoop, agent=agent, handoff_timeout=args.handoff_timeout), role

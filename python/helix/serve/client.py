@@ -137,6 +137,10 @@ class EngineClient:
         except RuntimeError:  # the event loop has closed (shutdown): nobody is left to tell
             pass
 
+    def wake(self) -> None:
+        """Wake the engine loop if it waits for news (thread-safe)."""
+        self._inbox.put(None)
+
     def begin_drain(self) -> None:
         """Refuse new requests from now on and wake the engine loop (safe in a signal handler)."""
         self.draining = True

@@ -30,22 +30,21 @@ __all__ = ["ContextLoop", "ContextRole", "register_sources"]
 EXPORT = "export"  # the NewRequest.handoff of a context request
 
 
-def register_sources(llm, channel, name: str) -> list | None:
-    """Collective at start: TP rank 0 of every CP rank registers its KV pools with a NIXL agent; rank 0
-    gets [(agent name, metadata, pool addresses)] by CP rank. Returns (rank 0) the list, else None."""
+def register_sources(llm, channel, name: str) -> tuple[object | None, list | None]:
+    """Collective at start: TP rank 0 of every CP rank registers its KV pools with a NIXL agent. Returns
+    (this rank's KVAgent or None, rank 0: [(agent name, metadata, pool addresses)] by CP rank, else None)."""
     eng = llm.engine
-    mine = None
+    agent = mine = None
     if eng.rank < eng.cp:  # rank = tp_rank * cp + cp_rank: ranks [0, cp) are TP rank 0
         from helix.disagg.agent import KVAgent
 
         agent = KVAgent(f"{name}-r{eng.rank}")
         pools = eng.kv_pool_addresses()
         pool_bytes = eng.num_kv_blocks * eng.tokens_per_block * eng.kv_row_bytes
-        agent.register([(a, pool_bytes) for a in pools])
-        llm._kv_agent = agent  # lives as long as the server
+        agent.register([(a, pool_bytes) for a in pools])  # for the server's life
         mine = (agent.name, agent.metadata(), pools)
     got = channel.gather_objects(mine)
-    return got[: eng.cp] if got else None
+    return agent, (got[: eng.cp] if got else None)
 
 
 @dataclasses.dataclass
@@ -59,8 +58,9 @@ class _Export:
 class ContextRole:
     """Rank 0's registry of exported requests, shared by the HTTP side (claim, release) and the loop."""
 
-    def __init__(self, handoff_timeout: float) -> None:
+    def __init__(self, handoff_timeout: float, wake) -> None:
         self.timeout = handoff_timeout
+        self.wake = wake  # wakes the engine loop (EngineClient.wake)
         self._lock = threading.Lock()
         self._exports: dict[str, _Export] = {}
         self._freed: list[int] = []  # request ids to release at the next iteration
@@ -84,6 +84,7 @@ class ContextRole:
                 raise ApiError(409, f"KV handle {handle!r} was already claimed", "handle")
             exp.claimed = True
             exp.deadline = time.monotonic() + 2 * self.timeout  # outlives any pull of the claimer
+        self.wake()  # the loop progresses the READs from now on
         print(f"helix serve: KV handle {handle} claimed", flush=True)
         return exp.spec
 
@@ -95,6 +96,7 @@ class ContextRole:
                     404, f"unknown KV handle {handle!r} (never issued, released or expired)", "handle"
                 )
             self._freed.append(exp.request_id)
+        self.wake()
 
     def take_freed(self) -> list[int]:
         """Released and expired requests since the last call."""
@@ -106,9 +108,12 @@ class ContextRole:
         return freed
 
     @property
-    def pending(self) -> bool:
+    def busy(self) -> bool:
+        """Whether a claimed handle's rows are being read (the ranks must progress), or a release or an
+        expiry waits to be applied."""
+        now = time.monotonic()
         with self._lock:
-            return bool(self._exports or self._freed)
+            return bool(self._freed) or any(e.claimed or e.deadline <= now for e in self._exports.values())
 
     def add_routes(self, app: FastAPI) -> None:
         @app.post("/v1/kv/claim")
@@ -136,16 +141,17 @@ class ContextLoop(EngineLoop):
     blocks from the CP ranks and (rank 0) issues the handle in the request's last Delta."""
 
     def __init__(
-        self, llm, channel, sources, fingerprint: str, role: ContextRole | None = None, **kw
+        self, llm, channel, agent, sources, fingerprint: str, role: ContextRole | None = None, **kw
     ) -> None:
         super().__init__(llm, channel, **kw)
         self.role = role
+        self.agent = agent  # this rank's KVAgent (TP rank 0 of each CP rank), else None
         self.sources = sources  # rank 0: [(agent, metadata, pool addresses)] by CP rank
         self.fingerprint = fingerprint
         self._exports: dict[int, tuple[int, int]] = {}  # request id -> (key, seed): KV kept when done
 
     def _busy(self) -> bool:
-        return super()._busy() or (self.role is not None and self.role.pending)
+        return super()._busy() or (self.role is not None and self.role.busy)
 
     def _add(self, new: NewRequest) -> int:
         rid = super()._add(new)
@@ -162,6 +168,10 @@ class ContextLoop(EngineLoop):
         return []
 
     def _after_step(self, deltas: list[tuple[int, Delta]]) -> list[tuple[int, Delta]]:
+        if self.agent is not None:
+            self.agent.progress()  # serves the READs of generation ranks (UCX needs the target's progress)
+        if self.role is not None and not self.llm.scheduler.num_running and self.role.busy:
+            time.sleep(0.0005)  # only hand-offs to serve: poll, but leave the core to the others
         done = sorted(rid for rid in self._exports if rid not in self._keys)  # finished (the same everywhere)
         if not done:
             return deltas
