@@ -11,6 +11,7 @@ one with 12 heads (tests/disagg_support.py).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -199,7 +200,10 @@ def fault_servers(model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("disagg_fault_logs")
     procs = {
         "victim": start(model, tmp, "victim", (1, 1, 4), "context"),
-        "slow": start(model, tmp, "slow", (1, 2, 3), "generation", {"HELIX_TEST_HANDOFF_DELAY_S": "2"}),
+        "slow": start(
+            model, tmp, "slow", (1, 2, 3), "generation", {"HELIX_TEST_HANDOFF_DELAY_S": "2"},
+            ["--max-tokens", "2048"],
+        ),
         "late": start(
             model, tmp, "late", (1, 1, 3), "generation", {"HELIX_TEST_HANDOFF_DELAY_S": "3"},
             ["--handoff-timeout", "1"],
@@ -222,15 +226,37 @@ def _handoff(ctx, gen, prompt) -> tuple[int, dict]:
     return complete(gen.url, prompt, kv_transfer_params=params)
 
 
+def _stream_handoff(ctx, gen, prompt, max_tokens: int, chunks: list) -> None:
+    """A streamed hand-off from ctx to gen; appends (arrival time, token ids) of every chunk to chunks."""
+    status, answer = complete(ctx.url, prompt)
+    assert status == 200, answer
+    params = {"context_url": ctx.url, "handle": answer["kv_transfer_params"]["handle"]}
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
+    body |= {"return_token_ids": True, "kv_transfer_params": params}
+    conn = http.client.HTTPConnection(gen.host, gen.port, timeout=120)
+    try:
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        for line in conn.getresponse():
+            if line.startswith(b"data: {"):
+                chunks.append((time.monotonic(), json.loads(line[6:])["choices"][0]["token_ids"]))
+    finally:
+        conn.close()
+
+
 def test_context_killed_mid_handoff(servers, fault_servers, reference):
     """The context server dies after the claim, before the READs: that request fails with a 502 naming the
-    hand-off; a request from another context server decodes on meanwhile; every block is free after."""
+    hand-off, while a request already decoding on the same generation server keeps getting tokens (during
+    the hand-off and after its failure) and ends with the right ones; every block is free after."""
     victim, slow = fault_servers["victim"], fault_servers["slow"]
-    other = {}
+    chunks: list = []
     survivor = threading.Thread(
-        target=lambda: other.update(got=_handoff(servers["ctx-cp1"], slow, PROMPTS[-1])), daemon=True
+        target=_stream_handoff, args=(servers["ctx-cp1"], slow, PROMPTS[-1], 300, chunks), daemon=True
     )
     survivor.start()
+    deadline = time.monotonic() + 60
+    while not chunks:  # decoding (after its own 2 s wait for the READs)
+        assert time.monotonic() < deadline and survivor.is_alive()
+        time.sleep(0.01)
     status, answer = complete(victim.url, PROMPTS[-1])
     assert status == 200
     failed = {}
@@ -240,18 +266,21 @@ def test_context_killed_mid_handoff(servers, fault_servers, reference):
         daemon=True,
     )
     t.start()
-    deadline = time.monotonic() + 30
     while f"{params['handle']} claimed" not in slow.log():  # the claim is answered, the READs not posted
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.01)
+    claimed = time.monotonic()
     os.killpg(victim.proc.pid, signal.SIGKILL)  # `timeout` leads the job's process group: every rank
     t.join(60)
-    survivor.join(60)
+    failed_at = time.monotonic()
+    survivor.join(120)
     status, err = failed["got"]
     assert status == 502, err
     assert "KV hand-off" in err["error"]["message"] and victim.url in err["error"]["message"]
-    status, answer = other["got"]
-    assert status == 200 and answer["choices"][0]["token_ids"] == reference["cp2"][-1]
+    tokens = [tok for _, ids in chunks for tok in ids]
+    assert len(tokens) == 300 and tokens[:NEW_TOKENS] == reference["cp2"][-1]
+    during = [at for at, _ in chunks if claimed < at < failed_at]
+    assert len(during) >= 5, f"{len(during)} tokens of the running request while the hand-off was in flight"
     wait_blocks_free(slow)
 
 
