@@ -188,3 +188,10 @@ def test_file_round_trip_across_mpi_layouts(model, tmp_path):
         assert result.returncode == 0, result.describe()
         got = json.loads(result.output.strip().splitlines()[-1])["token_ids"]
         assert got[:3] == exported and len(got) == 10
+
+
+def test_router_refuses_bad_urls(capsys):
+    from helix.serve.router import main
+
+    assert main(["--context", "127.0.0.1:8100", "--generation", "http://127.0.0.1:8200"]) == 2
+    assert "--context must be http://HOST:PORT, got '127.0.0.1:8100'" in capsys.readouterr().err

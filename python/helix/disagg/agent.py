@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["KVAgent", "Pull", "TransferUnavailableError", "nixl_version"]
+__all__ = ["KVAgent", "Pull", "TransferUnavailableError", "require_nixl"]
 
 NIXL_PACKAGE = "nixl-cu13==1.5.1"
 
@@ -22,7 +22,8 @@ class TransferUnavailableError(RuntimeError):
     """NIXL is not installed."""
 
 
-def _nixl():
+def require_nixl():
+    """The nixl_cu13 module; TransferUnavailableError saying how to install it when it is missing."""
     os.environ.setdefault("NIXL_LOG_LEVEL", "WARN")  # its INFO lines would flood every rank's log
     try:
         import nixl_cu13
@@ -32,12 +33,6 @@ def _nixl():
         ) from None
     logging.getLogger("nixl").setLevel(logging.WARNING)
     return nixl_cu13
-
-
-def nixl_version() -> str:
-    from importlib.metadata import version
-
-    return version("nixl-cu13")
 
 
 @dataclass
@@ -81,7 +76,7 @@ class KVAgent:
     """A NIXL agent named `name` with the UCX backend. Remote agents are added from their metadata once."""
 
     def __init__(self, name: str) -> None:
-        nixl = _nixl()
+        nixl = require_nixl()
         self.name = name
         # No progress thread: NIXL's spins with no pause (60% of a core per idle agent here, measured), which
         # on a small machine takes the cores from the engines. A puller progresses its READs when it polls

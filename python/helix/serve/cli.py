@@ -97,11 +97,15 @@ def main(argv: list[str] | None = None) -> int:
 
     abort_on_exception()
     comm = world()
+    from helix.disagg.agent import TransferUnavailableError, require_nixl
+
     try:
         _check_args(args)
+        if args.role != "aggregated":
+            require_nixl()  # before any weight is read
         sock = _listen(args.host, args.port) if comm.rank == 0 else None
         llm = make_llm(args, comm, progress=False)
-    except (ValueError, OSError, DeviceUnavailableError, DeviceMemoryError) as exc:
+    except (ValueError, OSError, DeviceUnavailableError, DeviceMemoryError, TransferUnavailableError) as exc:
         prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
         print(f"{prefix}helix serve: error: {exc}", file=sys.stderr, flush=True)
         if comm.size > 1:
