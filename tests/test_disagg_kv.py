@@ -195,3 +195,31 @@ def test_router_refuses_bad_urls(capsys):
 
     assert main(["--context", "127.0.0.1:8100", "--generation", "http://127.0.0.1:8200"]) == 2
     assert "--context must be http://HOST:PORT, got '127.0.0.1:8100'" in capsys.readouterr().err
+
+
+def test_context_handles_expire_and_are_claimed_once():
+    """The context server's registry: a handle is claimed once, released once; one not claimed within the
+    timeout (or not released within twice it after the claim) is freed and then unknown."""
+    import time
+
+    from helix.serve.context_role import ContextRole
+    from helix.serve.protocol import ApiError
+
+    wakes = []
+    role = ContextRole(0.5, lambda: wakes.append(1))
+    role.add({"handle": "a"}, 1)
+    role.add({"handle": "b"}, 2)
+    role.add({"handle": "c"}, 3)
+    assert role.claim("a") == {"handle": "a"} and wakes
+    with pytest.raises(ApiError, match="already claimed") as err:
+        role.claim("a")
+    assert err.value.status == 409
+    role.release("b")
+    assert role.take_freed() == [2]
+    time.sleep(0.6)  # "c" was never claimed: expired; "a" was claimed: kept for twice the timeout
+    assert role.take_freed() == [3]
+    with pytest.raises(ApiError, match="unknown KV handle") as err:
+        role.claim("c")
+    assert err.value.status == 404
+    time.sleep(0.5)
+    assert role.take_freed() == [1] and not role.busy
