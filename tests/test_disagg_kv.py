@@ -223,3 +223,14 @@ def test_context_handles_expire_and_are_claimed_once():
     assert err.value.status == 404
     time.sleep(0.5)
     assert role.take_freed() == [1] and not role.busy
+
+
+def test_serve_roles_need_the_cpu_engine(model):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "helix", "serve", "--model", str(model), "--role", "generation"]
+    out = subprocess.run(
+        [*args, "--device", "cuda", "--port", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and "--role generation needs --device cpu" in out.stderr

@@ -74,6 +74,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
     if not args.handoff_timeout > 0:
         raise ValueError(f"--handoff-timeout must be > 0, got {args.handoff_timeout}")
+    if args.role != "aggregated" and args.device != "cpu":
+        raise ValueError(f"--role {args.role} needs --device cpu: the KV hand-off reads host KV pools")
 
 
 def _listen(host: str, port: int) -> socket.socket:
