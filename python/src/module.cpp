@@ -13,6 +13,7 @@ void bind_ops(nb::module_& m);
 void bind_layers(nb::module_& m);
 void bind_comm(nb::module_& m);
 void bind_engine(nb::module_& m);
+void bind_kv_transfer(nb::module_& m);
 void bind_cuda(nb::module_& m);
 void bind_merge_states(nb::module_& ops);
 }  // namespace helix::bind
@@ -46,5 +47,6 @@ NB_MODULE(_core, m) {
   helix::bind::bind_layers(m);
   helix::bind::bind_comm(m);
   helix::bind::bind_engine(m);
+  helix::bind::bind_kv_transfer(m);
   helix::bind::bind_cuda(m);
 }
