@@ -94,7 +94,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from helix import DeviceMemoryError
-    from helix.comm import abort_on_exception, world
+    from helix.comm import abort_job, abort_on_exception, world
     from helix.device import DeviceUnavailableError
 
     abort_on_exception()
@@ -109,11 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         llm = make_llm(args, comm, progress=False)
     except (ValueError, OSError, DeviceUnavailableError, DeviceMemoryError, TransferUnavailableError) as exc:
         prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
-        print(f"{prefix}helix serve: error: {exc}", file=sys.stderr, flush=True)
+        message = f"{prefix}helix serve: error: {exc}\n"
         if comm.size > 1:
-            from mpi4py import MPI
-
-            MPI.COMM_WORLD.Abort(2)
+            abort_job(message, 2)
+        print(message, end="", file=sys.stderr, flush=True)
         return 2
     _serve(args, llm, sock)
     return 0
