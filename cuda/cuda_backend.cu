@@ -40,6 +40,9 @@ class CudaBackend final : public Backend {
   int64_t memory_bytes() const override;
   void fill_kv_random(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions, uint64_t seed,
                       float scale) override;
+  void read_kv_rows(const std::vector<int64_t>& rows, void* host) override;
+  void write_kv_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions,
+                     const void* host) override;
 
   StepArrays begin_step(const StepInput& in) override;
   void mark(double* component) override { timer_.mark(s(), component); }
@@ -198,6 +201,55 @@ void CudaBackend::fill_kv_random(const std::vector<int64_t>& rows, const std::ve
                        scale, s());
   }
   stream_.synchronize();  // `up` is read by the copy until here
+}
+
+// Copies between host rows [num_layers, n, R + P] and pool rows `rows`, one cudaMemcpyAsync per run of
+// consecutive pool rows (a block's rows are consecutive), then waits: the host bytes are the caller's.
+namespace {
+template <class Copy>
+void for_each_row_run(const std::vector<int64_t>& rows, Copy copy) {
+  for (size_t i = 0; i < rows.size();) {
+    size_t j = i + 1;
+    while (j < rows.size() && rows[j] == rows[j - 1] + 1) ++j;
+    copy(rows[i], static_cast<int64_t>(i), static_cast<int64_t>(j - i));  // first pool row, host row, count
+    i = j;
+  }
+}
+}  // namespace
+
+void CudaBackend::read_kv_rows(const std::vector<int64_t>& rows, void* host) {
+  set_device(device_);
+  const int64_t rb = c_.kv_row_width() * dtype_size(c_.kv_dtype), n = static_cast<int64_t>(rows.size());
+  for (int64_t l = 0; l < c_.num_layers; ++l) {
+    auto* dst = static_cast<unsigned char*>(host) + l * n * rb;
+    const auto* pool = static_cast<const unsigned char*>(pools_[static_cast<size_t>(l)].data());
+    for_each_row_run(rows, [&](int64_t row, int64_t at, int64_t count) {
+      HELIX_CUDA_CHECK(cudaMemcpyAsync(dst + at * rb, pool + row * rb, static_cast<size_t>(count * rb),
+                                       cudaMemcpyDeviceToHost, s()));
+    });
+  }
+  stream_.synchronize();
+}
+
+void CudaBackend::write_kv_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions,
+                                const void* host) {
+  set_device(device_);
+  const int64_t rb = c_.kv_row_width() * dtype_size(c_.kv_dtype), n = static_cast<int64_t>(rows.size());
+  if (n == 0) return;
+  for (int64_t l = 0; l < c_.num_layers; ++l) {
+    const auto* src = static_cast<const unsigned char*>(host) + l * n * rb;
+    auto* pool = static_cast<unsigned char*>(pools_[static_cast<size_t>(l)].data());
+    for_each_row_run(rows, [&](int64_t row, int64_t at, int64_t count) {
+      HELIX_CUDA_CHECK(cudaMemcpyAsync(pool + row * rb, src + at * rb, static_cast<size_t>(count * rb),
+                                       cudaMemcpyHostToDevice, s()));
+    });
+  }
+  Upload up;
+  const size_t o_rows = up.add(rows.data(), n), o_pos = up.add(positions.data(), n);
+  auto* base = up.send(meta_, s());
+  launch_set_positions(pool_pos_.as<int64_t>(), reinterpret_cast<const int64_t*>(base + o_rows),
+                       reinterpret_cast<const int64_t*>(base + o_pos), n, s());
+  stream_.synchronize();  // `up` and `host` are read by the copies until here
 }
 
 StepArrays CudaBackend::begin_step(const StepInput& in) {

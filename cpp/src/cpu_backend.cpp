@@ -60,6 +60,24 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void read_kv_rows(const std::vector<int64_t>& rows, void* host) override {
+    auto* dst = static_cast<unsigned char*>(host);
+    for (const KVPool& pool : pools_) {
+      for (int64_t row : rows) {
+        std::memcpy(dst, pool.row(row), static_cast<size_t>(pool.row_bytes()));
+        dst += pool.row_bytes();
+      }
+    }
+  }
+  void write_kv_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>&, const void* host) override {
+    const auto n = static_cast<int64_t>(rows.size());
+    const auto* src = static_cast<const unsigned char*>(host);
+    for (KVPool& pool : pools_) {
+      pool.write_rows(rows.data(), n, src);
+      src += n * pool.row_bytes();
+    }
+  }
+
   StepArrays begin_step(const StepInput& in) override {
     last_mark_ = now();
     return StepArrays{in.tokens,

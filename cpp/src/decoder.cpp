@@ -141,7 +141,6 @@ void Step::attention_block(int64_t l, float* h) {
 
 // y (+)= down(silu(gate(x)) * up(x)) of the layer's `<mlp>.gate_up_proj` [2F, hidden] and `<mlp>.down_proj`.
 void Step::swiglu(int64_t l, const char* mlp, int64_t F, const float* x, float* y, bool accumulate) {
-  const int64_t hid = c.hidden_size;
   float* gu = buf<float>(Buffer::GateUp, T * 2 * F);
   float* act = buf<float>(Buffer::Activation, T * F);
   linear(x, T, lw(l, (std::string(mlp) + ".gate_up_proj").c_str()), gu);

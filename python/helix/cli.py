@@ -1,6 +1,6 @@
 """Command line: ``python -m helix <command>``; under MPI: ``mpiexec -n N python -m helix <command>``.
 
-Commands: generate, serve, make-tiny-model, demo, bench, plan, version.
+Commands: generate, serve, router, make-tiny-model, demo, bench, plan, version.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _DELEGATED = {
     "plan": ("helix.planner", "roofline planner: layouts and the Pareto frontier for decode"),
     "generate": ("helix.generate_cli", "decode prompts with Helix parallelism across MPI ranks"),
     "serve": ("helix.serve.cli", "an OpenAI-compatible server on the Helix ranks (mpiexec -n N)"),
+    "router": ("helix.serve.router", "the front of context and generation servers (disaggregated serving)"),
 }
 
 

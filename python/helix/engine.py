@@ -154,6 +154,34 @@ class HelixEngine:
     def free_sequence(self, seq_id: int) -> None:
         self._engine.free_sequence(seq_id)
 
+    # ---- KV hand-off (helix.disagg): rows of [kv_lora_rank + qk_rope_head_dim] in the KV dtype
+
+    @property
+    def kv_row_bytes(self) -> int:
+        cfg = self.config
+        return (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * (4 if self.dtype == "float32" else 2)
+
+    def read_kv(self, seq_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's rows of a sequence: (positions [n] ascending, rows [num_layers, n, D])."""
+        from helix import _core
+
+        return _core.kv_read_rows(self._engine, seq_id)
+
+    def import_kv(self, seq_id: int, num_positions: int, rows: np.ndarray) -> None:
+        """Positions [0, num_positions) into the empty sequence seq_id, one step: rows [num_layers, n, D]
+        are this rank's positions of that range (ascending). Collective in seq_id and num_positions."""
+        from helix import _core
+
+        _core.kv_import_rows(self._engine, seq_id, num_positions, rows)
+
+    def kv_pool_addresses(self) -> list[int]:
+        """Host address of every layer's pool [num_kv_blocks * tokens_per_block, D] (device='cpu' only)."""
+        from helix import _core
+
+        if self.cuda_device is not None:
+            raise NotImplementedError("registering the KV pools with NIXL needs host pools (device='cpu')")
+        return _core.kv_pool_addresses(self._engine)
+
     def step(self, tokens, positions, seq_ids, q_seq_index, logit_rows) -> np.ndarray:
         """tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab]."""
         return self._engine.step(tokens, positions, seq_ids, q_seq_index, logit_rows)

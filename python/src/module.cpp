@@ -14,6 +14,7 @@ void bind_ops(nb::module_& m);
 void bind_layers(nb::module_& m);
 void bind_comm(nb::module_& m);
 void bind_engine(nb::module_& m);
+void bind_kv_transfer(nb::module_& m);
 void bind_cuda(nb::module_& m);
 void bind_cuda_bench(nb::module_& m);
 void bind_merge_states(nb::module_& m, Device dev);
@@ -48,6 +49,7 @@ NB_MODULE(_core, m) {
   helix::bind::bind_layers(m);
   helix::bind::bind_comm(m);
   helix::bind::bind_engine(m);
+  helix::bind::bind_kv_transfer(m);
   helix::bind::bind_cuda(m);
   helix::bind::bind_cuda_bench(m);
 }

@@ -110,6 +110,12 @@ class Backend {
   virtual void fill_kv_random(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions, uint64_t seed,
                               float scale) = 0;
 
+  // The KV hand-off (helix/kv_transfer.hpp), synchronous: host [num_layers, n, R + P] of kv_dtype <-> pool
+  // rows `rows` [n] of every layer; written rows then hold global positions `positions` [n].
+  virtual void read_kv_rows(const std::vector<int64_t>& rows, void* host) = 0;
+  virtual void write_kv_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions,
+                             const void* host) = 0;
+
   // ---- a step ----
   virtual StepArrays begin_step(const StepInput& in) = 0;
   // Charges the time since the previous mark (or begin_step) to `component`.

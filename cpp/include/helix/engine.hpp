@@ -46,6 +46,9 @@ class Engine {
   int64_t num_kv_blocks() const { return config_.num_kv_blocks; }
   // The KV bookkeeping of this rank (admission queries, and tests that inspect it).
   const BlockTable& block_table() const { return table_; }
+  // The KV bookkeeping and storage, for the hand-off of disaggregated serving (helix/kv_transfer.hpp).
+  BlockTable& kv_table() { return table_; }
+  Backend& backend() { return *backend_; }
 
   // One forward pass over T tokens of B sequences (prompt chunks and decode tokens alike).
   // tokens [T] i64, positions [T] i64 global, seq_ids [B] i64, q_seq_index [T] i64 in [0,B),

@@ -20,6 +20,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "decode": ("helix.bench.decode", "end-to-end decode steps per layout vs the planner"),
     "peer": ("helix.bench.peer", "helix vs Hugging Face transformers decode"),
     "serve": ("helix.bench.serve", "helix serve: latency and throughput"),
+    "disagg": ("helix.bench.disagg", "disaggregated serving: TTFT and ITL via the router vs aggregated"),
     "cuda_ops": ("helix.bench.cuda_ops", "CUDA kernels vs copy and bf16 GEMM ceilings (GPU)"),
     "cuda_layer": ("helix.bench.cuda_layer", "a DeepSeek-V3-shaped layer decoded on the GPU (GPU)"),
     "all": ("helix.bench.run_all", "every CPU suite into bench-results/ (JSON, PNG, logs)"),
