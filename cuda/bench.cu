@@ -5,7 +5,11 @@
 #include <functional>
 #include <vector>
 
+#include "bench.hpp"
 #include "common.cuh"
+#include "helix/ops/linear.hpp"
+#include "helix/ops/merge_states.hpp"
+#include "helix/ops/moe_experts.hpp"
 
 namespace helix::cuda {
 
@@ -105,9 +109,11 @@ BenchResult bench_gemm_bf16(int64_t m, int64_t n, int64_t k, int iters) {
   p.T = m;
   p.N = n;
   p.K = k;
-  p.y_dtype = DType::BFloat16;
+  p.ldx = k;
+  p.ldy = n;
+  p.x_dtype = p.w_dtype = p.y_dtype = DType::BFloat16;
   BenchResult r;
-  r.ms = time_ms([&] { linear(p, nullptr); }, iters);
+  r.ms = time_ms([&] { launch_linear(p, nullptr); }, iters);
   r.flops = 2.0 * m * n * k;
   r.bytes = 2.0 * (m * k + n * k + m * n);
   return r;
@@ -206,18 +212,18 @@ BenchResult bench_moe_experts(int64_t T, int64_t top_k, int64_t n_local, int64_t
   require_device();
   HELIX_CHECK(moe_experts_supported(T, top_k, n_local, hidden, F) && top_k <= n_local,
               "bench_moe_experts: unsupported shape");
-  DeviceBuffer h(T * hidden * 4), w(T * top_k * 4), out(T * hidden * 4), idx(T * top_k * 8),
+  DeviceBuffer h(T * hidden * 4), w(T * top_k * 4), out(T * hidden * 4), idx(T * top_k * 4),
       gate_up(n_local * 2 * F * hidden * 2), down(n_local * hidden * F * 2);
   fill_f32(h, 7, 1.f);
   fill_f32(w, 8, 1.f);
   fill_bf16(gate_up, 9, 0.02f);
   fill_bf16(down, 10, 0.02f);
-  std::vector<int64_t> ids(static_cast<size_t>(T * top_k));
-  for (int64_t i = 0; i < T * top_k; ++i) ids[static_cast<size_t>(i)] = i % n_local;  // (t * top_k + k) % n_local
-  idx.copy_from_host(ids.data(), ids.size() * 8);
+  std::vector<int32_t> ids(static_cast<size_t>(T * top_k));
+  for (int64_t i = 0; i < T * top_k; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>(i % n_local);
+  idx.copy_from_host(ids.data(), ids.size() * 4);  // (t * top_k + k) % n_local
   MoeExpertsParams p;
   p.h = h.as<float>();
-  p.topk_idx = idx.as<int64_t>();
+  p.topk_idx = idx.as<int32_t>();
   p.topk_weight = w.as<float>();
   p.gate_up = gate_up.data();
   p.down = down.data();
@@ -227,7 +233,7 @@ BenchResult bench_moe_experts(int64_t T, int64_t top_k, int64_t n_local, int64_t
   p.hidden = hidden;
   p.F = F;
   p.n_local = n_local;
-  p.dtype = DType::BFloat16;
+  p.gate_up_dtype = p.down_dtype = DType::BFloat16;
   DeviceBuffer ws(moe_experts_workspace_bytes(p));
   p.workspace = ws.data();
   BenchResult r;

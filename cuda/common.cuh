@@ -54,6 +54,9 @@ inline unsigned grid_dim(int64_t n, int64_t per_block) {
   return static_cast<unsigned>((n + per_block - 1) / per_block);
 }
 
+// y[n] = bf16(x[n]) (round to nearest even) on `stream` (cuda/convert.cu).
+void launch_to_bf16(const float* x, uint16_t* y, int64_t n, StreamHandle stream);
+
 }  // namespace helix::cuda::detail
 
 #define HELIX_CUDA_CHECK_LAUNCH(name) ::helix::cuda::detail::check_launch(name, __FILE__, __LINE__)

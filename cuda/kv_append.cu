@@ -1,5 +1,7 @@
-// Writes new rows into the paged KV pool at given pool rows (block * tokens_per_block + row).
+// Writes new rows into the paged KV pool at given pool rows; rows < 0 are skipped (contract:
+// cpp/include/helix/ops/kv_append.hpp).
 #include "common.cuh"
+#include "helix/ops/kv_append.hpp"
 
 namespace helix::cuda {
 
@@ -9,6 +11,7 @@ namespace {
 template <class Word>
 __global__ void kv_append_kernel(KvAppendParams p) {
   const int64_t i = blockIdx.x;
+  if (p.dst_rows[i] < 0) return;  // a token another CP rank owns
   const int64_t words = p.row_bytes / static_cast<int64_t>(sizeof(Word));
   const Word* src = reinterpret_cast<const Word*>(static_cast<const unsigned char*>(p.rows) + i * p.row_bytes);
   Word* dst = reinterpret_cast<Word*>(static_cast<unsigned char*>(p.pool) + p.dst_rows[i] * p.row_bytes);

@@ -8,13 +8,14 @@
 #include <limits>
 
 #include "common.cuh"
+#include "helix/ops/merge_states.hpp"
 
 namespace helix::cuda {
 
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kMaxParts = 256;
+constexpr int kMaxParts = static_cast<int>(kMergeStatesMaxParts);
 
 // The max that keeps NaN (fmaxf drops it): a NaN lse must give a NaN row, as in merge_states_cpu.
 __device__ __forceinline__ float max_keep_nan(float a, float b) { return isnan(a) || isnan(b) ? a + b : fmaxf(a, b); }

@@ -13,6 +13,8 @@
 #include <limits>
 
 #include "common.cuh"
+#include "helix/ops/attention.hpp"
+#include "helix/ops/merge_states.hpp"
 
 namespace helix::cuda {
 
@@ -341,13 +343,13 @@ int64_t attention_workspace_floats(const PagedMlaAttentionParams& p) {
 void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKernel kernel, StreamHandle stream) {
   if (p.T == 0 || p.H == 0) return;
   HELIX_CHECK(p.D <= 1024 && p.R <= p.D, "paged_mla_attention: needs D <= 1024 and R <= D, got D=", p.D, " R=", p.R);
-  HELIX_CHECK(p.dtype == DType::BFloat16 || p.dtype == DType::Float32,
-              "paged_mla_attention: q and the pool must be bfloat16 or float32");
+  HELIX_CHECK(p.q_dtype == p.kv_dtype && (p.kv_dtype == DType::BFloat16 || p.kv_dtype == DType::Float32),
+              "paged_mla_attention: q and the pool must both be bfloat16 or both float32");
   if (kernel == AttentionKernel::Auto) {
-    kernel = p.dtype == DType::BFloat16 && tensor_core_attention_supported(p.D, p.R) ? AttentionKernel::TensorCore
-                                                                                     : AttentionKernel::Simple;
+    kernel = p.kv_dtype == DType::BFloat16 && tensor_core_attention_supported(p.D, p.R) ? AttentionKernel::TensorCore
+                                                                                        : AttentionKernel::Simple;
   }
-  HELIX_CHECK(kernel != AttentionKernel::TensorCore || p.dtype == DType::BFloat16,
+  HELIX_CHECK(kernel != AttentionKernel::TensorCore || p.kv_dtype == DType::BFloat16,
               "paged_mla_attention: the tensor-core kernel needs bfloat16 q and pool");
   HELIX_CHECK(kernel != AttentionKernel::TensorCore || tensor_core_attention_supported(p.D, p.R),
               "paged_mla_attention: the tensor-core kernel needs D % 16 == 0, D <= 1024, R % 64 == 0, "
@@ -375,7 +377,7 @@ void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKerne
     HELIX_CUDA_CHECK_LAUNCH("attention_tc_kernel");
   } else {
     const dim3 grid(L.splits, T, detail::grid_dim(p.H, kSimpleWarps));
-    if (p.dtype == DType::Float32) {
+    if (p.kv_dtype == DType::Float32) {
       attention_simple_kernel<float><<<grid, kSimpleWarps * 32, 0, stream>>>(p, L.chunk, L.splits);
     } else {
       attention_simple_kernel<uint16_t><<<grid, kSimpleWarps * 32, 0, stream>>>(p, L.chunk, L.splits);

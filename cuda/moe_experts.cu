@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "helix/ops/moe_experts.hpp"
 
 namespace helix::cuda {
 
@@ -291,14 +292,15 @@ void launch_moe_experts(const MoeExpertsParams& p, StreamHandle stream) {
   HELIX_CHECK(moe_experts_supported(p.T, p.top_k, p.n_local, p.hidden, p.F), "moe_experts: unsupported shape T=", p.T,
               " top_k=", p.top_k, " n_local=", p.n_local, " hidden=", p.hidden, " F=", p.F,
               " (see moe_experts_supported)");
-  HELIX_CHECK(p.dtype == DType::Float32 || p.dtype == DType::BFloat16,
-              "moe_experts: weights must be float32 or bfloat16");
+  HELIX_CHECK(
+      (p.gate_up_dtype == DType::Float32 || p.gate_up_dtype == DType::BFloat16) && p.down_dtype == p.gate_up_dtype,
+      "moe_experts: weights must be float32 or bfloat16, gate_up and down of one dtype");
   HELIX_CHECK(p.workspace != nullptr, "moe_experts: workspace is null");
   const Plan plan = plan_of(p);
   const size_t plan_smem = static_cast<size_t>(2 * p.n_local + p.T * p.top_k) * sizeof(int);  // <= 12 KiB
   moe_plan_kernel<<<1, kPlanThreads, plan_smem, stream>>>(p, plan);
   HELIX_CUDA_CHECK_LAUNCH("moe_plan_kernel");
-  if (p.dtype == DType::Float32) {
+  if (p.gate_up_dtype == DType::Float32) {
     launch_linear_stages<float>(p, plan, stream);
   } else {
     launch_linear_stages<uint16_t>(p, plan, stream);

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "common.cuh"
+#include "helix/ops/moe_route.hpp"
 
 namespace helix::cuda {
 
@@ -84,8 +85,8 @@ __global__ void __launch_bounds__(32) moe_route_kernel(MoeRouteParams p) {
     warp_argmax(v, i);
     // i is valid: an unchosen expert of a kept group beats (-inf, 1 << 30) (top_k <= topk_group * G).
     if (lane == 0) {
-      p.ids[t * p.top_k + k] = i;
-      p.weights[t * p.top_k + k] = s_s[i];
+      p.topk_idx[t * p.top_k + k] = i;
+      p.topk_weight[t * p.top_k + k] = s_s[i];
       b_s[i] = std::numeric_limits<float>::quiet_NaN();
     }
     chosen_sum += s_s[i];
@@ -93,7 +94,7 @@ __global__ void __launch_bounds__(32) moe_route_kernel(MoeRouteParams p) {
   }
   if (lane == 0) {
     const float scale = p.norm_topk_prob ? p.routed_scaling_factor / (chosen_sum + 1e-20f) : p.routed_scaling_factor;
-    for (int k = 0; k < p.top_k; ++k) p.weights[t * p.top_k + k] *= scale;
+    for (int k = 0; k < p.top_k; ++k) p.topk_weight[t * p.top_k + k] *= scale;
   }
 }
 
@@ -101,8 +102,8 @@ __global__ void __launch_bounds__(32) moe_route_kernel(MoeRouteParams p) {
 
 void launch_moe_route(const MoeRouteParams& p, StreamHandle stream) {
   if (p.T == 0) return;
-  HELIX_CHECK(p.E >= 1 && p.E <= 1024 && p.n_group >= 1 && p.n_group <= 32 && p.E % p.n_group == 0 &&
-                  p.topk_group >= 1 && p.topk_group <= p.n_group && p.top_k >= 1 &&
+  HELIX_CHECK(p.E >= 1 && p.E <= kMoeRouteMaxExperts && p.n_group >= 1 && p.n_group <= kMoeRouteMaxGroups &&
+                  p.E % p.n_group == 0 && p.topk_group >= 1 && p.topk_group <= p.n_group && p.top_k >= 1 &&
                   p.top_k <= p.topk_group * (p.E / p.n_group),
               "moe_route: unsupported routing shape E=", p.E, " n_group=", p.n_group, " topk_group=", p.topk_group,
               " top_k=", p.top_k);

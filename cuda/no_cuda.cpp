@@ -1,8 +1,21 @@
 // Built when the CUDA toolkit is absent (HELIX_ENABLE_CUDA=OFF or no nvcc): every CUDA entry point that
 // would touch a device throws helix::Error("helix was built without CUDA"); device_count() returns 0.
+#include "bench.hpp"
+#include "helix/backend.hpp"
 #include "helix/cuda.hpp"
-#include "helix/cuda_engine.hpp"
 #include "helix/error.hpp"
+#include "helix/helix_attention.hpp"
+#include "helix/ops/attention.hpp"
+#include "helix/ops/embedding.hpp"
+#include "helix/ops/head_linear.hpp"
+#include "helix/ops/kv_append.hpp"
+#include "helix/ops/linear.hpp"
+#include "helix/ops/merge_states.hpp"
+#include "helix/ops/moe_experts.hpp"
+#include "helix/ops/moe_route.hpp"
+#include "helix/ops/rms_norm.hpp"
+#include "helix/ops/rope.hpp"
+#include "helix/ops/silu_mul.hpp"
 
 namespace helix::cuda {
 
@@ -69,8 +82,13 @@ void launch_silu_mul(const SiluMulParams&, StreamHandle) { no_cuda(); }
 void launch_moe_route(const MoeRouteParams&, StreamHandle) { no_cuda(); }
 size_t moe_experts_workspace_bytes(const MoeExpertsParams&) { no_cuda(); }
 void launch_moe_experts(const MoeExpertsParams&, StreamHandle) { no_cuda(); }
-void linear(const LinearParams&, StreamHandle) { no_cuda(); }
-void head_linear(const HeadLinearParams&, StreamHandle) { no_cuda(); }
+void launch_linear(const LinearParams&, StreamHandle) { no_cuda(); }
+void launch_head_linear(const HeadLinearParams&, StreamHandle) { no_cuda(); }
+void launch_embedding(const EmbeddingParams&, StreamHandle) { no_cuda(); }
+size_t helix_attention_workspace_bytes(const HelixAttentionParams&, int64_t) { no_cuda(); }
+void launch_helix_attention(const HelixAttentionParams&, Communicator&, StreamHandle, const HelixStageMark&) {
+  no_cuda();
+}
 
 std::unique_ptr<Communicator> make_host_staged_communicator(std::unique_ptr<Communicator>, StreamHandle) { no_cuda(); }
 BenchResult bench_copy(size_t, int) { no_cuda(); }
@@ -81,26 +99,6 @@ BenchResult bench_paged_mla_attention(int64_t, int64_t, int64_t, int64_t, int64_
 BenchResult bench_merge_states(int64_t, int64_t, int64_t, int) { no_cuda(); }
 BenchResult bench_moe_experts(int64_t, int64_t, int64_t, int64_t, int64_t, int) { no_cuda(); }
 
-// The engine cannot be constructed, so no other member is ever reached; they throw all the same.
-struct CudaEngine::Impl {};
-CudaEngine::CudaEngine(const EngineConfig&, Communicator&, int, CudaComm) { no_cuda(); }
-CudaEngine::~CudaEngine() = default;
-void CudaEngine::set_weight(const std::string&, const TensorView&) { no_cuda(); }
-void CudaEngine::check_weights() const { no_cuda(); }
-std::vector<std::string> CudaEngine::expected_weights() const { no_cuda(); }
-void CudaEngine::add_sequence(int64_t, int64_t) { no_cuda(); }
-void CudaEngine::free_sequence(int64_t) { no_cuda(); }
-int64_t CudaEngine::num_free_blocks() const { no_cuda(); }
-int64_t CudaEngine::num_kv_blocks() const { no_cuda(); }
-const BlockTable& CudaEngine::block_table() const { no_cuda(); }
-void CudaEngine::step(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&,
-                      const TensorView&) {
-  no_cuda();
-}
-void CudaEngine::fill_sequence_random(int64_t, int64_t, uint64_t, float) { no_cuda(); }
-const EngineConfig& CudaEngine::config() const { no_cuda(); }
-const EngineTimings& CudaEngine::timings() const { no_cuda(); }
-int CudaEngine::device() const { no_cuda(); }
-int64_t CudaEngine::device_bytes() const { no_cuda(); }
+std::unique_ptr<Backend> make_cuda_backend(const EngineConfig&, Communicator&, int, CudaComm) { no_cuda(); }
 
 }  // namespace helix::cuda

@@ -76,10 +76,13 @@ if [ -f "$BUILD/CTestTestfile.cmake" ]; then
   log "C++ tests (ctest -R cuda)"
   timeout "$(limit 120 200)" ctest --test-dir "$BUILD" -R Cuda --output-on-failure || status=1
 fi
-log "GPU tests (pytest tests/test_cuda_ops.py tests/test_cuda_engine.py)"
+# The kernels against float64 and against their CPU twins (one contract per op, helix_attention included),
+# the CUDA engine against the CPU engine.
+gpu_tests=(tests/test_cuda_ops.py tests/test_op_twins.py tests/test_cuda_engine.py)
+log "GPU tests (pytest ${gpu_tests[*]})"
 junit=()
 [ -n "$OUT" ] && junit=(--junitxml "$OUT/test_cuda.xml")
-timeout "$(limit 240 180)" "$PY" -m pytest tests/test_cuda_ops.py tests/test_cuda_engine.py -q -p no:cacheprovider -o addopts="" \
+timeout "$(limit 240 180)" "$PY" -m pytest "${gpu_tests[@]}" -q -p no:cacheprovider -o addopts="" \
   "${junit[@]}" -rs || status=1
 
 # The kernels' own tests under compute-sanitizer memcheck (out-of-bounds and misaligned device accesses on
@@ -146,10 +149,10 @@ log "benchmarks"
 bench_dir=${OUT:-$(mktemp -d)}
 bench_args=()
 [ "${HELIX_GPU_QUICK:-0}" = 1 ] && bench_args+=(--quick)
-timeout "$(limit 180 90)" "$PY" -m helix.bench.cuda_ops "${bench_args[@]}" --json "$bench_dir/cuda_ops.json" >/dev/null || status=1
+timeout "$(limit 180 90)" "$PY" -m helix bench cuda_ops "${bench_args[@]}" --json "$bench_dir/cuda_ops.json" >/dev/null || status=1
 layer_args=(--context 32768 --batch 1 8 --steps 20)
 [ "${HELIX_GPU_QUICK:-0}" = 1 ] && layer_args=(--context 32768 --batch 1 --steps 10)
-timeout "$(limit 150)" "$PY" -m helix.bench.cuda_layer "${layer_args[@]}" --json "$bench_dir/cuda_layer.json" >/dev/null ||
+timeout "$(limit 150)" "$PY" -m helix bench cuda_layer "${layer_args[@]}" --json "$bench_dir/cuda_layer.json" >/dev/null ||
   status=1
 log "done (status $status)"
 # The short table, last.

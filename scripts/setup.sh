@@ -20,7 +20,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 
-reqs=(requirements/build.txt requirements/runtime.txt requirements/test.txt)
+reqs=(requirements/build.txt requirements/runtime.txt requirements/test.txt requirements/disagg.txt)
 NVCC=$(command -v nvcc || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; } || true)
 [ -n "$NVCC" ] && reqs+=(requirements/cuda.txt)
 stamp=".venv/.helix-requirements-$(cat "${reqs[@]}" | sha256sum | cut -c1-16)"

@@ -9,9 +9,9 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 echo "== lint (ruff check, ruff format --check, clang-format --dry-run) =="
-ruff check python tests benchmarks cuda/emulator
-ruff format --check python tests benchmarks cuda/emulator
-find cpp cuda python/src tests benchmarks \( -name '*.cpp' -o -name '*.hpp' -o -name '*.cu' -o -name '*.cuh' \
+ruff check python tests cuda/emulator
+ruff format --check python tests cuda/emulator
+find cpp cuda python/src tests \( -name '*.cpp' -o -name '*.hpp' -o -name '*.cu' -o -name '*.cuh' \
   -o -name '*.h' -o -name '*.inc' \) -print0 | xargs -0 clang-format --dry-run --Werror
 echo "== C++ tests (ctest) =="
 ctest --test-dir build --output-on-failure -j 2 --timeout 300
@@ -41,8 +41,8 @@ echo "== sanitizers: Python runtime tests against the sanitized module (ASan, UB
 # build-asan/python/helix/__init__.py loads the sanitized _core and every other module from python/.
 san_tests=(tests/test_kv_cache.py tests/test_layers.py tests/test_merge_states.py tests/test_mla_attention.py
   tests/test_paged_mla_attention.py tests/test_moe.py tests/test_rope.py tests/test_comm_self.py
-  tests/test_faults.py tests/test_soak_local.py
-  tests/test_cuda_ops.py tests/test_cuda_engine.py tests/test_simt_emulator.py)
+  tests/test_faults.py tests/test_soak_local.py tests/test_disagg_kv.py
+  tests/test_cuda_ops.py tests/test_op_twins.py tests/test_cuda_engine.py tests/test_simt_emulator.py)
 for f in tests/test_engine*.py tests/test_llm*.py tests/test_generate*.py; do [ -f "$f" ] && san_tests+=("$f"); done
 san_env=(env LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
   ASAN_OPTIONS=detect_leaks=0 HELIX_SANITIZED=1 OMP_NUM_THREADS=2 HELIX_EXPECT_CUDA=1

@@ -25,6 +25,7 @@ __all__ = [
     "load_hf_model",
     "hf_logits",
     "hf_logits_float64",
+    "hf_mtp_logits",
     "hf_inv_freq",
     "hf_greedy",
     "write_dequantized_copy",
@@ -195,3 +196,46 @@ def hf_inv_freq(model) -> tuple[np.ndarray, float]:
     """(inv_freq [P/2], attention scaling of cos/sin) as transformers computes them (float32)."""
     rotary = model.model.rotary_emb
     return rotary.inv_freq.double().numpy(), float(rotary.attention_scaling)
+
+
+def hf_mtp_logits(
+    model_dir: str, tokens: Sequence[int], float64: bool = False, inv_freq: np.ndarray | None = None
+) -> np.ndarray:
+    """Draft logits [n - 1, V] of transformers' own MTP layer (transformers.modeling_layers.MtpModel, loaded
+    by its from_pretrained) for row p = 0 .. n - 2 of ``tokens`` [n]: the main model's final hidden state at
+    p and token p + 1, at position p. transformers takes the MTP layer's embedding and head from the main
+    model; ours may differ (a tiny checkpoint draws them apart), so both are applied here, read with the
+    safetensors library. float64: the whole chain in float64 with the float32 casts removed, inv_freq
+    replacing transformers' float32 RoPE frequencies (as in hf_logits_float64)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import DeepseekV3ForCausalLM
+    from transformers.modeling_layers import MtpModel
+
+    dtype = torch.float64 if float64 else torch.float32
+    main = DeepseekV3ForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation="eager", experts_implementation="eager"
+    ).eval()
+    if inv_freq is not None:  # the MTP layer shares the main model's rotary embedding
+        main.model.rotary_emb.inv_freq = torch.tensor(np.asarray(inv_freq, dtype=np.float64))
+    layer = main.config.num_hidden_layers
+    # transformers finds MTP tensors by the pattern DeepSeek-V3's 61 layers give (model.layers.61.*).
+    main._keys_to_ignore_on_load_unexpected = [rf"model\.layers\.{layer}\..*"]
+    mtp = MtpModel.from_pretrained(main, device_map={"": "cpu"}).eval()
+    own = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(f, framework="pt") as st:
+            for name in ("embed_tokens", "shared_head.head"):
+                key = f"model.layers.{layer}.{name}.weight"
+                if key in st.keys():
+                    own[name] = st.get_tensor(key).to(dtype)
+    ids = torch.tensor([list(tokens)], dtype=torch.long)
+    casts = _without_float32_casts() if float64 else contextlib.nullcontext()
+    with casts, torch.no_grad():
+        hidden = main.model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False
+        ).last_hidden_state
+        embeds = torch.nn.functional.embedding(ids[:, 1:], own["embed_tokens"])
+        positions = torch.arange(ids.shape[1] - 1)[None]
+        g = mtp.forward_layer(0, hidden[:, :-1], positions, None, inputs_embeds=embeds)  # after post_norm
+        return (g[0] @ own["shared_head.head"].T).double().numpy()

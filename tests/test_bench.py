@@ -16,6 +16,12 @@ from tolerances import BF16_ROUNDED_PATHS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _has_gpu() -> bool:
+    from helix import _core
+
+    return _core.cuda.device_count() > 0
+
+
 def _png(path) -> bool:
     return path.exists() and path.read_bytes()[:8] == PNG_MAGIC
 
@@ -318,3 +324,49 @@ def test_prefill_flops_counts_causal_pairs_and_the_cheaper_form():
     for n, chunk in ((10, 10), (1000, 64), (5000, 512)):
         f = prefill_flops(cfg, n, chunk)
         assert 0 < f["attention_best"] <= f["attention"] and f["linear"] > 0
+
+
+# ---- the registry: `python -m helix bench` reaches every suite ------------------------------------------
+
+
+def test_every_suite_is_registered_and_reachable(capsys):
+    import importlib
+
+    from helix import cli
+    from helix.bench import SUITES
+
+    assert {"cuda_ops", "cuda_layer", "all", "report"} <= set(SUITES)
+    for name, (module, what) in SUITES.items():
+        assert callable(importlib.import_module(module).main), name
+        assert what, name
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench"])
+    assert info.value.code == 2
+    listing = capsys.readouterr().err
+    assert all(name in listing for name in SUITES)
+
+
+@pytest.mark.skipif(_has_gpu(), reason="a CUDA GPU is visible: the CUDA suites would run")
+@pytest.mark.parametrize("suite", ["cuda_ops", "cuda_layer"])
+def test_cuda_suites_without_a_gpu_fail_in_one_line(suite, capsys):
+    from helix import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", suite, "--smoke"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"helix bench {suite}: error: no CUDA device visible" in err and "Traceback" not in err
+
+
+def test_bench_all_runs_registered_suites_that_report_renders(tmp_path, capsys):
+    from helix.bench import SUITES, report, run_all
+
+    for _, args in run_all.passes(tmp_path, 2):
+        assert args[0] in SUITES
+    meta = {"cpu": "test CPU", "threads": 1, "loadavg_1_5_15": [0.5, 0.5, 0.5], "date": "today"}
+    row = {"system": "vllm", "threads": 1, "prompt": 512, "prefill_tok_s": 40.0, "helix_prefill_speedup": 0.5}
+    row |= {"decode_ms": 6.0, "helix_decode_speedup": 3.0}
+    common.write_json(tmp_path / "peer.json", {"meta": meta, "rows": [row]})
+    assert report.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "### peer.json" in out and "| vllm | 1 | 512 | 40.0 | 0.50 | 6.0 | 3.00 |" in out

@@ -72,7 +72,7 @@ def test_compiled_cuda_engine_without_gpu_raises_helix_error():
     """The compiled entry points refuse too (helix.HelixError), for callers that skip helix.device."""
     config = _core.EngineConfig()
     with pytest.raises(_core.HelixError):
-        _core.cuda.CudaEngine(config, _core.self_communicator(), 0)
+        _core.Engine(config, _core.self_communicator(), device="cuda")
     with pytest.raises(_core.HelixError, match="without CUDA|no CUDA device|without NCCL"):
         _core.cuda.nccl_communicator(_core.self_communicator(), 0)
 
@@ -206,7 +206,7 @@ def test_out_of_gpu_memory_names_what_did_not_fit(model, monkeypatch, capsys):
     being allocated and its size, how much was free, and what to change; the CLI prints it in one line."""
     kw = dict(tokens_per_block=4, max_tokens=64, progress=False, comm=SELF)
     engine = HelixEngine(str(model), device="cuda", **kw)
-    loaded = engine._engine.device_bytes  # weights + KV cache, before any step
+    loaded = engine._engine.memory_bytes  # weights + KV cache, before any step
     del engine
     gc.collect()
     monkeypatch.setenv("HELIX_SIMT_MEMORY_BYTES", "1024")
@@ -221,7 +221,7 @@ def test_out_of_gpu_memory_names_what_did_not_fit(model, monkeypatch, capsys):
     # Loaded, but no room for a step's workspaces.
     monkeypatch.delenv("HELIX_SIMT_MEMORY_BYTES")
     engine = HelixEngine(str(model), device="cuda", **kw)
-    monkeypatch.setenv("HELIX_SIMT_MEMORY_BYTES", str(engine._engine.device_bytes))
+    monkeypatch.setenv("HELIX_SIMT_MEMORY_BYTES", str(engine._engine.memory_bytes))
     engine.add_sequence(0)
     with pytest.raises(
         _core.DeviceMemoryError, match=r"a step's workspace \(.+\) does not fit.*max_batch_tokens"
@@ -282,4 +282,4 @@ def test_cuda_engine_refuses_routers_it_cannot_run(experts, groups):
 
     layer = {**SMOKE_LAYER, "n_routed_experts": experts, "n_group": groups, "topk_group": 8}
     with pytest.raises(_core.ArgumentError, match="at most 1024 routed experts in at most 32 groups"):
-        _core.cuda.CudaEngine(_config(layer, 1, 64, 1), SELF, 0)
+        _core.Engine(_config(layer, 1, 64, 1), SELF, device="cuda")

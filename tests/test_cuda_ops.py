@@ -72,7 +72,7 @@ def test_cuda_op_without_gpu_raises_helix_error():
     for call in (
         lambda: cuda.merge_states(o_parts, lse_parts),
         lambda: cuda.rms_norm(np.ones((2, 4), np.float32), np.ones(4, np.float32)),
-        lambda: cuda.bench_copy(1 << 20),
+        lambda: _core.cuda_bench.bench_copy(1 << 20),
         lambda: cuda.nccl_collectives_one_rank(np.ones(4, np.float32)),
     ):
         with pytest.raises(_core.HelixError, match=msg):
@@ -361,7 +361,8 @@ def test_rope(dtype, name):
     x = rng.standard_normal((T, heads, width)).astype(dtype)
     positions = np.array([0, 1, 4095, 163839], np.int64)
     inv_freq = (1.0 / 10000.0 ** (np.arange(0, P, 2) / P)).astype(np.float32)
-    out = cuda.rope(x, positions, inv_freq, 1.3, offset)
+    out = x.copy()
+    assert cuda.rope(out, positions, inv_freq, offset, 1.3) is None  # in place, as the CPU twin
     ref = x.astype(np.float64)
     ang = positions[:, None].astype(np.float64) * inv_freq.astype(np.float64)[None, :]  # [T, P/2]
     c, s = np.cos(ang)[:, None, :] * 1.3, np.sin(ang)[:, None, :] * 1.3
@@ -379,7 +380,7 @@ def test_silu_mul(dtype, name):
     rng = np.random.default_rng(6)
     gate = (rng.standard_normal((5, 300)) * 4).astype(dtype)
     up = rng.standard_normal((5, 300)).astype(dtype)
-    out = cuda.silu_mul(gate, up)
+    out = cuda.silu_mul(np.concatenate([gate, up], axis=1))
     g = gate.astype(np.float64)
     ref = g / (1 + np.exp(-g)) * up.astype(np.float64)
     np.testing.assert_allclose(out.astype(np.float64), ref, **tol("cuda.silu_mul", name))
@@ -417,7 +418,7 @@ def test_moe_route_degenerate_bias_matches_cpu(E, n_group, topk_group, top_k):
     bias[: E // 2] = -np.inf
     bias[E // 2 :: 5] = np.nan
     bias[E - 1] = np.inf
-    w, ids = cuda.moe_route(logits, bias, n_group, topk_group, top_k, 1.0, True)
+    ids, w = cuda.moe_route(logits, bias, top_k, n_group, topk_group, True, 1.0)
     ids_cpu, w_cpu = _core.layers.moe_route(logits, bias, top_k, n_group, topk_group, True, 1.0)
     np.testing.assert_array_equal(ids, ids_cpu)
     np.testing.assert_allclose(w, w_cpu, **tol("cuda.moe_route", "float32"))
@@ -434,7 +435,8 @@ def test_moe_route(E, n_group, topk_group, top_k, norm):
     rng = np.random.default_rng(E + top_k)
     logits = rng.standard_normal((16, E)).astype(np.float32)
     bias = (0.1 * rng.standard_normal(E)).astype(np.float32)
-    w, ids = cuda.moe_route(logits, bias, n_group, topk_group, top_k, 2.5, norm)
+    ids, w = cuda.moe_route(logits, bias, top_k, n_group, topk_group, norm, 2.5)
+    assert ids.dtype == np.int32
     w_ref, ids_ref = moe_route_ref(logits, bias, n_group, topk_group, top_k, 2.5, norm)
     np.testing.assert_array_equal(ids, ids_ref)
     np.testing.assert_allclose(w, w_ref, **tol("cuda.moe_route", "float32"))
@@ -476,17 +478,16 @@ def test_moe_experts_matches_cpu_twin_on_every_rank(dtype, T, top_k, hidden, F):
     if dtype == "bfloat16":
         gate_up, down = gate_up.astype(BF16), down.astype(BF16)
     h = rng.standard_normal((T, hidden)).astype(np.float32)
-    idx32, weight = _core.layers.moe_route(
+    idx, weight = _core.layers.moe_route(
         rng.standard_normal((T, E)).astype(np.float32), np.zeros(E, np.float32), top_k, 1, 1, True, 2.5
     )
-    idx = idx32.astype(np.int64)
     total = np.zeros((T, hidden))
     for first, count in [(0, 3), (3, 1), (4, 4)]:
         gu, dn = gate_up[first : first + count], down[first : first + count]
         out = cuda.moe_experts(h, idx, weight, gu, dn, first)
         want = moe_experts_ref(h, idx, weight, gu, dn, first, dtype == "bfloat16")
         np.testing.assert_allclose(out, want, **tol("cuda.moe_experts", "float32"))
-        cpu = _core.layers.moe_experts(h, idx32, weight, gu, dn, first)
+        cpu = _core.layers.moe_experts(h, idx, weight, gu, dn, first)
         np.testing.assert_allclose(out, cpu, **tol("cuda.moe_experts", dtype))
         total += out
     full = moe_experts_ref(h, idx, weight, gate_up, down, 0, dtype == "bfloat16")
@@ -499,11 +500,11 @@ def test_moe_experts_rejects_shapes_the_device_path_cannot_take():
     gate_up, down = np.zeros((4, 16, 16), np.float32), np.zeros((4, 16, 8), np.float32)
     T = 17  # more tokens than one expert's GEMV takes
     h = np.zeros((T, 16), np.float32)
-    idx, w = np.zeros((T, 2), np.int64), np.zeros((T, 2), np.float32)
+    idx, w = np.zeros((T, 2), np.int32), np.zeros((T, 2), np.float32)
     with pytest.raises(_core.ArgumentError, match="T=17"):
         cuda.moe_experts(h, idx, w, gate_up, down)
     with pytest.raises(_core.ArgumentError, match="topk_idx"):
-        cuda.moe_experts(h[:2], idx[:2].astype(np.int32), w[:2], gate_up, down)
+        cuda.moe_experts(h[:2], idx[:2].astype(np.int64), w[:2], gate_up, down)
     with pytest.raises(_core.ArgumentError, match="hidden=12"):
         cuda.moe_experts(h[:2, :12].copy(), idx[:2], w[:2], gate_up[:, :, :12].copy(), down[:, :12].copy())
 
@@ -515,7 +516,8 @@ def test_linear(out_dtype):
     rng = np.random.default_rng(8)
     x = bf16(rng, (5, 300))
     w = bf16(rng, (700, 300), 0.05)
-    y = cuda.linear(x, w, out_dtype)
+    y = cuda.linear(x, w, out=np.zeros((5, 700), BF16 if out_dtype == "bfloat16" else np.float32))
+    assert y.dtype == (BF16 if out_dtype == "bfloat16" else np.float32)
     ref = x.astype(np.float64) @ w.astype(np.float64).T
     np.testing.assert_allclose(y.astype(np.float64), ref, **tol("cuda.linear", out_dtype))
 
@@ -527,7 +529,7 @@ def test_device_allocation_beyond_the_gpu_raises_device_memory_error():
     the device's free memory; the failure is not left behind for the next launch to report."""
     msg = r"out of GPU memory: cannot allocate [\d.]+ GiB on device 0 "
     with pytest.raises(_core.DeviceMemoryError, match=msg):
-        cuda.bench_copy(1 << 50)
+        _core.cuda_bench.bench_copy(1 << 50)
     assert issubclass(_core.DeviceMemoryError, _core.HelixError)
     out = cuda.rms_norm(np.ones((2, 8), np.float32), np.ones(8, np.float32))
     np.testing.assert_allclose(out, 1.0, rtol=1e-6)

@@ -161,7 +161,7 @@ def test_linear_errors_name_the_argument():
         layers.linear(np.ones((8, 2), np.float32).T, w)  # not C-contiguous
     with pytest.raises(ArgumentError, match="'w'"):
         layers.linear(x, np.ones((3, 8), np.float16))
-    with pytest.raises(ArgumentError, match="'y'"):
+    with pytest.raises(ArgumentError, match="'out'"):
         layers.linear(x, w, out=np.ones((2, 4), np.float32))
     with pytest.raises(ArgumentError, match="'out'"):
         layers.linear(x, w, accumulate=True)
@@ -195,9 +195,9 @@ def test_rms_norm_zero_row_gives_zero_and_eps_is_validated():
     np.testing.assert_array_equal(layers.rms_norm(x, np.ones(16, np.float32), 1e-6), 0)
     with pytest.raises(ArgumentError, match="'eps'"):
         layers.rms_norm(x, np.ones(16, np.float32), 0.0)
-    with pytest.raises(ArgumentError, match="'w'"):
+    with pytest.raises(ArgumentError, match="'weight'"):
         layers.rms_norm(x, np.ones(15, np.float32), 1e-6)
-    with pytest.raises(ArgumentError, match="'y'"):
+    with pytest.raises(ArgumentError, match="'out'"):
         layers.rms_norm(x, np.ones(16, np.float32), 1e-6, out=np.ones((2, 8), np.float32))
 
 

@@ -70,6 +70,17 @@ def test_empty_dimensions() -> None:
     np.testing.assert_allclose(lse, np.log(3.0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [(5,), (2, 3, 2, 1)])
+def test_any_row_shape_merges_like_t_h_rows(rows: tuple[int, ...]) -> None:
+    """o_parts [N, ..., D]: the rows between N and D are flattened (as the CUDA twin takes them)."""
+    rng = np.random.default_rng(len(rows))
+    o_parts, lse_parts = random_parts(rng, 3, 1, int(np.prod(rows)), 8)
+    o, lse = merge_states(o_parts.reshape(3, *rows, 8), lse_parts.reshape(3, *rows))
+    ref_o, ref_lse = ref_merge_states(o_parts, lse_parts)
+    np.testing.assert_allclose(o.reshape(ref_o.shape), ref_o, **tol("merge_states", "float32"))
+    np.testing.assert_allclose(lse.reshape(ref_lse.shape), ref_lse, **tol("merge_states", "float32"))
+
+
 def test_mixture_of_empty_and_finite_parts() -> None:
     rng = np.random.default_rng(2)
     o_parts, lse_parts = random_parts(rng, 6, 5, 7, 11)
@@ -112,7 +123,7 @@ def test_merging_shards_of_one_softmax_equals_the_whole() -> None:
 @pytest.mark.parametrize(
     ("o_parts", "lse_parts", "name"),
     [
-        (np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.float32), "o_parts"),  # rank
+        (np.zeros(4, np.float32), np.zeros(1, np.float32), "o_parts"),  # rank: [N, ..., D] needs N and D
         (np.zeros((2, 1, 3, 4), np.float64), np.zeros((2, 1, 3), np.float32), "o_parts"),  # dtype
         (np.zeros((2, 1, 3, 4), np.float32), np.zeros((2, 1, 3), np.float64), "lse_parts"),
         (np.zeros((2, 1, 3, 4), np.float32), np.zeros((3, 1, 3), np.float32), "lse_parts"),  # N mismatch

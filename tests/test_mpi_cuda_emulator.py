@@ -140,3 +140,29 @@ def test_cuda_engine_failed_steps_on_emulator(tmp_path: Path, tp: int, cp: int) 
     result = run_failed_steps(model, tmp_path, tp, cp, "cuda")
     assert not result.timed_out, "timed out (a rank waiting in a collective?)\n" + result.describe()
     assert result.returncode == 0, result.describe()
+
+
+@needs_emulator
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_cuda_helix_attention_on_emulator_matches_cpu_twin(n: int) -> None:
+    """The CUDA helix_attention (kv_append, paged attention, W_UV, one all-to-all over a host-staged device
+    communicator, merge) on every tp x cp layout of n ranks, against the float64 reference and the CPU
+    twin."""
+    result = run_mpi(
+        n,
+        [
+            "-m",
+            "pytest",
+            "tests/mpi/test_helix_attention.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            "-k",
+            "cuda",
+        ],
+        timeout=240,
+    )
+    assert not result.timed_out, "timed out\n" + result.describe()
+    assert result.returncode == 0, result.describe()
+    assert result.output.count(" passed") == n, result.describe()

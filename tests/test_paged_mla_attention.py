@@ -34,7 +34,7 @@ def build_cache(rng, lengths, tokens_per_block, D, dtype, cp_rank=0, cp_size=1, 
 def run_and_check(cache, seqs, q, q_pos, q_seq_index, scale, R, bounds):
     """bounds: (o bound, lse bound), each {atol, rtol} against the float64 reference."""
     seq_ids = np.arange(10, 10 + len(seqs), dtype=np.int64)
-    o, lse = ops.paged_mla_attention(q, q_pos, cache, seq_ids, q_seq_index, scale, R)
+    o, lse = ops.paged_mla_attention(q, q_pos, q_seq_index, *cache.paged_view(seq_ids), scale, R)
     o_ref, lse_ref = reference.paged_mla_attention(
         q, q_pos, [r for r, _ in seqs], [p for _, p in seqs], q_seq_index, scale, R
     )
@@ -122,30 +122,38 @@ def good_args():
     rng = np.random.default_rng(13)
     cache, _ = build_cache(rng, [20, 9], 8, 16, "float32")
     q = rng.standard_normal((2, 4, 16), dtype=np.float32)
+    pool, block_tables, kv_pos, num_slots = cache.paged_view(np.array([10, 11], np.int64))
     return dict(
         q=q,
         q_pos=np.array([19, 8], np.int64),
-        cache=cache,
-        seq_ids=np.array([10, 11], np.int64),
-        q_seq_index=np.array([0, 1], np.int64),
+        q_seq=np.array([0, 1], np.int64),
+        pool=pool,
+        block_tables=block_tables,
+        kv_pos=kv_pos,
+        num_slots=num_slots,
         scale=0.25,
         kv_lora_rank=12,
     )
 
 
 BAD = [
-    ("q", lambda a: a["q"][:, :, :15].copy()),  # D != cache head_dim
+    ("q", lambda a: a["q"][:, :, :15].copy()),  # D != the pool's row width
     ("q", lambda a: a["q"].astype(np.float64)),
     ("q", lambda a: a["q"][0]),
     ("q_pos", lambda a: a["q_pos"][:1].copy()),
     ("q_pos", lambda a: a["q_pos"].astype(np.int32)),
-    ("seq_ids", lambda a: np.array([10, 99], np.int64)),  # unknown sequence
-    ("seq_ids", lambda a: a["seq_ids"].astype(np.int32)),
-    ("q_seq_index", lambda a: np.array([0, 2], np.int64)),  # out of range
-    ("q_seq_index", lambda a: np.array([-1, 0], np.int64)),
-    ("q_seq_index", lambda a: np.array([0], np.int64)),  # length != T
+    ("q_seq", lambda a: np.array([0, 2], np.int64)),  # out of range
+    ("q_seq", lambda a: np.array([-1, 0], np.int64)),
+    ("q_seq", lambda a: np.array([0], np.int64)),  # length != T
+    ("pool", lambda a: a["pool"].astype(np.float64)),
+    ("block_tables", lambda a: np.full_like(a["block_tables"], 64)),  # outside the pool's 64 blocks
+    ("block_tables", lambda a: a["block_tables"].astype(np.int64)),
+    ("kv_pos", lambda a: a["kv_pos"][:, :4].copy()),
+    ("num_slots", lambda a: a["num_slots"] + 1000),  # more slots than the block table holds
     ("kv_lora_rank", lambda a: 17),
     ("scale", lambda a: float("nan")),
+    ("kernel", lambda a: "tensor_core"),  # a CUDA kernel: the CPU picks its own (set_kernel_path)
+    ("num_splits", lambda a: 3),
 ]
 
 
@@ -157,8 +165,7 @@ def test_bad_inputs_name_the_argument(name, make):
         ops.paged_mla_attention(**args)
 
 
-def test_cache_argument_must_be_a_cache():
-    args = good_args()
-    args["cache"] = np.zeros((4, 8, 16), np.float32)
-    with pytest.raises(TypeError):
-        ops.paged_mla_attention(**args)
+def test_paged_view_names_an_unknown_sequence():
+    cache, _ = build_cache(np.random.default_rng(1), [5], 8, 16, "float32")
+    with pytest.raises(helix.ArgumentError, match="'seq_ids'"):
+        cache.paged_view(np.array([10, 99], np.int64))

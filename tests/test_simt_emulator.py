@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_moe_experts_is_schedule_independent(monkeypatch):
     T, K, hidden, F = 16, 3, 1040, 24
     h = rng.standard_normal((T, hidden)).astype(np.float32)
     t = np.arange(T)
-    idx = np.stack([np.ones(T), 2 + t % 3, 5 + t % 3], axis=1).astype(np.int64)
+    idx = np.stack([np.ones(T), 2 + t % 3, 5 + t % 3], axis=1).astype(np.int32)
     w = rng.random((T, K)).astype(np.float32)
     gate_up = _bf16(rng, (6, 2 * F, hidden))
     down = _bf16(rng, (6, hidden, F))
@@ -259,17 +260,17 @@ void f(P p) { k<<<1, 64>>>(p, nullptr, 2); }
     assert '::simt::launch(k, "k", "p{in,out,aux,n,m,dtype,hidden_},flag,chunk", 64, 1, 64)' in out
 
 
-def test_every_params_struct_in_cuda_hpp_reaches_the_pointer_check():
-    """Each params struct of the CUDA API is passed to a kernel by value (so its pointer fields are checked
-    at every launch, and the translator read its field names), or is a cuBLAS operand (checked there). A
-    new struct must be put in one of the two classes."""
+def test_every_params_struct_of_a_cuda_launch_reaches_the_pointer_check():
+    """Each params struct a CUDA launch takes (declared in cuda.hpp or an op header, ops/<op>.hpp) is passed
+    to a kernel by value (so its pointer fields are checked at every launch, and the translator read its
+    field names), or is a cuBLAS operand (checked there). A new struct must be put in one of the two
+    classes."""
     translate = _translate_module()
-    header = ROOT / "cpp" / "include" / "helix" / "cuda.hpp"
-    structs = translate.struct_fields(
-        header.read_text() + (ROOT / "cpp" / "include" / "helix" / "ops" / "merge_states.hpp").read_text()
-    )
-    params = {name for name in structs if name.endswith("Params")}
-    assert {"PagedMlaAttentionParams", "MergeStatesParams", "MoeExpertsParams"} <= params
+    include = ROOT / "cpp" / "include" / "helix"
+    text = "".join(h.read_text() for h in [include / "cuda.hpp", *sorted((include / "ops").glob("*.hpp"))])
+    structs = translate.struct_fields(text)
+    params = set(re.findall(r"\blaunch_\w+\(const (\w+Params)&", text))
+    assert {"PagedMlaAttentionParams", "MergeStatesParams", "MoeExpertsParams", "RmsNormParams"} <= params
     launched = {
         type_
         for cu in (ROOT / "cuda").glob("*.cu")

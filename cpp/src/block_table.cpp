@@ -72,6 +72,7 @@ BlockTable::BlockTable(int64_t num_blocks, int64_t tokens_per_block, int64_t cp_
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_.push_back(static_cast<int32_t>(b));  // lowest index first
   used_.assign(static_cast<size_t>(cp_size), 0);
   charged_.assign(static_cast<size_t>(cp_size), 0);
+  row_pos_.assign(static_cast<size_t>(num_blocks * tokens_per_block), -1);
 }
 
 const BlockTable::Sequence& BlockTable::sequence(int64_t seq_id) const {
@@ -227,7 +228,11 @@ std::vector<int64_t> BlockTable::commit_step(StepPlan& plan) {
     for (int64_t r = 0; r < cp_size_; ++r) s.tokens[r] += g.added[r];
     account(s, +1);
     const SequenceView v = view(g.seq_id);
-    for (size_t i = 0; i < g.owned.size(); ++i) rows[g.owned[i]] = v.pool_row(first + static_cast<int64_t>(i));
+    for (size_t i = 0; i < g.owned.size(); ++i) {
+      const int64_t row = v.pool_row(first + static_cast<int64_t>(i));
+      rows[g.owned[i]] = row;
+      row_pos_[row] = g.owned_positions[i];
+    }
   }
   plan.committed = true;
   plan.version = ++version_;
@@ -319,6 +324,22 @@ bool BlockTable::can_admit(int64_t num_tokens) const {
     if (need[r] > room[r]) return false;
   }
   return true;
+}
+
+BatchView BlockTable::batch_view(const int64_t* seq_ids, int64_t B) const {
+  BatchView out;
+  out.num_slots.resize(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    out.num_slots[b] = view(seq_ids[b]).num_tokens;
+    out.max_num_slots = std::max(out.max_num_slots, out.num_slots[b]);
+  }
+  out.max_blocks = std::max<int64_t>(blocks_of(out.max_num_slots), 1);
+  out.block_tables.assign(static_cast<size_t>(B * out.max_blocks), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const SequenceView v = view(seq_ids[b]);
+    std::copy_n(v.block_table, blocks_of(v.num_tokens), out.block_tables.data() + b * out.max_blocks);
+  }
+  return out;
 }
 
 std::vector<int64_t> BlockTable::unused_rows() const {

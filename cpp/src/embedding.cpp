@@ -20,24 +20,4 @@ void embedding_cpu(const EmbeddingParams& p) {
   }
 }
 
-void embedding(const TensorView& ids, const TensorView& table, int64_t vocab_start, const TensorView& out) {
-  check_tensor(ids, "ids", 1, {DType::Int64});
-  check_tensor(table, "table", 2, {DType::Float32, DType::BFloat16});
-  check_tensor(out, "out", 2, {DType::Float32});
-  const int64_t T = ids.dim(0), hidden = table.dim(1);
-  check_dim(out, "out", 0, T, "ids.shape[0] (T)");
-  check_dim(out, "out", 1, hidden, "table.shape[1] (hidden)");
-  HELIX_CHECK_ARG(vocab_start >= 0, "argument 'vocab_start' must be >= 0, got ", vocab_start);
-  EmbeddingParams p;
-  p.ids = ids.ptr<const int64_t>();
-  p.table = table.data;
-  p.out = out.ptr<float>();
-  p.T = T;
-  p.V = table.dim(0);
-  p.hidden = hidden;
-  p.vocab_start = vocab_start;
-  p.table_dtype = table.dtype;
-  embedding_cpu(p);
-}
-
 }  // namespace helix

@@ -1,29 +1,33 @@
+// The Helix attention step on the CPU, the pieces both devices build the same way, and the step of a
+// PagedKVCache-held layer (contract: helix/helix_attention.hpp; the CUDA twin: cuda/helix_attention.cu).
 #include "helix/helix_attention.hpp"
 
-#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
-#include "helix/ops/attention.hpp"
-#include "helix/ops/head_linear.hpp"
+#include "helix/ops/kv_append.hpp"
 #include "helix/ops/merge_states.hpp"
 
 namespace helix {
 
 namespace {
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// Validation of every argument of the PagedKVCache overload but the step's positions and sequences
-// (BlockTable::plan_step checks those).
+// Every argument of helix_attention_on_cache but the step's positions and sequences (BlockTable::plan_step
+// checks those), in the dtypes the device runs.
 void validate(const Communicator& cp_comm, const PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
-              const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-              int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out) {
+              const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
+              int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out, Device device) {
   const BlockTable& table = cache.table();
+  HELIX_CHECK_ARG(std::isfinite(scale) && scale > 0.f, "argument 'scale' must be finite and > 0, got ", scale);
   HELIX_CHECK_ARG(cp_comm.size() == table.cp_size() && cp_comm.rank() == table.cp_rank(),
                   "argument 'cache' is for CP rank ", table.cp_rank(), " of ", table.cp_size(),
                   " but the communicator is rank ", cp_comm.rank(), " of ", cp_comm.size());
-  check_tensor(q, "q", 3, {DType::Float32, DType::BFloat16});
+  if (device == Device::Cpu) {
+    check_tensor(q, "q", 3, {DType::Float32, DType::BFloat16});
+  } else {
+    check_tensor(q, "q", 3, {cache.pool().dtype()});  // the CUDA kernels read q and keys in one dtype
+  }
   const int64_t T = q.dim(0), H = q.dim(1), D = q.dim(2), cp = cp_comm.size();
   HELIX_CHECK_ARG(D == cache.pool().head_dim(), "argument 'q' has width ", D, " but the cache holds rows of ",
                   cache.pool().head_dim());
@@ -51,130 +55,138 @@ void validate(const Communicator& cp_comm, const PagedKVCache& cache, const Tens
   check_dim(out, "out", 2, W, "the exchanged width");
 }
 
-// Partial attention of every token over the keys its sequence has on this rank: o [T, H, R], lse [T, H].
-void local_attention(const BlockTable& table, const KVPool& pool, const StepTokens& step, const TensorView& q,
-                     float scale, int64_t R, float* o, float* lse) {
-  std::vector<std::vector<int64_t>> tokens(static_cast<size_t>(step.B));  // the query tokens of each sequence
-  for (int64_t t = 0; t < step.T; ++t) tokens[step.q_seq_index[t]].push_back(t);
-  MlaAttentionParams p;
-  p.q = q.data;
-  p.q_pos = step.positions;
-  p.o = o;
-  p.lse = lse;
-  p.T = step.T;
-  p.H = q.dim(1);
-  p.D = q.dim(2);
-  p.R = R;
-  p.scale = scale;
-  p.q_dtype = q.dtype;
-  for (int64_t b = 0; b < step.B; ++b) {
-    if (tokens[b].empty()) continue;
-    p.tokens = tokens[b].data();
-    p.num_tokens = static_cast<int64_t>(tokens[b].size());
-    paged_mla_attention_cpu(p, pool, table.view(step.seq_ids[b]));
-  }
+}  // namespace
+
+PagedMlaAttentionParams local_attention_params(const HelixAttentionParams& p, float* o_part, float* lse_part) {
+  PagedMlaAttentionParams a;
+  a.q = p.q;
+  a.q_pos = p.q_pos;
+  a.q_seq = p.q_seq;
+  a.pool = p.pool;
+  a.block_tables = p.block_tables;
+  a.kv_pos = p.kv_pos;
+  a.num_slots = p.num_slots;
+  a.o = o_part;
+  a.lse = lse_part;
+  a.T = p.T;
+  a.H = p.H;
+  a.D = p.D;
+  a.R = p.R;
+  a.B = p.B;
+  a.max_blocks = p.max_blocks;
+  a.tokens_per_block = p.tokens_per_block;
+  a.max_num_slots = p.max_num_slots;
+  a.scale = p.scale;
+  a.q_dtype = p.q_dtype;
+  a.kv_dtype = p.kv_dtype;
+  return a;
 }
 
-}  // namespace
+HeadLinearParams wuv_params(const HelixAttentionParams& p, const void* o_part, DType o_dtype, float* values) {
+  return HeadLinearParams{o_part,    p.w_uv, values,    p.T, p.H,          p.W,    p.R,
+                          p.H * p.R, p.R,    p.H * p.W, p.W, p.w_uv_dtype, o_dtype};
+}
 
 int64_t helix_exchange_bytes(int64_t cp, int64_t T, int64_t H_tp, int64_t width) {
   return (cp - 1) * T * (H_tp / cp) * (width + 1) * 4;
 }
 
-void helix_attention(Communicator& cp_comm, PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
-                     const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
-                     int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
-                     HelixAttentionTimings* timings) {
-  validate(cp_comm, cache, q, new_kv, positions, seq_ids, q_seq_index, kv_lora_rank, w_uv, out);
-  const StepTokens step{positions.ptr<int64_t>(), q_seq_index.ptr<int64_t>(), seq_ids.ptr<int64_t>(), q.dim(0),
-                        seq_ids.dim(0)};
-  StepPlan plan = cache.table().plan_step(step);
-  const std::vector<int64_t> new_rows = cache.table().commit_step(plan);
-  try {
-    helix_attention(cp_comm, cache.table(), cache.pool(), step, new_rows.data(), q, new_kv, scale, kv_lora_rank, w_uv,
-                    out, timings);
-  } catch (...) {
-    cache.table().undo_step(plan);
-    throw;
-  }
-}
+void helix_attention_cpu(const HelixAttentionParams& p, Communicator& cp_comm, const HelixStageMark& mark) {
+  const int64_t T = p.T, H = p.H, R = p.R, W = p.W, cp = cp_comm.size(), Hc = H / cp;
+  const auto done = [&](HelixStage stage) {
+    if (mark) mark(stage);
+  };
+  kv_append_cpu(KvAppendParams{p.pool, p.new_kv, p.new_rows, T, p.D * dtype_size(p.kv_dtype)});
+  done(HelixStage::Append);
 
-void helix_attention(Communicator& cp_comm, const BlockTable& table, KVPool& pool, const StepTokens& step,
-                     const int64_t* new_rows, const TensorView& q, const TensorView& new_kv, float scale,
-                     int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
-                     HelixAttentionTimings* timings) {
-  const int64_t T = q.dim(0), H = q.dim(1), R = kv_lora_rank, cp = cp_comm.size(), Hc = H / cp;
-  const int64_t W = out.dim(2);
-  HelixAttentionTimings local;
-  double t0 = now();
+  std::vector<float> o_part(static_cast<size_t>(T * H * R)), lse_part(static_cast<size_t>(T * H));  // [T,H,R], [T,H]
+  paged_mla_attention_cpu(local_attention_params(p, o_part.data(), lse_part.data()));
+  done(HelixStage::Attention);
 
-  pool.write_rows(new_rows, T, new_kv.data);
-  double t1 = now();
-  local.append_s = t1 - t0;
-
-  // Partial attention over the local shard: o_part [T, H, R], lse_part [T, H].
-  std::vector<float> o_part(static_cast<size_t>(T * H * R)), lse_part(static_cast<size_t>(T * H));
-  local_attention(table, pool, step, q, scale, R, o_part.data(), lse_part.data());
-  double t2 = now();
-  local.attention_s = t2 - t1;
-
-  // Optional W_UV before the exchange: values [T, H, W].
-  std::vector<float> projected;
+  std::vector<float> projected;  // [T, H, W]
   const float* values = o_part.data();
-  if (w_uv.data != nullptr) {
+  if (p.w_uv != nullptr) {
     projected.resize(static_cast<size_t>(T * H * W));
-    HeadLinearParams hp;
-    hp.x = o_part.data();
-    hp.w = w_uv.data;
-    hp.w_dtype = w_uv.dtype;
-    hp.y = projected.data();
-    hp.T = T;
-    hp.H = H;
-    hp.N = W;
-    hp.K = R;
-    hp.ldx = H * R;
-    hp.x_head_stride = R;
-    hp.ldy = H * W;
-    hp.y_head_stride = W;
-    head_linear_cpu(hp);
+    head_linear_cpu(wuv_params(p, o_part.data(), DType::Float32, projected.data()));
     values = projected.data();
   }
-  double t3 = now();
-  local.project_s = t3 - t2;
+  done(HelixStage::Project);
 
-  // Pack: block c = [T, Hc, W] values of head chunk c, then [T, Hc] lse. One message per destination.
-  const int64_t block = T * Hc * (W + 1);
-  std::vector<float> send(static_cast<size_t>(cp * block)), recv(static_cast<size_t>(cp * block));
-  for (int64_t c = 0; c < cp; ++c) {
-    float* dst = send.data() + c * block;
-    for (int64_t t = 0; t < T; ++t) {
-      std::memcpy(dst + t * Hc * W, values + (t * H + c * Hc) * W, static_cast<size_t>(Hc * W) * 4);
-      std::memcpy(dst + T * Hc * W + t * Hc, lse_part.data() + t * H + c * Hc, static_cast<size_t>(Hc) * 4);
+  // o_parts [cp, T*Hc, W], lse_parts [cp, T*Hc]: the cp partial states of this rank's head chunk (one CP
+  // rank: its own state, no exchange).
+  std::vector<float> o_parts, lse_parts;
+  const float* parts_o = values;
+  const float* parts_lse = lse_part.data();
+  if (cp > 1) {
+    // Pack: block c = [T, Hc, W] values of head chunk c, then [T, Hc] lse. One message per destination.
+    const int64_t block = T * Hc * (W + 1);
+    std::vector<float> send(static_cast<size_t>(cp * block)), recv(static_cast<size_t>(cp * block));
+    for (int64_t c = 0; c < cp; ++c) {
+      float* dst = send.data() + c * block;
+      for (int64_t t = 0; t < T; ++t) {
+        std::memcpy(dst + t * Hc * W, values + (t * H + c * Hc) * W, static_cast<size_t>(Hc * W) * 4);
+        std::memcpy(dst + T * Hc * W + t * Hc, lse_part.data() + t * H + c * Hc, static_cast<size_t>(Hc) * 4);
+      }
     }
-  }
-  cp_comm.all_to_all(send.data(), recv.data(), static_cast<size_t>(block) * 4);
-  double t4 = now();
-  local.exchange_s = t4 - t3;
-
-  // Unpack the cp partial states of this rank's chunk: o_parts [cp, T*Hc, W], lse_parts [cp, T*Hc].
-  std::vector<float> o_parts(static_cast<size_t>(cp * T * Hc * W)), lse_parts(static_cast<size_t>(cp * T * Hc));
-  for (int64_t c = 0; c < cp; ++c) {
-    const float* src = recv.data() + c * block;
-    std::memcpy(o_parts.data() + c * T * Hc * W, src, static_cast<size_t>(T * Hc * W) * 4);
-    std::memcpy(lse_parts.data() + c * T * Hc, src + T * Hc * W, static_cast<size_t>(T * Hc) * 4);
+    cp_comm.all_to_all(send.data(), recv.data(), static_cast<size_t>(block) * 4);
+    done(HelixStage::Exchange);
+    o_parts.resize(static_cast<size_t>(cp * T * Hc * W));
+    lse_parts.resize(static_cast<size_t>(cp * T * Hc));
+    for (int64_t c = 0; c < cp; ++c) {
+      const float* src = recv.data() + c * block;
+      std::memcpy(o_parts.data() + c * T * Hc * W, src, static_cast<size_t>(T * Hc * W) * 4);
+      std::memcpy(lse_parts.data() + c * T * Hc, src + T * Hc * W, static_cast<size_t>(T * Hc) * 4);
+    }
+    parts_o = o_parts.data();
+    parts_lse = lse_parts.data();
   }
   std::vector<float> lse_out(static_cast<size_t>(T * Hc));
-  MergeStatesParams mp;
-  mp.o_parts = o_parts.data();
-  mp.lse_parts = lse_parts.data();
-  mp.o = out.ptr<float>();
-  mp.lse = lse_out.data();
-  mp.N = cp;
-  mp.M = T * Hc;
-  mp.D = W;
-  merge_states_cpu(mp);
-  local.merge_s = now() - t4;
-  if (timings) *timings = local;
+  merge_states_cpu(MergeStatesParams{parts_o, parts_lse, p.out, lse_out.data(), cp, T * Hc, W});
+  done(HelixStage::Merge);
+}
+
+void helix_attention_on_cache(Communicator& cp_comm, PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
+                              const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
+                              float scale, int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
+                              Device device, const std::function<void(const HelixAttentionParams&)>& run) {
+  validate(cp_comm, cache, q, new_kv, positions, seq_ids, q_seq_index, scale, kv_lora_rank, w_uv, out, device);
+  BlockTable& table = cache.table();
+  const StepTokens step{positions.ptr<int64_t>(), q_seq_index.ptr<int64_t>(), seq_ids.ptr<int64_t>(), q.dim(0),
+                        seq_ids.dim(0)};
+  StepPlan plan = table.plan_step(step);
+  const std::vector<int64_t> new_rows = table.commit_step(plan);
+  try {
+    const BatchView batch = table.batch_view(step.seq_ids, step.B);
+    HelixAttentionParams p;
+    p.q = q.data;
+    p.new_kv = new_kv.data;
+    p.new_rows = new_rows.data();
+    p.q_pos = step.positions;
+    p.q_seq = step.q_seq_index;
+    p.pool = cache.pool().data();
+    p.block_tables = batch.block_tables.data();
+    p.kv_pos = table.row_positions();
+    p.num_slots = batch.num_slots.data();
+    p.w_uv = w_uv.data;
+    p.out = out.ptr<float>();
+    p.T = step.T;
+    p.H = q.dim(1);
+    p.D = q.dim(2);
+    p.R = kv_lora_rank;
+    p.W = out.dim(2);
+    p.B = step.B;
+    p.max_blocks = batch.max_blocks;
+    p.tokens_per_block = table.tokens_per_block();
+    p.max_num_slots = batch.max_num_slots;
+    p.scale = scale;
+    p.q_dtype = q.dtype;
+    p.kv_dtype = cache.pool().dtype();
+    p.w_uv_dtype = w_uv.data != nullptr ? w_uv.dtype : DType::Float32;
+    run(p);
+  } catch (...) {
+    table.undo_step(plan);
+    throw;
+  }
 }
 
 }  // namespace helix

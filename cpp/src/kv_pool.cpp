@@ -7,6 +7,7 @@
 #include <new>
 
 #include "helix/error.hpp"
+#include "helix/ops/kv_append.hpp"
 
 namespace helix {
 
@@ -39,11 +40,7 @@ KVPool::KVPool(int64_t num_blocks, int64_t tokens_per_block, int64_t head_dim, D
 }
 
 void KVPool::write_rows(const int64_t* dst_rows, int64_t n, const void* rows) {
-  const int64_t rb = row_bytes();
-  const auto* src = static_cast<const unsigned char*>(rows);
-  for (int64_t i = 0; i < n; ++i) {
-    if (dst_rows[i] >= 0) std::memcpy(row(dst_rows[i]), src + i * rb, static_cast<size_t>(rb));
-  }
+  kv_append_cpu(KvAppendParams{data(), rows, dst_rows, n, row_bytes()});
 }
 
 void KVPool::fill_rows(const int64_t* rows, int64_t n, float value) {

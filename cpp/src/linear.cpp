@@ -226,7 +226,7 @@ bool amx_item(const LinearParams& p, const detail::TileOps& ops, const void* qpa
   const detail::TileScratch scratch{nullptr, nullptr, extra, ws.next.data(), next_count, row_bytes};
   ops.qk(qpack, ws.rows.data(), nt, p.K, Mp, St, scratch);
   for (int64_t m = 0; m < M; ++m) {
-    float* y = p.y + (t0 + m) * p.ldy + n0;
+    float* y = static_cast<float*>(p.y) + (t0 + m) * p.ldy + n0;
     if (p.accumulate) {
       for (int64_t n = 0; n < nt; ++n) y[n] += St[n * Mp + m];
     } else {
@@ -260,7 +260,7 @@ void run_linear_amx(const LinearParams& p) {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblk; ++b) {
       const int64_t t0 = b * tb, M = std::min(tb, p.T - t0);
-      pack_tokens(p.x + t0 * p.ldx, p.ldx, M, round_up(M, 16), p.K, packs + b * pack_stride);
+      pack_tokens(static_cast<const float*>(p.x) + t0 * p.ldx, p.ldx, M, round_up(M, 16), p.K, packs + b * pack_stride);
     }
     // (the implicit barrier of the loop above: every block is packed before any product)
 #pragma omp for schedule(dynamic, 1)
@@ -339,39 +339,6 @@ void linear_cpu_isa(const LinearParams& p, std::string_view name) {
   } else {
     throw ArgumentError(
         detail::concat("argument 'isa' must be amx, avx512_bf16_split, avx512, avx2 or portable, got ", name));
-  }
-}
-
-void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate, std::string_view isa) {
-  check_tensor(x, "x", 2, {DType::Float32});
-  check_tensor(w, "w", 2, {DType::Float32, DType::BFloat16});
-  check_tensor(y, "y", 2, {DType::Float32});
-  const int64_t T = x.dim(0), K = x.dim(1), N = w.dim(0);
-  check_dim(w, "w", 1, K, "x.shape[1] (K)");
-  check_dim(y, "y", 0, T, "x.shape[0] (T)");
-  check_dim(y, "y", 1, N, "w.shape[0] (N)");
-  const auto overlaps = [](const TensorView& a, const TensorView& b) {
-    const auto* a0 = static_cast<const char*>(a.data);
-    const auto* b0 = static_cast<const char*>(b.data);
-    return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
-  };
-  HELIX_CHECK_ARG(!overlaps(y, x), "argument 'y' must not overlap 'x'");
-  HELIX_CHECK_ARG(!overlaps(y, w), "argument 'y' must not overlap 'w'");
-  LinearParams p;
-  p.x = x.ptr<const float>();
-  p.w = w.data;
-  p.y = y.ptr<float>();
-  p.T = T;
-  p.N = N;
-  p.K = K;
-  p.ldx = K;
-  p.ldy = N;
-  p.w_dtype = w.dtype;
-  p.accumulate = accumulate;
-  if (isa.empty()) {
-    linear_cpu(p);
-  } else {
-    linear_cpu_isa(p, isa);
   }
 }
 

@@ -14,13 +14,6 @@ namespace {
 // Below this many multiply-adds the OpenMP fork/join costs more than the work.
 constexpr int64_t kParallelMinWork = 1 << 15;
 
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.nbytes() == 0 || b.nbytes() == 0) return false;
-  const auto* a0 = static_cast<const unsigned char*>(a.data);
-  const auto* b0 = static_cast<const unsigned char*>(b.data);
-  return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
-}
-
 }  // namespace
 
 void merge_states_cpu(const MergeStatesParams& p) {
@@ -62,36 +55,6 @@ void merge_states_cpu(const MergeStatesParams& p) {
     }
     p.lse[m] = mx + std::log(sum);
   }
-}
-
-void merge_states(const TensorView& o_parts, const TensorView& lse_parts, const TensorView& o, const TensorView& lse) {
-  check_tensor(o_parts, "o_parts", 4, {DType::Float32});
-  check_tensor(lse_parts, "lse_parts", 3, {DType::Float32});
-  check_tensor(o, "o", 3, {DType::Float32});
-  check_tensor(lse, "lse", 2, {DType::Float32});
-  const int64_t N = o_parts.dim(0), T = o_parts.dim(1), H = o_parts.dim(2), D = o_parts.dim(3);
-  check_dim(lse_parts, "lse_parts", 0, N, "o_parts.shape[0] (N)");
-  check_dim(lse_parts, "lse_parts", 1, T, "o_parts.shape[1] (T)");
-  check_dim(lse_parts, "lse_parts", 2, H, "o_parts.shape[2] (H)");
-  check_dim(o, "o", 0, T, "o_parts.shape[1] (T)");
-  check_dim(o, "o", 1, H, "o_parts.shape[2] (H)");
-  check_dim(o, "o", 2, D, "o_parts.shape[3] (D)");
-  check_dim(lse, "lse", 0, T, "o_parts.shape[1] (T)");
-  check_dim(lse, "lse", 1, H, "o_parts.shape[2] (H)");
-  for (const auto& [out, out_name] : {std::pair{&o, "o"}, std::pair{&lse, "lse"}}) {
-    HELIX_CHECK_ARG(!overlaps(*out, o_parts) && !overlaps(*out, lse_parts), "argument '", out_name,
-                    "' must not overlap the inputs o_parts / lse_parts");
-  }
-  HELIX_CHECK_ARG(!overlaps(o, lse), "arguments 'o' and 'lse' must not overlap");
-  MergeStatesParams p;
-  p.o_parts = o_parts.ptr<const float>();
-  p.lse_parts = lse_parts.ptr<const float>();
-  p.o = o.ptr<float>();
-  p.lse = lse.ptr<float>();
-  p.N = N;
-  p.M = T * H;
-  p.D = D;
-  merge_states_cpu(p);
 }
 
 }  // namespace helix

@@ -1,5 +1,5 @@
 // MLA partial attention on the CPU: the driver (work split, online softmax over key tiles, merge of the
-// per-thread partials) and the validated ops. The tile arithmetic lives in
+// per-thread partials) and the contiguous and paged entry points. The tile arithmetic lives in
 // mla_attention_{amx,avx512,portable}.cpp.
 //
 // Work split: query rows (t, h) are flattened and cut into blocks of kRowBlock rows; when there are fewer
@@ -75,18 +75,20 @@ void widen_tile(const void* const* keys, int64_t nt, int64_t D, float* out) {
 
 // Where the keys of one call live: a contiguous [S, D] array or a sequence of a paged pool.
 struct KeySource {
-  const unsigned char* base;  // contiguous: [S, D]; paged: pool [num_blocks, tokens_per_block, D]
-  int64_t row_bytes;          // D * dtype size
-  const int64_t* pos;         // [S] global positions
-  int64_t S;
+  const unsigned char* base;   // contiguous: [S, D]; paged: pool [num_blocks * tokens_per_block, D]
+  int64_t row_bytes;           // D * dtype size
+  const int64_t* pos;          // global position of each row: contiguous [S]; paged [num_blocks * tokens_per_block]
+  int64_t S;                   // keys (slots) of the call
   const int32_t* block_table;  // paged: [ceil(S / tokens_per_block)]; nullptr: contiguous
   int64_t tokens_per_block;
 
-  const void* row(int64_t s) const {
-    if (block_table == nullptr) return base + s * row_bytes;
-    const int64_t block = block_table[s / tokens_per_block];
-    return base + (block * tokens_per_block + s % tokens_per_block) * row_bytes;
+  // The row of slot s: s itself, or the paged layout (SequenceView::pool_row).
+  int64_t row_index(int64_t s) const {
+    if (block_table == nullptr) return s;
+    return int64_t{block_table[s / tokens_per_block]} * tokens_per_block + s % tokens_per_block;
   }
+  const void* row(int64_t s) const { return base + row_index(s) * row_bytes; }
+  int64_t position(int64_t s) const { return pos[row_index(s)]; }
 };
 
 using detail::AlignedBuffer;
@@ -253,8 +255,9 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
     const int64_t nt = std::min(key_tile, k_end - s0);
     int64_t k_min = std::numeric_limits<int64_t>::max(), k_max = std::numeric_limits<int64_t>::min();
     for (int64_t n = 0; n < nt; ++n) {
-      k_min = std::min(k_min, src.pos[s0 + n]);
-      k_max = std::max(k_max, src.pos[s0 + n]);
+      const int64_t kp = src.position(s0 + n);
+      k_min = std::min(k_min, kp);
+      k_max = std::max(k_max, kp);
     }
     if (k_min > q_max) continue;  // no query of this block sees any key of the tile
     for (int64_t n = 0; n < nt; ++n) ws.keys[n] = src.row(s0 + n);
@@ -270,7 +273,7 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
     ops.qk(qpack, ws.keys.data(), nt, p.D, Mp, St, scratch);
     if (k_max > q_min) {  // causal mask: some (row, key) pairs are invisible
       for (int64_t n = 0; n < nt; ++n) {
-        const int64_t kp = src.pos[s0 + n];
+        const int64_t kp = src.position(s0 + n);
         if (kp <= q_min) continue;
         float* s = St + n * Mp;
         for (int64_t m = 0; m < M; ++m) {
@@ -412,128 +415,32 @@ std::string_view mla_kernel_path_name(MlaKernelPath path) {
 
 void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S, DType kv_dtype) {
   const KeySource src{static_cast<const unsigned char*>(kv), p.D * dtype_size(kv_dtype), kv_pos, S, nullptr, 0};
-  run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, kv_dtype);
+  run_attention(p, nullptr, p.T, src, kv_dtype);
 }
 
-void paged_mla_attention_cpu(const MlaAttentionParams& p, const KVPool& pool, const SequenceView& seq) {
-  const KeySource src{static_cast<const unsigned char*>(pool.data()),
-                      pool.row_bytes(),
-                      seq.positions,
-                      seq.num_tokens,
-                      seq.block_table,
-                      seq.tokens_per_block};
-  run_attention(p, p.tokens, p.tokens ? p.num_tokens : p.T, src, pool.dtype());
-}
-
-// ---- validated ops ---------------------------------------------------------------------------------------
-
-namespace {
-
-void check_scale_and_rank(float scale, int64_t kv_lora_rank, int64_t D) {
-  HELIX_CHECK_ARG(std::isfinite(scale) && scale > 0.f, "argument 'scale' must be finite and > 0, got ", scale);
-  HELIX_CHECK_ARG(kv_lora_rank > 0 && kv_lora_rank <= D, "argument 'kv_lora_rank' must be in (0, D] with D = ", D,
-                  " (q.shape[2]), got ", kv_lora_rank);
-}
-
-void check_outputs(const TensorView& o, const TensorView& lse, const MlaShape& s) {
-  check_tensor(o, "o", 3, {DType::Float32});
-  check_dim(o, "o", 0, s.T, "T");
-  check_dim(o, "o", 1, s.H, "H");
-  check_dim(o, "o", 2, s.R, "kv_lora_rank");
-  check_tensor(lse, "lse", 2, {DType::Float32});
-  check_dim(lse, "lse", 0, s.T, "T");
-  check_dim(lse, "lse", 1, s.H, "H");
-}
-
-}  // namespace
-
-MlaShape check_mla_attention_args(const TensorView& q, const TensorView& kv, const TensorView& q_pos,
-                                  const TensorView& kv_pos, float scale, int64_t kv_lora_rank) {
-  check_tensor(q, "q", 3, {DType::Float32, DType::BFloat16});
-  check_tensor(kv, "kv", 2, {DType::Float32, DType::BFloat16});
-  check_tensor(q_pos, "q_pos", 1, {DType::Int64});
-  check_tensor(kv_pos, "kv_pos", 1, {DType::Int64});
-  MlaShape s{q.dim(0), q.dim(1), q.dim(2), kv_lora_rank, kv.dim(0)};
-  check_dim(kv, "kv", 1, s.D, "q.shape[2] (D)");
-  check_dim(q_pos, "q_pos", 0, s.T, "q.shape[0] (T)");
-  check_dim(kv_pos, "kv_pos", 0, s.S, "kv.shape[0] (S)");
-  check_scale_and_rank(scale, kv_lora_rank, s.D);
-  return s;
-}
-
-void mla_attention(const TensorView& q, const TensorView& kv, const TensorView& q_pos, const TensorView& kv_pos,
-                   float scale, int64_t kv_lora_rank, const TensorView& o, const TensorView& lse) {
-  const MlaShape s = check_mla_attention_args(q, kv, q_pos, kv_pos, scale, kv_lora_rank);
-  check_outputs(o, lse, s);
-  MlaAttentionParams p;
-  p.q = q.data;
-  p.q_pos = q_pos.ptr<const int64_t>();
-  p.o = o.ptr<float>();
-  p.lse = lse.ptr<float>();
-  p.T = s.T;
-  p.H = s.H;
-  p.D = s.D;
-  p.R = s.R;
-  p.scale = scale;
-  p.q_dtype = q.dtype;
-  mla_attention_cpu(p, kv.data, kv_pos.ptr<const int64_t>(), s.S, kv.dtype);
-}
-
-MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos, const KVPool& pool,
-                                        const BlockTable& table, const TensorView& seq_ids,
-                                        const TensorView& q_seq_index, float scale, int64_t kv_lora_rank) {
-  check_tensor(q, "q", 3, {DType::Float32, DType::BFloat16});
-  check_tensor(q_pos, "q_pos", 1, {DType::Int64});
-  check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
-  check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
-  MlaShape s{q.dim(0), q.dim(1), q.dim(2), kv_lora_rank, 0};
-  check_dim(q, "q", 2, pool.head_dim(), "the cache's head_dim");
-  HELIX_CHECK_ARG(pool.num_rows() == table.num_blocks() * table.tokens_per_block(), "argument 'pool' has ",
-                  pool.num_rows(), " rows but the block table addresses ", table.num_blocks(), " x ",
-                  table.tokens_per_block());
-  check_dim(q_pos, "q_pos", 0, s.T, "q.shape[0] (T)");
-  check_dim(q_seq_index, "q_seq_index", 0, s.T, "q.shape[0] (T)");
-  check_scale_and_rank(scale, kv_lora_rank, s.D);
-  const int64_t B = seq_ids.dim(0);
-  const int64_t* ids = seq_ids.ptr<const int64_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    HELIX_CHECK_ARG(table.has_sequence(ids[b]), "argument 'seq_ids': sequence ", ids[b], " (seq_ids[", b,
-                    "]) is not in the cache");
-  }
-  const int64_t* idx = q_seq_index.ptr<const int64_t>();
-  for (int64_t t = 0; t < s.T; ++t) {
-    HELIX_CHECK_ARG(idx[t] >= 0 && idx[t] < B, "argument 'q_seq_index': q_seq_index[", t, "] = ", idx[t],
-                    " is not in [0, ", B, ") (len(seq_ids))");
-  }
-  return s;
-}
-
-void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const KVPool& pool, const BlockTable& table,
-                         const TensorView& seq_ids, const TensorView& q_seq_index, float scale, int64_t kv_lora_rank,
-                         const TensorView& o, const TensorView& lse) {
-  const MlaShape s = check_paged_mla_attention_args(q, q_pos, pool, table, seq_ids, q_seq_index, scale, kv_lora_rank);
-  check_outputs(o, lse, s);
-  const int64_t B = seq_ids.dim(0);
-  // The query tokens of each sequence, in order.
-  std::vector<std::vector<int64_t>> tokens(static_cast<size_t>(B));
-  const int64_t* idx = q_seq_index.ptr<const int64_t>();
-  for (int64_t t = 0; t < s.T; ++t) tokens[idx[t]].push_back(t);
-  MlaAttentionParams p;
-  p.q = q.data;
-  p.q_pos = q_pos.ptr<const int64_t>();
-  p.o = o.ptr<float>();
-  p.lse = lse.ptr<float>();
-  p.T = s.T;
-  p.H = s.H;
-  p.D = s.D;
-  p.R = s.R;
-  p.scale = scale;
-  p.q_dtype = q.dtype;
-  for (int64_t b = 0; b < B; ++b) {
+void paged_mla_attention_cpu(const PagedMlaAttentionParams& p) {
+  std::vector<std::vector<int64_t>> tokens(static_cast<size_t>(p.B));  // the query tokens of each sequence
+  for (int64_t t = 0; t < p.T; ++t) tokens[p.q_seq[t]].push_back(t);
+  MlaAttentionParams mp;
+  mp.q = p.q;
+  mp.q_pos = p.q_pos;
+  mp.o = p.o;
+  mp.lse = p.lse;
+  mp.T = p.T;
+  mp.H = p.H;
+  mp.D = p.D;
+  mp.R = p.R;
+  mp.scale = p.scale;
+  mp.q_dtype = p.q_dtype;
+  for (int64_t b = 0; b < p.B; ++b) {
     if (tokens[b].empty()) continue;
-    p.tokens = tokens[b].data();
-    p.num_tokens = static_cast<int64_t>(tokens[b].size());
-    paged_mla_attention_cpu(p, pool, table.view(seq_ids.ptr<const int64_t>()[b]));
+    const KeySource src{static_cast<const unsigned char*>(p.pool),
+                        p.D * dtype_size(p.kv_dtype),
+                        p.kv_pos,
+                        p.num_slots[b],
+                        p.block_tables + b * p.max_blocks,
+                        p.tokens_per_block};
+    run_attention(mp, tokens[b].data(), static_cast<int64_t>(tokens[b].size()), src, p.kv_dtype);
   }
 }
 

@@ -69,40 +69,4 @@ void moe_route_cpu(const MoeRouteParams& p) {
   }
 }
 
-void moe_route(const TensorView& logits, const TensorView& bias, int64_t top_k, int64_t n_group, int64_t topk_group,
-               bool norm_topk_prob, float routed_scaling_factor, const TensorView& topk_idx,
-               const TensorView& topk_weight) {
-  check_tensor(logits, "logits", 2, {DType::Float32});
-  check_tensor(bias, "bias", 1, {DType::Float32});
-  check_tensor(topk_idx, "topk_idx", 2, {DType::Int32});
-  check_tensor(topk_weight, "topk_weight", 2, {DType::Float32});
-  const int64_t T = logits.dim(0), E = logits.dim(1);
-  check_dim(bias, "bias", 0, E, "logits.shape[1] (number of experts)");
-  HELIX_CHECK_ARG(n_group >= 1 && E % n_group == 0, "argument 'n_group' (", n_group,
-                  ") must be >= 1 and divide the number of experts (", E, ")");
-  HELIX_CHECK_ARG(topk_group >= 1 && topk_group <= n_group, "argument 'topk_group' (", topk_group,
-                  ") must be in [1, n_group = ", n_group, "]");
-  const int64_t eligible = topk_group * (E / n_group);
-  HELIX_CHECK_ARG(top_k >= 1 && top_k <= eligible, "argument 'top_k' (", top_k,
-                  ") must be in [1, topk_group * experts per group = ", eligible, "]");
-  HELIX_CHECK_ARG(std::isfinite(routed_scaling_factor), "argument 'routed_scaling_factor' must be finite");
-  check_dim(topk_idx, "topk_idx", 0, T, "logits.shape[0] (T)");
-  check_dim(topk_idx, "topk_idx", 1, top_k, "top_k");
-  check_dim(topk_weight, "topk_weight", 0, T, "logits.shape[0] (T)");
-  check_dim(topk_weight, "topk_weight", 1, top_k, "top_k");
-  MoeRouteParams p;
-  p.logits = logits.ptr<const float>();
-  p.bias = bias.ptr<const float>();
-  p.topk_idx = topk_idx.ptr<int32_t>();
-  p.topk_weight = topk_weight.ptr<float>();
-  p.T = T;
-  p.E = E;
-  p.top_k = top_k;
-  p.n_group = n_group;
-  p.topk_group = topk_group;
-  p.norm_topk_prob = norm_topk_prob;
-  p.routed_scaling_factor = routed_scaling_factor;
-  moe_route_cpu(p);
-}
-
 }  // namespace helix

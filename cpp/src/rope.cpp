@@ -19,7 +19,7 @@ void rope_cpu(const RopeParams& p) {
         cs[half + i] = static_cast<float>(std::sin(a)) * p.attention_factor;
       }
       for (int64_t h = 0; h < p.H; ++h) {
-        float* v = p.x + (t * p.H + h) * p.stride + p.offset;
+        float* v = static_cast<float*>(p.x) + (t * p.H + h) * p.stride + p.offset;  // [P]
         for (int64_t i = 0; i < half; ++i) {
           const float x0 = v[2 * i], x1 = v[2 * i + 1], c = cs[i], s = cs[half + i];
           v[2 * i] = x0 * c - x1 * s;
@@ -28,32 +28,6 @@ void rope_cpu(const RopeParams& p) {
       }
     }
   }
-}
-
-void rope(const TensorView& x, const TensorView& pos, const TensorView& inv_freq, int64_t offset,
-          float attention_factor) {
-  HELIX_CHECK_ARG(x.ndim() == 2 || x.ndim() == 3, "argument 'x' must have shape [T, S] or [T, H, S], got ",
-                  shape_str(x.shape));
-  check_tensor(x, "x", x.ndim(), {DType::Float32});
-  check_tensor(pos, "pos", 1, {DType::Int64});
-  check_tensor(inv_freq, "inv_freq", 1, {DType::Float32});
-  const int64_t T = x.dim(0), H = x.ndim() == 3 ? x.dim(1) : 1, S = x.dim(-1);
-  const int64_t P = 2 * inv_freq.dim(0);
-  check_dim(pos, "pos", 0, T, "x.shape[0] (T)");
-  HELIX_CHECK_ARG(offset >= 0 && offset + P <= S, "argument 'offset' (", offset, ") must satisfy 0 <= offset and ",
-                  "offset + rope_dim (", P, ") <= x.shape[-1] (", S, ")");
-  HELIX_CHECK_ARG(std::isfinite(attention_factor), "argument 'attention_factor' must be finite");
-  RopeParams p;
-  p.x = x.ptr<float>();
-  p.pos = pos.ptr<const int64_t>();
-  p.inv_freq = inv_freq.ptr<const float>();
-  p.T = T;
-  p.H = H;
-  p.stride = S;
-  p.offset = offset;
-  p.P = P;
-  p.attention_factor = attention_factor;
-  rope_cpu(p);
 }
 
 }  // namespace helix

@@ -30,4 +30,11 @@ void check_dim(const TensorView& t, const char* name, int64_t axis, int64_t expe
                   " must equal ", what, " (", expected, ")");
 }
 
+bool overlaps(const TensorView& a, const TensorView& b) {
+  if (a.nbytes() == 0 || b.nbytes() == 0) return false;
+  const auto* a0 = static_cast<const unsigned char*>(a.data);
+  const auto* b0 = static_cast<const unsigned char*>(b.data);
+  return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
 }  // namespace helix

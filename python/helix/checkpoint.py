@@ -10,7 +10,9 @@ A model folder holds either ``model.safetensors`` or shards listed by ``model.sa
 (``{"weight_map": {tensor name: file name}}``). DeepSeek FP8 weights (``F8_E4M3``) carry
 ``<name>_scale_inv`` (``<module>.weight_scale_inv``, fp32 ``[ceil(rows/br), ceil(cols/bc)]``) and are
 dequantized at load: ``W[i, j] = q[i, j] * scale_inv[i // br, j // bc]`` in float32, edge blocks partial.
-Multi-token-prediction layers (``model.layers.L`` with L >= num_hidden_layers) are ignored.
+Multi-token-prediction (MTP) layers (``model.layers.L`` with L >= num_hidden_layers) are not part of the
+model's tensors: ``validate`` / ``load_weights`` skip them, and ``validate_mtp`` / ``load_mtp_weights`` (or
+``require_mtp``, for speculative decoding) check and read the one the config declares.
 """
 
 from __future__ import annotations
@@ -27,15 +29,18 @@ import ml_dtypes
 import numpy as np
 
 from helix.config import ModelConfig
+from helix.model_tensors import expected_mtp_tensors, expected_tensors, is_fp8_quantizable
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
     "SafetensorsFile",
     "TensorInfo",
+    "expected_mtp_tensors",
     "expected_tensors",
     "is_fp8_quantizable",
     "layer_index",
+    "require_mtp",
     "SAFETENSORS_DTYPES",
 ]
 
@@ -102,69 +107,6 @@ def layer_index(name: str) -> int | None:
     """Decoder layer index of a tensor name (``model.layers.L.*``), None for other tensors."""
     m = _LAYER_RE.match(name)
     return int(m.group(1)) if m else None
-
-
-_FP8_MODULES = frozenset(
-    [
-        "q_proj",
-        "q_a_proj",
-        "q_b_proj",
-        "kv_a_proj_with_mqa",
-        "kv_b_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]
-)
-
-
-def is_fp8_quantizable(name: str) -> bool:
-    """Whether DeepSeek FP8 checkpoints store this tensor as float8 with a weight_scale_inv: the Linear
-    weights of the decoder layers (embedding, lm_head, norms and the router stay unquantized)."""
-    parts = name.split(".")
-    return name.startswith("model.layers.") and parts[-1] == "weight" and parts[-2] in _FP8_MODULES
-
-
-def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a checkpoint of ``config`` must hold, name -> shape (Linear weights are [out, in])."""
-    c = config
-    H, D = c.num_attention_heads, c.hidden_size
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, D)}
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        out[p + "input_layernorm.weight"] = (D,)
-        out[p + "post_attention_layernorm.weight"] = (D,)
-        a = p + "self_attn."
-        if c.q_lora_rank is None:
-            out[a + "q_proj.weight"] = (H * c.qk_head_dim, D)
-        else:
-            out[a + "q_a_proj.weight"] = (c.q_lora_rank, D)
-            out[a + "q_a_layernorm.weight"] = (c.q_lora_rank,)
-            out[a + "q_b_proj.weight"] = (H * c.qk_head_dim, c.q_lora_rank)
-        out[a + "kv_a_proj_with_mqa.weight"] = (c.kv_lora_rank + c.qk_rope_head_dim, D)
-        out[a + "kv_a_layernorm.weight"] = (c.kv_lora_rank,)
-        out[a + "kv_b_proj.weight"] = (H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank)
-        out[a + "o_proj.weight"] = (D, H * c.v_head_dim)
-        m = p + "mlp."
-        if c.is_moe_layer(i):
-            out[m + "gate.weight"] = (c.n_routed_experts, D)
-            out[m + "gate.e_score_correction_bias"] = (c.n_routed_experts,)
-            for e in range(c.n_routed_experts):
-                _mlp(out, f"{m}experts.{e}.", D, c.moe_intermediate_size)
-            if c.n_shared_experts:
-                _mlp(out, m + "shared_experts.", D, c.moe_intermediate_size * c.n_shared_experts)
-        else:
-            _mlp(out, m, D, c.intermediate_size)
-    out["model.norm.weight"] = (D,)
-    out["lm_head.weight"] = (c.vocab_size, D)
-    return out
-
-
-def _mlp(out: dict[str, tuple[int, ...]], prefix: str, hidden: int, inter: int) -> None:
-    out[prefix + "gate_proj.weight"] = (inter, hidden)
-    out[prefix + "up_proj.weight"] = (inter, hidden)
-    out[prefix + "down_proj.weight"] = (hidden, inter)
 
 
 @dataclass(frozen=True)
@@ -302,7 +244,7 @@ class Checkpoint:
         model_dir: Path,
         files: list[SafetensorsFile],
         locations: dict[str, SafetensorsFile],
-        num_hidden_layers: int | None,
+        visible_layers: int | None,
         fp8_block: tuple[int, int],
         index_path: Path | None,
     ) -> None:
@@ -310,14 +252,15 @@ class Checkpoint:
         self.files = files
         self.index_path = index_path
         self.fp8_block = fp8_block
-        self._num_hidden_layers = num_hidden_layers
+        self._visible_layers = visible_layers
         self._where = locations
 
     @classmethod
     def open(cls, model_dir: str | Path, config: ModelConfig | None = None) -> Checkpoint:
         """Open ``model.safetensors``, or the shards of ``model.safetensors.index.json``, or else every
-        ``*.safetensors`` of the folder. With ``config``, tensors of layers >= num_hidden_layers (the MTP
-        layer) are hidden and the FP8 block size comes from its quantization_config (default 128x128)."""
+        ``*.safetensors`` of the folder. With ``config``, tensors of layers the config does not declare
+        (index >= num_hidden_layers + num_nextn_predict_layers) are hidden and the FP8 block size comes from
+        its quantization_config (default 128x128)."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise CheckpointError(f"{model_dir}: not a model folder")
@@ -359,17 +302,17 @@ class Checkpoint:
         block = (128, 128)
         if config is not None and config.quantization is not None:
             block = (config.quantization.block_rows, config.quantization.block_cols)
-        layers = None if config is None else config.num_hidden_layers
+        layers = None if config is None else config.num_hidden_layers + config.num_nextn_predict_layers
         return cls(model_dir, files, where, layers, block, index_path if index_path.exists() else None)
 
     # ---- lookup ------------------------------------------------------------------------------
 
     def _visible(self, name: str) -> bool:
         layer = layer_index(name)
-        return layer is None or self._num_hidden_layers is None or layer < self._num_hidden_layers
+        return layer is None or self._visible_layers is None or layer < self._visible_layers
 
     def names(self) -> list[str]:
-        """Tensor names (MTP layers excluded when opened with a config), sorted."""
+        """Tensor names (with a config: of the layers it declares), sorted."""
         return sorted(n for n in self._where if self._visible(n))
 
     def __contains__(self, name: str) -> bool:
@@ -456,19 +399,54 @@ class Checkpoint:
         self.validate(config)
         return self.load(expected_tensors(config), dtype=dtype)
 
+    def load_mtp_weights(
+        self, config: ModelConfig, dtype: np.dtype | type = np.float32
+    ) -> dict[str, np.ndarray]:
+        """Validate the MTP layer (``validate_mtp``), then its tensors (``expected_mtp_tensors``), whole."""
+        self.validate_mtp(config)
+        return self.load(expected_mtp_tensors(config), dtype=dtype)
+
     # ---- validation --------------------------------------------------------------------------
 
     def validate(self, config: ModelConfig) -> None:
         """Check that every tensor ``config`` implies is present, with its shape, in a supported dtype,
         and with a well-formed weight_scale_inv when stored as FP8. Reads headers only."""
         where = self.index_path or self.model_dir
-        missing = [n for n in expected_tensors(config) if n not in self]
+        expected = expected_tensors(config)
+        missing = [n for n in expected if n not in self]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise CheckpointError(
                 f"{where}: missing tensor {missing[0]!r}{more}, required by {config.source}"
             )
-        for name, shape in expected_tensors(config).items():
+        self._check_tensors(expected, config)
+
+    def validate_mtp(self, config: ModelConfig) -> None:
+        """Check the multi-token-prediction layer speculative decoding needs, as ``validate`` checks the
+        model: declared by the config (num_nextn_predict_layers >= 1), every tensor of
+        ``expected_mtp_tensors`` present (all missing ones are named), shapes, dtypes, FP8 scales."""
+        where = self.index_path or self.model_dir
+        if config.num_nextn_predict_layers == 0:
+            raise CheckpointError(
+                f"speculative decoding needs a multi-token-prediction (MTP) layer, but {config.source} has "
+                "num_nextn_predict_layers = 0 (absent or 0): this checkpoint ships no MTP weights "
+                "(DeepSeek-V3/R1 checkpoints set it to 1 and hold model.layers.<num_hidden_layers>.*)"
+            )
+        expected = expected_mtp_tensors(config)
+        missing = [n for n in expected if n not in self]
+        if missing:
+            shown = ", ".join(repr(n) for n in missing[:8])
+            more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            raise CheckpointError(
+                f"{where}: the multi-token-prediction layer {config.mtp_layer_index} that "
+                f"num_nextn_predict_layers = {config.num_nextn_predict_layers} in {config.source} declares "
+                f"is incomplete: missing {len(missing)} of its {len(expected)} tensors: {shown}{more}"
+            )
+        self._check_tensors(expected, config)
+
+    def _check_tensors(self, expected: dict[str, tuple[int, ...]], config: ModelConfig) -> None:
+        """Shape, dtype and FP8 scale of every (present) tensor of ``expected``."""
+        for name, shape in expected.items():
             info = self.info(name)
             if info.shape != shape:
                 raise CheckpointError(
@@ -514,6 +492,16 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def require_mtp(model_dir: str | Path, config: ModelConfig | None = None) -> ModelConfig:
+    """The config of a model folder whose checkpoint has a complete multi-token-prediction layer: what
+    ``--speculative-tokens`` (the CLI, helix.LLM) checks before anything else is built. Raises
+    CheckpointError naming the config key or the missing tensors (ModelConfigError for a bad config.json)."""
+    config = config if config is not None else ModelConfig.from_pretrained(model_dir)
+    with Checkpoint.open(model_dir, config) as ckpt:
+        ckpt.validate_mtp(config)
+    return config
 
 
 def _read_index(path: Path) -> dict[str, str]:

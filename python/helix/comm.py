@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["abort_on_exception", "from_mpi4py", "mpiexec", "self_communicator", "watch_peers", "world"]
 
@@ -72,6 +72,24 @@ def world() -> Any:
     return comm
 
 
+# How long a rank waits between writing its last words and MPI_Abort. mpiexec forwards stderr through
+# its proxy, which stops reading once the abort starts the teardown; on a loaded 2-core machine 0.25 s
+# was not always enough (the job ended with exit code 2 and no output at all).
+ABORT_GRACE_S = 1.0
+
+
+def abort_job(message: str, code: int) -> NoReturn:
+    """Writes message to stderr, gives mpiexec a moment to forward it, then ends every rank (MPI_Abort)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.write(message)
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
+    finally:
+        _mpi().COMM_WORLD.Abort(code)
+    raise SystemExit(code)  # not reached: Abort does not return
+
+
 _installed = False
 
 
@@ -97,14 +115,7 @@ def abort_on_exception() -> bool:
         prefix = f"[helix rank {rank}/{size}] "
         lines = [f"{prefix}uncaught exception in {where}; aborting all ranks (MPI_Abort)\n"]
         lines += [prefix + line + "\n" for line in text.rstrip("\n").split("\n")]
-        try:
-            sys.stderr.write("".join(lines))
-            sys.stderr.flush()
-            # Abort tears the job down at once; on a loaded machine mpiexec's proxy sometimes had not
-            # forwarded the report yet and the job ended with no output. A moment's grace lets it.
-            time.sleep(0.25)
-        finally:
-            MPI.COMM_WORLD.Abort(1)
+        abort_job("".join(lines), 1)
 
     def excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         report_and_abort(exc_type, exc, tb, "the main thread")
@@ -163,12 +174,10 @@ def watch_peers() -> int:
             poller.register(fd, select.POLLIN)
         fd, _ = poller.poll()[0]
         dead, pid = fds[fd]
-        msg = f"[helix rank {rank}/{size}] rank {dead} (pid {pid}) on {host} died: aborting all ranks\n"
-        os.write(2, msg.encode())
-        # mpiexec forwards stderr through its proxy, which stops reading once MPI_Abort starts the
-        # teardown: give it a moment to pass the line on first.
-        time.sleep(0.5)
-        comm.Abort(1)
+        abort_job(
+            f"[helix rank {rank}/{size}] rank {dead} (pid {pid}) on {host} died: aborting all ranks\n",
+            1,
+        )
 
     threading.Thread(target=watch, name="helix-peer-watch", daemon=True).start()
     _watching = True

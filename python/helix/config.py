@@ -205,6 +205,12 @@ class ModelConfig:
             )
         return yarn_get_mscale(factor)
 
+    @property
+    def mtp_layer_index(self) -> int:
+        """Checkpoint layer index of the multi-token-prediction layer (``model.layers.<index>.``): the first
+        index after the decoder layers, whether or not the config declares one (num_nextn_predict_layers)."""
+        return self.num_hidden_layers
+
     def expert_group_size(self) -> int:
         return self.n_routed_experts // self.n_group
 
@@ -318,9 +324,24 @@ class ModelConfig:
             eos_token_ids=eos_ids,
             tie_word_embeddings=False,
             quantization=_parse_quantization(d.get("quantization_config"), source),
-            num_nextn_predict_layers=integer("num_nextn_predict_layers", 0, allow_none=True) or 0,
+            num_nextn_predict_layers=_mtp_layers(d, source),
             source=source,
         )
+
+
+def _mtp_layers(d: dict[str, Any], source: str) -> int:
+    """num_nextn_predict_layers (DeepSeek's key, which transformers 5 also writes), or its transformers alias
+    num_mtp_layers; 0 when neither is given or null. Both given and different is ambiguous."""
+    given = {k: d[k] for k in ("num_nextn_predict_layers", "num_mtp_layers") if d.get(k) is not None}
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelConfigError(f"{source}: {key}={value!r} must be an integer")
+    if len(set(given.values())) > 1:
+        raise ModelConfigError(
+            f"{source}: num_nextn_predict_layers={given['num_nextn_predict_layers']!r} and its alias "
+            f"num_mtp_layers={given['num_mtp_layers']!r} disagree"
+        )
+    return next(iter(given.values()), 0)
 
 
 def _parse_rope(d: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None]:

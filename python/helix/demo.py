@@ -73,9 +73,10 @@ def run(cfg: DemoConfig) -> dict[str, float]:
     pieces = [cache_for(rank, cfg.shards) for rank in range(cfg.shards)]
     o_parts, lse_parts, piece_seconds = [], [], []
     for cache in pieces:
-        ops.paged_mla_attention(q, q_pos, cache, one, one, scale, R)  # warm-up
+        view = cache.paged_view(one)  # (pool, block_tables, kv_pos, num_slots) of sequence 0
+        ops.paged_mla_attention(q, q_pos, one, *view, scale, R)  # warm-up
         t0 = time.perf_counter()
-        o, lse = ops.paged_mla_attention(q, q_pos, cache, one, one, scale, R)
+        o, lse = ops.paged_mla_attention(q, q_pos, one, *view, scale, R)
         piece_seconds.append(time.perf_counter() - t0)
         o_parts.append(o)
         lse_parts.append(lse)
@@ -85,9 +86,9 @@ def run(cfg: DemoConfig) -> dict[str, float]:
     o_merged, lse_merged = merge(o_parts_a, lse_parts_a)
     merge_seconds = time.perf_counter() - t0
 
-    full = cache_for(0, 1)
+    full = cache_for(0, 1).paged_view(one)
     t0 = time.perf_counter()
-    o_full, lse_full = ops.paged_mla_attention(q, q_pos, full, one, one, scale, R)
+    o_full, lse_full = ops.paged_mla_attention(q, q_pos, one, *full, scale, R)
     full_seconds = time.perf_counter() - t0
     o_ref, lse_ref = reference.mla_attention(q, keys, q_pos, positions, scale, R)
     return {

@@ -25,7 +25,8 @@ class HelixEngine:
     layer), communicators. A step is all or nothing: a bad one raises the same error on every rank and leaves
     the cache as it was.
 
-    device="cpu" runs the compiled CPU engine; device="cuda" the CUDA engine on this rank's GPU. With
+    device="cpu" runs the compiled engine on the CPU; device="cuda" on this rank's GPU (one engine, two
+    backends: helix._core.Engine(..., device=...)). With
     cuda_comm="nccl" each rank has its own GPU (its local rank) and the ranks talk over NCCL; with
     cuda_comm="host" the collectives run over `comm` (MPI) through host memory and ranks may share GPUs
     (local rank modulo the GPU count), e.g. several CP ranks on one GPU. Without CUDA in the build or
@@ -96,10 +97,9 @@ class HelixEngine:
         ec.kv_dtype = dtype
         ec.wuv_before_exchange = wuv_before_exchange
         ec.expert_tensor_parallel = expert_tensor_parallel
-        if self.cuda_device is None:
-            self._engine = _core.Engine(ec, self.comm)
-        else:
-            self._engine = _core.cuda.CudaEngine(ec, self.comm, self.cuda_device, cuda_comm)
+        self._engine = _core.Engine(
+            ec, self.comm, device=device, cuda_device=self.cuda_device or 0, cuda_comm=cuda_comm
+        )
 
         ckpt = Checkpoint.open(model_dir, config=cfg)
         ckpt.validate(cfg)
@@ -130,8 +130,8 @@ class HelixEngine:
 
     @property
     def device_bytes(self) -> int | None:
-        """GPU memory this rank's CUDA engine holds (weights, KV cache, workspaces); None on the CPU."""
-        return self._engine.device_bytes if self.cuda_device is not None else None
+        """GPU memory this rank's engine holds (weights, KV cache, workspaces); None on the CPU."""
+        return self._engine.memory_bytes if self.device == "cuda" else None
 
     @property
     def num_free_blocks(self) -> int:
@@ -153,6 +153,34 @@ class HelixEngine:
 
     def free_sequence(self, seq_id: int) -> None:
         self._engine.free_sequence(seq_id)
+
+    # ---- KV hand-off (helix.disagg): rows of [kv_lora_rank + qk_rope_head_dim] in the KV dtype
+
+    @property
+    def kv_row_bytes(self) -> int:
+        cfg = self.config
+        return (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * (4 if self.dtype == "float32" else 2)
+
+    def read_kv(self, seq_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's rows of a sequence: (positions [n] ascending, rows [num_layers, n, D])."""
+        from helix import _core
+
+        return _core.kv_read_rows(self._engine, seq_id)
+
+    def import_kv(self, seq_id: int, num_positions: int, rows: np.ndarray) -> None:
+        """Positions [0, num_positions) into the empty sequence seq_id, one step: rows [num_layers, n, D]
+        are this rank's positions of that range (ascending). Collective in seq_id and num_positions."""
+        from helix import _core
+
+        _core.kv_import_rows(self._engine, seq_id, num_positions, rows)
+
+    def kv_pool_addresses(self) -> list[int]:
+        """Host address of every layer's pool [num_kv_blocks * tokens_per_block, D] (device='cpu' only)."""
+        from helix import _core
+
+        if self.cuda_device is not None:
+            raise NotImplementedError("registering the KV pools with NIXL needs host pools (device='cpu')")
+        return _core.kv_pool_addresses(self._engine)
 
     def step(self, tokens, positions, seq_ids, q_seq_index, logit_rows) -> np.ndarray:
         """tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab]."""

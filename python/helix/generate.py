@@ -197,6 +197,11 @@ class Scheduler:
         self._running: list[_Request] = []
         self._live: dict[int, _Request] = {}  # waiting and running requests by id
         self._refused: list[RequestOutput] = []  # refused at add, reported by the next step
+        # KV hand-off (helix.disagg): requests whose KV is on its way in (their blocks reserved), and the
+        # finished requests whose sequences are kept for another engine to read until released.
+        self._importing: dict[int, _Request] = {}
+        self.keep_kv: set[int] = set()  # request ids whose sequence outlives the request (until release)
+        self._kept: dict[int, tuple[int, RequestOutput]] = {}  # request id -> (seq id, output), kept
         self._next_id = 0
         self._next_seq = 0
 
@@ -246,8 +251,11 @@ class Scheduler:
         req = self._live.pop(request_id, None)
         if req is None:
             return None
+        self.keep_kv.discard(request_id)  # an aborted request's KV is not kept
         if req in self._waiting:
             self._waiting.remove(req)
+        elif self._importing.pop(request_id, None) is not None:
+            self.engine.free_sequence(req.seq_id)
         else:
             self._retire(req)
         req.output.finish_reason = "aborted"
@@ -332,6 +340,61 @@ class Scheduler:
         return changed
 
     def _retire(self, req: _Request) -> None:
-        """Takes a running request off the batch and returns its sequence and reserved blocks."""
+        """Takes a running request off the batch and returns its sequence and reserved blocks (or keeps
+        them, for a request in keep_kv, until release)."""
         self._running.remove(req)
-        self.engine.free_sequence(req.seq_id)
+        rid = req.output.request_id
+        if rid in self.keep_kv:
+            self.keep_kv.discard(rid)
+            self._kept[rid] = (req.seq_id, req.output)
+        else:
+            self.engine.free_sequence(req.seq_id)
+
+    # ---- KV hand-off (helix.disagg): every rank calls these identically, as add / step / abort
+
+    def kv_sequence(self, request_id: int) -> tuple[int, RequestOutput]:
+        """(seq id, output) of a running request or a finished one kept by keep_kv. Its sequence holds the
+        KV of positions [0, len(prompt) + len(token_ids) - 1): the last token is not yet fed."""
+        if request_id in self._kept:
+            return self._kept[request_id]
+        req = self._live.get(request_id)
+        if req is None or req not in self._running or not req.output.token_ids:
+            raise ValueError(f"request {request_id} is not running with its prompt's KV complete here")
+        return req.seq_id, req.output
+
+    def release(self, request_id: int) -> None:
+        """Frees the sequence kept for a finished request in keep_kv (KeyError if none is kept)."""
+        self.engine.free_sequence(self._kept.pop(request_id)[0])
+
+    def begin_import(self, prompt: list[int], token_ids: list[int], params: SamplingParams, seed: int) -> int:
+        """Registers a request whose KV (positions [0, len(prompt) + len(token_ids) - 1)) was computed by
+        another engine, as were its token_ids; reserves its blocks on every CP rank now (KVCacheFullError
+        when they are not free, and nothing changes). It joins the batch at finish_import; abort drops it.
+        The sampler continues where the other engine's left off (same seed, same draws)."""
+        if not prompt or not token_ids or len(token_ids) >= params.max_new_tokens:
+            raise ValueError(
+                f"an imported request needs a prompt and 1 to max_new_tokens - 1 = "
+                f"{params.max_new_tokens - 1} generated tokens, got {len(prompt)} and {len(token_ids)}"
+            )
+        kv_tokens = len(prompt) + params.max_new_tokens
+        self.engine.add_sequence(self._next_seq, reserve_tokens=kv_tokens)
+        rid = self._next_id
+        self._next_id += 1
+        out = RequestOutput(prompt_token_ids=list(prompt), token_ids=list(token_ids), request_id=rid)
+        req = _Request(list(prompt), params, np.random.default_rng(seed), out, kv_tokens, self._next_seq)
+        self._next_seq += 1
+        req.computed = len(prompt) + len(token_ids) - 1
+        if params.temperature > 0.0:  # one uniform draw per sampled token (see sample)
+            req.rng.random(len(token_ids))
+        self._importing[rid] = req
+        self._live[rid] = req
+        return rid
+
+    def finish_import(self, request_id: int, rows: np.ndarray) -> RequestOutput:
+        """Writes this rank's rows [num_layers, n, D] of the request's KV (ascending positions, the block
+        rule) into its sequence as one step, and adds it to the running batch."""
+        req = self._importing[request_id]
+        self.engine.import_kv(req.seq_id, req.computed, rows)
+        del self._importing[request_id]
+        self._running.append(req)
+        return req.output

@@ -144,7 +144,7 @@ def make_llm(args: argparse.Namespace, comm, *, progress: bool):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from helix import DeviceMemoryError
-    from helix.comm import abort_on_exception, world
+    from helix.comm import abort_job, abort_on_exception, world
     from helix.device import DeviceUnavailableError
 
     abort_on_exception()
@@ -156,11 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         # or too small for the model): its message, not a traceback.
         # Any rank may be the only one to see it (a file it cannot read), so under MPI it ends the whole job.
         prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
-        print(f"{prefix}helix generate: error: {exc}", file=sys.stderr, flush=True)
+        message = f"{prefix}helix generate: error: {exc}\n"
         if comm.size > 1:
-            from mpi4py import MPI
-
-            MPI.COMM_WORLD.Abort(2)
+            abort_job(message, 2)
+        print(message, end="", file=sys.stderr, flush=True)
         return 2
 
 

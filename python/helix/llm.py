@@ -63,6 +63,7 @@ class LLM:
             raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         pc = parallel_config or ParallelConfig()
         self.parallel_config = pc
+        self.model_dir = Path(model_dir)
         self.engine = HelixEngine(
             str(model_dir),
             comm=comm,
@@ -146,6 +147,41 @@ class LLM:
         out = self.scheduler.abort(request_id)
         detok = self._detokenizers.pop(request_id, None)
         if out is not None and detok is not None:
+            out.text = detok.text
+        return out
+
+    # ---- KV hand-off (helix.disagg): a request's KV out of this LLM and into another of any layout
+
+    def export_kv(self, request_id: int, path: str | os.PathLike) -> None:
+        """Writes a running request's KV (every position but its last token's, every layer) and its tokens
+        to `path` (rank 0 writes; see helix.disagg.kv_file). Collective under MPI."""
+        from helix.disagg.offline import export_kv
+
+        export_kv(self, request_id, path)
+
+    def import_kv(self, path: str | os.PathLike, sampling_params: SamplingParams | None = None) -> int:
+        """Adds the request exported to `path` by export_kv (any layout) and returns its id: it decodes on
+        from its last token with sampling_params (max_new_tokens counts the tokens it already has).
+        helix.disagg.KVFileError for another model, another KV dtype or a damaged file; KVCacheFullError
+        when its blocks are not free now. Collective under MPI."""
+        from helix.disagg.offline import import_kv
+
+        return import_kv(self, path, self._check_params(sampling_params))
+
+    def begin_import(self, prompt: list[int], token_ids: list[int], params: SamplingParams, seed: int) -> int:
+        """A request whose KV arrives from another engine: see Scheduler.begin_import. Collective."""
+        rid = self.scheduler.begin_import(prompt, token_ids, params, seed)
+        if self.tokenizer is not None:
+            detok = self._detokenizers[rid] = IncrementalDetokenizer(self.tokenizer, params.stop)
+            for t in token_ids:
+                detok.add(t)
+        return rid
+
+    def finish_import(self, request_id: int, rows: np.ndarray) -> RequestOutput:
+        """This rank's rows [num_layers, n, D] of the request's KV in; it joins the batch. Collective."""
+        out = self.scheduler.finish_import(request_id, rows)
+        detok = self._detokenizers.get(request_id)
+        if detok is not None:
             out.text = detok.text
         return out
 

@@ -26,10 +26,13 @@ __all__ = [
     "LayerCache",
     "ReferenceModel",
     "apply_rope_interleaved",
+    "decoder_layer",
+    "ffn",
     "mla_attention",
     "moe_route",
     "rms_norm",
     "silu_mlp",
+    "truncate_cache",
     "yarn_inv_freq",
 ]
 
@@ -168,6 +171,53 @@ def mla_attention(
     return o @ w[prefix + "o_proj.weight"].T
 
 
+def ffn(config: ModelConfig, w: Mapping[str, np.ndarray], mlp: str, moe: bool, x: np.ndarray) -> np.ndarray:
+    """Dense MLP or MoE (routed + shared experts) of x [T, D] (already normalized); ``mlp`` is the weights'
+    prefix, ``model.layers.L.mlp.``."""
+    if not moe:
+        return silu_mlp(
+            x, w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"], w[mlp + "down_proj.weight"]
+        )
+    weights, ids = moe_route(config, x, w[mlp + "gate.weight"], w[mlp + "gate.e_score_correction_bias"])
+    out = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        for weight, e in zip(weights[t], ids[t], strict=True):
+            e_ = f"{mlp}experts.{e}."
+            y = silu_mlp(
+                x[t : t + 1], w[e_ + "gate_proj.weight"], w[e_ + "up_proj.weight"], w[e_ + "down_proj.weight"]
+            )
+            out[t] += weight * y[0]
+    if config.n_shared_experts:
+        s = mlp + "shared_experts."
+        out += silu_mlp(x, w[s + "gate_proj.weight"], w[s + "up_proj.weight"], w[s + "down_proj.weight"])
+    return out
+
+
+def decoder_layer(
+    config: ModelConfig,
+    w: Mapping[str, np.ndarray],
+    prefix: str,
+    moe: bool,
+    h: np.ndarray,
+    positions: np.ndarray,
+    cache: LayerCache,
+    rope: tuple[np.ndarray, float],
+) -> np.ndarray:
+    """One decoder block ``prefix`` (``model.layers.L.``) on the residual stream h [T, D] at ``positions``
+    [T]: ``h += MLA(RMSNorm(h)); h += FFN(RMSNorm(h))``. Appends the tokens' latents to ``cache``."""
+    eps = config.rms_norm_eps
+    x = rms_norm(h, w[prefix + "input_layernorm.weight"], eps)
+    h = h + mla_attention(config, w, prefix + "self_attn.", x, positions, cache, rope)
+    x = rms_norm(h, w[prefix + "post_attention_layernorm.weight"], eps)
+    return h + ffn(config, w, prefix + "mlp.", moe, x)
+
+
+def truncate_cache(cache: Sequence[LayerCache], length: int) -> None:
+    """Keep positions [0, length) of every layer's cache (speculative decoding drops rejected rows)."""
+    for layer in cache:
+        layer.c_kv, layer.k_pe = layer.c_kv[:length], layer.k_pe[:length]
+
+
 @dataclass
 class GreedyOutput:
     """Per prompt: the generated token ids and the logits [steps, V] each was chosen from."""
@@ -200,31 +250,10 @@ class ReferenceModel:
             for _ in range(c.num_hidden_layers)
         ]
 
-    def ffn(self, layer: int, x: np.ndarray) -> np.ndarray:
-        """Dense MLP or MoE (routed + shared experts) of x [T, D] (already normalized)."""
-        w, m = self.w, f"model.layers.{layer}.mlp."
-        if not self.config.is_moe_layer(layer):
-            return silu_mlp(x, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
-        weights, ids = moe_route(self.config, x, w[m + "gate.weight"], w[m + "gate.e_score_correction_bias"])
-        out = np.zeros_like(x)
-        for t in range(x.shape[0]):
-            for weight, e in zip(weights[t], ids[t], strict=True):
-                e_ = f"{m}experts.{e}."
-                y = silu_mlp(
-                    x[t : t + 1],
-                    w[e_ + "gate_proj.weight"],
-                    w[e_ + "up_proj.weight"],
-                    w[e_ + "down_proj.weight"],
-                )
-                out[t] += weight * y[0]
-        if self.config.n_shared_experts:
-            s = m + "shared_experts."
-            out += silu_mlp(x, w[s + "gate_proj.weight"], w[s + "up_proj.weight"], w[s + "down_proj.weight"])
-        return out
-
-    def forward(self, token_ids: Sequence[int], cache: list[LayerCache] | None = None) -> np.ndarray:
-        """Logits [T, V] of ``token_ids`` that continue the sequence held in ``cache`` (a fresh one when
-        None); positions are len(cache) .. len(cache) + T - 1. The cache is extended in place."""
+    def forward_hidden(self, token_ids: Sequence[int], cache: list[LayerCache] | None = None) -> np.ndarray:
+        """The final hidden states [T, D] (after model.norm, what lm_head and the MTP layer read) of
+        ``token_ids`` continuing the sequence held in ``cache`` (a fresh one when None); positions are
+        len(cache) .. len(cache) + T - 1. The cache is extended in place."""
         c, w = self.config, self.w
         if cache is None:
             cache = self.new_cache()
@@ -234,13 +263,14 @@ class ReferenceModel:
         positions = cache[0].c_kv.shape[0] + np.arange(ids.size)
         h = w["model.embed_tokens.weight"][ids]  # [T, D]
         for i in range(c.num_hidden_layers):
-            p = f"model.layers.{i}."
-            x = rms_norm(h, w[p + "input_layernorm.weight"], c.rms_norm_eps)
-            h = h + mla_attention(c, w, p + "self_attn.", x, positions, cache[i], self.rope)
-            x = rms_norm(h, w[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
-            h = h + self.ffn(i, x)
-        h = rms_norm(h, w["model.norm.weight"], c.rms_norm_eps)
-        return h @ w["lm_head.weight"].T
+            h = decoder_layer(
+                c, w, f"model.layers.{i}.", c.is_moe_layer(i), h, positions, cache[i], self.rope
+            )
+        return rms_norm(h, w["model.norm.weight"], c.rms_norm_eps)
+
+    def forward(self, token_ids: Sequence[int], cache: list[LayerCache] | None = None) -> np.ndarray:
+        """Logits [T, V] of ``token_ids`` (see ``forward_hidden``)."""
+        return self.forward_hidden(token_ids, cache) @ self.w["lm_head.weight"].T
 
     def generate_greedy(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = False

@@ -6,7 +6,7 @@
 away from 1, a non-zero router correction bias (it changes expert selection), and an lm_head scaled up so
 that greedy decoding has clear winners. Writing is deterministic for a seed: same seed, same bytes.
 
-CLI: ``python -m helix make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L]
+CLI: ``python -m helix make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L] [--mtp]
 [--tokenizer]`` (--tokenizer: also a byte-level BPE tokenizer with a chat template, helix.tiny_tokenizer).
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from helix.checkpoint import expected_tensors, is_fp8_quantizable
 from helix.config import ModelConfig
+from helix.model_tensors import expected_mtp_tensors, expected_tensors, is_fp8_quantizable
 
 __all__ = ["TINY_DEFAULT_CONFIG", "make_tiny_model", "write_safetensors", "quantize_fp8_blockwise", "main"]
 
@@ -164,36 +164,22 @@ def _to_transformers5(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _random_weights(config: ModelConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """float32 weights for every tensor of ``config``, drawn in the (fixed) order of expected_tensors."""
+def _random_weights(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """float32 weights for every tensor of ``shapes`` (name -> shape), drawn in the order of the dict."""
     out: dict[str, np.ndarray] = {}
-    for name, shape in expected_tensors(config).items():
+    for name, shape in shapes.items():
         if name.endswith("norm.weight"):
             w = rng.uniform(0.6, 1.4, size=shape)  # away from 1: a skipped norm shows
         elif name.endswith("e_score_correction_bias"):
             w = rng.normal(0.0, 0.1, size=shape)  # large enough to change which experts are chosen
-        elif name == "model.embed_tokens.weight":
+        elif name.endswith("embed_tokens.weight"):
             w = rng.normal(0.0, 1.0, size=shape)
-        elif name == "lm_head.weight":
+        elif name == "lm_head.weight" or name.endswith("shared_head.head.weight"):
             w = rng.normal(0.0, 3.0 / np.sqrt(shape[1]), size=shape)  # logits of std ~3: clear argmax
         else:
             w = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), size=shape)  # Linear [out, in]: unit gain
         out[name] = w.astype(np.float32)
     return out
-
-
-def _mtp_weights(config: ModelConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A stand-in multi-token-prediction layer at index num_hidden_layers (readers must skip it); its
-    eh_proj has a shape no decoder layer has, so a reader that does not skip it fails validation."""
-    L, D = config.num_hidden_layers, config.hidden_size
-    p = f"model.layers.{L}."
-    return {
-        p + "enorm.weight": np.ones(D, np.float32),
-        p + "hnorm.weight": np.ones(D, np.float32),
-        p + "eh_proj.weight": rng.normal(0.0, 0.02, size=(D, 2 * D)).astype(np.float32),
-        p + "input_layernorm.weight": np.ones(D + 1, np.float32),
-        p + "shared_head.norm.weight": np.ones(D, np.float32),
-    }
 
 
 def make_tiny_model(
@@ -214,7 +200,10 @@ def make_tiny_model(
     fp8: store the decoder Linear weights as float8_e4m3fn with 128x128 weight_scale_inv blocks (and a
     quantization_config). shards: number of safetensors files (> 1 writes the index). layout: "original"
     or "transformers5". dtype: storage of the unquantized tensors: float32, bfloat16 or float16.
-    mtp: also write a multi-token-prediction layer at index num_hidden_layers."""
+    mtp: also write a multi-token-prediction layer at index num_hidden_layers (num_nextn_predict_layers = 1),
+    drawn after the model's weights (which stay those of the same seed without it). Its embedding and
+    shared_head.head are drawn apart from the model's (DeepSeek's releases repeat embed_tokens and lm_head
+    there): a reader that takes the model's instead shows."""
     if layout not in ("original", "transformers5"):
         raise ValueError(f"layout must be 'original' or 'transformers5', got {layout!r}")
     if dtype not in _DTYPES:
@@ -235,7 +224,8 @@ def make_tiny_model(
     config = ModelConfig.from_dict(cfg_dict, source="make_tiny_model")
 
     rng = np.random.default_rng(seed)
-    weights = _random_weights(config, rng)
+    weights = _random_weights(expected_tensors(config), rng)
+    weights.update(_random_weights(expected_mtp_tensors(config), rng))  # empty without mtp
     np_dtype = _DTYPES[dtype][0]
     tensors: dict[str, np.ndarray] = {}
     for name, w in weights.items():
@@ -247,8 +237,6 @@ def make_tiny_model(
             tensors[name] = w  # the router stays float32, as in DeepSeek's releases
         else:
             tensors[name] = w.astype(np_dtype)
-    if mtp:
-        tensors.update(_mtp_weights(config, rng))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +263,8 @@ def make_tiny_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L] [--tokenizer]``."""
+    """``make-tiny-model DIR [--seed S] [--fp8] [--shards K] [--dtype D] [--layout L] [--mtp] [--tokenizer]``
+    (see the module docstring)."""
     parser = argparse.ArgumentParser(
         prog="helix make-tiny-model", description="write the embedded default model"
     )
@@ -285,12 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     parser.add_argument("--layout", choices=["original", "transformers5"], default="original")
+    parser.add_argument("--mtp", action="store_true", help="also a multi-token-prediction layer")
     parser.add_argument(
         "--tokenizer", action="store_true", help="also write a BPE tokenizer with a chat template"
     )
     args = parser.parse_args(argv)
     config = make_tiny_model(
-        args.dir, seed=args.seed, fp8=args.fp8, shards=args.shards, dtype=args.dtype, layout=args.layout
+        args.dir,
+        seed=args.seed,
+        fp8=args.fp8,
+        shards=args.shards,
+        dtype=args.dtype,
+        layout=args.layout,
+        mtp=args.mtp,
     )
     if args.tokenizer:
         from helix.tiny_tokenizer import make_tiny_tokenizer

@@ -1,5 +1,5 @@
 // helix._core.BlockTable: a thin binding of helix::BlockTable (cpp/include/helix/block_table.hpp), the KV
-// bookkeeping of one engine (Engine.block_table, CudaEngine.block_table) or of one PagedKVCache (.table).
+// bookkeeping of one engine (Engine.block_table) or of one PagedKVCache (.table).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>

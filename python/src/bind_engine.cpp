@@ -1,16 +1,18 @@
-// Bindings of the Helix attention step and the decoder engine.
+// Bindings of the decoder engine (and the CPU helix_attention: bind_helix_attention.cpp).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include "arrays.hpp"
-#include "engine_step.hpp"
 #include "helix/engine.hpp"
 #include "helix/helix_attention.hpp"
 
 namespace nb = nanobind;
 
 namespace helix::bind {
+
+void bind_helix_attention(nb::module_& m, Device dev);  // bind_helix_attention.cpp
 
 namespace {
 
@@ -20,24 +22,16 @@ DType parse_kv_dtype(const std::string& s) {
   throw ArgumentError("kv_dtype must be 'float32' or 'bfloat16', got '" + s + "'");
 }
 
-nb::object helix_attention_py(Communicator& cp_comm, PagedKVCache& cache, nb::handle q, nb::handle new_kv,
-                              nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index, float scale,
-                              int64_t kv_lora_rank, nb::handle w_uv) {
-  HostArray qa = to_view(q, "q"), kva = to_view(new_kv, "new_kv"), pa = to_view(positions, "positions"),
-            sa = to_view(seq_ids, "seq_ids"), ia = to_view(q_seq_index, "q_seq_index");
-  HostArray wa;
-  if (!w_uv.is_none()) wa = to_view(w_uv, "w_uv");
-  HELIX_CHECK_ARG(qa.view.ndim() == 3, "argument 'q' must have 3 dimensions [T, H_tp, D], got shape ",
-                  shape_str(qa.view.shape));
-  const int64_t cp = cp_comm.size();
-  HELIX_CHECK_ARG(qa.view.dim(1) % cp == 0, "argument 'q' has ", qa.view.dim(1), " heads, not divisible by cp ", cp);
-  const int64_t W = w_uv.is_none() ? kv_lora_rank : (wa.view.ndim() == 3 ? wa.view.dim(1) : 0);
-  HELIX_CHECK_ARG(W > 0, "argument 'w_uv' must have shape [H_tp, Dv, kv_lora_rank]");
-  HostArray out = new_array({qa.view.dim(0), qa.view.dim(1) / cp, W}, DType::Float32);
+// tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab_size] float32.
+nb::object step(Engine& e, nb::handle tokens, nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index,
+                nb::handle logit_rows) {
+  HostArray ta = to_view(tokens, "tokens"), pa = to_view(positions, "positions"), sa = to_view(seq_ids, "seq_ids"),
+            ia = to_view(q_seq_index, "q_seq_index"), la = to_view(logit_rows, "logit_rows");
+  HELIX_CHECK_ARG(la.view.ndim() == 1, "argument 'logit_rows' must be 1-D");
+  HostArray out = new_array({la.view.dim(0), e.config().vocab_size}, DType::Float32);
   {
     nb::gil_scoped_release release;
-    helix_attention(cp_comm, cache, qa.view, kva.view, pa.view, sa.view, ia.view, scale, kv_lora_rank, wa.view,
-                    out.view);
+    e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view);
   }
   return out.owner;
 }
@@ -45,13 +39,7 @@ nb::object helix_attention_py(Communicator& cp_comm, PagedKVCache& cache, nb::ha
 }  // namespace
 
 void bind_engine(nb::module_& m) {
-  m.def("helix_attention", &helix_attention_py, nb::arg("cp_comm"), nb::arg("cache"), nb::arg("q"), nb::arg("new_kv"),
-        nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"), nb::arg("scale"), nb::arg("kv_lora_rank"),
-        nb::arg("w_uv") = nb::none(),
-        "The Helix attention step of one layer on this rank: append owned rows, partial attention over the\n"
-        "local shard, optional W_UV, one all-to-all over the CP group, LSE merge.\n"
-        "q [T, H_tp, D]; new_kv [T, D] (cache dtype); positions [T]; seq_ids [B]; q_seq_index [T];\n"
-        "w_uv [H_tp, Dv, R] or None. Returns [T, H_tp / cp, W] float32 (W = Dv with w_uv, else R).");
+  bind_helix_attention(m, Device::Cpu);
   m.def("helix_exchange_bytes", &helix_exchange_bytes, nb::arg("cp"), nb::arg("T"), nb::arg("H_tp"), nb::arg("width"),
         "Bytes one rank sends per Helix attention step.");
 
@@ -94,8 +82,26 @@ void bind_engine(nb::module_& m) {
       .def("is_moe_layer", &EngineConfig::is_moe_layer)
       .def("vocab_shard", &EngineConfig::vocab_shard);
 
-  nb::class_<Engine>(m, "Engine", "The decoder engine of one rank (sharded weights, paged KV cache of every layer).")
-      .def(nb::init<const EngineConfig&, Communicator&>(), nb::arg("config"), nb::arg("world"), nb::keep_alive<1, 3>())
+  nb::class_<Engine>(m, "Engine",
+                     "The decoder engine of one rank (sharded weights, paged KV cache of every layer) on the CPU or "
+                     "one GPU: one contract, the device chosen at construction.")
+      .def(
+          "__init__",
+          [](Engine* self, const EngineConfig& config, Communicator& world, const std::string& device, int cuda_device,
+             const std::string& cuda_comm) {
+            HELIX_CHECK_ARG(device == "cpu" || device == "cuda", "argument 'device' must be 'cpu' or 'cuda', got '",
+                            device, "'");
+            HELIX_CHECK_ARG(cuda_comm == "nccl" || cuda_comm == "host",
+                            "argument 'cuda_comm' must be 'nccl' or 'host', got '", cuda_comm, "'");
+            const EngineDevice where{device == "cpu" ? Device::Cpu : Device::Cuda, cuda_device,
+                                     cuda_comm == "nccl" ? CudaComm::Nccl : CudaComm::Host};
+            nb::gil_scoped_release release;  // the CP split and the NCCL bootstrap are collective over `world`
+            new (self) Engine(config, world, where);
+          },
+          nb::arg("config"), nb::arg("world"), nb::arg("device") = "cpu", nb::arg("cuda_device") = 0,
+          nb::arg("cuda_comm") = "nccl", nb::keep_alive<1, 3>(),
+          "device: 'cpu' or 'cuda' (CUDA device `cuda_device`; cuda_comm: 'nccl' with one GPU per rank, or 'host':\n"
+          "collectives over `world` with device buffers staged through host memory, so ranks may share a GPU).")
       .def(
           "set_weight",
           [](Engine& e, const std::string& name, nb::handle w) {
@@ -105,11 +111,24 @@ void bind_engine(nb::module_& m) {
           nb::arg("name"), nb::arg("weight"))
       .def("check_weights", &Engine::check_weights)
       .def("expected_weights", &Engine::expected_weights)
+      .def(
+          "expected_weight_shapes",
+          [](const Engine& e) {
+            nb::dict d;
+            for (const auto& [name, w] : e.expected_weight_shapes()) {
+              d[name.c_str()] = nb::make_tuple(nb::cast(w.shape), w.matrix);
+            }
+            return d;
+          },
+          "{name: (shard shape, is_matrix)}: matrices may be float32 or bfloat16, the rest is float32.")
       .def("add_sequence", &Engine::add_sequence, nb::arg("seq_id"), nb::arg("reserve_tokens") = 0,
            "Register an empty sequence, reserving the KV blocks of positions [0, reserve_tokens) on every CP rank.")
       .def("free_sequence", &Engine::free_sequence, nb::arg("seq_id"))
       .def_prop_ro("num_free_blocks", &Engine::num_free_blocks)
       .def_prop_ro("num_kv_blocks", &Engine::num_kv_blocks)
+      .def_prop_ro("device", [](const Engine& e) { return std::string(device_label(e.device().kind)); })
+      .def_prop_ro("memory_bytes", &Engine::memory_bytes,
+                   "Bytes the engine's backend holds: weights, KV pools, workspaces (GPU memory on 'cuda').")
       .def_prop_ro("block_table", &Engine::block_table, nb::rv_policy::reference_internal,
                    "This rank's KV bookkeeping (a BlockTable shared by every layer).")
       .def(
@@ -120,10 +139,10 @@ void bind_engine(nb::module_& m) {
           },
           nb::arg("seq_id"), nb::arg("num_tokens"), nb::arg("seed") = 0, nb::arg("scale") = 1.f,
           "Benchmark aid: positions [0, num_tokens) of an empty sequence with random rows in every layer.")
-      .def("step", &engine_step<Engine>, nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"),
-           nb::arg("q_seq_index"), nb::arg("logit_rows"),
+      .def("step", &step, nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"),
+           nb::arg("logit_rows"),
            "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
-           "-> logits [L, vocab_size] float32, identical on every rank.")
+           "-> logits [L, vocab_size] float32 (host memory), identical on every rank.")
       .def_prop_ro("timings", [](const Engine& e) {
         const EngineTimings& t = e.timings();
         nb::dict d;

@@ -1,10 +1,13 @@
 // helix._core.PagedKVCache: a thin binding of helix::PagedKVCache (cpp/include/helix/kv_cache.hpp).
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <string>
 
@@ -73,6 +76,42 @@ nb::object read_pool(const PagedKVCache& cache) {
   return out.owner;
 }
 
+// A read-only NumPy view of `count` values at `data` with `shape`, kept alive by the cache object `owner`.
+template <class T>
+nb::object cache_memory(const T* data, std::initializer_list<size_t> shape, nb::handle owner) {
+  return nb::cast(nb::ndarray<nb::numpy, const T>(data, shape.size(), shape.begin(), owner));
+}
+
+// The arrays paged_mla_attention takes for a batch of sequences of this cache: (pool [num_blocks,
+// tokens_per_block, head_dim], block_tables [B, max_blocks] i32, kv_pos [num_blocks, tokens_per_block] i64,
+// num_slots [B] i64). pool and kv_pos are read-only views of the cache's memory (no copy: benchmarks time
+// calls on them), valid while the cache lives.
+nb::tuple paged_view(const PagedKVCache& cache, nb::handle seq_ids) {
+  HostArray ids = to_view(seq_ids, "seq_ids");
+  check_tensor(ids.view, "seq_ids", 1, {DType::Int64});
+  const BlockTable& t = cache.table();
+  const int64_t B = ids.view.dim(0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t id = ids.view.ptr<const int64_t>()[b];
+    HELIX_CHECK_ARG(t.has_sequence(id), "argument 'seq_ids': sequence ", id, " (seq_ids[", b, "]) is not in the cache");
+  }
+  const BatchView batch = t.batch_view(ids.view.ptr<const int64_t>(), B);
+  HostArray tables = new_array({B, batch.max_blocks}, DType::Int32);
+  std::memcpy(tables.view.data, batch.block_tables.data(), batch.block_tables.size() * sizeof(int32_t));
+  const nb::handle owner = nb::find(&cache);
+  const auto nblocks = static_cast<size_t>(t.num_blocks()), tpb = static_cast<size_t>(t.tokens_per_block()),
+             D = static_cast<size_t>(cache.pool().head_dim());
+  nb::object pool;
+  if (cache.pool().dtype() == DType::Float32) {
+    pool = cache_memory(static_cast<const float*>(cache.pool().data()), {nblocks, tpb, D}, owner);
+  } else {  // bfloat16 storage crosses as uint16, viewed as ml_dtypes.bfloat16
+    pool = cache_memory(static_cast<const uint16_t*>(cache.pool().data()), {nblocks, tpb, D}, owner)
+               .attr("view")(nb::module_::import_("ml_dtypes").attr("bfloat16"));
+  }
+  return nb::make_tuple(pool, tables.owner, cache_memory(t.row_positions(), {nblocks, tpb}, owner),
+                        int64_array(batch.num_slots.data(), static_cast<int64_t>(batch.num_slots.size())));
+}
+
 std::string repr(const PagedKVCache& c) {
   const BlockTable& t = c.table();
   return detail::concat("PagedKVCache(num_blocks=", t.num_blocks(), ", tokens_per_block=", t.tokens_per_block(),
@@ -128,6 +167,11 @@ void bind_kv_cache(nb::module_& m) {
       .def(
           "block_table", [](const PagedKVCache& c, int64_t seq_id) { return block_list(c.table(), seq_id); },
           "seq_id"_a, "Copy of the sequence's block table (int32, pool block indices).")
+      .def("paged_view", &paged_view, "seq_ids"_a,
+           "(pool, block_tables, kv_pos, num_slots): the arrays paged_mla_attention reads for the sequences\n"
+           "seq_ids [B] int64: pool [num_blocks, tokens_per_block, head_dim] and kv_pos [num_blocks,\n"
+           "tokens_per_block] int64 (read-only views of the cache, valid while it lives), block_tables\n"
+           "[B, max_blocks] int32 and num_slots [B] int64 (copies).")
       .def("read_pool", &read_pool,
            "Copy of the whole pool [num_blocks, tokens_per_block, head_dim], used slots or not (debugging).")
       .def("poison_unused", &PagedKVCache::poison_unused, "value"_a = std::numeric_limits<float>::quiet_NaN(),

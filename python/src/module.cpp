@@ -2,6 +2,7 @@
 // (python/helix) re-exports what users need.
 #include <nanobind/nanobind.h>
 
+#include "helix/device.hpp"
 #include "helix/error.hpp"
 
 namespace nb = nanobind;
@@ -13,8 +14,10 @@ void bind_ops(nb::module_& m);
 void bind_layers(nb::module_& m);
 void bind_comm(nb::module_& m);
 void bind_engine(nb::module_& m);
+void bind_kv_transfer(nb::module_& m);
 void bind_cuda(nb::module_& m);
-void bind_merge_states(nb::module_& ops);
+void bind_cuda_bench(nb::module_& m);
+void bind_merge_states(nb::module_& m, Device dev);
 }  // namespace helix::bind
 
 NB_MODULE(_core, m) {
@@ -41,10 +44,12 @@ NB_MODULE(_core, m) {
   helix::bind::bind_ops(m);
   {  // def_submodule returns helix._core.ops if bind_ops created it (PyImport_AddModule semantics).
     nb::module_ ops = m.def_submodule("ops");
-    helix::bind::bind_merge_states(ops);
+    helix::bind::bind_merge_states(ops, helix::Device::Cpu);
   }
   helix::bind::bind_layers(m);
   helix::bind::bind_comm(m);
   helix::bind::bind_engine(m);
+  helix::bind::bind_kv_transfer(m);
   helix::bind::bind_cuda(m);
+  helix::bind::bind_cuda_bench(m);
 }

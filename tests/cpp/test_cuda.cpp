@@ -8,6 +8,7 @@
 
 #include "helix/cuda.hpp"
 #include "helix/error.hpp"
+#include "helix/ops/merge_states.hpp"
 
 namespace {
 

@@ -158,10 +158,19 @@ TEST(Linear, StridedRowsAndValidation) {
   std::vector<float> xs(T * K), ws(N * K), ys(T * N);
   TensorView xv{xs.data(), DType::Float32, {T, K}}, wv{ws.data(), DType::Float32, {N, K}};
   TensorView yv{ys.data(), DType::Float32, {T, N}};
-  expect_throws_naming([&] { linear(xv, TensorView{ws.data(), DType::Float32, {N, K - 1}}, yv, false); }, "w");
-  expect_throws_naming([&] { linear(xv, wv, TensorView{ys.data(), DType::Float32, {T, N - 1}}, false); }, "y");
-  expect_throws_naming([&] { linear(TensorView{xs.data(), DType::Int64, {T, K}}, wv, yv, false); }, "x");
-  expect_throws_naming([&] { linear(xv, wv, yv, false, "mmx"); }, "isa");
+  const auto check = [](const TensorView& x, const TensorView& w, const TensorView& y, Device d = Device::Cpu) {
+    return check_linear_args(x, w, y, false, d);
+  };
+  expect_throws_naming([&] { check(xv, TensorView{ws.data(), DType::Float32, {N, K - 1}}, yv); }, "w");
+  expect_throws_naming([&] { check(xv, wv, TensorView{ys.data(), DType::Float32, {T, N - 1}}); }, "out");
+  expect_throws_naming([&] { check(TensorView{xs.data(), DType::Int64, {T, K}}, wv, yv); }, "x");
+  expect_throws_naming([&] { linear_cpu_isa(check(xv, wv, yv), "mmx"); }, "isa");
+  // Each device names the dtypes it runs: bf16 x is a CUDA-only input, bf16 w with f32 x a CPU-only pair.
+  std::vector<bf16_t> xb(T * K);
+  TensorView xbv{xb.data(), DType::BFloat16, {T, K}};
+  expect_throws_naming([&] { check(xbv, wv, yv); }, "x");
+  expect_throws_naming([&] { check(xbv, wv, yv, Device::Cuda); }, "w");
+  EXPECT_EQ(check(xv, wv, yv, Device::Cuda).x_dtype, DType::Float32);
 }
 
 TEST(RmsNorm, MatchesNaiveInPlace) {
@@ -169,8 +178,9 @@ TEST(RmsNorm, MatchesNaiveInPlace) {
   auto x = randn(T * D, 5, 2.f);
   auto w = randn(D, 6);
   const auto x0 = x;
-  rms_norm(TensorView{x.data(), DType::Float32, {T, D}}, TensorView{w.data(), DType::Float32, {D}}, 1e-6f,
-           TensorView{x.data(), DType::Float32, {T, D}});
+  rms_norm_cpu(check_rms_norm_args(TensorView{x.data(), DType::Float32, {T, D}},
+                                   TensorView{w.data(), DType::Float32, {D}}, 1e-6f,
+                                   TensorView{x.data(), DType::Float32, {T, D}}, Device::Cpu));
   for (int64_t t = 0; t < T; ++t) {
     double ss = 0;
     for (int64_t d = 0; d < D; ++d) ss += double(x0[t * D + d]) * x0[t * D + d];
@@ -179,10 +189,10 @@ TEST(RmsNorm, MatchesNaiveInPlace) {
   }
   expect_throws_naming(
       [&] {
-        rms_norm(TensorView{x.data(), DType::Float32, {T, D}}, TensorView{w.data(), DType::Float32, {D - 1}}, 1e-6f,
-                 TensorView{x.data(), DType::Float32, {T, D}});
+        check_rms_norm_args(TensorView{x.data(), DType::Float32, {T, D}}, TensorView{w.data(), DType::Float32, {D - 1}},
+                            1e-6f, TensorView{x.data(), DType::Float32, {T, D}}, Device::Cpu);
       },
-      "w");
+      "weight");
 }
 
 TEST(Rope, RotatesInterleavedPairsAtGlobalPositions) {
@@ -209,8 +219,8 @@ TEST(Rope, RotatesInterleavedPairsAtGlobalPositions) {
   std::vector<float> f3(3);
   expect_throws_naming(
       [&] {
-        rope(TensorView{x.data(), DType::Float32, {T, H, S}}, TensorView{p2.data(), DType::Int64, {T}},
-             TensorView{f3.data(), DType::Float32, {3}}, 5, 1.f);
+        check_rope_args(TensorView{x.data(), DType::Float32, {T, H, S}}, TensorView{p2.data(), DType::Int64, {T}},
+                        TensorView{f3.data(), DType::Float32, {3}}, 5, 1.f, Device::Cpu);
       },
       "offset");
 }
@@ -240,8 +250,8 @@ TEST(MoeRoute, GroupLimitedTopKWithBiasForSelectionOnly) {
   TensorView l{const_cast<float*>(logits.data()), DType::Float32, {1, 8}};
   TensorView b{const_cast<float*>(bias.data()), DType::Float32, {8}};
   TensorView iv{idx.data(), DType::Int32, {1, 2}}, wv{weight.data(), DType::Float32, {1, 2}};
-  expect_throws_naming([&] { moe_route(l, b, 2, 3, 1, true, 1.f, iv, wv); }, "n_group");
-  expect_throws_naming([&] { moe_route(l, b, 5, 2, 1, true, 1.f, iv, wv); }, "top_k");
+  expect_throws_naming([&] { check_moe_route_args(l, b, 2, 3, 1, true, 1.f, iv, wv, Device::Cpu); }, "n_group");
+  expect_throws_naming([&] { check_moe_route_args(l, b, 5, 2, 1, true, 1.f, iv, wv, Device::Cpu); }, "top_k");
 }
 
 TEST(MoeExperts, SumOfLocalExpertsMatchesNaive) {
@@ -293,9 +303,9 @@ TEST(Embedding, ShardRowsAndZerosElsewhere) {
   }
   expect_throws_naming(
       [&] {
-        embedding(TensorView{const_cast<int64_t*>(ids.data()), DType::Int64, {5}},
-                  TensorView{table.data(), DType::Float32, {V, hidden}}, -1,
-                  TensorView{out.data(), DType::Float32, {5, hidden}});
+        check_embedding_args(TensorView{const_cast<int64_t*>(ids.data()), DType::Int64, {5}},
+                             TensorView{table.data(), DType::Float32, {V, hidden}}, -1,
+                             TensorView{out.data(), DType::Float32, {5, hidden}}, Device::Cpu);
       },
       "vocab_start");
 }

@@ -213,12 +213,14 @@ TEST(MlaAttentionPaths, EmptyShardGivesZeroAndMinusInfinity) {
 }
 
 TEST(MlaAttentionOp, ValidatesArguments) {
-  std::vector<float> q(2 * 3 * 8), kv(5 * 8), o(2 * 3 * 6), lse(2 * 3);
+  std::vector<float> q(2 * 3 * 8), kv(5 * 8);
   std::vector<int64_t> q_pos{4, 5}, kv_pos{0, 1, 2, 3, 4};
   TensorView tq{q.data(), DType::Float32, {2, 3, 8}}, tkv{kv.data(), DType::Float32, {5, 8}};
   TensorView tqp{q_pos.data(), DType::Int64, {2}}, tkp{kv_pos.data(), DType::Int64, {5}};
-  TensorView to{o.data(), DType::Float32, {2, 3, 6}}, tl{lse.data(), DType::Float32, {2, 3}};
-  EXPECT_NO_THROW(mla_attention(tq, tkv, tqp, tkp, 0.5f, 6, to, tl));
+  const auto check = [](const TensorView& q, const TensorView& kv, const TensorView& qp, const TensorView& kp,
+                        float scale, int64_t R,
+                        Device d = Device::Cpu) { return check_mla_attention_args(q, kv, qp, kp, scale, R, d); };
+  EXPECT_EQ(check(tq, tkv, tqp, tkp, 0.5f, 6).S, 5);
   auto expect_names = [](auto&& fn, const char* name) {
     try {
       fn();
@@ -228,11 +230,14 @@ TEST(MlaAttentionOp, ValidatesArguments) {
     }
   };
   TensorView bad_kv{kv.data(), DType::Float32, {4, 10}};
-  expect_names([&] { mla_attention(tq, bad_kv, tqp, tkp, 0.5f, 6, to, tl); }, "kv");
+  expect_names([&] { check(tq, bad_kv, tqp, tkp, 0.5f, 6); }, "kv");
   TensorView bad_qp{q_pos.data(), DType::Int32, {2}};
-  expect_names([&] { mla_attention(tq, tkv, bad_qp, tkp, 0.5f, 6, to, tl); }, "q_pos");
-  expect_names([&] { mla_attention(tq, tkv, tqp, tkp, 0.f, 6, to, tl); }, "scale");
-  expect_names([&] { mla_attention(tq, tkv, tqp, tkp, 0.5f, 9, to, tl); }, "kv_lora_rank");
-  TensorView bad_o{o.data(), DType::Float32, {2, 3, 5}};
-  expect_names([&] { mla_attention(tq, tkv, tqp, tkp, 0.5f, 6, bad_o, tl); }, "o");
+  expect_names([&] { check(tq, tkv, bad_qp, tkp, 0.5f, 6); }, "q_pos");
+  expect_names([&] { check(tq, tkv, tqp, tkp, 0.f, 6); }, "scale");
+  expect_names([&] { check(tq, tkv, tqp, tkp, 0.5f, 9); }, "kv_lora_rank");
+  // bf16 keys with f32 queries: the CPU runs the pair, the CUDA kernels read one dtype.
+  std::vector<bf16_t> kvb(5 * 8);
+  TensorView tkvb{kvb.data(), DType::BFloat16, {5, 8}};
+  EXPECT_NO_THROW(check(tq, tkvb, tqp, tkp, 0.5f, 6));
+  expect_names([&] { check(tq, tkvb, tqp, tkp, 0.5f, 6, Device::Cuda); }, "kv");
 }

@@ -1,7 +1,10 @@
 """The Helix attention step across the ranks of this mpiexec job equals single-process float64 attention.
 
 Every rank draws the same global inputs from the same seed, holds only its shard (its TP heads, its CP
-positions), and checks the merged output of its head chunk against helix.reference.
+positions), and checks the merged output of its head chunk against helix.reference. device "cuda" runs the
+CUDA twin (helix._core.cuda.helix_attention: the exchange over a host-staged device communicator) and also
+checks it against the CPU twin on an identical cache; it skips without a CUDA device (the SIMT emulator
+counts as one: tests/test_mpi_cuda_emulator.py runs these under mpiexec in the emulator build).
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from tolerances import tol
 
 WORLD = world()
 N = WORLD.size
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(_core.cuda.device_count() == 0, reason="no CUDA device")),
+]
 
 
 def layouts() -> list[tuple[int, int]]:
@@ -40,15 +47,21 @@ class Shard:
         return slice(first, first + self.h_c)
 
 
-def run_steps(tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", with_wuv=False, seed=0):
-    """steps: list of {seq_index: number of new tokens}. Checks every step against the reference."""
+def run_steps(
+    tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", with_wuv=False, seed=0, device="cpu"
+):
+    """steps: list of {seq_index: number of new tokens}. Checks every step against the reference (and, on
+    cuda, against the CPU twin run on a second, identical cache)."""
     rng = np.random.default_rng(seed)
     D, Dv = R + P, 24
     scale = 1.0 / np.sqrt(D)
     shard = Shard(tp, cp, heads, D, dtype, num_blocks=64, tpb=tpb)
+    twin = helix.PagedKVCache(64, tpb, D, dtype, shard.cp_rank, cp) if device == "cuda" else None
     n_seqs = 1 + max(max(s) for s in steps)
     for b in range(n_seqs):
         shard.cache.add_sequence(100 + b)
+        if twin is not None:
+            twin.add_sequence(100 + b)
     keys = [np.zeros((0, D)) for _ in range(n_seqs)]
     w_uv = (rng.standard_normal((heads, Dv, R)) / np.sqrt(R)).astype(np.float32)
     store = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
@@ -64,10 +77,10 @@ def run_steps(tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", wi
             rows.append(new)
         T = len(positions)
         q = rng.standard_normal((T, heads, D)).astype(np.float32)
+        if device == "cuda":  # the CUDA kernels read q in the cache's dtype
+            q = q.astype(store)
         positions = np.asarray(positions, np.int64)
-        out = _core.helix_attention(
-            shard.comm,
-            shard.cache,
+        args = (
             np.ascontiguousarray(q[:, shard.tp_heads()]),
             np.concatenate(rows),
             positions,
@@ -77,10 +90,21 @@ def run_steps(tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", wi
             R,
             np.ascontiguousarray(w_uv[shard.tp_heads()]) if with_wuv else None,
         )
+        op = _core.helix_attention if device == "cpu" else _core.cuda.helix_attention
+        out = op(shard.comm, shard.cache, *args)
+        if twin is not None:
+            np.testing.assert_allclose(
+                out, _core.helix_attention(shard.comm, twin, *args), **tol("cuda.helix_attention", dtype)
+            )
         for t in range(T):
             b = seqs[q_index[t]]
             o_ref, _ = reference.mla_attention(
-                q[t : t + 1], keys[b], positions[t : t + 1], np.arange(len(keys[b])), scale, R
+                q[t : t + 1].astype(np.float64),
+                keys[b],
+                positions[t : t + 1],
+                np.arange(len(keys[b])),
+                scale,
+                R,
             )
             want = o_ref[0, shard.chunk_heads()]
             if with_wuv:
@@ -89,33 +113,38 @@ def run_steps(tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", wi
     return shard
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tp,cp", layouts())
-def test_prefill_then_decode_across_block_boundaries(tp, cp):
+def test_prefill_then_decode_across_block_boundaries(tp, cp, device):
     # 3 heads per chunk (odd). Two sequences of different lengths: a causal prompt chunk each, then
     # decode steps whose new positions cross block boundaries, so the owner rank of the new token rotates.
     steps = [{0: 7, 1: 3}] + [{0: 1, 1: 1}] * 6 + [{1: 5}]
-    run_steps(tp, cp, steps)
+    run_steps(tp, cp, steps, device=device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tp,cp", layouts())
-def test_sequences_shorter_than_a_block(tp, cp):
+def test_sequences_shorter_than_a_block(tp, cp, device):
     # With tokens_per_block = 4 and 3 tokens, only CP rank 0 holds keys; the others merge (0, -inf).
-    run_steps(tp, cp, [{0: 3}, {0: 1}])
+    run_steps(tp, cp, [{0: 3}, {0: 1}], device=device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tp,cp", layouts())
-def test_lengths_at_block_boundaries(tp, cp):
-    run_steps(tp, cp, [{0: 4, 1: 8, 2: 12}, {0: 1, 1: 1, 2: 1}])
+def test_lengths_at_block_boundaries(tp, cp, device):
+    run_steps(tp, cp, [{0: 4, 1: 8, 2: 12}, {0: 1, 1: 1, 2: 1}], device=device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tp,cp", layouts())
-def test_wuv_before_exchange(tp, cp):
-    run_steps(tp, cp, [{0: 9, 1: 2}, {0: 1, 1: 1}], with_wuv=True)
+def test_wuv_before_exchange(tp, cp, device):
+    run_steps(tp, cp, [{0: 9, 1: 2}, {0: 1, 1: 1}], with_wuv=True, device=device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tp,cp", layouts())
-def test_bfloat16_cache(tp, cp):
-    run_steps(tp, cp, [{0: 10}, {0: 1}, {0: 1}], dtype="bfloat16")
+def test_bfloat16_cache(tp, cp, device):
+    run_steps(tp, cp, [{0: 10}, {0: 1}, {0: 1}], dtype="bfloat16", device=device)
 
 
 def test_every_rank_holds_only_its_positions():

@@ -38,6 +38,13 @@ struct SequenceView {
   }
 };
 
+// A batch of sequences as the paged attention kernels read it (PagedMlaAttentionParams).
+struct BatchView {
+  std::vector<int32_t> block_tables;  // [B, max_blocks] this rank's blocks of each sequence (unused entries 0)
+  std::vector<int64_t> num_slots;     // [B] this rank's slots of each sequence
+  int64_t max_blocks = 1, max_num_slots = 0;
+};
+
 // The tokens of one step, as the engines and helix_attention receive them (host arrays).
 struct StepTokens {
   const int64_t* positions = nullptr;    // [T] global position of each token
@@ -109,8 +116,13 @@ class BlockTable {
   int64_t tokens_per_block() const { return tokens_per_block_; }
   int64_t cp_rank() const { return cp_rank_; }
   int64_t cp_size() const { return cp_size_; }
+  // This rank's blocks and slots of seq_ids [B] (each known), for the paged attention kernels.
+  BatchView batch_view(const int64_t* seq_ids, int64_t B) const;
   // Pool rows of this rank that hold no token (free blocks and the tail of partly filled ones).
   std::vector<int64_t> unused_rows() const;
+  // [num_blocks * tokens_per_block] the global position of the token each pool row holds (set by commit_step;
+  // rows that hold no token have stale values): what the paged attention kernels read (kv_pos).
+  const int64_t* row_positions() const { return row_pos_.data(); }
 
  private:
   struct Sequence {
@@ -132,6 +144,7 @@ class BlockTable {
   std::vector<int32_t> free_;     // this rank's free blocks, a stack (reserved for every block: never reallocates)
   std::vector<int64_t> used_;     // [cp_size] blocks holding tokens on each CP rank
   std::vector<int64_t> charged_;  // [cp_size] sum over sequences of charge()
+  std::vector<int64_t> row_pos_;  // [num_blocks * tokens_per_block] position of each pool row's token
   std::unordered_map<int64_t, Sequence> seqs_;
   uint64_t version_ = 0;  // bumped by every change
 };

@@ -17,7 +17,7 @@ class KVPool {
   // dtype Float32 or BFloat16 (ArgumentError naming the argument otherwise).
   KVPool(int64_t num_blocks, int64_t tokens_per_block, int64_t head_dim, DType dtype);
 
-  // Copies rows [n, head_dim] (this pool's dtype) to pool rows dst_rows [n]; a row < 0 is skipped.
+  // Copies rows [n, head_dim] (this pool's dtype) to pool rows dst_rows [n]; a row < 0 is skipped (kv_append_cpu).
   void write_rows(const int64_t* dst_rows, int64_t n, const void* rows);
   // Writes `value` (in the pool dtype) into every element of the given pool rows [n].
   void fill_rows(const int64_t* rows, int64_t n, float value);

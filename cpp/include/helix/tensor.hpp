@@ -39,4 +39,7 @@ void check_tensor(const TensorView& t, const char* name, int64_t ndim, std::init
 // Throws ArgumentError naming `name` unless dimension `axis` of `t` equals `expected`.
 void check_dim(const TensorView& t, const char* name, int64_t axis, int64_t expected, const char* what);
 
+// True when the bytes of a and b intersect (empty views overlap nothing).
+bool overlaps(const TensorView& a, const TensorView& b);
+
 }  // namespace helix

@@ -1,4 +1,4 @@
-"""One DeepSeek-V3-shaped decoder layer decoded on the GPU by the CUDA engine (helix._core.cuda.CudaEngine).
+"""One DeepSeek-V3-shaped decoder layer decoded on the GPU (helix._core.Engine with device="cuda").
 
 The real attention dimensions (hidden 7168, 128 heads, q_lora 1536, kv_lora 512, rope 64, nope 128, v 128),
 an MoE layer with fewer routed experts (16 instead of 256, top-8 of 8 groups, 1 shared expert, width 2048),
@@ -104,7 +104,7 @@ def run(batches: list[int], context: int, steps: int, smoke: bool = False) -> di
     rng = np.random.default_rng(0)
     n_seqs = max(batches)
     config = _config(layer, n_seqs, context, len(batches) * (steps + 3))
-    engine = cuda.CudaEngine(config, _core.self_communicator(), 0)
+    engine = _core.Engine(config, _core.self_communicator(), device="cuda")
     for name, w in _weights(engine, rng):
         engine.set_weight(name, w)
     engine.check_weights()
@@ -139,7 +139,7 @@ def run(batches: list[int], context: int, steps: int, smoke: bool = False) -> di
                 "step_ms_min": 1e3 * float(np.min(times)),
                 "tokens_per_s": batch / float(np.median(times)),
                 "components_ms": parts,
-                "device_gib": engine.device_bytes / 2**30,
+                "device_gib": engine.memory_bytes / 2**30,
             }
         )
     return {"device": cuda.device_name(), "smoke": smoke, "layer": layer, "rows": rows}

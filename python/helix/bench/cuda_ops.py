@@ -26,6 +26,7 @@ from helix import _core
 __all__ = ["Row", "main", "run"]
 
 cuda = _core.cuda
+bench = _core.cuda_bench  # the benchmarks' entry points (cuda/bench.hpp)
 
 
 @dataclass
@@ -67,9 +68,9 @@ def run(quick: bool = False, smoke: bool = False) -> dict[str, object]:
     if cuda.emulated() and not smoke:
         raise _core.HelixError("timings under the SIMT emulator mean nothing: benchmark on a real GPU")
     copy_bytes, gemm_n = (1 << 20, 64) if smoke else (1 << 30, 8192)
-    copy = cuda.bench_copy(copy_bytes, iters=1 if smoke else 20)
+    copy = bench.bench_copy(copy_bytes, iters=1 if smoke else 20)
     copy_bw = copy["bytes"] / (copy["ms"] * 1e-3)  # bytes/s
-    gemm = cuda.bench_gemm_bf16(gemm_n, gemm_n, gemm_n, iters=1 if smoke else 10)
+    gemm = bench.bench_gemm_bf16(gemm_n, gemm_n, gemm_n, iters=1 if smoke else 10)
     gemm_rate = gemm["flops"] / (gemm["ms"] * 1e-3)  # FLOP/s
     rows: list[Row] = [
         Row("copy", f"{copy_bytes >> 20} MiB d2d", copy["ms"], copy_bw / 1e12, 0.0, 1.0),
@@ -84,20 +85,20 @@ def run(quick: bool = False, smoke: bool = False) -> dict[str, object]:
             kernels = ["tensor_core"] + (["simple"] if batch == 1 and ctx <= 32768 else [])
             for kernel in kernels:
                 iters = 1 if smoke else 5 if ctx > 65536 else 10
-                r = cuda.bench_paged_mla_attention(batch, ctx, 128, 576, 512, kernel, iters=iters)
+                r = bench.bench_paged_mla_attention(batch, ctx, 128, 576, 512, kernel, iters=iters)
                 label = f"{ctx // 1024}K" if ctx >= 1024 else str(ctx)
                 rows.append(_attention_row(f"{kernel} b={batch} ctx={label}", r, copy_bw, gemm_rate))
     # Split-KV sweep at batch 1 (the plan's own choice is the b=1 row of the same context above).
     sweep_ctx = 256 if smoke else 32768
     for splits in (1, 4) if smoke else (8, 16, 32, 64, 128):
-        r = cuda.bench_paged_mla_attention(
+        r = bench.bench_paged_mla_attention(
             1, sweep_ctx, 128, 576, 512, "tensor_core", iters=1 if smoke else 10, num_splits=splits
         )
         case = f"tensor_core b=1 ctx={sweep_ctx} splits={splits}"
         rows.append(_attention_row(case, r, copy_bw, gemm_rate, num_splits=splits))
     for n_parts in (2, 256) if smoke else (2, 8, 32, 256):
         m = 8 * 128 if n_parts <= 32 and not smoke else 128  # batch 8 x 128 heads; 256 parts: one token
-        r = cuda.bench_merge_states(n_parts, m, 512, iters=1 if smoke else 20)
+        r = bench.bench_merge_states(n_parts, m, 512, iters=1 if smoke else 20)
         secs = r["ms"] * 1e-3
         bw = r["bytes"] / secs
         rows.append(Row("merge_states", f"N={n_parts} M={m} D=512", r["ms"], bw / 1e12, 0.0, bw / copy_bw))
@@ -105,7 +106,7 @@ def run(quick: bool = False, smoke: bool = False) -> dict[str, object]:
     # local): a GEMV per expert that got tokens, against copy bandwidth (its weights are the bytes).
     hidden, moe_f, n_local = (64, 32, 4) if smoke else (7168, 2048, 32)
     for T in (1, 2) if smoke else (1, 8):
-        r = cuda.bench_moe_experts(T, 2 if smoke else 8, n_local, hidden, moe_f, iters=1 if smoke else 10)
+        r = bench.bench_moe_experts(T, 2 if smoke else 8, n_local, hidden, moe_f, iters=1 if smoke else 10)
         secs = r["ms"] * 1e-3
         bw = r["bytes"] / secs
         case = f"T={T} top_k={2 if smoke else 8} n_local={n_local} {hidden}x{moe_f}"

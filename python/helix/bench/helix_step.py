@@ -109,7 +109,8 @@ def _point(comm, rng: np.random.Generator, context: int, T: int, repeats: int) -
         _core.helix_attention(comm, cache, q, new_kv, pos, seq_ids, q_index, scale, R)
 
     def attention() -> None:
-        _core.ops.paged_mla_attention(q, np.full(T, next_pos[0], np.int64), cache, seq_ids, q_index, scale, R)
+        view = cache.paged_view(seq_ids)  # views of the cache (no copy) and its block table
+        _core.ops.paged_mla_attention(q, np.full(T, next_pos[0], np.int64), q_index, *view, scale, R)
 
     send = np.ones((cp, T * (H // cp) * (R + 1)), np.float32)
     mine = np.array(

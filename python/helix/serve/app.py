@@ -32,7 +32,9 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-def make_app(served: ServedModel, client: EngineClient, metrics: ServerMetrics) -> FastAPI:
+def make_app(served: ServedModel, client: EngineClient, metrics: ServerMetrics, role=None) -> FastAPI:
+    """role: a disaggregated role (helix.serve.context_role / generation_role) or None (aggregated): it
+    admits each request (role.admit) and adds its own routes (role.add_routes)."""
     app = FastAPI(title="helix serve", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
@@ -67,18 +69,25 @@ def make_app(served: ServedModel, client: EngineClient, metrics: ServerMetrics) 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = parse_body(await request.body(), CompletionRequest)
-        prepared = served.completion(req)
+        prepared, handoff = await _admit(role, req, served.completion(req))
         builder = _builder(served, req, prepared, chat=False, logprobs=req.logprobs is not None)
-        return await _serve(request, client, req.stream, prepared, builder)
+        return await _serve(request, client, req.stream, prepared, builder, handoff)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req = parse_body(await request.body(), ChatCompletionRequest)
-        prepared = served.chat(req)
+        prepared, handoff = await _admit(role, req, served.chat(req))
         builder = _builder(served, req, prepared, chat=True, logprobs=req.logprobs)
-        return await _serve(request, client, req.stream, prepared, builder)
+        return await _serve(request, client, req.stream, prepared, builder, handoff)
 
+    if role is not None:
+        role.add_routes(app)
     return app
+
+
+async def _admit(role, req, prepared: PreparedRequest) -> tuple[PreparedRequest, object | None]:
+    """The role's view of a validated request: (what the engine runs, the KV hand-off), or (as is, None)."""
+    return (prepared, None) if role is None else await role.admit(req, prepared)
 
 
 def _builder(served, req, prepared: PreparedRequest, *, chat: bool, logprobs: bool) -> ResponseBuilder:
@@ -94,9 +103,14 @@ def _builder(served, req, prepared: PreparedRequest, *, chat: bool, logprobs: bo
 
 
 async def _serve(
-    request: Request, client: EngineClient, stream: bool, prepared: PreparedRequest, builder: ResponseBuilder
+    request: Request,
+    client: EngineClient,
+    stream: bool,
+    prepared: PreparedRequest,
+    builder: ResponseBuilder,
+    handoff: object | None = None,
 ) -> Response:
-    key, deltas = client.submit(prepared.prompt, prepared.params)
+    key, deltas = client.submit(prepared.prompt, prepared.params, handoff)
     if stream:
         return StreamingResponse(_stream(client, key, deltas, builder), media_type="text/event-stream")
     collect = asyncio.ensure_future(_collect(deltas))
@@ -112,7 +126,7 @@ async def _serve(
         return Response(status_code=499)  # the client has gone: nobody reads this
     got = collect.result()
     if got[-1].finish_reason == "refused":
-        raise ApiError(400, got[-1].error or "the request was refused")
+        raise ApiError(got[-1].error_status, got[-1].error or "the request was refused")
     return JSONResponse(builder.response(got))
 
 
@@ -134,7 +148,7 @@ async def _stream(
             delta = await deltas.get()
             finished = delta.finished
             if delta.finish_reason == "refused":
-                yield _sse(ApiError(400, delta.error or "the request was refused").body())
+                yield _sse(ApiError(delta.error_status, delta.error or "the request was refused").body())
                 break
             yield _sse(builder.chunk(delta))
             if finished and builder.include_usage:

@@ -30,6 +30,7 @@ class NewRequest:
     key: int  # the HTTP side's id of the request
     prompt: list[int]
     params: SamplingParams  # with a seed: rank 0 draws one for unseeded requests, so every rank agrees
+    handoff: object | None = None  # disaggregated roles: the KV to export or import
 
 
 @dataclass
@@ -39,9 +40,10 @@ class Commands:
     adds: list[NewRequest] = field(default_factory=list)
     aborts: list[int] = field(default_factory=list)  # keys
     shutdown: bool = False  # leave the loop after these (every rank at the same iteration)
+    handoff: list = field(default_factory=list)  # disaggregated roles' decisions (KV ready, failed, freed)
 
     def __bool__(self) -> bool:
-        return bool(self.adds or self.aborts or self.shutdown)
+        return bool(self.adds or self.aborts or self.shutdown or self.handoff)
 
 
 class ControlChannel:
@@ -79,6 +81,13 @@ class ControlChannel:
         if self._comm is None:
             return [value]
         out = self._comm.gather(int(value), root=0)
+        return out if out is not None else []
+
+    def gather_objects(self, value) -> list:
+        """Every rank's (picklable) value, in rank order, on rank 0 ([] on the others)."""
+        if self._comm is None:
+            return [value]
+        out = self._comm.gather(value, root=0)
         return out if out is not None else []
 
     def close(self) -> None:

@@ -25,7 +25,9 @@ import time
 
 from helix.generate_cli import add_model_arguments, make_llm
 
-__all__ = ["build_parser", "main"]
+__all__ = ["ROLES", "build_parser", "main"]
+
+ROLES = ("aggregated", "context", "generation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
+    p.add_argument(
+        "--role",
+        default="aggregated",
+        choices=ROLES,
+        help="aggregated: prefill and decode (default); context: prefill only, the KV handed over to a "
+        "generation server; generation: decode requests handed over (docs/disaggregated.md)",
+    )
+    p.add_argument(
+        "--handoff-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a KV hand-off may take (generation), and a handle waits for its claim (context)",
+    )
     return p
 
 
@@ -57,6 +72,10 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.drain_timeout >= 0:
         raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
+    if not args.handoff_timeout > 0:
+        raise ValueError(f"--handoff-timeout must be > 0, got {args.handoff_timeout}")
+    if args.role != "aggregated" and args.device != "cpu":
+        raise ValueError(f"--role {args.role} needs --device cpu: the KV hand-off reads host KV pools")
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -75,22 +94,25 @@ def _listen(host: str, port: int) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from helix import DeviceMemoryError
-    from helix.comm import abort_on_exception, world
+    from helix.comm import abort_job, abort_on_exception, world
     from helix.device import DeviceUnavailableError
 
     abort_on_exception()
     comm = world()
+    from helix.disagg.agent import TransferUnavailableError, require_nixl
+
     try:
         _check_args(args)
+        if args.role != "aggregated":
+            require_nixl()  # before any weight is read
         sock = _listen(args.host, args.port) if comm.rank == 0 else None
         llm = make_llm(args, comm, progress=False)
-    except (ValueError, OSError, DeviceUnavailableError, DeviceMemoryError) as exc:
+    except (ValueError, OSError, DeviceUnavailableError, DeviceMemoryError, TransferUnavailableError) as exc:
         prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
-        print(f"{prefix}helix serve: error: {exc}", file=sys.stderr, flush=True)
+        message = f"{prefix}helix serve: error: {exc}\n"
         if comm.size > 1:
-            from mpi4py import MPI
-
-            MPI.COMM_WORLD.Abort(2)
+            abort_job(message, 2)
+        print(message, end="", file=sys.stderr, flush=True)
         return 2
     _serve(args, llm, sock)
     return 0
@@ -98,19 +120,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, llm, sock: socket.socket | None) -> None:
     from helix.serve.channel import ControlChannel
-    from helix.serve.engine_loop import EngineLoop
+    from helix.serve.client import EngineClient
 
     channel = ControlChannel()
+    client = EngineClient(args.max_waiting) if sock is not None else None
+    make_loop, role = _role(args, llm, channel, client)
     if sock is None:  # the other ranks follow rank 0, which decides when to stop
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        EngineLoop(llm, channel).run()
+        make_loop(llm, channel).run()
         channel.close()
         return
     import uvicorn
 
     from helix.serve.app import make_app
-    from helix.serve.client import EngineClient
     from helix.serve.metrics import ServerMetrics
     from helix.serve.prepare import ServedModel
 
@@ -123,10 +146,9 @@ def _serve(args: argparse.Namespace, llm, sock: socket.socket | None) -> None:
         llm.max_request_tokens,
         args.default_max_tokens,
     )
-    client = EngineClient(args.max_waiting)
     metrics = ServerMetrics(name, llm.engine.num_kv_blocks)
     config = uvicorn.Config(
-        make_app(served, client, metrics),
+        make_app(served, client, metrics, role),
         log_level=args.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
@@ -148,8 +170,39 @@ def _serve(args: argparse.Namespace, llm, sock: socket.socket | None) -> None:
     print(f"helix serve: listening on http://{host}:{port} (model {name!r})", flush=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: client.begin_drain())
-    EngineLoop(llm, channel, client, metrics, args.drain_timeout).run()
+    make_loop(llm, channel, client=client, metrics=metrics, drain_timeout=args.drain_timeout).run()
     server.should_exit = True
     http.join(timeout=10)
     channel.close()
     print("helix serve: stopped", flush=True)
+
+
+def _role(args: argparse.Namespace, llm, channel, client):
+    """(the engine loop's class with its role's arguments, rank 0's HTTP role or None). Collective: the
+    disaggregated roles start a NIXL agent on the ranks that need one."""
+    from helix.serve.engine_loop import EngineLoop
+
+    if args.role == "aggregated":
+        return EngineLoop, None
+    import functools
+    import uuid
+
+    from helix.disagg.kv_file import model_fingerprint
+
+    fingerprint = model_fingerprint(args.model)
+    name = f"helix-{args.role}-{uuid.uuid4().hex[:12]}"
+    if args.role == "context":
+        from helix.serve.context_role import ContextLoop, ContextRole, register_sources
+
+        agent, sources = register_sources(llm, channel, name)
+        role = ContextRole(args.handoff_timeout, client.wake) if client is not None else None
+        loop = functools.partial(
+            ContextLoop, agent=agent, sources=sources, fingerprint=fingerprint, role=role
+        )
+        return loop, role
+    from helix.disagg.agent import KVAgent
+    from helix.serve.generation_role import GenerationLoop, GenerationRole
+
+    agent = KVAgent(f"{name}-r{llm.engine.rank}")
+    role = GenerationRole(llm, fingerprint, args.handoff_timeout) if client is not None else None
+    return functools.partial(GenerationLoop, agent=agent, handoff_timeout=args.handoff_timeout), role

@@ -40,6 +40,8 @@ class Delta:
     finish_reason: str | None = None  # the engine's: eos, stop, length, aborted, refused
     stop_reason: str | int | None = None
     error: str | None = None  # why it was refused or failed
+    error_status: int = 400  # the HTTP status of a refused request
+    kv_transfer: dict | None = None  # disaggregated roles: the hand-off's facts, in the response
 
     @property
     def finished(self) -> bool:
@@ -52,6 +54,7 @@ class Submission:
     prompt: list[int]
     params: SamplingParams
     arrival: float  # time.monotonic() when it was submitted
+    handoff: object | None = None  # disaggregated roles: what the engine loop does with the KV
 
 
 class EngineClient:
@@ -73,7 +76,9 @@ class EngineClient:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> tuple[int, asyncio.Queue[Delta]]:
+    def submit(
+        self, prompt: list[int], params: SamplingParams, handoff: object | None = None
+    ) -> tuple[int, asyncio.Queue[Delta]]:
         """Queues a request; returns its key and the queue its Deltas arrive on (the last one finished)."""
         if self.draining:
             raise ApiError(503, "the server is shutting down")
@@ -86,7 +91,7 @@ class EngineClient:
         stream: asyncio.Queue[Delta] = asyncio.Queue()
         self._streams[key] = stream
         self.unfinished += 1
-        self._inbox.put(Submission(key, prompt, params, time.monotonic()))
+        self._inbox.put(Submission(key, prompt, params, time.monotonic(), handoff))
         return key, stream
 
     def abort(self, key: int) -> None:
@@ -131,6 +136,10 @@ class EngineClient:
             self._loop.call_soon_threadsafe(self._deliver, deltas)
         except RuntimeError:  # the event loop has closed (shutdown): nobody is left to tell
             pass
+
+    def wake(self) -> None:
+        """Wake the engine loop if it waits for news (thread-safe)."""
+        self._inbox.put(None)
 
     def begin_drain(self) -> None:
         """Refuse new requests from now on and wake the engine loop (safe in a signal handler)."""

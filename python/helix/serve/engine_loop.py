@@ -70,6 +70,7 @@ class EngineLoop:
                 deltas += self._step()
                 if len(self.llm.stats.step_ms) > _MAX_KEPT_STEPS:  # it keeps one timing per step
                     self.llm.reset_stats()
+            deltas = self._after_step(deltas)
             used = self.llm.engine.num_kv_blocks - self.llm.engine.num_free_blocks
             kv_used = self.channel.gather(used)
             if self.client is not None:  # before the tokens go out: a client may act on them at once
@@ -80,8 +81,8 @@ class EngineLoop:
 
     def _collect(self) -> Commands:
         """Rank 0: the HTTP side's news; waits for some while idle; shutdown once drained."""
-        busy = self.llm.has_unfinished_requests()
         while True:  # idle: no broadcast until there is news, so the other ranks sleep in theirs
+            busy = self._busy()
             adds, aborts = self.client.take(block=not busy)
             if busy or adds or aborts or self.client.draining:
                 break
@@ -91,8 +92,9 @@ class EngineLoop:
             if seed is None:  # drawn here and broadcast: every rank samples the same tokens
                 seed = int(np.random.SeedSequence().entropy % (2**62))
             params = dataclasses.replace(sub.params, seed=seed)
-            commands.adds.append(NewRequest(sub.key, sub.prompt, params))
+            commands.adds.append(NewRequest(sub.key, sub.prompt, params, sub.handoff))
             self._progress[sub.key] = _Progress(len(sub.prompt), sub.arrival)
+        self._collect_handoff(commands)
         if self.client.draining:
             now = time.monotonic()
             if self._drain_deadline is None:
@@ -105,10 +107,10 @@ class EngineLoop:
 
     def _apply(self, commands: Commands) -> list[tuple[int, Delta]]:
         """The same add_request / abort_request calls on every rank; the Deltas of what ended here."""
-        deltas = []
+        deltas = self._apply_handoff(commands)
         for new in commands.adds:
             try:
-                rid = self.llm.add_request(new.prompt, new.params)
+                rid = self._add(new)
             except (ValueError, TypeError) as exc:  # the same on every rank: nothing was queued anywhere
                 deltas.append((new.key, Delta([], "", [], 0, "refused", error=str(exc))))
                 continue
@@ -121,6 +123,27 @@ class EngineLoop:
             out = self.llm.abort_request(rid)
             if out is not None and self.client is not None:
                 deltas.append((key, self._delta(key, out)))
+        return deltas
+
+    # ---- what a disaggregated role (helix.serve.context_role, generation_role) changes
+
+    def _busy(self) -> bool:
+        """Whether the loop has work without news (else rank 0 waits for some)."""
+        return self.llm.has_unfinished_requests()
+
+    def _add(self, new: NewRequest) -> int:
+        """Queues a broadcast request on this rank; returns its request id."""
+        return self.llm.add_request(new.prompt, new.params)
+
+    def _collect_handoff(self, commands: Commands) -> None:
+        """Rank 0: the role's decisions, into commands.handoff."""
+
+    def _apply_handoff(self, commands: Commands) -> list[tuple[int, Delta]]:
+        """Every rank: carries out commands.handoff; the Deltas of what it ended or started."""
+        return []
+
+    def _after_step(self, deltas: list[tuple[int, Delta]]) -> list[tuple[int, Delta]]:
+        """Every rank, every iteration: the role's own progress (collective); may amend the Deltas."""
         return deltas
 
     def _step(self) -> list[tuple[int, Delta]]:

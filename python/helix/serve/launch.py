@@ -21,7 +21,7 @@ from pathlib import Path
 
 from helix.comm import mpiexec
 
-__all__ = ["ServerProcess"]
+__all__ = ["RouterProcess", "ServerProcess"]
 
 _MPI_ENV = {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1", "OMP_NUM_THREADS": "1"}
 _LISTENING = re.compile(r"listening on http://([0-9.]+):(\d+)")
@@ -120,4 +120,65 @@ class ServerProcess:
 
     def stop(self) -> None:
         self.terminate()
+        self._log.close()
+
+
+class RouterProcess:
+    """`timeout <limit> python -m helix router --port 0 --context URL... --generation URL...`; output in
+    log_path; stop() ends it (SIGTERM to its process group, then SIGKILL)."""
+
+    def __init__(
+        self, context: list[str], generation: list[str], log_path: Path, limit_s: float = 600
+    ) -> None:
+        import helix
+
+        env = dict(os.environ)
+        python_dir = str(Path(helix.__path__[0]).parent)
+        env["PYTHONPATH"] = python_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        args = [a for u in context for a in ("--context", u)] + [
+            a for u in generation for a in ("--generation", u)
+        ]
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                "timeout",
+                "-k",
+                "5",
+                str(limit_s),
+                sys.executable,
+                "-m",
+                "helix",
+                "router",
+                "--port",
+                "0",
+                *args,
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = ""
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = _LISTENING.search(self.log_path.read_text(errors="replace"))
+            if found:
+                self.url = f"http://{found.group(1)}:{found.group(2)}"
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"helix router exited:\n{self.log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+        raise TimeoutError(f"helix router not ready after {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # timeout leads its own process group
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
         self._log.close()

@@ -74,6 +74,9 @@ class _SamplingFields(_Strict):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # Disaggregated serving (vLLM's name): the router's hand-off of a request between a context and a
+    # generation server (helix.serve.context_role / generation_role); other servers ignore it.
+    kv_transfer_params: dict[str, Any] | None = None
 
     def unsupported(self) -> list[tuple[str, str]]:
         """(parameter, why) for what was asked but is not implemented."""

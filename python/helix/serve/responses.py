@@ -128,7 +128,8 @@ class ResponseBuilder:
         ids = [t for d in deltas for t in d.token_ids]
         lps = [lp for d in deltas for lp in d.logprobs]
         choice = self._choice(text, ids, lps, last, stream=False)
-        return {**self._envelope(False), "choices": [choice], "usage": self.usage(last.completion_tokens)}
+        out = {**self._envelope(False), "choices": [choice], "usage": self.usage(last.completion_tokens)}
+        return self._with_kv_transfer(out, deltas)
 
     def chunk(self, delta: Delta) -> dict[str, Any]:
         """One stream chunk: one token (the last one with finish_reason and usage)."""
@@ -138,6 +139,14 @@ class ResponseBuilder:
             out["usage"] = self.usage(delta.completion_tokens)
         elif self.include_usage:
             out["usage"] = None
+        return self._with_kv_transfer(out, [delta])
+
+    @staticmethod
+    def _with_kv_transfer(out: dict[str, Any], deltas: list[Delta]) -> dict[str, Any]:
+        """Disaggregated roles: the hand-off's facts (a context's handle, a generation's bytes per rank)."""
+        facts = {k: v for d in deltas if d.kv_transfer for k, v in d.kv_transfer.items()}
+        if facts:
+            out["kv_transfer_params"] = facts
         return out
 
     def usage_chunk(self, completion_tokens: int) -> dict[str, Any]:

@@ -5,23 +5,80 @@
 //   o[t,h,:]     = sum_s softmax_s(score) * kv[s, :kv_lora_rank]    (the latent is also the value)
 //   lse[t,h]     = log(sum_s exp(score))                     natural log; -inf and o = 0 when nothing is visible
 //
-// Accumulation is float32; q and kv may be float32 or bfloat16. With bfloat16 keys on the BF16 product
-// paths (see MlaKernelPath) q and the softmax weights enter the two products as bf16 hi + lo pairs
-// (Avx512Bf16Split, AmxSplit) or, forced only, rounded to bf16 (Avx512Bf16, Amx); the running max, sum and
-// output stay float32.
+// Accumulation is float32.
+//   cpu:  q and kv each float32 or bfloat16. With bfloat16 keys on the BF16 product paths (see MlaKernelPath)
+//         q and the softmax weights enter the two products as bf16 hi + lo pairs (Avx512Bf16Split, AmxSplit)
+//         or, forced only, rounded to bf16 (Avx512Bf16, Amx); the running max, sum and output stay float32.
+//   cuda: q and kv of one dtype: bfloat16 (both kernels, AttentionKernel) or float32 (Simple only).
+//
+// The paged form (PagedMlaAttentionParams, both devices): the keys of query token t come from sequence
+// b = q_seq[t]; slot k of b is pool row r = block_tables[b, k / tpb] * tpb + k % tpb (SequenceView::pool_row),
+// whose global position is kv_pos[r] (positions live with the rows, as BlockTable::row_positions keeps them,
+// so a decode step uploads no per-slot data); slots k < num_slots[b] are valid, no other row is ever read.
 #pragma once
 
 #include <cstdint>
 #include <string_view>
 
-#include "helix/block_table.hpp"
+#include "helix/device.hpp"
 #include "helix/dtype.hpp"
-#include "helix/kv_pool.hpp"
 #include "helix/tensor.hpp"
 
 namespace helix {
 
-// The queries of one call and where the results go. All rows t*H + h share the same keys.
+struct PagedMlaAttentionParams {
+  const void* q = nullptr;                // [T, H, D] q_dtype
+  const int64_t* q_pos = nullptr;         // [T]  global position of each query token
+  const int64_t* q_seq = nullptr;         // [T]  in [0, B): the sequence each query token reads
+  const void* pool = nullptr;             // [num_blocks * tokens_per_block, D] kv_dtype
+  const int32_t* block_tables = nullptr;  // [B, max_blocks]
+  const int64_t* kv_pos = nullptr;        // [num_blocks * tokens_per_block] position of each pool row
+  const int64_t* num_slots = nullptr;     // [B], each <= max_blocks * tokens_per_block
+  float* o = nullptr;                     // [T, H, R]  output, normalized
+  float* lse = nullptr;                   // [T, H]     output, natural log
+  float* workspace = nullptr;  // cuda: [cuda::attention_workspace_floats(p)] split-KV partials (may be null when
+                               // that is 0); cpu: unused
+  int64_t T = 0, H = 0, D = 0, R = 0;  // R = kv_lora_rank <= D
+  int64_t B = 0, max_blocks = 0, tokens_per_block = 0;
+  int64_t max_num_slots = 0;  // max over b of num_slots[b] (host-known; sizes the CUDA split)
+  float scale = 1.f;          // finite, > 0
+  int num_splits = 0;         // cuda: 0 = chosen from the SM count, else 1..256; cpu: 0 (it plans its own)
+  DType q_dtype = DType::BFloat16, kv_dtype = DType::BFloat16;
+};
+
+// q [T,H,D]; q_pos [T] i64; q_seq [T] i64 in [0,B); pool [num_blocks, tokens_per_block, D] (kv dtype);
+// block_tables [B, max_blocks] i32 (the blocks of num_slots[b] slots in [0, num_blocks)); kv_pos
+// [num_blocks, tokens_per_block] i64; num_slots [B] i64 <= max_blocks * tokens_per_block; 0 < kv_lora_rank <= D;
+// scale finite > 0; o [T,H,R] f32; lse [T,H] f32; dtypes as the device runs them (above). num_splits: cuda
+// 0..256, cpu 0.
+PagedMlaAttentionParams check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos,
+                                                       const TensorView& q_seq, const TensorView& pool,
+                                                       const TensorView& block_tables, const TensorView& kv_pos,
+                                                       const TensorView& num_slots, float scale, int64_t kv_lora_rank,
+                                                       int num_splits, const TensorView& o, const TensorView& lse,
+                                                       Device device);
+
+// OpenMP-parallel over query rows and keys; tokens of one sequence share its keys.
+void paged_mla_attention_cpu(const PagedMlaAttentionParams& p);
+
+namespace cuda {
+enum class AttentionKernel : int {
+  Auto = 0,        // TensorCore when the shape and dtype (bf16) allow it, else Simple
+  Simple = 1,      // one warp per (token, head, split), fp32 FMA; any D <= 1024, R <= D
+  TensorCore = 2,  // mma.sync m16n8k16 bf16 -> fp32, 32 heads x 32 keys per tile; D % 16 == 0,
+                   // R % 64 == 0, R <= 512, D <= 1024
+};
+// Splits that launch_paged_mla_attention uses for p (after resolving num_splits == 0).
+int attention_num_splits(const PagedMlaAttentionParams& p);
+// fp32 elements of workspace needed for p: num_splits * T * H * (R + 1), or 0 when num_splits == 1.
+int64_t attention_workspace_floats(const PagedMlaAttentionParams& p);
+bool tensor_core_attention_supported(int64_t D, int64_t R);
+void launch_paged_mla_attention(const PagedMlaAttentionParams& p, AttentionKernel kernel, StreamHandle stream);
+}  // namespace cuda
+
+// The contiguous form (one sequence's keys in one array), the CPU kernel's own entry point; the bindings
+// run it on CUDA as a paged call over blocks of the array. The queries of one call and where the results go.
+// All rows t*H + h share the same keys.
 struct MlaAttentionParams {
   const void* q = nullptr;             // [T, H, D]  q_dtype
   const int64_t* q_pos = nullptr;      // [T]        global position of each query token
@@ -30,17 +87,11 @@ struct MlaAttentionParams {
   int64_t T = 0, H = 0, D = 0, R = 0;  // R = kv_lora_rank <= D
   float scale = 1.f;                   // finite, > 0
   DType q_dtype = DType::Float32;      // Float32 or BFloat16
-  // Optional subset of query tokens to compute (the outputs of the others are left untouched):
-  const int64_t* tokens = nullptr;  // [num_tokens] indices in [0, T); nullptr: all T tokens
-  int64_t num_tokens = 0;
 };
 
-// Kernel entry points (no validation; shapes as documented). OpenMP-parallel over keys and rows.
+// Kernel entry point (no validation; shapes as documented). OpenMP-parallel over keys and rows.
 // kv: [S, D] kv_dtype (Float32 or BFloat16), kv_pos: [S].
 void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S, DType kv_dtype);
-// Keys of sequence `seq` read from `pool` through its block table (unused slots are never read).
-// pool: rows [num_blocks * seq.tokens_per_block, D] of pool.dtype(); seq: from the BlockTable.
-void paged_mla_attention_cpu(const MlaAttentionParams& p, const KVPool& pool, const SequenceView& seq);
 
 // Which micro-kernels run. float32 keys always run Portable or the exact Avx512 kernels (the BF16 product
 // paths are for bfloat16 keys only). Errors: docs/performance.md; bounds: tests/tolerances.py.
@@ -82,25 +133,9 @@ struct MlaShape {
 };
 
 // Validates the inputs of mla_attention (everything but the outputs) and returns the shapes.
-// q [T,H,D] f32|bf16; kv [S,D] f32|bf16; q_pos [T] i64; kv_pos [S] i64; 0 < kv_lora_rank <= D; scale finite > 0.
+// q [T,H,D]; kv [S,D]; q_pos [T] i64; kv_pos [S] i64; 0 < kv_lora_rank <= D; scale finite > 0; the dtypes of
+// q and kv as the device runs them (above; cuda: D <= 1024).
 MlaShape check_mla_attention_args(const TensorView& q, const TensorView& kv, const TensorView& q_pos,
-                                  const TensorView& kv_pos, float scale, int64_t kv_lora_rank);
-
-// Validated op (the boundary): throws ArgumentError naming the bad argument. o [T,H,R] f32; lse [T,H] f32.
-void mla_attention(const TensorView& q, const TensorView& kv, const TensorView& q_pos, const TensorView& kv_pos,
-                   float scale, int64_t kv_lora_rank, const TensorView& o, const TensorView& lse);
-
-// Validates the inputs of paged_mla_attention and returns the shapes (S = 0: per sequence).
-// q [T,H,D] f32|bf16 with D == pool.head_dim(); pool rows == table.num_blocks() * table.tokens_per_block();
-// q_pos [T] i64; seq_ids [B] i64, each known to the table; q_seq_index [T] i64 in [0, B).
-MlaShape check_paged_mla_attention_args(const TensorView& q, const TensorView& q_pos, const KVPool& pool,
-                                        const BlockTable& table, const TensorView& seq_ids,
-                                        const TensorView& q_seq_index, float scale, int64_t kv_lora_rank);
-
-// q [T,H,D]; q_pos [T]; the keys: `pool` through `table`; seq_ids [B] i64; q_seq_index [T] i64 in [0,B): the
-// sequence each query token reads. o [T,H,R] f32; lse [T,H] f32.
-void paged_mla_attention(const TensorView& q, const TensorView& q_pos, const KVPool& pool, const BlockTable& table,
-                         const TensorView& seq_ids, const TensorView& q_seq_index, float scale, int64_t kv_lora_rank,
-                         const TensorView& o, const TensorView& lse);
+                                  const TensorView& kv_pos, float scale, int64_t kv_lora_rank, Device device);
 
 }  // namespace helix

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "helix/device.hpp"
 #include "helix/dtype.hpp"
 #include "helix/tensor.hpp"
 
@@ -14,12 +15,16 @@ struct EmbeddingParams {
   const void* table = nullptr;   // [V, hidden]  table_dtype: rows vocab_start .. vocab_start + V - 1
   float* out = nullptr;          // [T, hidden]
   int64_t T = 0, V = 0, hidden = 0, vocab_start = 0;
-  DType table_dtype = DType::Float32;
+  DType table_dtype = DType::Float32;  // Float32 or BFloat16 (cpu, cuda)
 };
 
-void embedding_cpu(const EmbeddingParams& p);
+// ids [T] i64; table [V, hidden] f32|bf16; out [T, hidden] f32; vocab_start >= 0.
+EmbeddingParams check_embedding_args(const TensorView& ids, const TensorView& table, int64_t vocab_start,
+                                     const TensorView& out, Device device);
 
-// Validated op: ids [T] i64; table [V, hidden] f32|bf16; out [T, hidden] f32; vocab_start >= 0.
-void embedding(const TensorView& ids, const TensorView& table, int64_t vocab_start, const TensorView& out);
+void embedding_cpu(const EmbeddingParams& p);
+namespace cuda {
+void launch_embedding(const EmbeddingParams& p, StreamHandle stream);
+}  // namespace cuda
 
 }  // namespace helix

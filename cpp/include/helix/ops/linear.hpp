@@ -1,6 +1,10 @@
 // Linear layer for decode: y[T, N] (=|+=) x[T, K] @ W[N, K]^T.
 //
-// x and y are float32; W is float32 or bfloat16 (bf16 is widened to f32 in registers, never rounded x).
+// Dtypes (x_dtype, w_dtype, y_dtype) each device runs:
+//   cpu:  x float32, W float32 or bfloat16 (bf16 is widened to f32 in registers, never rounded x), y float32.
+//   cuda: cuBLAS (cublasGemmEx, fp32 compute): x and W of one dtype, BFloat16 (y float32 or bfloat16) or
+//         Float32 (y float32; strict fp32, no TF32).
+// The CPU kernels:
 // Written for small T: every weight element is read from memory once per call while all T <= ~tens of
 // tokens stay in cache; larger T is processed in token blocks (the weight is re-read once per block).
 // Threads (OpenMP) split the output rows N. The SIMD path (AVX-512F, AVX2+FMA or portable C++) is picked at
@@ -17,19 +21,21 @@
 #include <string_view>
 #include <vector>
 
+#include "helix/device.hpp"
 #include "helix/dtype.hpp"
 #include "helix/tensor.hpp"
 
 namespace helix {
 
 struct LinearParams {
-  const float* x = nullptr;  // [T, ldx]   the first K columns of each row are read
-  const void* w = nullptr;   // [N, K]     w_dtype, dense
-  float* y = nullptr;        // [T, ldy]   columns [0, N) written (or added to)
+  const void* x = nullptr;  // [T, ldx]   x_dtype: the first K columns of each row are read
+  const void* w = nullptr;  // [N, K]     w_dtype, dense
+  void* y = nullptr;        // [T, ldy]   y_dtype: columns [0, N) written (or added to)
   int64_t T = 0, N = 0, K = 0;
   int64_t ldx = 0, ldy = 0;  // row strides in elements (>= K, >= N)
   DType w_dtype = DType::Float32;
   bool accumulate = false;  // y += x @ W^T (residual add) instead of y = x @ W^T
+  DType x_dtype = DType::Float32, y_dtype = DType::Float32;
 };
 
 // Tokens from which linear_cpu runs bf16 weights on AMX tiles. Measured on Emerald Rapids (1 thread,
@@ -62,8 +68,14 @@ std::vector<std::string> linear_isas();
 // or a path this CPU (or OS) cannot run.
 void linear_cpu_isa(const LinearParams& p, std::string_view isa);
 
-// Validated op: x [T, K] f32; w [N, K] f32|bf16; y [T, N] f32 (written, or added to when accumulate).
-// isa: "" picks the best path for this CPU, else as linear_cpu_isa.
-void linear(const TensorView& x, const TensorView& w, const TensorView& y, bool accumulate, std::string_view isa = "");
+// x [T, K]; w [N, K]; out [T, N] not overlapping x or w (written, or added to when accumulate); dtypes as the
+// device runs them (above). Returns the dense Params.
+LinearParams check_linear_args(const TensorView& x, const TensorView& w, const TensorView& out, bool accumulate,
+                               Device device);
+
+namespace cuda {
+bool built_with_cublas();
+void launch_linear(const LinearParams& p, StreamHandle stream);
+}  // namespace cuda
 
 }  // namespace helix

@@ -9,23 +9,29 @@
 
 #include <cstdint>
 
+#include "helix/device.hpp"
+#include "helix/dtype.hpp"
 #include "helix/tensor.hpp"
 
 namespace helix {
 
 struct RopeParams {
-  float* x = nullptr;               // [T, H, stride]  rotated in place at channels [offset, offset + P)
+  void* x = nullptr;                // [T, H, stride]  dtype, rotated in place at channels [offset, offset + P)
   const int64_t* pos = nullptr;     // [T]             global positions
   const float* inv_freq = nullptr;  // [P / 2]
   int64_t T = 0, H = 0, stride = 0, offset = 0, P = 0;
   float attention_factor = 1.f;
+  DType dtype = DType::Float32;  // of x: Float32 (cpu, cuda) or BFloat16 (cuda)
 };
 
-void rope_cpu(const RopeParams& p);
+// x [T, S] or [T, H, S] of a dtype the device runs (rotated in place); positions [T] i64; inv_freq [P/2] f32;
+// 0 <= offset, offset + P <= S; attention_factor finite.
+RopeParams check_rope_args(const TensorView& x, const TensorView& positions, const TensorView& inv_freq, int64_t offset,
+                           float attention_factor, Device device);
 
-// Validated op: x [T, S] or [T, H, S] f32 (in place); pos [T] i64; inv_freq [P/2] f32;
-// 0 <= offset, offset + P <= S.
-void rope(const TensorView& x, const TensorView& pos, const TensorView& inv_freq, int64_t offset,
-          float attention_factor);
+void rope_cpu(const RopeParams& p);
+namespace cuda {
+void launch_rope(const RopeParams& p, StreamHandle stream);
+}  // namespace cuda
 
 }  // namespace helix

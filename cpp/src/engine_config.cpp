@@ -1,6 +1,4 @@
-#include "helix/engine_common.hpp"
-
-#include <numeric>
+#include "helix/engine_config.hpp"
 
 namespace helix {
 
@@ -32,9 +30,8 @@ std::map<std::string, ExpectedWeight> expected_weight_shapes(const EngineConfig&
     e[L("w_uv")] = {{Htp, Dv, R}, true};
     e[L("o_proj")] = {{hid, Hc * Dv}, true};
     if (c.is_moe_layer(l)) {
-      const int64_t E = c.n_routed_experts, Fm = c.moe_intermediate_size;
-      const int64_t n_local = c.expert_tensor_parallel ? E : E / N;
-      const int64_t Fe = c.expert_tensor_parallel ? Fm / N : Fm;
+      const int64_t E = c.n_routed_experts, Fm = c.moe_intermediate_size, n_local = c.local_experts(),
+                    Fe = c.expert_width();
       e[L("gate")] = {{E, hid}, false};
       e[L("e_score_correction_bias")] = {{E}, false};
       e[L("experts.gate_up_proj")] = {{n_local, 2 * Fe, hid}, true};
@@ -117,50 +114,6 @@ void check_engine_weight(const std::map<std::string, ExpectedWeight>& expected, 
   } else {
     check_tensor(w, name.c_str(), static_cast<int64_t>(e.shape.size()), {DType::Float32});
   }
-}
-
-std::vector<int64_t> commit_fill(BlockTable& table, int64_t seq_id, int64_t num_tokens, StepPlan& plan) {
-  HELIX_CHECK_ARG(table.has_sequence(seq_id), "unknown sequence ", seq_id);
-  HELIX_CHECK_ARG(table.num_held(seq_id) == 0, "fill_sequence_random: sequence ", seq_id, " is not empty");
-  HELIX_CHECK_ARG(num_tokens >= 0, "argument 'num_tokens' must be >= 0, got ", num_tokens);
-  std::vector<int64_t> positions(static_cast<size_t>(num_tokens));
-  std::iota(positions.begin(), positions.end(), int64_t{0});
-  const std::vector<int64_t> one_sequence(positions.size(), 0);  // q_seq_index
-  plan = table.plan_step(StepTokens{positions.data(), one_sequence.data(), &seq_id, num_tokens, 1});
-  return table.commit_step(plan);
-}
-
-StepTokens step_tokens(const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index) {
-  return StepTokens{positions.ptr<int64_t>(), q_seq_index.ptr<int64_t>(), seq_ids.ptr<int64_t>(), positions.dim(0),
-                    seq_ids.dim(0)};
-}
-
-StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
-                           const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                           const TensorView& logit_rows, const TensorView& logits) {
-  check_tensor(tokens, "tokens", 1, {DType::Int64});
-  const int64_t T = tokens.dim(0);
-  HELIX_CHECK_ARG(T > 0, "argument 'tokens' is empty");
-  check_tensor(positions, "positions", 1, {DType::Int64});
-  check_dim(positions, "positions", 0, T, "the number of tokens");
-  check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
-  check_tensor(q_seq_index, "q_seq_index", 1, {DType::Int64});
-  check_dim(q_seq_index, "q_seq_index", 0, T, "the number of tokens");
-  check_tensor(logit_rows, "logit_rows", 1, {DType::Int64});
-  const int64_t L = logit_rows.dim(0);
-  for (int64_t i = 0; i < L; ++i) {
-    const int64_t r = logit_rows.ptr<int64_t>()[i];
-    HELIX_CHECK_ARG(r >= 0 && r < T, "argument 'logit_rows'[", i, "] = ", r, " is outside [0, ", T, ")");
-  }
-  check_tensor(logits, "logits", 2, {DType::Float32});
-  check_dim(logits, "logits", 0, L, "len(logit_rows)");
-  check_dim(logits, "logits", 1, c.vocab_size, "vocab_size");
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t id = tokens.ptr<int64_t>()[t];
-    HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument 'tokens'[", t, "] = ", id,
-                    " is outside the vocabulary [0, ", c.vocab_size, ")");
-  }
-  return table.plan_step(step_tokens(positions, seq_ids, q_seq_index));
 }
 
 }  // namespace helix

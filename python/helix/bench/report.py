@@ -1,6 +1,6 @@
 """Markdown tables for docs/performance.md from the JSON the suites wrote (bench-results/ by default).
 
-    PYTHONPATH=python .venv/bin/python benchmarks/report.py [bench-results]
+    python -m helix bench report [bench-results]
 
 Prints one section per file found; copy what changed into docs/performance.md.
 """

@@ -1,0 +1,23 @@
+// The decoder step of one rank, written once against a Backend (DESIGN.md §3): embedding, every layer's
+// attention block (norms, projections, RoPE, W_UK absorb, helix_attention, W_UV, o_proj) and FFN block
+// (dense SwiGLU MLP, or router + routed experts + shared experts), each followed by its all-reduce and
+// residual add, then the final norm of the logit rows, the vocabulary-sharded lm_head and the all-gather.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "helix/backend.hpp"
+#include "helix/engine_config.hpp"
+#include "helix/tensor.hpp"
+
+namespace helix {
+
+// The weights of this rank, stored by the backend (views of its memory), by name (expected_weight_shapes).
+using WeightViews = std::map<std::string, TensorView>;
+
+// Runs a validated, committed step: logits [in.L, vocab_size] f32 (host), identical on every rank.
+void run_decoder(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, float* logits,
+                 EngineTimings& timings);
+
+}  // namespace helix
