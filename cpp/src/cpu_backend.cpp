@@ -134,7 +134,10 @@ class CpuBackend final : public Backend {
                 block == Block::Attention ? "attention" : "FFN", " of layer ", layer, " on rank ", c_.rank);
   }
   void helix_attention(const HelixAttentionParams& p, const HelixStageMark& mark) override {
-    helix_attention_cpu(p, *cp_comm_, mark);
+    HelixAttentionParams with_workspace = p;
+    with_workspace.workspace =
+        scratch(Buffer::AttentionWorkspace, helix_attention_workspace_bytes_cpu(p, cp_comm_->size()));
+    helix_attention_cpu(with_workspace, *cp_comm_, mark);
   }
   void moe_route(const MoeRouteParams& p, int64_t layer) override {
     for (int64_t i = 0; i < p.T * p.E; ++i) {

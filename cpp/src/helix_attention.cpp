@@ -91,57 +91,80 @@ int64_t helix_exchange_bytes(int64_t cp, int64_t T, int64_t H_tp, int64_t width)
   return (cp - 1) * T * (H_tp / cp) * (width + 1) * 4;
 }
 
+namespace {
+
+// The workspace of helix_attention_cpu, in float counts: o_part [T, H, R], lse_part [T, H], values [T, H, W]
+// (with W_UV), then with cp > 1 send and recv [cp, T * Hc * (W + 1)] and o_parts [cp, T * Hc, W],
+// lse_parts [cp, T * Hc]; lse_out [T * Hc]. Each piece starts on a 64-byte boundary.
+struct CpuWorkspace {
+  float *o_part, *lse_part, *values, *send, *recv, *o_parts, *lse_parts, *lse_out;
+  size_t floats = 0;
+  CpuWorkspace(const HelixAttentionParams& p, int64_t cp, float* base) {
+    const int64_t T = p.T, H = p.H, Hc = H / cp, W = p.W, block = T * Hc * (W + 1);
+    const auto take = [&](int64_t n) {
+      float* at = base == nullptr ? nullptr : base + floats;
+      floats += (static_cast<size_t>(n) + 15) & ~size_t{15};
+      return at;
+    };
+    o_part = take(T * H * p.R);
+    lse_part = take(T * H);
+    values = p.w_uv != nullptr ? take(T * H * W) : o_part;
+    const int64_t exchanged = cp > 1 ? cp * block : 0;
+    send = take(exchanged);
+    recv = take(exchanged);
+    o_parts = cp > 1 ? take(cp * T * Hc * W) : values;
+    lse_parts = cp > 1 ? take(cp * T * Hc) : lse_part;
+    lse_out = take(T * Hc);
+  }
+};
+
+}  // namespace
+
+size_t helix_attention_workspace_bytes_cpu(const HelixAttentionParams& p, int64_t cp) {
+  return CpuWorkspace(p, cp, nullptr).floats * sizeof(float);
+}
+
 void helix_attention_cpu(const HelixAttentionParams& p, Communicator& cp_comm, const HelixStageMark& mark) {
-  const int64_t T = p.T, H = p.H, R = p.R, W = p.W, cp = cp_comm.size(), Hc = H / cp;
+  const int64_t T = p.T, H = p.H, W = p.W, cp = cp_comm.size(), Hc = H / cp;
   const auto done = [&](HelixStage stage) {
     if (mark) mark(stage);
   };
+  std::vector<float> owned;  // the workspace when the caller gave none
+  float* base = static_cast<float*>(p.workspace);
+  if (base == nullptr) {
+    owned.resize(helix_attention_workspace_bytes_cpu(p, cp) / sizeof(float));
+    base = owned.data();
+  }
+  const CpuWorkspace ws(p, cp, base);
+
   kv_append_cpu(KvAppendParams{p.pool, p.new_kv, p.new_rows, T, p.D * dtype_size(p.kv_dtype)});
   done(HelixStage::Append);
-
-  std::vector<float> o_part(static_cast<size_t>(T * H * R)), lse_part(static_cast<size_t>(T * H));  // [T,H,R], [T,H]
-  paged_mla_attention_cpu(local_attention_params(p, o_part.data(), lse_part.data()));
+  paged_mla_attention_cpu(local_attention_params(p, ws.o_part, ws.lse_part));
   done(HelixStage::Attention);
-
-  std::vector<float> projected;  // [T, H, W]
-  const float* values = o_part.data();
-  if (p.w_uv != nullptr) {
-    projected.resize(static_cast<size_t>(T * H * W));
-    head_linear_cpu(wuv_params(p, o_part.data(), DType::Float32, projected.data()));
-    values = projected.data();
-  }
+  if (p.w_uv != nullptr) head_linear_cpu(wuv_params(p, ws.o_part, DType::Float32, ws.values));
   done(HelixStage::Project);
 
   // o_parts [cp, T*Hc, W], lse_parts [cp, T*Hc]: the cp partial states of this rank's head chunk (one CP
   // rank: its own state, no exchange).
-  std::vector<float> o_parts, lse_parts;
-  const float* parts_o = values;
-  const float* parts_lse = lse_part.data();
   if (cp > 1) {
     // Pack: block c = [T, Hc, W] values of head chunk c, then [T, Hc] lse. One message per destination.
     const int64_t block = T * Hc * (W + 1);
-    std::vector<float> send(static_cast<size_t>(cp * block)), recv(static_cast<size_t>(cp * block));
     for (int64_t c = 0; c < cp; ++c) {
-      float* dst = send.data() + c * block;
+      float* dst = ws.send + c * block;
       for (int64_t t = 0; t < T; ++t) {
-        std::memcpy(dst + t * Hc * W, values + (t * H + c * Hc) * W, static_cast<size_t>(Hc * W) * 4);
-        std::memcpy(dst + T * Hc * W + t * Hc, lse_part.data() + t * H + c * Hc, static_cast<size_t>(Hc) * 4);
+        std::memcpy(dst + t * Hc * W, ws.values + (t * H + c * Hc) * W, static_cast<size_t>(Hc * W) * 4);
+        std::memcpy(dst + T * Hc * W + t * Hc, ws.lse_part + t * H + c * Hc, static_cast<size_t>(Hc) * 4);
       }
     }
-    cp_comm.all_to_all(send.data(), recv.data(), static_cast<size_t>(block) * 4);
+    cp_comm.all_to_all(ws.send, ws.recv, static_cast<size_t>(block) * 4);
     done(HelixStage::Exchange);
-    o_parts.resize(static_cast<size_t>(cp * T * Hc * W));
-    lse_parts.resize(static_cast<size_t>(cp * T * Hc));
     for (int64_t c = 0; c < cp; ++c) {
-      const float* src = recv.data() + c * block;
-      std::memcpy(o_parts.data() + c * T * Hc * W, src, static_cast<size_t>(T * Hc * W) * 4);
-      std::memcpy(lse_parts.data() + c * T * Hc, src + T * Hc * W, static_cast<size_t>(T * Hc) * 4);
+      const float* src = ws.recv + c * block;
+      std::memcpy(ws.o_parts + c * T * Hc * W, src, static_cast<size_t>(T * Hc * W) * 4);
+      std::memcpy(ws.lse_parts + c * T * Hc, src + T * Hc * W, static_cast<size_t>(T * Hc) * 4);
     }
-    parts_o = o_parts.data();
-    parts_lse = lse_parts.data();
   }
-  std::vector<float> lse_out(static_cast<size_t>(T * Hc));
-  merge_states_cpu(MergeStatesParams{parts_o, parts_lse, p.out, lse_out.data(), cp, T * Hc, W});
+  merge_states_cpu(MergeStatesParams{ws.o_parts, ws.lse_parts, p.out, ws.lse_out, cp, T * Hc, W});
   done(HelixStage::Merge);
 }
 

@@ -43,26 +43,27 @@ struct EngineTimings {
 
 // The scratch buffers of a step, by role (each grows as needed and keeps its memory between steps).
 enum class Buffer : uint8_t {
-  Hidden,         // [T, hidden] f32   the residual stream h
-  Normed,         // [T, hidden] f32   rms_norm(h)
-  QueryLora,      // [T, q_lora_rank]
-  Query,          // [T, H_tp, Dn + P]
-  KvLatent,       // [T, R + P] f32    kv_a output: c_kv | k_pe
-  NewKv,          // [T, R + P]        kv_dtype: the rows helix_attention appends
-  QueryAbsorbed,  // [T, H_tp, R + P]  f32
-  Attention,      // [T, H_c, W]       helix_attention's output
-  AttentionV,     // [T, H_c, Dv]      after W_UV
-  Output,         // [T, hidden]       a block's output before the all-reduce
-  GateUp,         // [T, 2F]
-  Activation,     // [T, F]
-  RouterLogits,   // [T, E]
-  RouteIdx,       // [T, top_k] i32
-  RouteWeight,    // [T, top_k] f32
-  LogitRows,      // [L, hidden]       the normed rows whose logits are returned
-  Logits,         // [L, vocab_shard]
-  LogitsGathered  // [world, L, vocab_shard]
+  Hidden,             // [T, hidden] f32   the residual stream h
+  Normed,             // [T, hidden] f32   rms_norm(h)
+  QueryLora,          // [T, q_lora_rank]
+  Query,              // [T, H_tp, Dn + P]
+  KvLatent,           // [T, R + P] f32    kv_a output: c_kv | k_pe
+  NewKv,              // [T, R + P]        kv_dtype: the rows helix_attention appends
+  QueryAbsorbed,      // [T, H_tp, R + P]  f32
+  Attention,          // [T, H_c, W]       helix_attention's output
+  AttentionV,         // [T, H_c, Dv]      after W_UV
+  Output,             // [T, hidden]       a block's output before the all-reduce
+  GateUp,             // [T, 2F]
+  Activation,         // [T, F]
+  RouterLogits,       // [T, E]
+  RouteIdx,           // [T, top_k] i32
+  RouteWeight,        // [T, top_k] f32
+  LogitRows,          // [L, hidden]       the normed rows whose logits are returned
+  Logits,             // [L, vocab_shard]
+  LogitsGathered,     // [world, L, vocab_shard]
+  AttentionWorkspace  // helix_attention's partial states and exchange buffers (CPU; the GPU keeps its own)
 };
-inline constexpr int kNumBuffers = static_cast<int>(Buffer::LogitsGathered) + 1;
+inline constexpr int kNumBuffers = static_cast<int>(Buffer::AttentionWorkspace) + 1;
 
 // Where a flagged non-finite hidden state came from (the error names the layer and this).
 enum class Block : uint8_t { Attention, Ffn };

@@ -42,7 +42,7 @@ struct HelixAttentionParams {
   const int64_t* num_slots = nullptr;     // [B]
   const void* w_uv = nullptr;             // [H, W, R] w_uv_dtype, or nullptr: exchange the R-wide latent (W = R)
   float* out = nullptr;                   // [T, H / cp, W]
-  void* workspace = nullptr;              // cuda: [cuda::helix_attention_workspace_bytes(p, cp)] bytes; cpu: unused
+  void* workspace = nullptr;              // [helix_attention_workspace_bytes(p, cp)] bytes, or nullptr on the CPU
   int64_t T = 0, H = 0, D = 0, R = 0, W = 0;
   int64_t B = 0, max_blocks = 0, tokens_per_block = 0, max_num_slots = 0;
   float scale = 1.f;
@@ -54,7 +54,11 @@ struct HelixAttentionParams {
 enum class HelixStage : uint8_t { Append, Attention, Project, Exchange, Merge };
 using HelixStageMark = std::function<void(HelixStage)>;
 
-// Runs the step; every pointer is host memory. cp_comm: the CP group (size cp).
+// Runs the step; every pointer is host memory. cp_comm: the CP group (size cp). p.workspace: the partial
+// outputs and exchange buffers, kept by the caller between calls (a prefill chunk's o_part alone is
+// [T, H, R] floats, 134 MB at T = 512, H = 128, R = 512: allocated per call, its pages faulted in every
+// layer); nullptr: allocated for this call.
+size_t helix_attention_workspace_bytes_cpu(const HelixAttentionParams& p, int64_t cp);
 void helix_attention_cpu(const HelixAttentionParams& p, Communicator& cp_comm, const HelixStageMark& mark = {});
 
 namespace cuda {
