@@ -154,7 +154,7 @@ void run_item(const LinearParams& p, const uint32_t* panel, int64_t t0, int64_t 
     const int64_t nr = std::min<int64_t>(kTileRows, n1 - n);
     kTiles[Mb / 16 - 1][nr - 1](panel, Mb, w + n * p.K, p.K, st);
     for (int64_t m = 0; m < M; ++m) {
-      float* y = p.y + (t0 + m) * p.ldy + n;
+      float* y = static_cast<float*>(p.y) + (t0 + m) * p.ldy + n;
       if (p.accumulate) {
         for (int64_t r = 0; r < nr; ++r) y[r] += st[r * kBlockTokens + m];
       } else {
@@ -196,7 +196,8 @@ void linear_bf16_split(const LinearParams& p, void (*fallback)(const LinearParam
   {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      pack_block(p.x + b * kBlockTokens * p.ldx, p.ldx, block_tokens(b), block_width(b), p.K, packed + b * stride);
+      pack_block(static_cast<const float*>(p.x) + b * kBlockTokens * p.ldx, p.ldx, block_tokens(b), block_width(b), p.K,
+                 packed + b * stride);
     }
     // (the implicit barrier of the loop above: every block is packed before any product)
 #pragma omp for schedule(dynamic, 1)

@@ -2,10 +2,10 @@
 
     python -m helix bench all [--threads N] [--out DIR]
 
-N: the threads of the second pass of attention and of peer (default 2); the peers (vLLM CPU, llama.cpp)
-run where scripts/peers.sh installed them ($HELIX_PEERS_DIR), else are skipped; DIR: bench-results. Each suite runs
-as its own process with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset, so that NumPy's OpenBLAS picks its
-kernel for this CPU; then ``python -m helix bench report DIR`` prints the tables.
+N: the threads of the second pass of attention and of peer (default 2); DIR: bench-results. The peers
+(vLLM CPU, llama.cpp) run where scripts/peers.sh installed them ($HELIX_PEERS_DIR), else are skipped.
+Each suite runs as its own process with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset, so that NumPy's
+OpenBLAS picks its kernel for this CPU; then ``python -m helix bench report DIR`` prints the tables.
 """
 
 from __future__ import annotations
