@@ -1,6 +1,6 @@
 """A failed engine step leaves nothing behind (DESIGN.md §4): the scenario shared by the single-process test
-(tests/test_engine_steps.py, CPU engine and the CUDA engine) and the MPI programs (tests/test_mpi_failed_steps.py,
-cp2 and tp2cp2).
+(tests/test_engine_steps.py, CPU engine and the CUDA engine) and the MPI programs
+(tests/test_mpi_failed_steps.py, cp2 and tp2cp2).
 
 Two sequences are prefilled (positions 0-5 and 0-2); then every bad step of BAD_STEPS is tried, each a
 variation of VALID (the next token of both sequences). Each must raise the expected error and change

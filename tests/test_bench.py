@@ -231,19 +231,26 @@ def test_decode_suite(tmp_path, capsys):
     assert decode.ensure_model("tiny", model) == model  # cached: not rewritten
 
 
-def test_peer_suite_json_line(tmp_path, capsys):
+def test_peer_suite_side_by_side_and_absent_peers_skipped(tmp_path, capsys, monkeypatch):
     pytest.importorskip("transformers")
     from helix.bench import decode, peer
 
     model = decode.ensure_model("tiny", tmp_path / "model")
+    monkeypatch.setenv("HELIX_PEERS_DIR", str(tmp_path / "no-peers"))  # vLLM and llama.cpp: not installed
     capsys.readouterr()
     args = [
         "--model",
         "tiny",
         "--model-dir",
         str(model),
-        "--context",
-        "64",
+        "--systems",
+        "helix,vllm,llama.cpp,transformers",
+        "--prompts",
+        "40,64",
+        "--threads",
+        "1",
+        "--rounds",
+        "2",
         "--steps",
         "1",
         "--json",
@@ -253,11 +260,70 @@ def test_peer_suite_json_line(tmp_path, capsys):
         str(tmp_path / "p.png"),
     ]
     assert peer.main(args) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    result = json.loads(last)
-    assert {"helix_step_ms", "hf_step_ms", "speedup"} <= set(result)
-    assert result["speedup"] == pytest.approx(result["hf_step_ms"] / result["helix_step_ms"])
-    assert _png(tmp_path / "p.png")
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["skipped"]) == {"vllm", "llama.cpp"}
+    assert all("scripts/peers.sh" in why for why in result["skipped"].values())
+    rows = {(r["system"], r["prompt"]): r for r in result["rows"]}
+    assert set(rows) == {(s, n) for s in ("helix", "transformers") for n in (40, 64)}
+    for n in (40, 64):
+        h, hf = rows[("helix", n)], rows[("transformers", n)]
+        assert h["rounds"] == hf["rounds"] == 2 and h["prefill_tok_s"] > 0 and h["decode_ms"] > 0
+        assert hf["prefill_tok_s"] is None  # transformers: decode only
+        assert hf["helix_decode_speedup"] == pytest.approx(hf["decode_ms"] / h["decode_ms"])
+    assert _png(tmp_path / "p.png") and _png(tmp_path / "p-decode.png")
+
+
+def test_prefill_suite(tmp_path, capsys):
+    from helix.bench import prefill
+    from helix.config import ModelConfig
+
+    model = tmp_path / "model"
+    args = [
+        "--model",
+        "tiny",
+        "--model-dir",
+        str(model),
+        "--prompts",
+        "40,100",
+        "--configs",
+        "cp1,cp2",
+        "--rounds",
+        "2",
+        "--chunk",
+        "32",
+        "--timeout",
+        "120",
+        "--out",
+        str(tmp_path / "f.json"),
+        "--png",
+        str(tmp_path / "f.png"),
+    ]
+    assert prefill.main(args) == 0
+    rows = json.loads((tmp_path / "f.json").read_text())["rows"]
+    assert {(r["config"], r["prompt"]) for r in rows} == {(c, n) for c in ("cp1", "cp2") for n in (40, 100)}
+    cfg = ModelConfig.from_pretrained(model)
+    for r in rows:
+        assert len(r["seconds"]) == 2 and r["tokens_per_s"] == pytest.approx(r["prompt"] / r["median_s"])
+        assert sum(r["shares"].values()) == pytest.approx(1.0)
+        assert r["flops"] == prefill.prefill_flops(cfg, r["prompt"], 32)
+        assert 0 < r["fraction_of_bf16_ceiling"] and r["bf16_ceiling_gflops"] > 0
+    assert _png(tmp_path / "f.png")
+
+
+def test_prefill_flops_counts_causal_pairs_and_the_cheaper_form():
+    from helix.bench.prefill import prefill_flops
+    from helix.config import ModelConfig
+    from helix.tiny import TINY_DEFAULT_CONFIG
+
+    cfg = ModelConfig.from_dict(TINY_DEFAULT_CONFIG)
+    H, R, P, L = cfg.num_attention_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.num_hidden_layers
+    one = prefill_flops(cfg, 10, 10)
+    assert one["attention"] == 2 * H * (2 * R + P) * 55 * L  # 10 * 11 / 2 causal pairs
+    # Chunking does not change the pairs; the per-chunk cheaper form never costs more than the absorbed one.
+    assert prefill_flops(cfg, 10, 3)["attention"] == one["attention"]
+    for n, chunk in ((10, 10), (1000, 64), (5000, 512)):
+        f = prefill_flops(cfg, n, chunk)
+        assert 0 < f["attention_best"] <= f["attention"] and f["linear"] > 0
 
 
 # ---- the registry: `python -m helix bench` reaches every suite ------------------------------------------
@@ -298,8 +364,9 @@ def test_bench_all_runs_registered_suites_that_report_renders(tmp_path, capsys):
     for _, args in run_all.passes(tmp_path, 2):
         assert args[0] in SUITES
     meta = {"cpu": "test CPU", "threads": 1, "loadavg_1_5_15": [0.5, 0.5, 0.5], "date": "today"}
-    result = {"context": 512, "threads": 1, "helix_step_ms": 2.0, "hf_step_ms": 6.0, "speedup": 3.0}
-    common.write_json(tmp_path / "peer-1t.json", {"meta": meta, "result": result})
+    row = {"system": "vllm", "threads": 1, "prompt": 512, "prefill_tok_s": 40.0, "helix_prefill_speedup": 0.5}
+    row |= {"decode_ms": 6.0, "helix_decode_speedup": 3.0}
+    common.write_json(tmp_path / "peer.json", {"meta": meta, "rows": [row]})
     assert report.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "### peer-1t.json" in out and "| 512 | 1 | 2.0 | 6.0 | 3.0x |" in out
+    assert "### peer.json" in out and "| vllm | 1 | 512 | 40.0 | 0.50 | 6.0 | 3.00 |" in out

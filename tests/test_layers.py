@@ -13,10 +13,19 @@ ArgumentError = pytest.importorskip("helix._core").ArgumentError
 
 ISAS = list(layers.linear_isas())
 HAS_AMX = "amx" in ISAS
+HAS_BF16_SPLIT = "avx512_bf16_split" in ISAS
+SPLIT_ISAS = ("amx", "avx512_bf16_split")  # x as bf16 hi + lo
 
 
 def _linear_tol(isa: str, dtype: str) -> dict:
-    return tol("linear.amx" if isa == "amx" and dtype == "bfloat16" else "linear", dtype)
+    return tol("linear.split" if isa in SPLIT_ISAS and dtype == "bfloat16" else "linear", dtype)
+
+
+def _auto_tol(t: int, dtype: str) -> dict:
+    """The tolerance of the path Auto picks: a split path for bf16 weights from 8 tokens on (AMX at 8,
+    AVX512_BF16 at 16), where the CPU has one."""
+    split = dtype == "bfloat16" and t >= layers.LINEAR_AMX_MIN_TOKENS and (HAS_AMX or HAS_BF16_SPLIT)
+    return tol("linear.split" if split else "linear", dtype)
 
 
 def _weight(rng: np.random.Generator, n: int, k: int, dtype: str) -> np.ndarray:
@@ -46,7 +55,7 @@ def test_linear_matches_reference(shape, dtype):
     rng = np.random.default_rng(t * 1000 + n + k)
     x = rng.standard_normal((t, k)).astype(np.float32)
     w = _weight(rng, n, k, dtype)
-    np.testing.assert_allclose(layers.linear(x, w), ref.linear(x, w), **tol("linear", dtype))
+    np.testing.assert_allclose(layers.linear(x, w), ref.linear(x, w), **_auto_tol(t, dtype))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -71,9 +80,9 @@ def test_linear_amx_accumulates_and_matches_reference_and_avx512(t):
     resid = rng.standard_normal((t, n)).astype(np.float32)
     out = resid.copy()
     layers.linear(x, w, out=out, accumulate=True, isa="amx")
-    np.testing.assert_allclose(out, resid + ref.linear(x, w), **tol("linear.amx", "bfloat16"))
+    np.testing.assert_allclose(out, resid + ref.linear(x, w), **tol("linear.split", "bfloat16"))
     avx = layers.linear(x, w, isa="avx512")
-    np.testing.assert_allclose(out - resid, avx, **tol("linear.amx", "bfloat16"))
+    np.testing.assert_allclose(out - resid, avx, **tol("linear.split", "bfloat16"))
 
 
 @pytest.mark.skipif(not HAS_AMX, reason="no usable AMX-BF16 on this CPU/OS")
@@ -90,6 +99,36 @@ def test_linear_auto_path_rule():
         # float32 weights never use AMX (isa="amx" runs them on AVX-512).
         np.testing.assert_array_equal(layers.linear(x, wf), layers.linear(x, wf, isa="avx512"))
         np.testing.assert_array_equal(layers.linear(x, wf, isa="amx"), layers.linear(x, wf, isa="avx512"))
+
+
+# T below the threshold (2, 15), a half panel (16), ragged 32-token panels (33) and many panels (512 at K =
+# 2100); N not a multiple of the 8-row tile, K odd (the last weight pairs with zero).
+@pytest.mark.skipif(not HAS_BF16_SPLIT, reason="no AVX512_BF16 on this CPU")
+@pytest.mark.parametrize("t", [2, 15, 16, 33, 512])
+def test_linear_bf16_split_accumulates_and_matches_reference_and_avx512(t):
+    rng = np.random.default_rng(100 + t)
+    n, k = (37, 2101) if t == 512 else (45, 101)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    w = _weight(rng, n, k, "bfloat16")
+    resid = rng.standard_normal((t, n)).astype(np.float32)
+    out = resid.copy()
+    layers.linear(x, w, out=out, accumulate=True, isa="avx512_bf16_split")
+    np.testing.assert_allclose(out, resid + ref.linear(x, w), **tol("linear.split", "bfloat16"))
+    avx = layers.linear(x, w, isa="avx512")
+    np.testing.assert_allclose(out - resid, avx, **tol("linear.split", "bfloat16"))
+    # float32 weights have no bf16 path: they run the AVX-512 one (bitwise).
+    wf = _weight(rng, n, k, "float32")
+    got = layers.linear(x, wf, isa="avx512_bf16_split")
+    np.testing.assert_array_equal(got, layers.linear(x, wf, isa="avx512"))
+
+
+@pytest.mark.skipif(not HAS_BF16_SPLIT or HAS_AMX, reason="needs AVX512_BF16 without AMX (AMX runs T >= 8)")
+def test_linear_auto_uses_bf16_split_for_prefill_sized_calls():
+    rng = np.random.default_rng(4)
+    w = _weight(rng, 40, 96, "bfloat16")
+    for t, want_isa in ((1, "avx512"), (8, "avx512"), (64, "avx512_bf16_split")):
+        x = rng.standard_normal((t, 96)).astype(np.float32)
+        np.testing.assert_array_equal(layers.linear(x, w), layers.linear(x, w, isa=want_isa))
 
 
 def test_linear_accumulates_into_out():

@@ -46,8 +46,8 @@ inline constexpr TileConfig kTileConfig = make_config();
 inline int64_t qpack_ld(int64_t Mp) { return Mp + 16; }  // 32-bit pairs per pair row
 inline int64_t qpack_plane_bytes(int64_t D, int64_t Mp) { return round_up(D, 32) / 2 * qpack_ld(Mp) * 4; }
 
-// In-register transpose of 16 x 16 32-bit elements.
-HELIX_AMX inline void transpose16x16(__m512i r[16]) {
+// In-register transpose of 16 x 16 32-bit elements (plain AVX-512F: also used by the AVX512_BF16 linear path).
+__attribute__((target("avx512f"))) inline void transpose16x16(__m512i r[16]) {
   __m512i t[16];
   for (int i = 0; i < 8; ++i) {
     t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "amx_tiles.hpp"
+#include "linear_bf16_split.hpp"
 #include "mla_attention_tiles.hpp"
 
 namespace helix {
@@ -278,6 +279,12 @@ bool use_amx(const LinearParams& p) {
   return p.w_dtype == DType::BFloat16 && p.T >= kLinearAmxMinTokens && amx_ops() != nullptr;
 }
 
+void run_linear_avx512(const LinearParams& p) { run_linear(p, avx512::linear_rows); }
+
+bool use_bf16_split(const LinearParams& p) {
+  return p.w_dtype == DType::BFloat16 && p.T >= kLinearBf16SplitMinTokens && detail::linear_bf16_split_usable();
+}
+
 }  // namespace
 
 const char* linear_isa() { return isa().name; }
@@ -286,6 +293,7 @@ std::vector<std::string> linear_isas() {
   __builtin_cpu_init();
   std::vector<std::string> out;
   if (amx_ops() != nullptr) out.emplace_back("amx");
+  if (detail::linear_bf16_split_usable()) out.emplace_back("avx512_bf16_split");
   if (__builtin_cpu_supports("avx512f")) out.emplace_back("avx512");
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.emplace_back("avx2");
   out.emplace_back("portable");
@@ -295,6 +303,8 @@ std::vector<std::string> linear_isas() {
 void linear_cpu(const LinearParams& p) {
   if (use_amx(p)) {
     run_linear_amx(p);
+  } else if (use_bf16_split(p)) {
+    detail::linear_bf16_split(p, run_linear_avx512);
   } else {
     run_linear(p, isa().rows);
   }
@@ -310,6 +320,13 @@ void linear_cpu_isa(const LinearParams& p, std::string_view name) {
     } else {
       run_linear(p, avx512::linear_rows);  // no float32-weight AMX path
     }
+  } else if (name == "avx512_bf16_split") {
+    HELIX_CHECK_ARG(detail::linear_bf16_split_usable(), "argument 'isa': this CPU has no AVX-512F + AVX512_BF16");
+    if (p.w_dtype == DType::BFloat16) {
+      detail::linear_bf16_split(p, run_linear_avx512);
+    } else {
+      run_linear_avx512(p);  // no float32-weight bf16 path
+    }
   } else if (name == "avx512") {
     HELIX_CHECK_ARG(__builtin_cpu_supports("avx512f"), "argument 'isa': this CPU has no AVX-512F");
     run_linear(p, avx512::linear_rows);
@@ -320,7 +337,8 @@ void linear_cpu_isa(const LinearParams& p, std::string_view name) {
   } else if (name == "portable") {
     run_linear(p, portable::linear_rows);
   } else {
-    throw ArgumentError(detail::concat("argument 'isa' must be amx, avx512, avx2 or portable, got ", name));
+    throw ArgumentError(
+        detail::concat("argument 'isa' must be amx, avx512_bf16_split, avx512, avx2 or portable, got ", name));
   }
 }
 

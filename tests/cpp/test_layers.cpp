@@ -56,9 +56,9 @@ void expect_throws_naming(const std::function<void()>& f, const std::string& nam
 }  // namespace
 
 TEST(Linear, EverySimdPathAndDtypeMatchesNaive) {
-  const char* isas[] = {"amx", "avx512", "avx2", "portable"};
-  // Ragged in every tile dimension; T = 40 with K = 8192 spans two token blocks.
-  const int64_t shapes[][3] = {{1, 37, 100}, {3, 21, 17}, {6, 16, 64}, {9, 5, 3}, {40, 6, 8192}};
+  const char* isas[] = {"amx", "avx512_bf16_split", "avx512", "avx2", "portable"};
+  // Ragged in every tile dimension; T = 40 with K = 8192 spans two token blocks (and two 32-token panels).
+  const int64_t shapes[][3] = {{1, 37, 100}, {3, 21, 17}, {6, 16, 64}, {9, 5, 3}, {40, 6, 8192}, {70, 19, 1}};
   for (const char* isa : isas) {
     for (const auto& s : shapes) {
       const int64_t T = s[0], N = s[1], K = s[2];
@@ -80,8 +80,9 @@ TEST(Linear, EverySimdPathAndDtypeMatchesNaive) {
         } catch (const ArgumentError&) {
           continue;  // this CPU lacks the path
         }
-        // AMX (bf16 weights): x as bf16 hi + lo, see tests/tolerances.py "linear.amx".
-        const double atol = std::string(isa) == "amx" && dt == DType::BFloat16 ? 4e-5 : 2e-5;
+        // AMX and AVX512_BF16 (bf16 weights): x as bf16 hi + lo, see tests/tolerances.py "linear.split".
+        const bool split = std::string(isa) == "amx" || std::string(isa) == "avx512_bf16_split";
+        const double atol = split && dt == DType::BFloat16 ? 4e-5 : 2e-5;
         for (int64_t i = 0; i < T * N; ++i) {
           ASSERT_NEAR(y[i], 1.0 + expected[i], atol + 1e-5 * std::abs(expected[i])) << isa << " i=" << i;
         }
@@ -106,6 +107,37 @@ TEST(Linear, AmxMatchesAvx512AndAutoFollowsTheThreshold) {
     linear_cpu(p);
     for (int64_t i = 0; i < T * N; ++i) ASSERT_NEAR(amx[i], avx[i], 4e-5 + 1e-5 * std::abs(avx[i])) << T;
     EXPECT_EQ(autop, T >= kLinearAmxMinTokens ? amx : avx) << "T=" << T;
+  }
+}
+
+TEST(Linear, Bf16SplitMatchesAvx512AndAutoFollowsTheThreshold) {
+  const auto paths = linear_isas();
+  if (std::find(paths.begin(), paths.end(), "avx512_bf16_split") == paths.end()) {
+    GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+  }
+  const bool amx = std::find(paths.begin(), paths.end(), "amx") != paths.end();
+  const int64_t N = 45, K = 101, ldx = 110, ldy = 50;  // N % 8 != 0, K odd, strided rows
+  for (int64_t T : {2, 15, 16, 33, 100}) {
+    auto x = randn(T * ldx, 12);
+    auto w = to_bf16(randn(N * K, 13, 1.f / std::sqrt(float(K))));
+    std::vector<float> split(T * ldy, 0.5f), avx(T * ldy, 0.5f), autop(T * ldy, 0.5f);
+    LinearParams p{x.data(), w.data(), split.data(), T, N, K, ldx, ldy, DType::BFloat16, true};
+    linear_cpu_isa(p, "avx512_bf16_split");
+    p.y = avx.data();
+    linear_cpu_isa(p, "avx512");
+    p.y = autop.data();
+    linear_cpu(p);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t n = 0; n < ldy; ++n) {
+        const size_t i = static_cast<size_t>(t * ldy + n);
+        if (n >= N) {
+          ASSERT_EQ(split[i], 0.5f) << "column " << n << " outside [0, N) was written";
+          continue;
+        }
+        ASSERT_NEAR(split[i], avx[i], 4e-5 + 1e-5 * std::abs(avx[i])) << T;
+      }
+    }
+    if (!amx) EXPECT_EQ(autop, T >= kLinearBf16SplitMinTokens ? split : avx) << "T=" << T;
   }
 }
 

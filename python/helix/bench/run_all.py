@@ -2,9 +2,10 @@
 
     python -m helix bench all [--threads N] [--out DIR]
 
-N: the threads of the second pass of attention and peer (default 2); DIR: bench-results. Each suite runs
-as its own process with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset, so that NumPy's OpenBLAS picks its
-kernel for this CPU; then ``python -m helix bench report DIR`` prints the tables.
+N: the threads of the second pass of attention and of peer (default 2); DIR: bench-results. The peers
+(vLLM CPU, llama.cpp) run where scripts/peers.sh installed them ($HELIX_PEERS_DIR), else are skipped.
+Each suite runs as its own process with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset, so that NumPy's
+OpenBLAS picks its kernel for this CPU; then ``python -m helix bench report DIR`` prints the tables.
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ def passes(out: Path, threads: int) -> list[tuple[str, list[str]]]:
         ("ops-1t", ["ops", "--threads", "1", *files("ops-1t")]),
         ("helix_step", ["helix"]),
         ("decode", ["decode"]),
-        ("peer-1t", ["peer", "--threads", "1", *files("peer-1t")]),
+        ("prefill", ["prefill", *files("prefill")]),
+        ("peer", ["peer", "--threads", f"1,{t}", *files("peer")]),
         ("serve", ["serve", "--out", f"{out}/serve"]),
         (f"attention-{t}t", ["attention", "--threads", t, *files(f"attention-{t}t")]),
-        (f"peer-{t}t", ["peer", "--threads", t, *files(f"peer-{t}t")]),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helix bench all", description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="threads of the second attention and peer pass")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the second attention pass and of peer")
     ap.add_argument("--out", default="bench-results", help="folder for JSON, PNG and logs")
     args = ap.parse_args(argv)
     out = Path(args.out)

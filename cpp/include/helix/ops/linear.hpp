@@ -44,18 +44,27 @@ struct LinearParams {
 // T >= 16 2.6-3.9x (docs/performance.md §3).
 inline constexpr int64_t kLinearAmxMinTokens = 8;
 
+// Tokens from which linear_cpu runs bf16 weights on the AVX512_BF16 split path (CPUs with AVX512_BF16 and no
+// usable AMX; linear_bf16_split.hpp). Measured on Zen 4 (1 thread, DeepSeek shapes): T = 8 fills half of
+// its 16-token vectors and runs at 0.6x the AVX-512 path; T = 16 at 1.05-1.25x, T = 512 at 1.1-1.7x (90-105
+// GFLOP/s, near the core's float32 FMA rate, where the AVX-512 tiles fall to 58-90); docs/performance.md §8.2.
+inline constexpr int64_t kLinearBf16SplitMinTokens = 16;
+
 // Kernel (no validation). Must not be called with y overlapping x or w. bf16 weights with T >=
-// kLinearAmxMinTokens run on AMX where usable, everything else on the SIMD path linear_isa().
+// kLinearAmxMinTokens run on AMX where usable, else with T >= kLinearBf16SplitMinTokens on AVX512_BF16 where
+// the CPU has it; everything else on the SIMD path linear_isa().
 void linear_cpu(const LinearParams& p);
 
 // The SIMD path linear_cpu uses on this CPU: "avx512", "avx2" or "portable" (AMX aside, see above).
 const char* linear_isa();
 
-// Every path linear_cpu_isa accepts on this CPU (and OS), best first: "amx" (when usable), then the SIMD ones.
+// Every path linear_cpu_isa accepts on this CPU (and OS), best first: "amx" (when usable), "avx512_bf16_split"
+// (when the CPU has AVX512_BF16), then the SIMD ones.
 std::vector<std::string> linear_isas();
 
-// linear_cpu on a named path (for tests and benchmarks): "avx512", "avx2", "portable", or "amx" (AMX tiles
-// for bf16 weights at any T; float32 weights run the avx512 path). Throws ArgumentError for an unknown name
+// linear_cpu on a named path (for tests and benchmarks): "avx512", "avx2", "portable", "amx" (AMX tiles for
+// bf16 weights at any T) or "avx512_bf16_split" (bf16 weights at any T); float32 weights run the avx512 path
+// on the last two. Throws ArgumentError for an unknown name
 // or a path this CPU (or OS) cannot run.
 void linear_cpu_isa(const LinearParams& p, std::string_view isa);
 

@@ -1,0 +1,320 @@
+"""Benchmark of prefill: prompt tokens per second of ``helix.LLM`` (the time to first token of a request),
+at 1K, 4K and 16K-token prompts, for cp1 (1 rank, 1 thread), cp1-2threads (1 rank, 2 threads) and cp2
+(2 MPI ranks, 1 thread each), against the bf16 matmul ceiling measured in the same run.
+
+As a new user would: the benchmark model (helix.bench.decode's preset "bench", bf16, written once by
+helix.tiny.make_tiny_model) loaded through ``helix.LLM(dtype="bfloat16")``, one warm-up request, then per
+point a random prompt decoded for one token (``max_new_tokens=1``: prefill in chunks of --chunk tokens plus
+the first token). Every rank draws the same prompt. Time: rank 0's wall clock around ``generate``, median
+and min over --rounds rounds (the prompts of one round back to back, rounds one after another).
+
+FLOPs: the work the runtime executes in the absorbed (latent) form: the linear layers of every prompt token
+(q_a, q_b, kv_a, the W_UK absorb and W_UV projection, o_proj, the dense MLP or the router + top-k routed +
+shared experts) and causal attention, 2·H·(2R + P) per (query, visible key) pair, plus the lm_head of one
+token. Achieved GFLOP/s = FLOPs / time; the ceiling is a bf16 2048^3 matmul (PyTorch's CPU kernels: oneDNN,
+VDPBF16PS on AVX512_BF16, AMX tiles where present) on each rank's threads, all ranks measuring at once
+before each round, summed over the ranks. Shares: the engine's own timers.
+
+Cost model of issue 18 part 1 (expanded-form attention, not implemented yet): for a chunk of T tokens whose
+attention reads S keys, absorbed = 2·H·(2R + P)·pairs + 2·T·H·R·(Dn + Dv) (the absorb and W_UV of its
+tokens), expanded = 2·H·(Dn + P + Dv)·pairs + 2·S·H·R·(Dn + Dv) (the up-projection of the keys it reads);
+the per-chunk minimum is reported next to the absorbed figure, so the next developer has a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from helix.bench.common import (
+    ROOT,
+    bf16_matmul_gflops,
+    machine_info,
+    matmul_gflops,
+    plot_lines,
+    run_mpi_worker,
+    set_threads,
+    worker_communicator,
+    write_json,
+)
+from helix.bench.decode import CONFIGS, MODEL_PRESETS, ensure_model
+
+__all__ = ["CONFIGS", "DEFAULT_PROMPTS", "Row", "prefill_flops", "main", "run_worker"]
+
+DEFAULT_PROMPTS = (1024, 4096, 16384)
+TOKENS_PER_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class Row:
+    config: str
+    ranks: int
+    threads: int
+    prompt: int
+    seconds: list[float]  # one per round
+    flops: dict[str, float]  # linear, attention (absorbed, executed), attention_best (part 1's cost model)
+    shares: dict[
+        str, float
+    ]  # attention, exchange, linear, moe, allreduce, other: fraction of the engine time
+    ceilings: list[dict[str, float]]  # per round: bf16_gflops, f32_gflops (summed over the ranks)
+
+    def __post_init__(self) -> None:
+        if self.prompt < 1 or not self.seconds or min(self.seconds) <= 0:
+            raise ValueError(f"bad row {self}")
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.prompt / self.median_s
+
+    @property
+    def gflops(self) -> float:
+        return (self.flops["linear"] + self.flops["attention"]) / self.median_s / 1e9
+
+    @property
+    def bf16_ceiling(self) -> float:
+        return statistics.median(c["bf16_gflops"] for c in self.ceilings)
+
+
+def linear_flops_per_token(cfg: Any) -> float:
+    """FLOPs of the linear layers of one prompt token (absorbed form, all layers, no lm_head)."""
+    hid, heads, R = cfg.hidden_size, cfg.num_attention_heads, cfg.kv_lora_rank
+    dn, dr, dv = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+    q = (
+        hid * cfg.q_lora_rank + cfg.q_lora_rank * heads * (dn + dr)
+        if cfg.q_lora_rank
+        else hid * heads * (dn + dr)
+    )
+    attn = q + hid * (R + dr) + heads * dn * R + heads * R * dv + heads * dv * hid
+    macs = 0
+    for layer in range(cfg.num_hidden_layers):
+        if cfg.is_moe_layer(layer):
+            width = (cfg.num_experts_per_tok + cfg.n_shared_experts) * cfg.moe_intermediate_size
+            ffn = 3 * hid * width + hid * cfg.n_routed_experts
+        else:
+            ffn = 3 * hid * cfg.intermediate_size
+        macs += attn + ffn
+    return 2.0 * macs
+
+
+def prefill_flops(cfg: Any, n: int, chunk: int) -> dict[str, float]:
+    """FLOPs of prefilling an n-token prompt in chunks of ``chunk`` tokens (see the module docstring)."""
+    heads, R, P = cfg.num_attention_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
+    dn, dv, L = cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.num_hidden_layers
+    absorbed = best = 0.0
+    for s0 in range(0, n, chunk):
+        t = min(chunk, n - s0)
+        pairs = t * s0 + t * (t + 1) // 2  # (query, visible key) pairs of the chunk, causal
+        attend = 2.0 * heads * (2 * R + P) * pairs
+        absorb = 2.0 * t * heads * R * (dn + dv)  # counted with the linear layers
+        expanded = 2.0 * heads * (dn + P + dv) * pairs + 2.0 * (s0 + t) * heads * R * (dn + dv)
+        absorbed += attend
+        best += attend - max(0.0, attend + absorb - expanded)  # so that linear + best is the chunk's minimum
+    absorbed *= L
+    best *= L
+    lm_head = 2.0 * cfg.hidden_size * cfg.vocab_size
+    return {
+        "linear": n * linear_flops_per_token(cfg) + lm_head,
+        "attention": absorbed,
+        "attention_best": best,
+    }
+
+
+def round_ceilings(comm: Any) -> dict[str, float]:
+    """bf16 and float32 matmul GFLOP/s of this rank's threads, every rank at once, summed over the ranks."""
+    comm.barrier()
+    f32 = matmul_gflops(1536, repeats=3)
+    bf16 = bf16_matmul_gflops(2048, repeats=3) or f32
+    every = comm.all_gather(np.array([bf16, f32], np.float64).view(np.float32)).view(np.float64)
+    every = every.reshape(comm.size, 2)
+    return {"bf16_gflops": float(every[:, 0].sum()), "f32_gflops": float(every[:, 1].sum())}
+
+
+def run_worker(model_dir: str, config: str, prompts: list[int], rounds: int, chunk: int, out: str) -> None:
+    """One rank of one configuration: every prompt, every round; rank 0 writes the rows."""
+    import helix
+    from helix.config import ModelConfig
+
+    comm = worker_communicator()
+    ranks, threads = CONFIGS[config]
+    set_threads(threads)
+    pc = helix.ParallelConfig(
+        context_parallel_size=comm.size, tokens_per_block=TOKENS_PER_BLOCK, max_tokens=max(prompts) + 64
+    )
+    llm = helix.LLM(model_dir, pc, dtype="bfloat16", comm=comm, max_batch_tokens=chunk, progress=False)
+    cfg = ModelConfig.from_pretrained(model_dir)
+    greedy = helix.SamplingParams(max_new_tokens=1, temperature=0.0)
+    llm.generate([list(range(2, 66))], greedy)  # the warm-up request
+    core = llm.engine._engine
+    seconds: dict[int, list[float]] = {n: [] for n in prompts}
+    spent: dict[int, dict[str, float]] = {n: {} for n in prompts}
+    ceilings = []
+    for r in range(rounds):
+        ceilings.append(round_ceilings(comm))
+        for n in prompts:
+            prompt = np.random.default_rng(1000 * r + n).integers(2, cfg.vocab_size, n).tolist()
+            comm.barrier()
+            before = dict(core.timings)
+            t0 = time.perf_counter()
+            llm.generate([prompt], greedy)
+            seconds[n].append(time.perf_counter() - t0)
+            after = core.timings
+            for k in after:
+                if k.endswith("_s"):
+                    spent[n][k[:-2]] = spent[n].get(k[:-2], 0.0) + after[k] - before[k]
+    if comm.rank == 0:
+        rows = []
+        for n in prompts:
+            total = sum(spent[n].values()) or 1.0
+            shares = {k: v / total for k, v in spent[n].items()}
+            rows.append(
+                asdict(
+                    Row(
+                        config,
+                        comm.size,
+                        threads,
+                        n,
+                        seconds[n],
+                        prefill_flops(cfg, n, chunk),
+                        shares,
+                        ceilings,
+                    )
+                )
+            )
+        write_json(out, {"rows": rows})
+
+
+def print_table(rows: list[Row]) -> None:
+    print(
+        f"{'config':<13} {'prompt':>6} {'s (med)':>8} {'min':>7} {'tok/s':>7} {'GFLOP/s':>8} {'bf16 mm':>8} "
+        f"{'/ceil':>6} {'attn':>5} {'lin':>5} {'moe':>5} {'xchg':>5} {'ar':>5} {'other':>5} {'part1 x':>7}"
+    )
+    for r in rows:
+        s = r.shares
+        f = r.flops
+        # Part 1's target: attention FLOPs divided by the cost model's per-chunk choice.
+        gain = (f["linear"] + f["attention"]) / (f["linear"] + f["attention_best"])
+        print(
+            f"{r.config:<13} {r.prompt:>6} {r.median_s:8.2f} {min(r.seconds):7.2f} {r.tokens_per_s:7.1f} "
+            f"{r.gflops:8.1f} {r.bf16_ceiling:8.1f} {r.gflops / r.bf16_ceiling:6.2f} "
+            f"{s.get('attention', 0):5.2f} {s.get('linear', 0):5.2f} {s.get('moe', 0):5.2f} "
+            f"{s.get('exchange', 0):5.2f} {s.get('allreduce', 0):5.2f} {s.get('other', 0):5.2f} {gain:7.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="helix bench prefill", description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", default=",".join(map(str, DEFAULT_PROMPTS)), help="prompt lengths")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--rounds", type=int, default=3, help="timed prompts per point (median, min)")
+    parser.add_argument("--chunk", type=int, default=512, help="prefill chunk (helix.LLM max_batch_tokens)")
+    parser.add_argument("--model", default="bench", choices=sorted(MODEL_PRESETS))
+    parser.add_argument(
+        "--model-dir", default=None, help="checkpoint cache (default build/bench-model[-tiny])"
+    )
+    parser.add_argument("--out", default="bench-results/prefill.json")
+    parser.add_argument("--png", default="bench-results/prefill.png")
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds per configuration")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    prompts = [int(n) for n in args.prompts.split(",") if n]
+    configs = [c for c in args.configs.split(",") if c]
+    if set(configs) - set(CONFIGS) or not prompts or min(prompts) < 1 or args.rounds < 1 or args.chunk < 1:
+        parser.error(f"--configs of {', '.join(CONFIGS)}; --prompts, --rounds and --chunk positive")
+    model_dir = args.model_dir or str(
+        ROOT / "build" / ("bench-model" if args.model == "bench" else "bench-model-tiny")
+    )
+    if args.worker:
+        run_worker(model_dir, configs[0], prompts, args.rounds, args.chunk, args.worker)
+        return 0
+
+    ensure_model(args.model, model_dir)
+    start = time.time()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in configs:
+            ranks, threads = CONFIGS[name]
+            part = str(Path(tmp) / f"{name}.json")
+            run_mpi_worker(
+                ranks,
+                "helix.bench.prefill",
+                [
+                    "--worker",
+                    part,
+                    "--configs",
+                    name,
+                    "--prompts",
+                    args.prompts,
+                    "--rounds",
+                    str(args.rounds),
+                    "--chunk",
+                    str(args.chunk),
+                    "--model",
+                    args.model,
+                    "--model-dir",
+                    model_dir,
+                ],
+                threads=threads,
+                timeout=args.timeout,
+            )
+            rows += [Row(**r) for r in json.loads(Path(part).read_text())["rows"]]
+    meta = {
+        **machine_info(),
+        "threads": "per configuration (ranks x threads)",
+        "model": args.model,
+        "weights": "bfloat16",
+        "kv": "bfloat16",
+        "chunk": args.chunk,
+        "timing": f"median and min of {args.rounds} prompts per point, rank 0 wall clock around generate",
+        "ceiling": "bf16 2048^3 torch.matmul per rank, all ranks at once, summed; median over the rounds",
+        "seconds": time.time() - start,
+    }
+    print(
+        f"Prefill, model {args.model!r} (bf16), chunk {args.chunk}; {meta['cpu']}, {meta['cores']} cores, "
+        f"load {meta['loadavg_1_5_15'][0]:.2f}; part1 x: speed-up if attention ran in the cheaper form"
+    )
+    print_table(rows)
+    derived = [
+        {
+            **asdict(r),
+            "median_s": r.median_s,
+            "tokens_per_s": r.tokens_per_s,
+            "gflops": r.gflops,
+            "bf16_ceiling_gflops": r.bf16_ceiling,
+            "fraction_of_bf16_ceiling": r.gflops / r.bf16_ceiling,
+        }
+        for r in rows
+    ]
+    out = write_json(args.out, {"meta": meta, "rows": derived})
+    series = {
+        name: (
+            [r.prompt for r in rows if r.config == name],
+            [r.tokens_per_s for r in rows if r.config == name],
+        )
+        for name in configs
+    }
+    png = plot_lines(
+        args.png,
+        series,
+        xlabel="prompt (tokens)",
+        ylabel="prompt tokens / s (median)",
+        title=f"prefill, {args.model} model, bf16 weights and KV",
+        logy=True,
+    )
+    print(f"wrote {out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
