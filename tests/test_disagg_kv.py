@@ -122,6 +122,28 @@ def test_read_and_import_rows_round_trip(model):
     a.abort_request(rid)
 
 
+@pytest.mark.skipif(_core.cuda.device_count() == 0, reason="no CUDA GPU visible (the SIMT emulator counts)")
+def test_gpu_engine_hands_off_both_ways(model, tmp_path):
+    """The GPU engine's pools take the hand-off too: rows imported into it read back bit for bit, and a
+    request exported by the CPU engine after 3 tokens decodes on in the GPU engine to the same tokens."""
+    cpu = llm_of(model, 4)
+    gpu = LLM(model, ParallelConfig(tokens_per_block=3, max_tokens=256), device="cuda", progress=False)
+    ref = cpu.generate([PROMPT], GREEDY)[0].token_ids
+    rid = cpu.add_request(PROMPT, GREEDY)
+    for _ in range(3):
+        cpu.step()
+    seq, _ = cpu.scheduler.kv_sequence(rid)
+    _, rows = cpu.engine.read_kv(seq)
+    cpu.export_kv(rid, tmp_path / "r.kv")
+    cpu.abort_request(rid)
+    gpu.engine.add_sequence(7, reserve_tokens=rows.shape[1])
+    gpu.engine.import_kv(7, rows.shape[1], rows)
+    assert np.array_equal(gpu.engine.read_kv(7)[1], rows)
+    gpu.engine.free_sequence(7)
+    assert decode(gpu, gpu.import_kv(tmp_path / "r.kv", GREEDY)).token_ids == ref
+    assert gpu.engine.num_free_blocks == gpu.engine.num_kv_blocks
+
+
 # ---- the file
 
 
