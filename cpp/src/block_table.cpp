@@ -124,6 +124,38 @@ void BlockTable::free_sequence(int64_t seq_id) {
   ++version_;
 }
 
+void BlockTable::truncate(int64_t seq_id, int64_t num_tokens) {
+  auto it = seqs_.find(seq_id);
+  HELIX_CHECK_ARG(it != seqs_.end(), "unknown sequence ", seq_id);
+  Sequence& s = it->second;
+  const int64_t held = num_held(seq_id);
+  HELIX_CHECK_ARG(num_tokens >= 0 && num_tokens <= held, "argument 'num_tokens' must be in [0, ", held,
+                  "] (the positions sequence ", seq_id, " holds), got ", num_tokens);
+  const auto dropped_at = [&](int64_t p) { return p >= num_tokens; };
+  const auto first = std::find_if(s.positions.begin(), s.positions.end(), dropped_at);
+  HELIX_CHECK_ARG(std::all_of(first, s.positions.end(), dropped_at), "truncate: sequence ", seq_id,
+                  " holds positions below ", num_tokens, " after ones at or above it (not appended in order)");
+  std::vector<int64_t> dropped(static_cast<size_t>(cp_size_), 0);  // [cp_size] positions each CP rank loses
+  Runs kept;
+  kept.reserve(s.held.size());
+  for (const auto& [begin, end] : s.held) {
+    for (int64_t p = std::max(begin, num_tokens); p < end; ++p) dropped[owner_rank(p)] += 1;
+    if (begin < num_tokens) kept.emplace_back(begin, std::min(end, num_tokens));
+  }
+  // From here on nothing allocates or throws.
+  account(s, -1);
+  s.positions.erase(first, s.positions.end());
+  const int64_t keep_blocks = blocks_of(static_cast<int64_t>(s.positions.size()));
+  while (static_cast<int64_t>(s.blocks.size()) > keep_blocks) {
+    free_.push_back(s.blocks.back());  // reserved for every block: never reallocates
+    s.blocks.pop_back();
+  }
+  s.held.swap(kept);
+  for (int64_t r = 0; r < cp_size_; ++r) s.tokens[r] -= dropped[r];
+  account(s, +1);
+  ++version_;
+}
+
 StepPlan BlockTable::plan_step(const StepTokens& step) const {
   const int64_t T = step.T, B = step.B;
   HELIX_CHECK_ARG(T >= 0 && B >= 0, "a step needs T >= 0 tokens of B >= 0 sequences, got T = ", T, ", B = ", B);

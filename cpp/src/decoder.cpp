@@ -53,7 +53,7 @@ struct Step {
   void ffn_block(int64_t l, const float* x, float* y);
   void swiglu(int64_t l, const char* mlp, int64_t F, const float* x, float* y, bool accumulate);
   void moe(int64_t l, const float* x, float* y);
-  void lm_head(const float* h, float* logits);
+  void lm_head(const float* h, float* logits, float* hidden);
 };
 
 // h [T, hidden]: this rank's vocabulary shard, zeros elsewhere, summed over the ranks.
@@ -199,12 +199,14 @@ void Step::ffn_block(int64_t l, const float* x, float* y) {
   }
 }
 
-// logits [L, vocab_size] (host) = the final norm of the logit rows @ this rank's lm_head shard, gathered.
-void Step::lm_head(const float* h, float* logits) {
+// logits [L, vocab_size] (host) = the final norm of the logit rows @ this rank's lm_head shard, gathered;
+// hidden [L, hidden] (host, when wanted) = the normed rows, already the same on every rank.
+void Step::lm_head(const float* h, float* logits, float* hidden) {
   const int64_t hid = c.hidden_size, Vs = c.vocab_shard(), N = c.world();
   float* rows = buf<float>(Buffer::LogitRows, L * hid);
   b.gather_rows(rows, h, hid, a.logit_rows, L, hid);
   rms_norm(rows, w("norm"), rows, L, hid, hid);
+  if (hidden != nullptr) b.download(hidden, rows, static_cast<size_t>(L * hid) * sizeof(float));
   float* local = buf<float>(Buffer::Logits, L * Vs);  // [L, Vs]
   linear(rows, L, w("lm_head"), local);
   b.mark(&t.linear_s);
@@ -230,7 +232,7 @@ void Step::lm_head(const float* h, float* logits) {
 }  // namespace
 
 void run_decoder(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, float* logits,
-                 EngineTimings& timings) {
+                 float* hidden, EngineTimings& timings) {
   Step s{b, c, weights, timings, b.begin_step(in), in.step.T, in.step.B, in.L, *in.batch};
   const int64_t hid = c.hidden_size;
   float* h = s.buf<float>(Buffer::Hidden, s.T * hid);  // [T, hidden], replicated on every rank
@@ -244,7 +246,7 @@ void run_decoder(Backend& b, const EngineConfig& c, const WeightViews& weights, 
     s.all_reduce(y);
     b.add_residual(h, y, s.T * hid, l, Block::Ffn);
   }
-  s.lm_head(h, logits);
+  s.lm_head(h, logits, hidden);
 }
 
 }  // namespace helix

@@ -16,8 +16,9 @@ namespace helix {
 // The weights of this rank, stored by the backend (views of its memory), by name (expected_weight_shapes).
 using WeightViews = std::map<std::string, TensorView>;
 
-// Runs a validated, committed step: logits [in.L, vocab_size] f32 (host), identical on every rank.
+// Runs a validated, committed step: logits [in.L, vocab_size] f32 (host), identical on every rank, and, when
+// `hidden` is not null, hidden [in.L, hidden_size] f32 (host): the logit rows after the final norm.
 void run_decoder(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, float* logits,
-                 EngineTimings& timings);
+                 float* hidden, EngineTimings& timings);
 
 }  // namespace helix

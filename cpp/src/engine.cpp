@@ -58,19 +58,23 @@ void Engine::add_sequence(int64_t seq_id, int64_t reserve_tokens) { table_.add_s
 
 void Engine::free_sequence(int64_t seq_id) { table_.free_sequence(seq_id); }
 
+void Engine::truncate(int64_t seq_id, int64_t num_tokens) { table_.truncate(seq_id, num_tokens); }
+
 int64_t Engine::memory_bytes() const { return backend_->memory_bytes(); }
 
 void Engine::step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
-                  const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits) {
+                  const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits,
+                  const TensorView& hidden) {
   check_weights();
-  StepPlan plan = check_step_inputs(config_, table_, tokens, positions, seq_ids, q_seq_index, logit_rows, logits);
+  StepPlan plan =
+      check_step_inputs(config_, table_, tokens, positions, seq_ids, q_seq_index, logit_rows, logits, hidden);
   const std::vector<int64_t> new_rows = table_.commit_step(plan);  // [T] pool row of each owned token, else -1
   try {
     const StepTokens step = step_tokens(positions, seq_ids, q_seq_index);
     const BatchView batch = table_.batch_view(step.seq_ids, step.B);
     const StepInput in{tokens.ptr<int64_t>(), step,   new_rows.data(), logit_rows.ptr<int64_t>(),
                        logit_rows.dim(0),     &batch, &table_};
-    run_decoder(*backend_, config_, weights_, in, logits.ptr<float>(), timings_);
+    run_decoder(*backend_, config_, weights_, in, logits.ptr<float>(), hidden.ptr<float>(), timings_);
   } catch (...) {
     // A later failure (non-finite values, device or communication errors) takes the slots back: the step
     // leaves no trace.
@@ -105,7 +109,7 @@ void Engine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t s
 
 StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
                            const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                           const TensorView& logit_rows, const TensorView& logits) {
+                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden) {
   check_tensor(tokens, "tokens", 1, {DType::Int64});
   const int64_t T = tokens.dim(0);
   HELIX_CHECK_ARG(T > 0, "argument 'tokens' is empty");
@@ -123,6 +127,11 @@ StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const
   check_tensor(logits, "logits", 2, {DType::Float32});
   check_dim(logits, "logits", 0, L, "len(logit_rows)");
   check_dim(logits, "logits", 1, c.vocab_size, "vocab_size");
+  if (hidden.data != nullptr) {
+    check_tensor(hidden, "hidden", 2, {DType::Float32});
+    check_dim(hidden, "hidden", 0, L, "len(logit_rows)");
+    check_dim(hidden, "hidden", 1, c.hidden_size, "hidden_size");
+  }
   for (int64_t t = 0; t < T; ++t) {
     const int64_t id = tokens.ptr<int64_t>()[t];
     HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument 'tokens'[", t, "] = ", id,

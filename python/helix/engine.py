@@ -154,6 +154,11 @@ class HelixEngine:
     def free_sequence(self, seq_id: int) -> None:
         self._engine.free_sequence(seq_id)
 
+    def truncate(self, seq_id: int, num_tokens: int) -> None:
+        """Keeps positions [0, num_tokens) of a sequence in every layer's cache (the rejected drafts of a
+        verify step released). Every rank calls it identically."""
+        self._engine.truncate(seq_id, num_tokens)
+
     # ---- KV hand-off (helix.disagg): rows of [kv_lora_rank + qk_rope_head_dim] in the KV dtype
 
     @property
@@ -182,6 +187,8 @@ class HelixEngine:
             raise NotImplementedError("registering the KV pools with NIXL needs host pools (device='cpu')")
         return _core.kv_pool_addresses(self._engine)
 
-    def step(self, tokens, positions, seq_ids, q_seq_index, logit_rows) -> np.ndarray:
-        """tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab]."""
-        return self._engine.step(tokens, positions, seq_ids, q_seq_index, logit_rows)
+    def step(self, tokens, positions, seq_ids, q_seq_index, logit_rows, return_hidden: bool = False):
+        """tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab];
+        with return_hidden, (logits, hidden [L, hidden_size]): the logit rows' final hidden states after the
+        model's norm (what the MTP layer reads), the same on every rank."""
+        return self._engine.step(tokens, positions, seq_ids, q_seq_index, logit_rows, return_hidden)

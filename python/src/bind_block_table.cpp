@@ -62,6 +62,8 @@ void bind_block_table(nb::module_& m) {
       .def("add_sequence", &BlockTable::add_sequence, "seq_id"_a, "reserve_tokens"_a = 0,
            "Register an empty sequence, reserving the blocks of positions [0, reserve_tokens) on every CP rank.")
       .def("free_sequence", &BlockTable::free_sequence, "seq_id"_a, "Return its blocks and reservation.")
+      .def("truncate", &BlockTable::truncate, "seq_id"_a, "num_tokens"_a,
+           "Keep positions [0, num_tokens) of the sequence, free this rank's blocks past them.")
       .def("has_sequence", &BlockTable::has_sequence, "seq_id"_a)
       .def("__contains__", &BlockTable::has_sequence, "seq_id"_a)
       .def("sequence_ids", &BlockTable::sequence_ids, "Ids of the registered sequences, sorted.")

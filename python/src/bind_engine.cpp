@@ -22,17 +22,20 @@ DType parse_kv_dtype(const std::string& s) {
   throw ArgumentError("kv_dtype must be 'float32' or 'bfloat16', got '" + s + "'");
 }
 
-// tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab_size] float32.
+// tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab_size] float32,
+// or (logits, hidden [L, hidden_size] float32) with return_hidden.
 nb::object step(Engine& e, nb::handle tokens, nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index,
-                nb::handle logit_rows) {
+                nb::handle logit_rows, bool return_hidden) {
   HostArray ta = to_view(tokens, "tokens"), pa = to_view(positions, "positions"), sa = to_view(seq_ids, "seq_ids"),
             ia = to_view(q_seq_index, "q_seq_index"), la = to_view(logit_rows, "logit_rows");
   HELIX_CHECK_ARG(la.view.ndim() == 1, "argument 'logit_rows' must be 1-D");
   HostArray out = new_array({la.view.dim(0), e.config().vocab_size}, DType::Float32);
+  HostArray hidden = return_hidden ? new_array({la.view.dim(0), e.config().hidden_size}, DType::Float32) : HostArray{};
   {
     nb::gil_scoped_release release;
-    e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view);
+    e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view, hidden.view);
   }
+  if (return_hidden) return nb::make_tuple(out.owner, hidden.owner);
   return out.owner;
 }
 
@@ -124,6 +127,8 @@ void bind_engine(nb::module_& m) {
       .def("add_sequence", &Engine::add_sequence, nb::arg("seq_id"), nb::arg("reserve_tokens") = 0,
            "Register an empty sequence, reserving the KV blocks of positions [0, reserve_tokens) on every CP rank.")
       .def("free_sequence", &Engine::free_sequence, nb::arg("seq_id"))
+      .def("truncate", &Engine::truncate, nb::arg("seq_id"), nb::arg("num_tokens"),
+           "Keep positions [0, num_tokens) of the sequence in every layer's cache (rejected drafts released).")
       .def_prop_ro("num_free_blocks", &Engine::num_free_blocks)
       .def_prop_ro("num_kv_blocks", &Engine::num_kv_blocks)
       .def_prop_ro("device", [](const Engine& e) { return std::string(device_label(e.device().kind)); })
@@ -140,9 +145,10 @@ void bind_engine(nb::module_& m) {
           nb::arg("seq_id"), nb::arg("num_tokens"), nb::arg("seed") = 0, nb::arg("scale") = 1.f,
           "Benchmark aid: positions [0, num_tokens) of an empty sequence with random rows in every layer.")
       .def("step", &step, nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"),
-           nb::arg("logit_rows"),
+           nb::arg("logit_rows"), nb::arg("return_hidden") = false,
            "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
-           "-> logits [L, vocab_size] float32 (host memory), identical on every rank.")
+           "-> logits [L, vocab_size] float32 (host memory), identical on every rank; with return_hidden,\n"
+           "(logits, hidden [L, hidden_size] float32): the logit rows' final hidden states (after the norm).")
       .def_prop_ro("timings", [](const Engine& e) {
         const EngineTimings& t = e.timings();
         nb::dict d;

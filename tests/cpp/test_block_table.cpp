@@ -243,3 +243,77 @@ TEST(BlockTable, SlotsMapToPoolRowsThroughTheView) {
   std::vector<int64_t> unused = t.unused_rows();
   EXPECT_EQ(unused.size(), 12u - 4u);
 }
+
+// A verify chunk that crosses block and owner boundaries, then truncated: every rank ends as if it had only
+// ever committed the kept positions (same slots, blocks, counts), and can grow again from there.
+TEST(BlockTable, TruncateKeepsExactlyTheAcceptedPositionsOnEveryRank) {
+  const int64_t tpb = 2, cp = 3;
+  for (int64_t keep = 5; keep <= 9; ++keep) {
+    auto t = ranks(6, tpb, cp), expect = ranks(6, tpb, cp);
+    for (int64_t r = 0; r < cp; ++r) {
+      t[r].add_sequence(1, 4);
+      t[r].add_sequence(2);
+      commit(t[r], range(2, 0, 3));
+      commit(t[r], range(1, 0, 5));
+      commit(t[r], range(1, 5, 9));  // positions 5-8: three blocks, three owners
+      t[r].truncate(1, keep);
+      expect[r].add_sequence(1, 4);
+      expect[r].add_sequence(2);
+      commit(expect[r], range(2, 0, 3));
+      commit(expect[r], range(1, 0, keep));
+    }
+    for (int64_t r = 0; r < cp; ++r) {
+      EXPECT_EQ(snapshot(t[r]), snapshot(expect[r])) << "keep " << keep << " rank " << r;
+      EXPECT_EQ(t[r].free_blocks()[r], t[r].num_free_blocks());
+      EXPECT_EQ(t[r].unused_rows().size(), expect[r].unused_rows().size());
+      EXPECT_EQ(commit(t[r], range(1, keep, 11)), commit(expect[r], range(1, keep, 11)));
+    }
+  }
+}
+
+TEST(BlockTable, TruncateKeepsReservationsAndFreesEverythingAtZero) {
+  auto t = ranks(4, 2, 2);
+  for (auto& r : t) {
+    r.add_sequence(1, 8);  // 2 blocks reserved on each rank
+    commit(r, range(1, 0, 7));
+    const std::vector<int64_t> unreserved = r.unreserved_blocks();
+    r.truncate(1, 3);  // rank 0 keeps 0, 1; rank 1 keeps 2 in a partly filled block
+    EXPECT_EQ(r.held_positions(1), (std::vector<int64_t>{0, 1, 2}));
+    EXPECT_EQ(r.free_blocks(), (std::vector<int64_t>{3, 3}));
+    EXPECT_EQ(r.unreserved_blocks(), unreserved);
+    EXPECT_EQ(r.unused_rows().size(), r.cp_rank() == 0 ? 6u : 7u);  // the partly filled block's tail is unused
+    r.truncate(1, 0);
+    EXPECT_EQ(r.num_held(1), 0);
+    EXPECT_EQ(r.num_free_blocks(), 4);
+    EXPECT_EQ(r.unreserved_blocks(), unreserved);
+    r.free_sequence(1);
+    EXPECT_EQ(r.unreserved_blocks(), (std::vector<int64_t>{4, 4}));
+  }
+}
+
+TEST(BlockTable, TruncateRefusesBadArgumentsAndChangesNothing) {
+  BlockTable t(4, 3, 1, 2);
+  t.add_sequence(0);
+  commit(t, Step{{9, 3, 4, 10, 0}, {0, 0, 0, 0, 0}, {0}});  // rank 1's slots hold 9, 3, 4, 10: out of order
+  const Snapshot before = snapshot(t);
+  EXPECT_EQ(error_of([&] { t.truncate(7, 0); }), "ArgumentError: unknown sequence 7");
+  EXPECT_EQ(error_of([&] { t.truncate(0, -1); }),
+            "ArgumentError: argument 'num_tokens' must be in [0, 5] (the positions sequence 0 holds), got -1");
+  EXPECT_EQ(error_of([&] { t.truncate(0, 6); }),
+            "ArgumentError: argument 'num_tokens' must be in [0, 5] (the positions sequence 0 holds), got 6");
+  EXPECT_EQ(error_of([&] { t.truncate(0, 5); }),
+            "ArgumentError: truncate: sequence 0 holds positions below 5 after ones at or above it (not appended in "
+            "order)");
+  EXPECT_EQ(snapshot(t), before);
+}
+
+TEST(BlockTable, UndoOfAStepBeforeATruncateDoesNothing) {
+  BlockTable t(4, 2);
+  t.add_sequence(1);
+  StepPlan plan = t.plan_step(range(1, 0, 5).tokens());
+  t.commit_step(plan);
+  t.truncate(1, 3);
+  const Snapshot truncated = snapshot(t);
+  t.undo_step(plan);
+  EXPECT_EQ(snapshot(t), truncated);
+}

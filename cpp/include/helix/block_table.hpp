@@ -79,6 +79,12 @@ class BlockTable {
   void add_sequence(int64_t seq_id, int64_t reserve_tokens = 0);
   // Returns the sequence's blocks and reservation and forgets it (ArgumentError if unknown).
   void free_sequence(int64_t seq_id);
+  // Keeps positions [0, num_tokens) of a sequence and drops the rest (the rejected drafts of a speculative
+  // step, docs/speculative.md §4): held runs clipped, every CP rank's count recounted, this rank's slots with
+  // positions >= num_tokens dropped (the last slots) and its blocks past them freed. Reservations stay.
+  // ArgumentError for an unknown sequence, num_tokens outside [0, num_held], or dropped slots that are not
+  // this rank's last ones; checked before any change, and nothing allocates after.
+  void truncate(int64_t seq_id, int64_t num_tokens);
 
   // Validates a whole step, changing nothing: every seq_id known and distinct, every q_seq_index in [0, B),
   // positions >= 0, no position twice for one sequence, none already held, and the blocks on every CP rank

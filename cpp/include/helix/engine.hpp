@@ -42,6 +42,9 @@ class Engine {
   // See BlockTable::add_sequence (reserve_tokens: the blocks of positions [0, reserve_tokens) on every CP rank).
   void add_sequence(int64_t seq_id, int64_t reserve_tokens = 0);
   void free_sequence(int64_t seq_id);
+  // Keeps positions [0, num_tokens) of a sequence in every layer's cache (BlockTable::truncate): the rows of
+  // rejected drafts after a verify step. Every rank calls it identically; no communication.
+  void truncate(int64_t seq_id, int64_t num_tokens);
   int64_t num_free_blocks() const { return table_.num_free_blocks(); }
   int64_t num_kv_blocks() const { return config_.num_kv_blocks; }
   // The KV bookkeeping of this rank (admission queries, and tests that inspect it).
@@ -53,9 +56,11 @@ class Engine {
   // One forward pass over T tokens of B sequences (prompt chunks and decode tokens alike).
   // tokens [T] i64, positions [T] i64 global, seq_ids [B] i64, q_seq_index [T] i64 in [0,B),
   // logit_rows [L] i64 in [0,T): the tokens whose logits are returned; logits [L, vocab_size] f32 (host
-  // memory, identical on every rank).
+  // memory, identical on every rank). hidden [L, hidden_size] f32 (host), optional (no data: not wanted):
+  // the final hidden states of the logit rows after the model's final norm, what the MTP layer reads.
   void step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
-            const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits);
+            const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits,
+            const TensorView& hidden = {});
 
   // Benchmark aid: appends positions [0, num_tokens) to the empty sequence `seq_id`, with pseudo-random rows,
   // uniform in [-scale, scale), in every layer's pool where this rank owns the position (KVCacheFullError
@@ -83,6 +88,6 @@ class Engine {
 // work, identically on every rank. The plan is what the engine commits.
 StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
                            const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                           const TensorView& logit_rows, const TensorView& logits);
+                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden = {});
 
 }  // namespace helix
