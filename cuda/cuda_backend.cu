@@ -49,6 +49,9 @@ class CudaBackend final : public Backend {
   void download(void* host, const void* src, size_t bytes) override {
     if (bytes > 0) HELIX_CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, s()));
   }
+  void upload(void* dst, const void* host, size_t bytes) override {
+    if (bytes > 0) HELIX_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, s()));
+  }
   void finish_step() override;
 
   void embedding(const EmbeddingParams& p) override { launch_embedding(p, s()); }
@@ -121,7 +124,8 @@ class CudaBackend final : public Backend {
   std::map<std::string, DeviceBuffer> weights_;
   std::vector<DeviceBuffer> pools_;  // per layer: [num_kv_blocks * tokens_per_block, R + P] of kv_dtype
   DeviceBuffer pool_pos_;            // int64 [num_kv_blocks * tokens_per_block]: global position of each row
-  DeviceBuffer flags_;               // int32 [kFlagsPerLayer * num_layers]
+  DeviceBuffer mtp_pool_pos_;        // the same for the MTP layer's pool (its own block table), if any
+  DeviceBuffer flags_;               // int32 [kFlagsPerLayer * num_kv_layers]
   Scratch scratch_[kNumBuffers];
   Scratch meta_, bf16_in_, q_kv_, attention_ws_, moe_ws_;
   Upload upload_;  // the step's host arrays, read by the copy until finish_step's synchronize
@@ -141,19 +145,20 @@ CudaBackend::CudaBackend(const EngineConfig& config, Communicator& world, int de
   const int64_t rows = c_.num_kv_blocks * c_.tokens_per_block;
   const size_t pool_bytes = static_cast<size_t>(rows * c_.kv_row_width() * dtype_size(c_.kv_dtype));
   try {
-    for (int64_t l = 0; l < c_.num_layers; ++l) {
+    for (int64_t l = 0; l < c_.num_kv_layers(); ++l) {
       pools_.emplace_back(pool_bytes);
       pools_.back().fill_zero(s());
     }
     pool_pos_ = DeviceBuffer(static_cast<size_t>(rows) * sizeof(int64_t));
+    if (c_.num_mtp_layers > 0) mtp_pool_pos_ = DeviceBuffer(static_cast<size_t>(rows) * sizeof(int64_t));
   } catch (const DeviceMemoryError& e) {
     throw DeviceMemoryError(::helix::detail::concat(
-        "rank ", c_.rank, ": the KV cache (", c_.num_layers, " layers x ", c_.num_kv_blocks, " blocks x ",
+        "rank ", c_.rank, ": the KV cache (", c_.num_kv_layers(), " layers x ", c_.num_kv_blocks, " blocks x ",
         c_.tokens_per_block, " tokens x ", c_.kv_row_width(), " ", dtype_name(c_.kv_dtype), " = ",
-        ::helix::detail::human_bytes(static_cast<double>(pool_bytes) * static_cast<double>(c_.num_layers)),
+        ::helix::detail::human_bytes(static_cast<double>(pool_bytes) * static_cast<double>(c_.num_kv_layers())),
         ") does not fit on the GPU: ", e.what(), ". Lower max_tokens, or use more CP ranks"));
   }
-  flags_ = DeviceBuffer(static_cast<size_t>(kFlagsPerLayer * c_.num_layers) * sizeof(int));
+  flags_ = DeviceBuffer(static_cast<size_t>(kFlagsPerLayer * c_.num_kv_layers()) * sizeof(int));
   stream_.synchronize();
 }
 
@@ -275,10 +280,11 @@ StepArrays CudaBackend::begin_step(const StepInput& in) {
   a.logit_rows = reinterpret_cast<const int64_t*>(at(o_rows));
   a.block_tables = reinterpret_cast<const int32_t*>(at(o_tables));
   a.num_slots = reinterpret_cast<const int64_t*>(at(o_slots));
-  a.kv_pos = pool_pos_.as<int64_t>();
+  int64_t* kv_pos = (in.mtp ? mtp_pool_pos_ : pool_pos_).as<int64_t>();
+  a.kv_pos = kv_pos;
   a.rope_inv_freq = reinterpret_cast<const float*>(at(o_freq));
-  // The positions of the rows this step fills (the same rows in every layer's pool): the rows live with them.
-  launch_set_positions(pool_pos_.as<int64_t>(), a.new_rows, a.positions, T, s());
+  // The positions of the rows this step fills (the same rows in every pool of the table): they live with them.
+  launch_set_positions(kv_pos, a.new_rows, a.positions, T, s());
   return a;
 }
 
@@ -289,7 +295,7 @@ void CudaBackend::finish_step() {
 }
 
 std::vector<int> CudaBackend::read_flags() {
-  std::vector<int> f(static_cast<size_t>(kFlagsPerLayer * c_.num_layers));
+  std::vector<int> f(static_cast<size_t>(kFlagsPerLayer * c_.num_kv_layers()));
   HELIX_CUDA_CHECK(cudaMemcpyAsync(f.data(), flags_.data(), f.size() * sizeof(int), cudaMemcpyDeviceToHost, s()));
   HELIX_CUDA_CHECK(cudaStreamSynchronize(s()));
   return f;
@@ -297,7 +303,7 @@ std::vector<int> CudaBackend::read_flags() {
 
 // Throws for the first flagged (layer, block) in layer order, as the CPU backend would have.
 void CudaBackend::check_flags(const std::vector<int>& f) const {
-  for (int64_t l = 0; l < c_.num_layers; ++l) {
+  for (int64_t l = 0; l < c_.num_kv_layers(); ++l) {
     const int* layer = f.data() + kFlagsPerLayer * l;
     HELIX_CHECK(!layer[0], "non-finite hidden state (NaN or Inf) after the attention of layer ", l, " on rank ",
                 c_.rank);

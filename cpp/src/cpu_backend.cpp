@@ -20,8 +20,8 @@ class CpuBackend final : public Backend {
       : c_(config),
         world_(world),
         cp_comm_(world.split(static_cast<int>(c_.tp_rank()), static_cast<int>(c_.cp_rank()))) {
-    pools_.reserve(static_cast<size_t>(c_.num_layers));
-    for (int64_t l = 0; l < c_.num_layers; ++l) {
+    pools_.reserve(static_cast<size_t>(c_.num_kv_layers()));
+    for (int64_t l = 0; l < c_.num_kv_layers(); ++l) {
       pools_.emplace_back(c_.num_kv_blocks, c_.tokens_per_block, c_.kv_row_width(), c_.kv_dtype);
     }
   }
@@ -62,7 +62,8 @@ class CpuBackend final : public Backend {
 
   void read_kv_rows(const std::vector<int64_t>& rows, void* host) override {
     auto* dst = static_cast<unsigned char*>(host);
-    for (const KVPool& pool : pools_) {
+    for (int64_t l = 0; l < c_.num_layers; ++l) {  // the model's layers: the MTP layer's rows stay
+      const KVPool& pool = pools_[static_cast<size_t>(l)];
       for (int64_t row : rows) {
         std::memcpy(dst, pool.row(row), static_cast<size_t>(pool.row_bytes()));
         dst += pool.row_bytes();
@@ -72,7 +73,8 @@ class CpuBackend final : public Backend {
   void write_kv_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>&, const void* host) override {
     const auto n = static_cast<int64_t>(rows.size());
     const auto* src = static_cast<const unsigned char*>(host);
-    for (KVPool& pool : pools_) {
+    for (int64_t l = 0; l < c_.num_layers; ++l) {
+      KVPool& pool = pools_[static_cast<size_t>(l)];
       pool.write_rows(rows.data(), n, src);
       src += n * pool.row_bytes();
     }
@@ -97,6 +99,9 @@ class CpuBackend final : public Backend {
   }
   void download(void* host, const void* src, size_t bytes) override {
     if (bytes > 0) std::memcpy(host, src, bytes);  // a step may return no logit rows (host == nullptr)
+  }
+  void upload(void* dst, const void* host, size_t bytes) override {
+    if (bytes > 0) std::memcpy(dst, host, bytes);
   }
   void finish_step() override {}
 

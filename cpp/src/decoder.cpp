@@ -48,21 +48,35 @@ struct Step {
     b.mark(&t.allreduce_s);
   }
 
-  void embed(float* h);
+  void embed(const TensorView& table, float* h);
+  void layer(int64_t l, float* h);
   void attention_block(int64_t l, float* h);
   void ffn_block(int64_t l, const float* x, float* y);
   void swiglu(int64_t l, const char* mlp, int64_t F, const float* x, float* y, bool accumulate);
   void moe(int64_t l, const float* x, float* y);
-  void lm_head(const float* h, float* logits, float* hidden);
+  void lm_head(const float* h, const TensorView& norm, const TensorView& head, float* logits, float* before_norm,
+               float* after_norm);
 };
 
-// h [T, hidden]: this rank's vocabulary shard, zeros elsewhere, summed over the ranks.
-void Step::embed(float* h) {
+// h [T, hidden] = rows of `table` (the model's or the MTP layer's embedding): this rank's vocabulary shard,
+// zeros elsewhere, summed over the ranks.
+void Step::embed(const TensorView& table, float* h) {
   const int64_t Vs = c.vocab_shard();
-  b.embedding(
-      EmbeddingParams{a.tokens, w("embed_tokens").data, h, T, Vs, c.hidden_size, c.rank * Vs, w("embed_tokens").dtype});
+  b.embedding(EmbeddingParams{a.tokens, table.data, h, T, Vs, c.hidden_size, c.rank * Vs, table.dtype});
   b.mark(&t.other_s);
   all_reduce(h);
+}
+
+// h += attention(h), then h += ffn(h): decoder layer l (the MTP layer's block is layer num_layers).
+void Step::layer(int64_t l, float* h) {
+  const int64_t hid = c.hidden_size;
+  attention_block(l, h);
+  float* x = buf<float>(Buffer::Normed, T * hid);
+  rms_norm(h, lw(l, "post_attention_layernorm"), x, T, hid, hid);
+  float* y = buf<float>(Buffer::Output, T * hid);
+  ffn_block(l, x, y);
+  all_reduce(y);
+  b.add_residual(h, y, T * hid, l, Block::Ffn);
 }
 
 // h += o_proj(helix_attention(...)) of layer l, all-reduced.
@@ -199,16 +213,20 @@ void Step::ffn_block(int64_t l, const float* x, float* y) {
   }
 }
 
-// logits [L, vocab_size] (host) = the final norm of the logit rows @ this rank's lm_head shard, gathered;
-// hidden [L, hidden] (host, when wanted) = the normed rows, already the same on every rank.
-void Step::lm_head(const float* h, float* logits, float* hidden) {
+// logits [L, vocab_size] (host) = norm(the logit rows) @ this rank's shard of `head`, gathered (the model's
+// norm and lm_head, or the MTP layer's shared_head). The rows before and after the norm go to the host when
+// wanted ([L, hidden] each, already the same on every rank).
+void Step::lm_head(const float* h, const TensorView& norm, const TensorView& head, float* logits, float* before_norm,
+                   float* after_norm) {
   const int64_t hid = c.hidden_size, Vs = c.vocab_shard(), N = c.world();
+  const size_t row_bytes = static_cast<size_t>(L * hid) * sizeof(float);
   float* rows = buf<float>(Buffer::LogitRows, L * hid);
   b.gather_rows(rows, h, hid, a.logit_rows, L, hid);
-  rms_norm(rows, w("norm"), rows, L, hid, hid);
-  if (hidden != nullptr) b.download(hidden, rows, static_cast<size_t>(L * hid) * sizeof(float));
+  if (before_norm != nullptr) b.download(before_norm, rows, row_bytes);
+  rms_norm(rows, norm, rows, L, hid, hid);
+  if (after_norm != nullptr) b.download(after_norm, rows, row_bytes);
   float* local = buf<float>(Buffer::Logits, L * Vs);  // [L, Vs]
-  linear(rows, L, w("lm_head"), local);
+  linear(rows, L, head, local);
   b.mark(&t.linear_s);
   float* all = buf<float>(Buffer::LogitsGathered, N * L * Vs);  // [N, L, Vs]
   b.all_gather(local, all, L * Vs);
@@ -234,19 +252,28 @@ void Step::lm_head(const float* h, float* logits, float* hidden) {
 void run_decoder(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, float* logits,
                  float* hidden, EngineTimings& timings) {
   Step s{b, c, weights, timings, b.begin_step(in), in.step.T, in.step.B, in.L, *in.batch};
-  const int64_t hid = c.hidden_size;
-  float* h = s.buf<float>(Buffer::Hidden, s.T * hid);  // [T, hidden], replicated on every rank
-  s.embed(h);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    s.attention_block(l, h);
-    float* x = s.buf<float>(Buffer::Normed, s.T * hid);
-    s.rms_norm(h, s.lw(l, "post_attention_layernorm"), x, s.T, hid, hid);
-    float* y = s.buf<float>(Buffer::Output, s.T * hid);
-    s.ffn_block(l, x, y);
-    s.all_reduce(y);
-    b.add_residual(h, y, s.T * hid, l, Block::Ffn);
-  }
-  s.lm_head(h, logits, hidden);
+  float* h = s.buf<float>(Buffer::Hidden, s.T * c.hidden_size);  // [T, hidden], replicated on every rank
+  s.embed(s.w("embed_tokens"), h);
+  for (int64_t l = 0; l < c.num_layers; ++l) s.layer(l, h);
+  s.lm_head(h, s.w("norm"), s.w("lm_head"), logits, nullptr, hidden);
+}
+
+void run_mtp(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, const float* hidden,
+             float* g, float* logits, EngineTimings& timings) {
+  Step s{b, c, weights, timings, b.begin_step(in), in.step.T, in.step.B, in.L, *in.batch};
+  const int64_t hid = c.hidden_size, T = s.T, M = c.mtp_layer();
+  float* h = s.buf<float>(Buffer::Hidden, T * hid);         // [T, hidden], replicated on every rank
+  float* eh = s.buf<float>(Buffer::MtpInput, T * 2 * hid);  // [T, 2 * hidden]: embedding half first
+  s.embed(s.lw(M, "embed_tokens"), h);
+  b.rms_norm(RmsNormParams{h, s.lw(M, "enorm").data, eh, T, hid, hid, 2 * hid, c.rms_norm_eps, DType::Float32});
+  float* given = s.buf<float>(Buffer::Output, T * hid);  // the model's hidden states (or g), from the host
+  b.upload(given, hidden, static_cast<size_t>(T * hid) * sizeof(float));
+  b.rms_norm(
+      RmsNormParams{given, s.lw(M, "hnorm").data, eh + hid, T, hid, hid, 2 * hid, c.rms_norm_eps, DType::Float32});
+  s.linear(eh, T, s.lw(M, "eh_proj"), h);
+  b.mark(&timings.linear_s);
+  s.layer(M, h);
+  s.lm_head(h, s.lw(M, "shared_head.norm"), s.lw(M, "shared_head.head"), logits, g, nullptr);
 }
 
 }  // namespace helix

@@ -21,4 +21,10 @@ using WeightViews = std::map<std::string, TensorView>;
 void run_decoder(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, float* logits,
                  float* hidden, EngineTimings& timings);
 
+// Runs a validated, committed step of the MTP layer (Engine::mtp_step) on its own table and pool: hidden
+// [T, hidden_size] f32 (host) with the step's tokens as the next tokens; g [in.L, hidden_size] and logits
+// [in.L, vocab_size] f32 (host), identical on every rank.
+void run_mtp(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, const float* hidden,
+             float* g, float* logits, EngineTimings& timings);
+
 }  // namespace helix

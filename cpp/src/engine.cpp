@@ -33,7 +33,11 @@ Engine::Engine(const EngineConfig& config, Communicator& world, const EngineDevi
       device_(device),
       table_(config_.num_kv_blocks, config_.tokens_per_block, config_.cp_rank(), config_.cp),
       expected_(helix::expected_weight_shapes(config_)),
-      backend_(make_backend(config_, world, device)) {}
+      backend_(make_backend(config_, world, device)) {
+  if (config_.num_mtp_layers > 0) {
+    mtp_table_.emplace(config_.num_kv_blocks, config_.tokens_per_block, config_.cp_rank(), config_.cp);
+  }
+}
 
 Engine::~Engine() = default;
 
@@ -54,11 +58,28 @@ void Engine::check_weights() const {
   }
 }
 
-void Engine::add_sequence(int64_t seq_id, int64_t reserve_tokens) { table_.add_sequence(seq_id, reserve_tokens); }
+void Engine::add_sequence(int64_t seq_id, int64_t reserve_tokens) {
+  // The MTP table never holds more than the model's: whatever fits in one fits in the other.
+  table_.add_sequence(seq_id, reserve_tokens);
+  if (mtp_table_) mtp_table_->add_sequence(seq_id, reserve_tokens);
+}
 
-void Engine::free_sequence(int64_t seq_id) { table_.free_sequence(seq_id); }
+void Engine::free_sequence(int64_t seq_id) {
+  table_.free_sequence(seq_id);
+  if (mtp_table_) mtp_table_->free_sequence(seq_id);
+}
 
 void Engine::truncate(int64_t seq_id, int64_t num_tokens) { table_.truncate(seq_id, num_tokens); }
+
+const BlockTable& Engine::mtp_block_table() const {
+  HELIX_CHECK_ARG(mtp_table_.has_value(), "the engine has no MTP layer (num_mtp_layers = 0)");
+  return *mtp_table_;
+}
+
+void Engine::truncate_mtp(int64_t seq_id, int64_t num_tokens) {
+  mtp_block_table();  // ArgumentError without an MTP layer
+  mtp_table_->truncate(seq_id, num_tokens);
+}
 
 int64_t Engine::memory_bytes() const { return backend_->memory_bytes(); }
 
@@ -82,6 +103,33 @@ void Engine::step(const TensorView& tokens, const TensorView& positions, const T
     throw;
   }
   timings_.steps += 1;
+}
+
+void Engine::mtp_step(const TensorView& hidden, const TensorView& next_tokens, const TensorView& positions,
+                      const TensorView& seq_ids, const TensorView& q_seq_index, const TensorView& logit_rows,
+                      const TensorView& g, const TensorView& logits) {
+  mtp_block_table();  // ArgumentError without an MTP layer
+  check_weights();
+  BlockTable& table = *mtp_table_;
+  StepPlan plan = check_step_inputs(config_, table, next_tokens, positions, seq_ids, q_seq_index, logit_rows, logits,
+                                    {}, "next_tokens");
+  check_tensor(hidden, "hidden", 2, {DType::Float32});
+  check_dim(hidden, "hidden", 0, next_tokens.dim(0), "the number of tokens");
+  check_dim(hidden, "hidden", 1, config_.hidden_size, "hidden_size");
+  check_tensor(g, "g", 2, {DType::Float32});
+  check_dim(g, "g", 0, logit_rows.dim(0), "len(logit_rows)");
+  check_dim(g, "g", 1, config_.hidden_size, "hidden_size");
+  const std::vector<int64_t> new_rows = table.commit_step(plan);  // [T] MTP pool row of each owned token, else -1
+  try {
+    const StepTokens step = step_tokens(positions, seq_ids, q_seq_index);
+    const BatchView batch = table.batch_view(step.seq_ids, step.B);
+    const StepInput in{next_tokens.ptr<int64_t>(), step,   new_rows.data(), logit_rows.ptr<int64_t>(),
+                       logit_rows.dim(0),          &batch, &table,          /*mtp=*/true};
+    run_mtp(*backend_, config_, weights_, in, hidden.ptr<float>(), g.ptr<float>(), logits.ptr<float>(), timings_);
+  } catch (...) {
+    table.undo_step(plan);
+    throw;
+  }
 }
 
 void Engine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
@@ -109,10 +157,11 @@ void Engine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t s
 
 StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
                            const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden) {
-  check_tensor(tokens, "tokens", 1, {DType::Int64});
+                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden,
+                           const char* tokens_name) {
+  check_tensor(tokens, tokens_name, 1, {DType::Int64});
   const int64_t T = tokens.dim(0);
-  HELIX_CHECK_ARG(T > 0, "argument 'tokens' is empty");
+  HELIX_CHECK_ARG(T > 0, "argument '", tokens_name, "' is empty");
   check_tensor(positions, "positions", 1, {DType::Int64});
   check_dim(positions, "positions", 0, T, "the number of tokens");
   check_tensor(seq_ids, "seq_ids", 1, {DType::Int64});
@@ -134,7 +183,7 @@ StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const
   }
   for (int64_t t = 0; t < T; ++t) {
     const int64_t id = tokens.ptr<int64_t>()[t];
-    HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument 'tokens'[", t, "] = ", id,
+    HELIX_CHECK_ARG(id >= 0 && id < c.vocab_size, "argument '", tokens_name, "'[", t, "] = ", id,
                     " is outside the vocabulary [0, ", c.vocab_size, ")");
   }
   return table.plan_step(step_tokens(positions, seq_ids, q_seq_index));

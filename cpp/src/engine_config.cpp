@@ -13,7 +13,16 @@ std::map<std::string, ExpectedWeight> expected_weight_shapes(const EngineConfig&
   e["embed_tokens"] = {{c.vocab_shard(), hid}, true};
   e["norm"] = {{hid}, false};
   e["lm_head"] = {{c.vocab_shard(), hid}, true};
-  for (int64_t l = 0; l < c.num_layers; ++l) {
+  if (c.num_mtp_layers > 0) {
+    auto M = [&](const char* n) { return layer_weight_name(c.mtp_layer(), n); };
+    e[M("embed_tokens")] = {{c.vocab_shard(), hid}, true};
+    e[M("enorm")] = {{hid}, false};
+    e[M("hnorm")] = {{hid}, false};
+    e[M("eh_proj")] = {{hid, 2 * hid}, true};  // replicated: its input and output are replicated
+    e[M("shared_head.norm")] = {{hid}, false};
+    e[M("shared_head.head")] = {{c.vocab_shard(), hid}, true};
+  }
+  for (int64_t l = 0; l < c.num_kv_layers(); ++l) {
     auto L = [&](const char* n) { return layer_weight_name(l, n); };
     e[L("input_layernorm")] = {{hid}, false};
     e[L("post_attention_layernorm")] = {{hid}, false};
@@ -65,6 +74,10 @@ void validate_engine_config(const EngineConfig& c) {
   pos(c.cp, "cp");
   pos(c.tokens_per_block, "tokens_per_block");
   pos(c.num_kv_blocks, "num_kv_blocks");
+  HELIX_CHECK_ARG(c.num_mtp_layers == 0 || c.num_mtp_layers == 1, "engine config 'num_mtp_layers' must be 0 or 1, got ",
+                  c.num_mtp_layers);
+  HELIX_CHECK_ARG(c.num_mtp_layers == 0 || c.n_routed_experts > 0,
+                  "engine config 'num_mtp_layers' = 1 needs n_routed_experts > 0 (the MTP block is MoE)");
   const int64_t N = c.world();
   HELIX_CHECK_ARG(c.rank >= 0 && c.rank < N, "engine config 'rank' ", c.rank, " is outside [0, ", N, ")");
   HELIX_CHECK_ARG(c.num_heads % N == 0, "num_heads (", c.num_heads, ") must be divisible by tp * cp (", N, ")");
@@ -74,7 +87,7 @@ void validate_engine_config(const EngineConfig& c) {
   HELIX_CHECK_ARG(c.kv_dtype == DType::Float32 || c.kv_dtype == DType::BFloat16,
                   "kv_dtype must be float32 or bfloat16");
   bool any_dense = false, any_moe = false;
-  for (int64_t l = 0; l < c.num_layers; ++l) (c.is_moe_layer(l) ? any_moe : any_dense) = true;
+  for (int64_t l = 0; l < c.num_kv_layers(); ++l) (c.is_moe_layer(l) ? any_moe : any_dense) = true;
   if (any_dense) {
     HELIX_CHECK_ARG(c.intermediate_size % N == 0, "intermediate_size (", c.intermediate_size,
                     ") must be divisible by tp * cp (", N, ")");

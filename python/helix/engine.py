@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import ml_dtypes
 import numpy as np
 
-from helix.checkpoint import Checkpoint
+from helix.checkpoint import Checkpoint, require_mtp
 from helix.config import ModelConfig
 from helix.device import CUDA_COMMS, check_device_name, cuda_device_for_rank
 from helix.rope import yarn_inv_freq
-from helix.sharding import shard_weights
+from helix.sharding import shard_mtp_weights, shard_weights
 
 __all__ = ["HelixEngine", "default_kv_blocks"]
 
@@ -31,6 +33,10 @@ class HelixEngine:
     cuda_comm="host" the collectives run over `comm` (MPI) through host memory and ranks may share GPUs
     (local rank modulo the GPU count), e.g. several CP ranks on one GPU. Without CUDA in the build or
     without a GPU, device="cuda" raises helix.device.DeviceUnavailableError before any weight is read.
+
+    mtp=True also loads the checkpoint's multi-token-prediction layer (helix.CheckpointError when it has
+    none, before anything is built) with its own KV pool and block table, for ``mtp_step``
+    (docs/speculative.md).
     """
 
     def __init__(
@@ -48,6 +54,7 @@ class HelixEngine:
         progress: bool = True,
         device: str = "cpu",
         cuda_comm: str = "nccl",
+        mtp: bool = False,
     ) -> None:
         from helix import _core
         from helix.comm import world
@@ -67,6 +74,9 @@ class HelixEngine:
                 f"(launch with mpiexec -n {tp * cp})"
             )
         self.config = cfg = ModelConfig.from_pretrained(model_dir)
+        if mtp:
+            require_mtp(model_dir, cfg)
+        self.mtp = mtp
         n = tp * cp
         if cfg.num_attention_heads % n:
             raise ValueError(
@@ -97,6 +107,7 @@ class HelixEngine:
         ec.kv_dtype = dtype
         ec.wuv_before_exchange = wuv_before_exchange
         ec.expert_tensor_parallel = expert_tensor_parallel
+        ec.num_mtp_layers = 1 if mtp else 0
         self._engine = _core.Engine(
             ec, self.comm, device=device, cuda_device=self.cuda_device or 0, cuda_comm=cuda_comm
         )
@@ -105,14 +116,12 @@ class HelixEngine:
         ckpt.validate(cfg)
         store = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
         names = self._engine.expected_weights()
-        items = shard_weights(
-            cfg,
-            lambda nm, rows, cols: ckpt.get(nm, rows=rows, cols=cols),
-            tp,
-            cp,
-            self.rank,
-            expert_tensor_parallel,
-        )
+        read = lambda nm, rows, cols: ckpt.get(nm, rows=rows, cols=cols)  # noqa: E731
+        items = shard_weights(cfg, read, tp, cp, self.rank, expert_tensor_parallel)
+        if mtp:
+            items = itertools.chain(
+                items, shard_mtp_weights(cfg, read, tp, cp, self.rank, expert_tensor_parallel)
+            )
         if progress and self.rank == 0:
             from tqdm import tqdm
 
@@ -186,6 +195,21 @@ class HelixEngine:
         if self.cuda_device is not None:
             raise NotImplementedError("registering the KV pools with NIXL needs host pools (device='cpu')")
         return _core.kv_pool_addresses(self._engine)
+
+    def truncate_mtp(self, seq_id: int, num_tokens: int) -> None:
+        """Keeps positions [0, num_tokens) of a sequence in the MTP layer's cache (after drafting)."""
+        self._engine.truncate_mtp(seq_id, num_tokens)
+
+    @property
+    def mtp_block_table(self):
+        """The MTP layer's KV bookkeeping (its own BlockTable, same blocks and ownership rule)."""
+        return self._engine.mtp_block_table
+
+    def mtp_step(self, hidden, next_tokens, positions, seq_ids, q_seq_index, logit_rows):
+        """One pass of the MTP layer (mtp=True): row t from hidden [T, hidden_size] float32 (the model's final
+        hidden states, or g of the previous draft) and next_tokens [T] at positions [T] of its own cache ->
+        (g [L, hidden_size], the block's output before shared_head.norm; logits [L, vocab], the drafts')."""
+        return self._engine.mtp_step(hidden, next_tokens, positions, seq_ids, q_seq_index, logit_rows)
 
     def step(self, tokens, positions, seq_ids, q_seq_index, logit_rows, return_hidden: bool = False):
         """tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab];

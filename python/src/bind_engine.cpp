@@ -39,6 +39,23 @@ nb::object step(Engine& e, nb::handle tokens, nb::handle positions, nb::handle s
   return out.owner;
 }
 
+// hidden [T, hidden_size] f32, next_tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]
+// -> (g [L, hidden_size], logits [L, vocab_size]) float32.
+nb::object mtp_step(Engine& e, nb::handle hidden, nb::handle next_tokens, nb::handle positions, nb::handle seq_ids,
+                    nb::handle q_seq_index, nb::handle logit_rows) {
+  HostArray ha = to_view(hidden, "hidden"), ta = to_view(next_tokens, "next_tokens"),
+            pa = to_view(positions, "positions"), sa = to_view(seq_ids, "seq_ids"),
+            ia = to_view(q_seq_index, "q_seq_index"), la = to_view(logit_rows, "logit_rows");
+  HELIX_CHECK_ARG(la.view.ndim() == 1, "argument 'logit_rows' must be 1-D");
+  HostArray g = new_array({la.view.dim(0), e.config().hidden_size}, DType::Float32);
+  HostArray logits = new_array({la.view.dim(0), e.config().vocab_size}, DType::Float32);
+  {
+    nb::gil_scoped_release release;
+    e.mtp_step(ha.view, ta.view, pa.view, sa.view, ia.view, la.view, g.view, logits.view);
+  }
+  return nb::make_tuple(g.owner, logits.owner);
+}
+
 }  // namespace
 
 void bind_engine(nb::module_& m) {
@@ -82,6 +99,7 @@ void bind_engine(nb::module_& m) {
           [](EngineConfig& c, const std::string& s) { c.kv_dtype = parse_kv_dtype(s); })
       .def_rw("wuv_before_exchange", &EngineConfig::wuv_before_exchange)
       .def_rw("expert_tensor_parallel", &EngineConfig::expert_tensor_parallel)
+      .def_rw("num_mtp_layers", &EngineConfig::num_mtp_layers)
       .def("is_moe_layer", &EngineConfig::is_moe_layer)
       .def("vocab_shard", &EngineConfig::vocab_shard);
 
@@ -129,6 +147,8 @@ void bind_engine(nb::module_& m) {
       .def("free_sequence", &Engine::free_sequence, nb::arg("seq_id"))
       .def("truncate", &Engine::truncate, nb::arg("seq_id"), nb::arg("num_tokens"),
            "Keep positions [0, num_tokens) of the sequence in every layer's cache (rejected drafts released).")
+      .def("truncate_mtp", &Engine::truncate_mtp, nb::arg("seq_id"), nb::arg("num_tokens"),
+           "The same for the MTP layer's cache.")
       .def_prop_ro("num_free_blocks", &Engine::num_free_blocks)
       .def_prop_ro("num_kv_blocks", &Engine::num_kv_blocks)
       .def_prop_ro("device", [](const Engine& e) { return std::string(device_label(e.device().kind)); })
@@ -136,6 +156,13 @@ void bind_engine(nb::module_& m) {
                    "Bytes the engine's backend holds: weights, KV pools, workspaces (GPU memory on 'cuda').")
       .def_prop_ro("block_table", &Engine::block_table, nb::rv_policy::reference_internal,
                    "This rank's KV bookkeeping (a BlockTable shared by every layer).")
+      .def_prop_ro("mtp_block_table", &Engine::mtp_block_table, nb::rv_policy::reference_internal,
+                   "The MTP layer's KV bookkeeping (its own BlockTable; ArgumentError without an MTP layer).")
+      .def("mtp_step", &mtp_step, nb::arg("hidden"), nb::arg("next_tokens"), nb::arg("positions"), nb::arg("seq_ids"),
+           nb::arg("q_seq_index"), nb::arg("logit_rows"),
+           "One pass of the MTP layer: hidden [T, hidden_size] f32 (the model's final hidden states, or g of the\n"
+           "previous draft), next_tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
+           "-> (g [L, hidden_size], logits [L, vocab_size]) float32, identical on every rank.")
       .def(
           "fill_sequence_random",
           [](Engine& e, int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {

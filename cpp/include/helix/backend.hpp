@@ -59,6 +59,7 @@ enum class Buffer : uint8_t {
   RouteIdx,           // [T, top_k] i32
   RouteWeight,        // [T, top_k] f32
   LogitRows,          // [L, hidden]       the normed rows whose logits are returned
+  MtpInput,           // [T, 2 * hidden]   the MTP layer's [enorm(embed(next token)) | hnorm(hidden)]
   Logits,             // [L, vocab_shard]
   LogitsGathered,     // [world, L, vocab_shard]
   AttentionWorkspace  // helix_attention's partial states and exchange buffers (CPU; the GPU keeps its own)
@@ -77,6 +78,7 @@ struct StepInput {
   int64_t L = 0;
   const BatchView* batch = nullptr;  // this rank's blocks and slots of the B sequences, after the commit
   const BlockTable* table = nullptr;
+  bool mtp = false;  // a step of the MTP layer: `table` is its own, so are its pool rows' positions (kv_pos)
 };
 
 // The same arrays in the backend's memory, for the ops' Params.
@@ -123,6 +125,8 @@ class Backend {
   virtual void mark(double* component) = 0;
   // Copies `bytes` of backend memory to the host; the host bytes are valid after finish_step.
   virtual void download(void* host, const void* src, size_t bytes) = 0;
+  // Copies `bytes` of host memory (kept by the caller until finish_step) into backend memory.
+  virtual void upload(void* dst, const void* host, size_t bytes) = 0;
   // Waits for the step's work (the marks' times are added then) and throws for the first non-finite value
   // flagged.
   virtual void finish_step() = 0;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,15 +41,21 @@ class Engine {
   const std::map<std::string, ExpectedWeight>& expected_weight_shapes() const { return expected_; }
 
   // See BlockTable::add_sequence (reserve_tokens: the blocks of positions [0, reserve_tokens) on every CP rank).
+  // With an MTP layer the sequence is registered, with the same reservation, in its block table too.
   void add_sequence(int64_t seq_id, int64_t reserve_tokens = 0);
   void free_sequence(int64_t seq_id);
   // Keeps positions [0, num_tokens) of a sequence in every layer's cache (BlockTable::truncate): the rows of
   // rejected drafts after a verify step. Every rank calls it identically; no communication.
   void truncate(int64_t seq_id, int64_t num_tokens);
+  // The same for the MTP layer's cache (ArgumentError without an MTP layer).
+  void truncate_mtp(int64_t seq_id, int64_t num_tokens);
   int64_t num_free_blocks() const { return table_.num_free_blocks(); }
   int64_t num_kv_blocks() const { return config_.num_kv_blocks; }
   // The KV bookkeeping of this rank (admission queries, and tests that inspect it).
   const BlockTable& block_table() const { return table_; }
+  // The MTP layer's (ArgumentError without one): same blocks, tokens_per_block and ownership rule, its own
+  // positions (docs/speculative.md §4).
+  const BlockTable& mtp_block_table() const;
   // The KV bookkeeping and storage, for the hand-off of disaggregated serving (helix/kv_transfer.hpp).
   BlockTable& kv_table() { return table_; }
   Backend& backend() { return *backend_; }
@@ -61,6 +68,17 @@ class Engine {
   void step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
             const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits,
             const TensorView& hidden = {});
+
+  // One pass of the multi-token-prediction layer (config.num_mtp_layers = 1; docs/speculative.md §2):
+  // row t is eh_proj([enorm(embed(next_tokens[t])); hnorm(hidden[t])]) through the MTP decoder block at
+  // positions[t] (its own KV cache), then shared_head. hidden [T, hidden_size] f32: the model's final hidden
+  // states (Engine::step's `hidden`) or g of the previous draft; next_tokens [T] i64; positions, seq_ids,
+  // q_seq_index and logit_rows [L] as in step. g [L, hidden_size] f32 (the block's output of the logit rows,
+  // before shared_head.norm) and logits [L, vocab_size] f32: host memory, identical on every rank. All or
+  // nothing, like step.
+  void mtp_step(const TensorView& hidden, const TensorView& next_tokens, const TensorView& positions,
+                const TensorView& seq_ids, const TensorView& q_seq_index, const TensorView& logit_rows,
+                const TensorView& g, const TensorView& logits);
 
   // Benchmark aid: appends positions [0, num_tokens) to the empty sequence `seq_id`, with pseudo-random rows,
   // uniform in [-scale, scale), in every layer's pool where this rank owns the position (KVCacheFullError
@@ -77,6 +95,7 @@ class Engine {
   EngineConfig config_;
   EngineDevice device_;
   BlockTable table_;
+  std::optional<BlockTable> mtp_table_;  // with an MTP layer
   std::map<std::string, ExpectedWeight> expected_;
   std::unique_ptr<Backend> backend_;
   std::map<std::string, TensorView> weights_;  // views of the backend's copies
@@ -85,9 +104,11 @@ class Engine {
 
 // Validates the arguments of Engine::step (shapes, dtypes, token ids, rows) and plans the step on `table`
 // (sequences, repeated and held positions, capacity on every CP rank): the whole step is checked before any
-// work, identically on every rank. The plan is what the engine commits.
+// work, identically on every rank. The plan is what the engine commits. `tokens_name` names the tokens in
+// errors (mtp_step's are 'next_tokens').
 StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
                            const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden = {});
+                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden = {},
+                           const char* tokens_name = "tokens");
 
 }  // namespace helix

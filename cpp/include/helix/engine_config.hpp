@@ -30,10 +30,17 @@ struct EngineConfig {
   DType kv_dtype = DType::Float32;
   bool wuv_before_exchange = false;     // send Dv instead of R values per head
   bool expert_tensor_parallel = false;  // experts split by intermediate over all ranks instead of by expert
+  // 0 or 1: the multi-token-prediction layer L = num_layers (weights layers.L.*, its own KV pool and block
+  // table), run by Engine::mtp_step for speculative decoding (docs/speculative.md).
+  int64_t num_mtp_layers = 0;
 
+  // The MTP layer's block is MoE whatever first_k_dense_replace says (every release, and transformers).
   bool is_moe_layer(int64_t layer) const {
-    return n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
+    return n_routed_experts > 0 &&
+           (layer >= num_layers || (layer >= first_k_dense_replace && layer % moe_layer_freq == 0));
   }
+  int64_t num_kv_layers() const { return num_layers + num_mtp_layers; }  // layers with a KV pool
+  int64_t mtp_layer() const { return num_layers; }
   int64_t world() const { return tp * cp; }
   int64_t tp_rank() const { return rank / cp; }
   int64_t cp_rank() const { return rank % cp; }
