@@ -42,7 +42,8 @@ echo "== sanitizers: Python runtime tests against the sanitized module (ASan, UB
 san_tests=(tests/test_kv_cache.py tests/test_layers.py tests/test_merge_states.py tests/test_mla_attention.py
   tests/test_paged_mla_attention.py tests/test_moe.py tests/test_rope.py tests/test_comm_self.py
   tests/test_faults.py tests/test_soak_local.py tests/test_disagg_kv.py
-  tests/test_cuda_ops.py tests/test_op_twins.py tests/test_cuda_engine.py tests/test_simt_emulator.py)
+  tests/test_cuda_ops.py tests/test_op_twins.py tests/test_cuda_engine.py tests/test_simt_emulator.py
+  tests/test_mtp_engine.py)
 for f in tests/test_engine*.py tests/test_llm*.py tests/test_generate*.py; do [ -f "$f" ] && san_tests+=("$f"); done
 san_env=(env LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
   ASAN_OPTIONS=detect_leaks=0 HELIX_SANITIZED=1 OMP_NUM_THREADS=2 HELIX_EXPECT_CUDA=1

@@ -1,6 +1,6 @@
 """The MTP layer on the engine against the float64 reference (docs/speculative.md §3), the scenario shared by
 the single-process test (tests/test_mtp_engine.py) and the program run under mpiexec
-(tests/mpi/test_mtp_engine.py, launched by tests/test_mpi_speculative.py).
+(tests/mpi/test_speculative.py, launched by tests/test_mpi_speculative.py).
 
 One sequence, tokens_per_block 2 so that every chunk crosses block and (cp > 1) owner boundaries, teacher
 forced with fixed drafts (random weights make the model's own choices meaningless):

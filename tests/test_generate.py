@@ -347,7 +347,9 @@ def test_cli_json_and_dump_logits(model, tmp_path, capsys):
     ]
     assert generate_main(argv) == 0
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(obj) == {"outputs", "ttl_ms", "tokens_per_s", "error"} and obj["error"] is None
+    assert set(obj) == {"outputs", "ttl_ms", "tokens_per_s", "speculative", "error"} and obj["error"] is None
+    assert obj["speculative"] is None  # without --speculative-tokens
+    assert obj["speculative"] is None  # without --speculative-tokens
     assert [o["prompt_token_ids"] for o in obj["outputs"]] == [[1, 2, 3], [4, 5]]
     assert all(len(o["token_ids"]) == 6 and o["text"] is None for o in obj["outputs"])
     assert {"finish_reason", "error"} <= set(obj["outputs"][0])

@@ -15,8 +15,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from helix.speculative import SpeculativeStats
+    from helix.speculative_step import SchedulerDraftHook
 
 __all__ = [
     "SamplingParams",
@@ -24,6 +29,7 @@ __all__ = [
     "TokenLogprobs",
     "GenerationStats",
     "Scheduler",
+    "StepResult",
     "sample",
     "token_logprobs",
 ]
@@ -104,6 +110,7 @@ class GenerationStats:
     generated_tokens: int = 0
     wall_s: float = 0.0  # time spent in Scheduler.step (scheduling, engine step, sampling)
     peak_kv_blocks: int = 0  # most KV blocks (per layer) this rank held at once
+    speculative: SpeculativeStats | None = None  # with speculative_tokens: acceptance counts
 
     @property
     def tokens_per_s(self) -> float:
@@ -164,6 +171,16 @@ def token_logprobs(logits: np.ndarray, token: int, k: int) -> TokenLogprobs:
     return TokenLogprobs(int(token), float(z[token] - log_total), pairs)
 
 
+@dataclass
+class StepResult:
+    """What one request got from an engine step: its new tokens, the logits [m, V] each was chosen from,
+    and, for a speculative verify step, how many drafts it accepted (None otherwise)."""
+
+    tokens: list[int]
+    logits: np.ndarray
+    accepted: int | None = None
+
+
 @dataclass(eq=False)  # identity: requests are found in the queues by object
 class _Request:
     prompt: list[int]
@@ -173,6 +190,10 @@ class _Request:
     kv_tokens: int  # positions reserved in the KV cache: prompt + max_new_tokens
     seq_id: int = -1  # the engine's sequence id once admitted
     computed: int = 0  # tokens whose KV is in the cache
+    # Speculative decoding (helix.speculative_step): rows in the MTP layer's cache, and the main model's
+    # final hidden states [computed - mtp_rows, D] of the rows it lacks (None when there are none).
+    mtp_rows: int = 0
+    hidden: np.ndarray | None = None
 
     @property
     def tokens(self) -> list[int]:
@@ -186,13 +207,29 @@ class Scheduler:
     prompts are prefilled in chunks within max_batch_tokens per step, alongside the decoding requests.
     Under MPI every rank must call add / step / abort identically (same arguments, same order): the
     decisions are then the same everywhere without communication.
+
+    speculative_tokens k >= 1 (an engine built with mtp=True): every decoding request drafts k tokens with
+    the MTP layer and verifies them in one step (helix.speculative_step); KV reservations grow by k.
+    draft_hook replaces drafts (tests: forced acceptance or rejection).
     """
 
-    def __init__(self, engine, eos_token_ids: tuple[int, ...], max_batch_tokens: int = 512) -> None:
+    def __init__(
+        self,
+        engine,
+        eos_token_ids: tuple[int, ...],
+        max_batch_tokens: int = 512,
+        speculative_tokens: int = 0,
+        draft_hook: SchedulerDraftHook | None = None,
+    ) -> None:
         self.engine = engine
         self.eos = set(eos_token_ids)
         self.max_batch_tokens = max_batch_tokens
-        self.stats = GenerationStats()  # since construction or the last reset_stats()
+        self.speculative = None
+        if speculative_tokens:
+            from helix.speculative_step import SpeculativeStep
+
+            self.speculative = SpeculativeStep(engine, speculative_tokens, draft_hook)
+        self.stats = self._new_stats()  # since construction or the last reset_stats()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._live: dict[int, _Request] = {}  # waiting and running requests by id
@@ -212,7 +249,8 @@ class Scheduler:
         rid = self._next_id
         self._next_id += 1
         out = RequestOutput(prompt_token_ids=list(prompt), request_id=rid)
-        kv_tokens = len(prompt) + params.max_new_tokens
+        # A verify chunk writes up to k positions past the final length.
+        kv_tokens = len(prompt) + params.max_new_tokens + (self.speculative.k if self.speculative else 0)
         need = eng.block_table.blocks_for_tokens(kv_tokens)
         if not prompt:
             out.finish_reason, out.error = "refused", "empty prompt"
@@ -220,7 +258,7 @@ class Scheduler:
             out.finish_reason = "refused"
             out.error = (
                 f"request {rid} needs {max(need)} KV blocks on one CP rank for {len(prompt)} prompt + "
-                f"{params.max_new_tokens} new tokens, but each rank's pool has {eng.num_kv_blocks} blocks "
+                f"{kv_tokens - len(prompt)} new tokens, but each rank's pool has {eng.num_kv_blocks} blocks "
                 f"of {tpb} tokens (raise kv_cache_config.max_tokens or the CP size)"
             )
         if out.finished:
@@ -263,8 +301,15 @@ class Scheduler:
 
     def reset_stats(self) -> GenerationStats:
         """Starts new statistics; returns the previous ones."""
-        old, self.stats = self.stats, GenerationStats()
+        old, self.stats = self.stats, self._new_stats()
         return old
+
+    def _new_stats(self) -> GenerationStats:
+        if self.speculative is None:
+            return GenerationStats()
+        from helix.speculative import SpeculativeStats
+
+        return GenerationStats(speculative=SpeculativeStats(self.speculative.k))
 
     def step(self, on_logits: Callable[[int, np.ndarray], None] | None = None) -> list[RequestOutput]:
         """Admits waiting requests while blocks allow, then runs one engine step: a prompt chunk or the next
@@ -283,6 +328,30 @@ class Scheduler:
             self._running.append(req)
         if not self._running:
             return changed
+        t0 = time.perf_counter()
+        if self.speculative is not None:
+            results = self.speculative.run(self._running, self.max_batch_tokens)
+        else:
+            results = self._plain_step()
+        dt = (time.perf_counter() - t0) * 1e3
+        stats.step_ms.append(dt)
+        stats.peak_kv_blocks = max(stats.peak_kv_blocks, eng.num_kv_blocks - eng.num_free_blocks)
+        if all(r.computed > len(r.prompt) for r in self._running) and len(results) == len(self._running):
+            stats.decode_step_ms.append(dt)
+        for req, result in results.items():
+            kept = self._emit(req, result, on_logits)
+            if result.accepted is not None:
+                stats.speculative.record(accepted=result.accepted, emitted=kept)
+            changed.append(req.output)
+        for req in [r for r in self._running if r.output.finished]:
+            del self._live[req.output.request_id]
+            self._retire(req)
+        stats.wall_s += time.perf_counter() - t_start
+        return changed
+
+    def _plain_step(self) -> dict[_Request, StepResult]:
+        """One engine step: a prompt chunk (within max_batch_tokens) or the next token of every running
+        request; a token for each request whose prompt is complete."""
         tokens, positions, q_index, logit_rows, owners = [], [], [], [], []
         budget = self.max_batch_tokens
         batch, counts = [], []  # the requests of the step and how many of their tokens it feeds
@@ -301,8 +370,7 @@ class Scheduler:
                 owners.append(req)
             budget -= n
             counts.append(n)
-        t0 = time.perf_counter()
-        logits = eng.step(
+        logits = self.engine.step(
             np.asarray(tokens, np.int64),
             np.asarray(positions, np.int64),
             np.asarray([r.seq_id for r in batch], np.int64),
@@ -311,33 +379,31 @@ class Scheduler:
         )
         for req, n in zip(batch, counts, strict=True):  # only now: a step that raised computed nothing
             req.computed += n
-        dt = (time.perf_counter() - t0) * 1e3
-        stats.step_ms.append(dt)
-        stats.peak_kv_blocks = max(stats.peak_kv_blocks, eng.num_kv_blocks - eng.num_free_blocks)
-        if len(tokens) == len(batch) and all(r.computed > len(r.prompt) for r in batch):
-            stats.decode_step_ms.append(dt)
-        for row, req in zip(logits, owners, strict=True):
-            out = req.output
+        return {
+            req: StepResult([sample(row, req.params, req.rng)], row[None])
+            for row, req in zip(logits, owners, strict=True)
+        }
+
+    def _emit(self, req: _Request, result: StepResult, on_logits) -> int:
+        """Appends a step's tokens to the request until one finishes it; returns how many it kept."""
+        out = req.output
+        for kept, (tok, row) in enumerate(zip(result.tokens, result.logits, strict=True), start=1):
             if on_logits is not None:
                 on_logits(out.request_id, row)
-            tok = sample(row, req.params, req.rng)
             out.token_ids.append(tok)
             if req.params.logprobs is not None:
                 out.logprobs = out.logprobs if out.logprobs is not None else []
                 out.logprobs.append(token_logprobs(row, tok, req.params.logprobs))
-            stats.generated_tokens += 1
+            self.stats.generated_tokens += 1
             if tok in self.eos and not req.params.ignore_eos:
                 out.finish_reason = "eos"
             elif tok in req.params.stop_token_ids:
                 out.finish_reason, out.stop_reason = "stop", tok
             elif len(out.token_ids) >= req.params.max_new_tokens:
                 out.finish_reason = "length"
-            changed.append(out)
-        for req in [r for r in self._running if r.output.finished]:
-            del self._live[req.output.request_id]
-            self._retire(req)
-        stats.wall_s += time.perf_counter() - t_start
-        return changed
+            if out.finished:
+                return kept
+        return len(result.tokens)
 
     def _retire(self, req: _Request) -> None:
         """Takes a running request off the batch and returns its sequence and reserved blocks (or keeps
@@ -371,6 +437,11 @@ class Scheduler:
         another engine, as were its token_ids; reserves its blocks on every CP rank now (KVCacheFullError
         when they are not free, and nothing changes). It joins the batch at finish_import; abort drops it.
         The sampler continues where the other engine's left off (same seed, same draws)."""
+        if self.speculative is not None:
+            raise ValueError(
+                "the KV hand-off carries no MTP-layer cache: an importing scheduler cannot decode "
+                "speculatively (speculative_tokens = 0 on the generation side)"
+            )
         if not prompt or not token_ids or len(token_ids) >= params.max_new_tokens:
             raise ValueError(
                 f"an imported request needs a prompt and 1 to max_new_tokens - 1 = "

@@ -66,6 +66,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="split every expert over all ranks instead of distributing experts",
     )
+    p.add_argument(
+        "--speculative-tokens",
+        type=int,
+        default=0,
+        metavar="K",
+        help="draft K = 1..3 tokens per step with the checkpoint's MTP layer, verified in one step (0: off)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +145,7 @@ def make_llm(args: argparse.Namespace, comm, *, progress: bool):
         progress=progress,
         device=args.device,
         cuda_comm=args.cuda_comm,
+        speculative_tokens=args.speculative_tokens,
     )
 
 
@@ -237,6 +245,7 @@ def _generate(args: argparse.Namespace, comm) -> int:
                     ],
                     "ttl_ms": [round(v, 4) for v in ttl],
                     "tokens_per_s": stats.tokens_per_s,
+                    "speculative": _speculative_json(stats.speculative),
                     "error": "; ".join(failures) or None,
                 }
             )
@@ -253,6 +262,12 @@ def _generate(args: argparse.Namespace, comm) -> int:
             f"token-to-token latency: median {np.median(arr):.2f} ms, p90 {np.percentile(arr, 90):.2f} ms "
             f"over {len(arr)} steps; {stats.tokens_per_s:.1f} tokens/s"
         )
+    if stats.speculative is not None:
+        s = stats.speculative
+        print(
+            f"speculative k={s.k}: acceptance {s.acceptance_rate:.3f}, {s.mean_accepted_tokens:.2f} drafts "
+            f"accepted per step, per draft {[round(a, 3) for a in s.draft_acceptance]}"
+        )
     print(
         f"layout tp={pc.tensor_parallel_size} cp={pc.context_parallel_size}; "
         "peak KV blocks per rank (per layer): "
@@ -268,3 +283,17 @@ def _generate(args: argparse.Namespace, comm) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _speculative_json(s) -> dict | None:
+    """SpeculativeStats as JSON (None without speculative decoding)."""
+    if s is None:
+        return None
+    return {
+        "k": s.k,
+        "steps": s.steps,
+        "acceptance_rate": s.acceptance_rate,
+        "mean_accepted_tokens": s.mean_accepted_tokens,
+        "draft_acceptance": s.draft_acceptance,
+        "emitted": s.emitted,
+    }

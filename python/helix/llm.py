@@ -13,6 +13,7 @@ from helix.detokenize import IncrementalDetokenizer
 from helix.engine import HelixEngine
 from helix.generate import GenerationStats, RequestOutput, SamplingParams, Scheduler
 from helix.parallel_config import ParallelConfig
+from helix.speculative import check_speculative_tokens
 
 __all__ = ["LLM", "check_prompt_ids"]
 
@@ -56,11 +57,15 @@ class LLM:
         progress: bool = True,
         device: str = "cpu",
         cuda_comm: str = "nccl",
+        speculative_tokens: int = 0,
     ) -> None:
         """device: "cpu", or "cuda"; cuda_comm: "nccl" (one GPU per local rank) or "host" (MPI through host
-        memory; ranks may share a GPU). See helix.engine.HelixEngine."""
+        memory; ranks may share a GPU). See helix.engine.HelixEngine. speculative_tokens k in 1..3: draft k
+        tokens per step with the checkpoint's MTP layer and verify them in one step (docs/speculative.md;
+        helix.CheckpointError when the checkpoint has none); last_stats.speculative counts the acceptance."""
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
+        speculative_tokens = check_speculative_tokens(speculative_tokens)
         pc = parallel_config or ParallelConfig()
         self.parallel_config = pc
         self.model_dir = Path(model_dir)
@@ -77,8 +82,11 @@ class LLM:
             progress=progress,
             device=device,
             cuda_comm=cuda_comm,
+            mtp=speculative_tokens > 0,
         )
-        self.scheduler = Scheduler(self.engine, self.engine.eos_token_ids, max_batch_tokens)
+        self.scheduler = Scheduler(
+            self.engine, self.engine.eos_token_ids, max_batch_tokens, speculative_tokens=speculative_tokens
+        )
         tok_path = Path(model_dir) / "tokenizer.json"
         self.tokenizer = None
         if tok_path.exists():
