@@ -265,7 +265,8 @@ StepArrays CudaBackend::begin_step(const StepInput& in) {
   up.clear();
   const size_t o_tokens = up.add(in.tokens, T), o_pos = up.add(in.step.positions, T),
                o_qsi = up.add(in.step.q_seq_index, T), o_new_rows = up.add(in.new_rows, T),
-               o_rows = up.add(in.logit_rows, in.L), o_tables = up.add(batch.block_tables.data(), B * batch.max_blocks),
+               o_rows = up.add(in.logit_rows, in.L), o_hidden_rows = up.add(in.hidden_rows, in.H),
+               o_tables = up.add(batch.block_tables.data(), B * batch.max_blocks),
                o_slots = up.add(batch.num_slots.data(), B),
                o_freq = up.add(c_.rope_inv_freq.data(), static_cast<int64_t>(c_.rope_inv_freq.size()));
   timer_.start(s());
@@ -278,6 +279,7 @@ StepArrays CudaBackend::begin_step(const StepInput& in) {
   a.q_seq = reinterpret_cast<const int64_t*>(at(o_qsi));
   a.new_rows = reinterpret_cast<const int64_t*>(at(o_new_rows));
   a.logit_rows = reinterpret_cast<const int64_t*>(at(o_rows));
+  a.hidden_rows = reinterpret_cast<const int64_t*>(at(o_hidden_rows));
   a.block_tables = reinterpret_cast<const int32_t*>(at(o_tables));
   a.num_slots = reinterpret_cast<const int64_t*>(at(o_slots));
   int64_t* kv_pos = (in.mtp ? mtp_pool_pos_ : pool_pos_).as<int64_t>();

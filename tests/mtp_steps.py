@@ -59,7 +59,7 @@ def run_mtp_case(engine, model: Path) -> None:
     n = len(PROMPT)
     engine.add_sequence(0, reserve_tokens=n + len(DRAFTS) + 1)
 
-    logits, hidden = engine.step(*_arrays(PROMPT, 0), return_hidden=True)
+    logits, hidden = engine.step(*_arrays(PROMPT, 0), hidden_rows=np.arange(n))
     expect_hidden = ref.forward_hidden(PROMPT, cache)
     _close(hidden, expect_hidden, "prompt hidden states")
     t_n = int(np.argmax(logits[-1]))
@@ -79,7 +79,7 @@ def run_mtp_case(engine, model: Path) -> None:
     truncate_cache([mtp_cache], n)
 
     verify = [t_n] + DRAFTS
-    logits, hidden = engine.step(*_arrays(verify, n), return_hidden=True)
+    logits, hidden = engine.step(*_arrays(verify, n), hidden_rows=np.arange(len(verify)))
     expect_hidden = ref.forward_hidden(verify, cache)
     _close(hidden, expect_hidden, "verify hidden states")
     engine.truncate(0, n + 2)  # d_1 accepted, one more token: positions n, n + 1 kept

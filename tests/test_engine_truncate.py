@@ -1,7 +1,7 @@
 """The two engine additions speculative decoding needs (docs/speculative.md §4), on one rank, CPU engine and
 the CUDA engine where a device is visible (the SIMT emulator in the sanitizer stage of scripts/test.sh):
-`step(..., return_hidden=True)` returns the logit rows' final hidden states (after the model's norm) next to
-their logits, and `truncate` releases the rows of rejected drafts so that the next step sees exactly the
+`step(..., hidden_rows=...)` returns those rows' final hidden states (after the model's norm) next to the
+logits, and `truncate` releases the rows of rejected drafts so that the next step sees exactly the
 kept positions. Both against the float64 reference model. Under mpiexec: tests/test_mpi_speculative.py."""
 
 from __future__ import annotations
@@ -40,10 +40,18 @@ def test_hidden_rows_are_the_final_hidden_states(model, device):
     engine = make_engine(model, SELF, device=device)
     ref = ReferenceModel.from_pretrained(model)
     engine.add_sequence(0)
-    logits, hidden = engine.step(*chunk(PROMPT, 0), return_hidden=True)
+    args = chunk(PROMPT, 0)
+    args[-1] = np.array([4], np.int64)  # one logit row, other hidden rows (any order)
+    bad = np.array([1, 5], np.int64)
+    with pytest.raises(_core.ArgumentError, match=r"^argument 'hidden_rows'\[1\] = 5 is outside \[0, 5\)$"):
+        engine.step(*args, hidden_rows=bad)
+    assert engine.block_table.held_positions(0).tolist() == []  # the bad step changed nothing
+    logits, hidden = engine.step(*args, hidden_rows=np.array([3, 0, 2, 3], np.int64))
     expect = ref.forward_hidden(PROMPT)
-    np.testing.assert_allclose(hidden, expect, **tol("model_logits", "float32"))
-    np.testing.assert_allclose(logits, expect @ ref.w["lm_head.weight"].T, **tol("model_logits", "float32"))
+    np.testing.assert_allclose(hidden, expect[[3, 0, 2, 3]], **tol("model_logits", "float32"))
+    np.testing.assert_allclose(
+        logits, expect[4:] @ ref.w["lm_head.weight"].T, **tol("model_logits", "float32")
+    )
     assert engine.step(*chunk([7], 5)).shape == (1, ref.config.vocab_size)  # without: logits alone
 
 

@@ -87,6 +87,7 @@ class CpuBackend final : public Backend {
                       in.step.q_seq_index,
                       in.new_rows,
                       in.logit_rows,
+                      in.hidden_rows,
                       in.batch->block_tables.data(),
                       in.batch->num_slots.data(),
                       in.table->row_positions(),

@@ -16,7 +16,7 @@ struct Step {
   const WeightViews& weights;
   EngineTimings& t;
   StepArrays a;
-  int64_t T, B, L;
+  int64_t T, B, L, H;
   const BatchView& batch;
 
   template <class T>
@@ -54,8 +54,8 @@ struct Step {
   void ffn_block(int64_t l, const float* x, float* y);
   void swiglu(int64_t l, const char* mlp, int64_t F, const float* x, float* y, bool accumulate);
   void moe(int64_t l, const float* x, float* y);
-  void lm_head(const float* h, const TensorView& norm, const TensorView& head, float* logits, float* before_norm,
-               float* after_norm);
+  void lm_head(const float* h, const TensorView& norm, const TensorView& head, float* logits, float* before_norm);
+  void final_hidden(const float* h, float* hidden);
 };
 
 // h [T, hidden] = rows of `table` (the model's or the MTP layer's embedding): this rank's vocabulary shard,
@@ -213,18 +213,24 @@ void Step::ffn_block(int64_t l, const float* x, float* y) {
   }
 }
 
+// hidden [H, hidden] (host) = the final norm of the hidden rows (already the same on every rank).
+void Step::final_hidden(const float* h, float* hidden) {
+  const int64_t hid = c.hidden_size;
+  float* rows = buf<float>(Buffer::HiddenRows, H * hid);
+  b.gather_rows(rows, h, hid, a.hidden_rows, H, hid);
+  rms_norm(rows, w("norm"), rows, H, hid, hid);
+  b.download(hidden, rows, static_cast<size_t>(H * hid) * sizeof(float));
+}
+
 // logits [L, vocab_size] (host) = norm(the logit rows) @ this rank's shard of `head`, gathered (the model's
-// norm and lm_head, or the MTP layer's shared_head). The rows before and after the norm go to the host when
-// wanted ([L, hidden] each, already the same on every rank).
-void Step::lm_head(const float* h, const TensorView& norm, const TensorView& head, float* logits, float* before_norm,
-                   float* after_norm) {
+// norm and lm_head, or the MTP layer's shared_head); before_norm [L, hidden] (host, when wanted) = the rows
+// before the norm.
+void Step::lm_head(const float* h, const TensorView& norm, const TensorView& head, float* logits, float* before_norm) {
   const int64_t hid = c.hidden_size, Vs = c.vocab_shard(), N = c.world();
-  const size_t row_bytes = static_cast<size_t>(L * hid) * sizeof(float);
   float* rows = buf<float>(Buffer::LogitRows, L * hid);
   b.gather_rows(rows, h, hid, a.logit_rows, L, hid);
-  if (before_norm != nullptr) b.download(before_norm, rows, row_bytes);
+  if (before_norm != nullptr) b.download(before_norm, rows, static_cast<size_t>(L * hid) * sizeof(float));
   rms_norm(rows, norm, rows, L, hid, hid);
-  if (after_norm != nullptr) b.download(after_norm, rows, row_bytes);
   float* local = buf<float>(Buffer::Logits, L * Vs);  // [L, Vs]
   linear(rows, L, head, local);
   b.mark(&t.linear_s);
@@ -251,16 +257,17 @@ void Step::lm_head(const float* h, const TensorView& norm, const TensorView& hea
 
 void run_decoder(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, float* logits,
                  float* hidden, EngineTimings& timings) {
-  Step s{b, c, weights, timings, b.begin_step(in), in.step.T, in.step.B, in.L, *in.batch};
+  Step s{b, c, weights, timings, b.begin_step(in), in.step.T, in.step.B, in.L, in.H, *in.batch};
   float* h = s.buf<float>(Buffer::Hidden, s.T * c.hidden_size);  // [T, hidden], replicated on every rank
   s.embed(s.w("embed_tokens"), h);
   for (int64_t l = 0; l < c.num_layers; ++l) s.layer(l, h);
-  s.lm_head(h, s.w("norm"), s.w("lm_head"), logits, nullptr, hidden);
+  if (s.H > 0) s.final_hidden(h, hidden);
+  s.lm_head(h, s.w("norm"), s.w("lm_head"), logits, nullptr);
 }
 
 void run_mtp(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, const float* hidden,
              float* g, float* logits, EngineTimings& timings) {
-  Step s{b, c, weights, timings, b.begin_step(in), in.step.T, in.step.B, in.L, *in.batch};
+  Step s{b, c, weights, timings, b.begin_step(in), in.step.T, in.step.B, in.L, in.H, *in.batch};
   const int64_t hid = c.hidden_size, T = s.T, M = c.mtp_layer();
   float* h = s.buf<float>(Buffer::Hidden, T * hid);         // [T, hidden], replicated on every rank
   float* eh = s.buf<float>(Buffer::MtpInput, T * 2 * hid);  // [T, 2 * hidden]: embedding half first
@@ -273,7 +280,7 @@ void run_mtp(Backend& b, const EngineConfig& c, const WeightViews& weights, cons
   s.linear(eh, T, s.lw(M, "eh_proj"), h);
   b.mark(&timings.linear_s);
   s.layer(M, h);
-  s.lm_head(h, s.lw(M, "shared_head.norm"), s.lw(M, "shared_head.head"), logits, g, nullptr);
+  s.lm_head(h, s.lw(M, "shared_head.norm"), s.lw(M, "shared_head.head"), logits, g);
 }
 
 }  // namespace helix

@@ -16,8 +16,8 @@ namespace helix {
 // The weights of this rank, stored by the backend (views of its memory), by name (expected_weight_shapes).
 using WeightViews = std::map<std::string, TensorView>;
 
-// Runs a validated, committed step: logits [in.L, vocab_size] f32 (host), identical on every rank, and, when
-// `hidden` is not null, hidden [in.L, hidden_size] f32 (host): the logit rows after the final norm.
+// Runs a validated, committed step: logits [in.L, vocab_size] f32 (host), identical on every rank, and
+// hidden [in.H, hidden_size] f32 (host; in.H = 0: unused): the hidden rows after the final norm.
 void run_decoder(Backend& b, const EngineConfig& c, const WeightViews& weights, const StepInput& in, float* logits,
                  float* hidden, EngineTimings& timings);
 

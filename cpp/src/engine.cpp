@@ -85,16 +85,24 @@ int64_t Engine::memory_bytes() const { return backend_->memory_bytes(); }
 
 void Engine::step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
                   const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits,
-                  const TensorView& hidden) {
+                  const TensorView& hidden_rows, const TensorView& hidden) {
   check_weights();
-  StepPlan plan =
-      check_step_inputs(config_, table_, tokens, positions, seq_ids, q_seq_index, logit_rows, logits, hidden);
+  StepPlan plan = check_step_inputs(config_, table_, tokens, positions, seq_ids, q_seq_index, logit_rows, logits,
+                                    hidden_rows, hidden);
   const std::vector<int64_t> new_rows = table_.commit_step(plan);  // [T] pool row of each owned token, else -1
   try {
     const StepTokens step = step_tokens(positions, seq_ids, q_seq_index);
     const BatchView batch = table_.batch_view(step.seq_ids, step.B);
-    const StepInput in{tokens.ptr<int64_t>(), step,   new_rows.data(), logit_rows.ptr<int64_t>(),
-                       logit_rows.dim(0),     &batch, &table_};
+    const bool want_hidden = hidden_rows.ndim() == 1;
+    const StepInput in{.tokens = tokens.ptr<int64_t>(),
+                       .step = step,
+                       .new_rows = new_rows.data(),
+                       .logit_rows = logit_rows.ptr<int64_t>(),
+                       .L = logit_rows.dim(0),
+                       .hidden_rows = want_hidden ? hidden_rows.ptr<int64_t>() : nullptr,
+                       .H = want_hidden ? hidden_rows.dim(0) : 0,
+                       .batch = &batch,
+                       .table = &table_};
     run_decoder(*backend_, config_, weights_, in, logits.ptr<float>(), hidden.ptr<float>(), timings_);
   } catch (...) {
     // A later failure (non-finite values, device or communication errors) takes the slots back: the step
@@ -112,7 +120,7 @@ void Engine::mtp_step(const TensorView& hidden, const TensorView& next_tokens, c
   check_weights();
   BlockTable& table = *mtp_table_;
   StepPlan plan = check_step_inputs(config_, table, next_tokens, positions, seq_ids, q_seq_index, logit_rows, logits,
-                                    {}, "next_tokens");
+                                    {}, {}, "next_tokens");
   check_tensor(hidden, "hidden", 2, {DType::Float32});
   check_dim(hidden, "hidden", 0, next_tokens.dim(0), "the number of tokens");
   check_dim(hidden, "hidden", 1, config_.hidden_size, "hidden_size");
@@ -123,8 +131,14 @@ void Engine::mtp_step(const TensorView& hidden, const TensorView& next_tokens, c
   try {
     const StepTokens step = step_tokens(positions, seq_ids, q_seq_index);
     const BatchView batch = table.batch_view(step.seq_ids, step.B);
-    const StepInput in{next_tokens.ptr<int64_t>(), step,   new_rows.data(), logit_rows.ptr<int64_t>(),
-                       logit_rows.dim(0),          &batch, &table,          /*mtp=*/true};
+    const StepInput in{.tokens = next_tokens.ptr<int64_t>(),
+                       .step = step,
+                       .new_rows = new_rows.data(),
+                       .logit_rows = logit_rows.ptr<int64_t>(),
+                       .L = logit_rows.dim(0),
+                       .batch = &batch,
+                       .table = &table,
+                       .mtp = true};
     run_mtp(*backend_, config_, weights_, in, hidden.ptr<float>(), g.ptr<float>(), logits.ptr<float>(), timings_);
   } catch (...) {
     table.undo_step(plan);
@@ -157,8 +171,8 @@ void Engine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t s
 
 StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
                            const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden,
-                           const char* tokens_name) {
+                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden_rows,
+                           const TensorView& hidden, const char* tokens_name) {
   check_tensor(tokens, tokens_name, 1, {DType::Int64});
   const int64_t T = tokens.dim(0);
   HELIX_CHECK_ARG(T > 0, "argument '", tokens_name, "' is empty");
@@ -176,9 +190,15 @@ StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const
   check_tensor(logits, "logits", 2, {DType::Float32});
   check_dim(logits, "logits", 0, L, "len(logit_rows)");
   check_dim(logits, "logits", 1, c.vocab_size, "vocab_size");
-  if (hidden.data != nullptr) {
+  if (hidden_rows.ndim() > 0) {
+    check_tensor(hidden_rows, "hidden_rows", 1, {DType::Int64});
+    const int64_t H = hidden_rows.dim(0);
+    for (int64_t i = 0; i < H; ++i) {
+      const int64_t r = hidden_rows.ptr<int64_t>()[i];
+      HELIX_CHECK_ARG(r >= 0 && r < T, "argument 'hidden_rows'[", i, "] = ", r, " is outside [0, ", T, ")");
+    }
     check_tensor(hidden, "hidden", 2, {DType::Float32});
-    check_dim(hidden, "hidden", 0, L, "len(logit_rows)");
+    check_dim(hidden, "hidden", 0, H, "len(hidden_rows)");
     check_dim(hidden, "hidden", 1, c.hidden_size, "hidden_size");
   }
   for (int64_t t = 0; t < T; ++t) {

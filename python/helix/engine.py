@@ -211,8 +211,8 @@ class HelixEngine:
         (g [L, hidden_size], the block's output before shared_head.norm; logits [L, vocab], the drafts')."""
         return self._engine.mtp_step(hidden, next_tokens, positions, seq_ids, q_seq_index, logit_rows)
 
-    def step(self, tokens, positions, seq_ids, q_seq_index, logit_rows, return_hidden: bool = False):
+    def step(self, tokens, positions, seq_ids, q_seq_index, logit_rows, hidden_rows=None):
         """tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab];
-        with return_hidden, (logits, hidden [L, hidden_size]): the logit rows' final hidden states after the
-        model's norm (what the MTP layer reads), the same on every rank."""
-        return self._engine.step(tokens, positions, seq_ids, q_seq_index, logit_rows, return_hidden)
+        with hidden_rows [H] in [0, T), (logits, hidden [H, hidden_size]): those rows' final hidden states
+        after the model's norm (what the MTP layer reads), the same on every rank."""
+        return self._engine.step(tokens, positions, seq_ids, q_seq_index, logit_rows, hidden_rows)

@@ -9,8 +9,8 @@ lacks. A step:
      tokens accepted last step); a decoding request's last row gives its first draft;
   2. k - 1 single-row ``mtp_step`` s (g of the previous row, the previous draft) for the later drafts; the MTP
      cache is then cut back to n rows;
-  3. one engine ``step``: [t_n, d_1..d_k] at positions n..n+k for every decoding request, prompt chunks for
-     the others, every row a logit row (the MTP layer needs every row's hidden state);
+  3. one engine ``step``: [t_n, d_1..d_k] at positions n..n+k for every decoding request (every row a logit
+     row), prompt chunks for the others, and every row's final hidden state (the MTP layer reads them);
   4. ``speculative_accept`` per decoding request; the main cache is cut back to the accepted positions.
 Every rank makes the same calls with the same logits and generators: the decisions agree everywhere.
 """
@@ -102,7 +102,7 @@ class SpeculativeStep:
     def _verify(self, running: list, decoding: list, drafts: dict, q: dict, max_batch_tokens: int) -> dict:
         """Steps 3-4."""
         eng = self.engine
-        tokens, positions, qidx, batch, counts = [], [], [], [], []
+        tokens, positions, qidx, logit_rows, batch, counts = [], [], [], [], [], []
         budget = max_batch_tokens
         for req in running:
             n = req.computed
@@ -112,18 +112,25 @@ class SpeculativeStep:
             qidx += [len(batch)] * len(chunk)
             batch.append(req)
             counts.append(len(chunk))
+            if req in drafts:  # every verify row; a prompt chunk's last row once the prompt is complete
+                logit_rows += range(len(tokens), len(tokens) + len(chunk))
+            elif n + len(chunk) == len(req.prompt):
+                logit_rows.append(len(tokens) + len(chunk) - 1)
             tokens += chunk
             positions += range(n, n + len(chunk))
             budget -= len(chunk)
         T = len(tokens)
         seqs = [r.seq_id for r in batch]
-        logits, hidden = eng.step(*_i64(tokens, positions, seqs, qidx, range(T)), return_hidden=True)
-        out, first = {}, 0
+        # Every row's hidden state (the MTP layer reads them all), the logits of the rows that choose tokens.
+        logits, hidden = eng.step(*_i64(tokens, positions, seqs, qidx, logit_rows), hidden_rows=np.arange(T))
+        out, first, logit_at = {}, 0, 0
         for req, m in zip(batch, counts, strict=True):
-            rows, h = logits[first : first + m], hidden[first : first + m]
+            h = hidden[first : first + m]
             first += m
             n = req.computed
             if req in drafts:
+                rows = logits[logit_at : logit_at + m]
+                logit_at += m
                 p = np.stack([sampling_probs(row, req.params) for row in rows])
                 emitted = speculative_accept(p, q[req], drafts[req], req.rng)
                 keep = len(emitted)  # positions n .. n + keep - 1 hold t_n and the accepted drafts
@@ -132,7 +139,9 @@ class SpeculativeStep:
             else:
                 keep = m
                 if n + m == len(req.prompt):
-                    out[req] = StepResult([sample(rows[-1], req.params, req.rng)], rows[-1:])
+                    row = logits[logit_at]
+                    logit_at += 1
+                    out[req] = StepResult([sample(row, req.params, req.rng)], row[None])
             req.hidden = h[:keep] if req.hidden is None else np.concatenate([req.hidden, h[:keep]])
             req.computed = n + keep
         return out

@@ -23,19 +23,22 @@ DType parse_kv_dtype(const std::string& s) {
 }
 
 // tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L] -> logits [L, vocab_size] float32,
-// or (logits, hidden [L, hidden_size] float32) with return_hidden.
+// or (logits, hidden [H, hidden_size] float32) with hidden_rows [H].
 nb::object step(Engine& e, nb::handle tokens, nb::handle positions, nb::handle seq_ids, nb::handle q_seq_index,
-                nb::handle logit_rows, bool return_hidden) {
+                nb::handle logit_rows, nb::handle hidden_rows) {
   HostArray ta = to_view(tokens, "tokens"), pa = to_view(positions, "positions"), sa = to_view(seq_ids, "seq_ids"),
             ia = to_view(q_seq_index, "q_seq_index"), la = to_view(logit_rows, "logit_rows");
   HELIX_CHECK_ARG(la.view.ndim() == 1, "argument 'logit_rows' must be 1-D");
   HostArray out = new_array({la.view.dim(0), e.config().vocab_size}, DType::Float32);
-  HostArray hidden = return_hidden ? new_array({la.view.dim(0), e.config().hidden_size}, DType::Float32) : HostArray{};
+  const bool want_hidden = !hidden_rows.is_none();
+  HostArray ha = want_hidden ? to_view(hidden_rows, "hidden_rows") : HostArray{};
+  HELIX_CHECK_ARG(!want_hidden || ha.view.ndim() == 1, "argument 'hidden_rows' must be 1-D");
+  HostArray hidden = want_hidden ? new_array({ha.view.dim(0), e.config().hidden_size}, DType::Float32) : HostArray{};
   {
     nb::gil_scoped_release release;
-    e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view, hidden.view);
+    e.step(ta.view, pa.view, sa.view, ia.view, la.view, out.view, ha.view, hidden.view);
   }
-  if (return_hidden) return nb::make_tuple(out.owner, hidden.owner);
+  if (want_hidden) return nb::make_tuple(out.owner, hidden.owner);
   return out.owner;
 }
 
@@ -172,10 +175,10 @@ void bind_engine(nb::module_& m) {
           nb::arg("seq_id"), nb::arg("num_tokens"), nb::arg("seed") = 0, nb::arg("scale") = 1.f,
           "Benchmark aid: positions [0, num_tokens) of an empty sequence with random rows in every layer.")
       .def("step", &step, nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"),
-           nb::arg("logit_rows"), nb::arg("return_hidden") = false,
+           nb::arg("logit_rows"), nb::arg("hidden_rows") = nb::none(),
            "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"
-           "-> logits [L, vocab_size] float32 (host memory), identical on every rank; with return_hidden,\n"
-           "(logits, hidden [L, hidden_size] float32): the logit rows' final hidden states (after the norm).")
+           "-> logits [L, vocab_size] float32 (host memory), identical on every rank; with hidden_rows [H],\n"
+           "(logits, hidden [H, hidden_size] float32): those rows' final hidden states (after the norm).")
       .def_prop_ro("timings", [](const Engine& e) {
         const EngineTimings& t = e.timings();
         nb::dict d;

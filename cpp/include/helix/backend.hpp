@@ -59,6 +59,7 @@ enum class Buffer : uint8_t {
   RouteIdx,           // [T, top_k] i32
   RouteWeight,        // [T, top_k] f32
   LogitRows,          // [L, hidden]       the normed rows whose logits are returned
+  HiddenRows,         // [H, hidden]       the normed rows whose final hidden states are returned
   MtpInput,           // [T, 2 * hidden]   the MTP layer's [enorm(embed(next token)) | hnorm(hidden)]
   Logits,             // [L, vocab_shard]
   LogitsGathered,     // [world, L, vocab_shard]
@@ -76,6 +77,8 @@ struct StepInput {
   const int64_t* new_rows = nullptr;    // [T] pool row of each token this rank owns, -1 for the others
   const int64_t* logit_rows = nullptr;  // [L] in [0, T)
   int64_t L = 0;
+  const int64_t* hidden_rows = nullptr;  // [H] in [0, T): rows whose final hidden states are returned
+  int64_t H = 0;
   const BatchView* batch = nullptr;  // this rank's blocks and slots of the B sequences, after the commit
   const BlockTable* table = nullptr;
   bool mtp = false;  // a step of the MTP layer: `table` is its own, so are its pool rows' positions (kv_pos)
@@ -88,6 +91,7 @@ struct StepArrays {
   const int64_t* q_seq = nullptr;         // [T]
   const int64_t* new_rows = nullptr;      // [T]
   const int64_t* logit_rows = nullptr;    // [L]
+  const int64_t* hidden_rows = nullptr;   // [H]
   const int32_t* block_tables = nullptr;  // [B, max_blocks]
   const int64_t* num_slots = nullptr;     // [B]
   const int64_t* kv_pos = nullptr;        // [num_kv_blocks * tokens_per_block] position of each pool row

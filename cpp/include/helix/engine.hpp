@@ -63,11 +63,12 @@ class Engine {
   // One forward pass over T tokens of B sequences (prompt chunks and decode tokens alike).
   // tokens [T] i64, positions [T] i64 global, seq_ids [B] i64, q_seq_index [T] i64 in [0,B),
   // logit_rows [L] i64 in [0,T): the tokens whose logits are returned; logits [L, vocab_size] f32 (host
-  // memory, identical on every rank). hidden [L, hidden_size] f32 (host), optional (no data: not wanted):
-  // the final hidden states of the logit rows after the model's final norm, what the MTP layer reads.
+  // memory, identical on every rank). Optional (an empty view: not wanted): hidden_rows [H] i64 in [0,T)
+  // and hidden [H, hidden_size] f32 (host), the final hidden states of those rows after the model's final
+  // norm (what the MTP layer reads), identical on every rank.
   void step(const TensorView& tokens, const TensorView& positions, const TensorView& seq_ids,
             const TensorView& q_seq_index, const TensorView& logit_rows, const TensorView& logits,
-            const TensorView& hidden = {});
+            const TensorView& hidden_rows = {}, const TensorView& hidden = {});
 
   // One pass of the multi-token-prediction layer (config.num_mtp_layers = 1; docs/speculative.md §2):
   // row t is eh_proj([enorm(embed(next_tokens[t])); hnorm(hidden[t])]) through the MTP decoder block at
@@ -108,7 +109,7 @@ class Engine {
 // errors (mtp_step's are 'next_tokens').
 StepPlan check_step_inputs(const EngineConfig& c, const BlockTable& table, const TensorView& tokens,
                            const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
-                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden = {},
-                           const char* tokens_name = "tokens");
+                           const TensorView& logit_rows, const TensorView& logits, const TensorView& hidden_rows = {},
+                           const TensorView& hidden = {}, const char* tokens_name = "tokens");
 
 }  // namespace helix
