@@ -164,6 +164,29 @@ def test_file_round_trip_mid_decode(model, tmp_path, params):
     assert a.engine.num_free_blocks == a.engine.num_kv_blocks
 
 
+def test_file_carries_the_logprobs_of_the_tokens_so_far(model, tmp_path):
+    """With logprobs, the imported request's output has one entry per token (the exporter's included),
+    equal to a decode from scratch; a file exported without them cannot serve a request that asks."""
+    params = SamplingParams(max_new_tokens=9, ignore_eos=True, logprobs=2)
+    a, b = llm_of(model, 4), llm_of(model, 3)
+    ref = a.generate([PROMPT], params)[0].logprobs
+    rid = a.add_request(PROMPT, params)
+    for _ in range(3):
+        a.step()
+    a.export_kv(rid, tmp_path / "with.kv")
+    a.abort_request(rid)
+    out = decode(b, b.import_kv(tmp_path / "with.kv", params))
+    assert [lp.token_id for lp in out.logprobs] == [lp.token_id for lp in ref] == out.token_ids
+    assert [lp.logprob for lp in out.logprobs] == pytest.approx([lp.logprob for lp in ref], abs=1e-5)
+    rid = a.add_request(PROMPT, GREEDY)
+    a.step()
+    a.export_kv(rid, tmp_path / "without.kv")
+    a.abort_request(rid)
+    with pytest.raises(ValueError, match=r"generated before the hand-off \(1\), got none"):
+        b.import_kv(tmp_path / "without.kv", params)
+    assert b.engine.num_free_blocks == b.engine.num_kv_blocks
+
+
 def test_file_that_does_not_fit_is_refused(model, tmp_path):
     a = llm_of(model, 4)
     rid = a.add_request(PROMPT, GREEDY)

@@ -151,6 +151,18 @@ def test_aggregated_server_agrees(servers, reference):
         assert "kv_transfer_params" not in got
 
 
+def test_logprobs_of_every_token_come_through_the_router(servers):
+    """logprobs=2 through router -> context -> generation: one entry per token, the context's first one
+    included, equal to the aggregated server's (same generation layout) within float32 rounding."""
+    prompt = PROMPTS[-1]
+    _, direct = complete(servers["aggregated"].url, prompt, logprobs=2)
+    status, routed = complete(servers["router-cp2-cp3"].url, prompt, logprobs=2)
+    assert status == 200, routed
+    want, got = direct["choices"][0]["logprobs"], routed["choices"][0]["logprobs"]
+    assert len(got["token_logprobs"]) == len(got["top_logprobs"]) == NEW_TOKENS
+    assert got["token_logprobs"] == pytest.approx(want["token_logprobs"], abs=1e-4)
+
+
 def test_decoding_goes_on_while_kv_arrives(servers, reference):
     """12 concurrent requests through one router: imports land between the steps of the running ones,
     every answer is its reference, and then every block of both servers is free."""

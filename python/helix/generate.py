@@ -81,6 +81,15 @@ class TokenLogprobs:
     logprob: float
     top: tuple[tuple[int, float], ...]  # (token id, logprob) of the SamplingParams.logprobs most likely
 
+    def to_json(self) -> list:
+        """[token_id, logprob, [[token id, logprob], ...]] (what a hand-off carries)."""
+        return [self.token_id, self.logprob, [list(t) for t in self.top]]
+
+    @staticmethod
+    def from_json(x: list) -> TokenLogprobs:
+        token_id, logprob, top = x
+        return TokenLogprobs(int(token_id), float(logprob), tuple((int(t), float(v)) for t, v in top))
+
 
 @dataclass
 class RequestOutput:
@@ -432,11 +441,19 @@ class Scheduler:
         """Frees the sequence kept for a finished request in keep_kv (KeyError if none is kept)."""
         self.engine.free_sequence(self._kept.pop(request_id)[0])
 
-    def begin_import(self, prompt: list[int], token_ids: list[int], params: SamplingParams, seed: int) -> int:
+    def begin_import(
+        self,
+        prompt: list[int],
+        token_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        logprobs: list[TokenLogprobs] | None = None,
+    ) -> int:
         """Registers a request whose KV (positions [0, len(prompt) + len(token_ids) - 1)) was computed by
         another engine, as were its token_ids; reserves its blocks on every CP rank now (KVCacheFullError
         when they are not free, and nothing changes). It joins the batch at finish_import; abort drops it.
-        The sampler continues where the other engine's left off (same seed, same draws)."""
+        The sampler continues where the other engine's left off (same seed, same draws). With
+        params.logprobs, logprobs are those of token_ids (one each), so that the output has one per token."""
         if self.speculative is not None:
             raise ValueError(
                 "the KV hand-off carries no MTP-layer cache: an importing scheduler cannot decode "
@@ -447,11 +464,18 @@ class Scheduler:
                 f"an imported request needs a prompt and 1 to max_new_tokens - 1 = "
                 f"{params.max_new_tokens - 1} generated tokens, got {len(prompt)} and {len(token_ids)}"
             )
+        if params.logprobs is not None and (logprobs is None or len(logprobs) != len(token_ids)):
+            raise ValueError(
+                f"logprobs={params.logprobs} needs the log-probabilities of the tokens generated before the "
+                f"hand-off ({len(token_ids)}), got {'none' if logprobs is None else len(logprobs)}"
+            )
         kv_tokens = len(prompt) + params.max_new_tokens
         self.engine.add_sequence(self._next_seq, reserve_tokens=kv_tokens)
         rid = self._next_id
         self._next_id += 1
         out = RequestOutput(prompt_token_ids=list(prompt), token_ids=list(token_ids), request_id=rid)
+        if params.logprobs is not None:
+            out.logprobs = list(logprobs)
         req = _Request(list(prompt), params, np.random.default_rng(seed), out, kv_tokens, self._next_seq)
         self._next_seq += 1
         req.computed = len(prompt) + len(token_ids) - 1

@@ -11,7 +11,7 @@ import numpy as np
 
 from helix.detokenize import IncrementalDetokenizer
 from helix.engine import HelixEngine
-from helix.generate import GenerationStats, RequestOutput, SamplingParams, Scheduler
+from helix.generate import GenerationStats, RequestOutput, SamplingParams, Scheduler, TokenLogprobs
 from helix.parallel_config import ParallelConfig
 from helix.speculative import check_speculative_tokens
 
@@ -176,9 +176,16 @@ class LLM:
 
         return import_kv(self, path, self._check_params(sampling_params))
 
-    def begin_import(self, prompt: list[int], token_ids: list[int], params: SamplingParams, seed: int) -> int:
+    def begin_import(
+        self,
+        prompt: list[int],
+        token_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        logprobs: list[TokenLogprobs] | None = None,
+    ) -> int:
         """A request whose KV arrives from another engine: see Scheduler.begin_import. Collective."""
-        rid = self.scheduler.begin_import(prompt, token_ids, params, seed)
+        rid = self.scheduler.begin_import(prompt, token_ids, params, seed, logprobs)
         if self.tokenizer is not None:
             detok = self._detokenizers[rid] = IncrementalDetokenizer(self.tokenizer, params.stop)
             for t in token_ids:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from helix.disagg.layout import KVLayout
+from helix.generate import TokenLogprobs
 
 __all__ = ["KVFileError", "KVFileHeader", "model_fingerprint", "read_header", "read_rows", "write_kv_file"]
 
@@ -57,6 +58,7 @@ class KVFileHeader:
     token_ids: list[int]  # generated so far; the last one's KV is not in the file (not yet fed)
     layout: KVLayout  # of the exporting LLM (information: the rows are in global position order)
     data_offset: int = 0
+    token_logprobs: list[TokenLogprobs] | None = None  # of token_ids, when the request asked for logprobs
 
     @property
     def num_positions(self) -> int:
@@ -79,13 +81,20 @@ def write_kv_file(path: str | os.PathLike, header: KVFileHeader, rows: np.ndarra
         raise ValueError(
             f"rows {rows.shape} {rows.dtype} do not match the header: {expected} x {header.dtype}"
         )
-    fields = {k: v for k, v in header.__dict__.items() if k not in ("layout", "data_offset")}
+    special = ("layout", "data_offset", "token_logprobs")
+    fields = {k: v for k, v in header.__dict__.items() if k not in special}
+    if header.token_logprobs is not None:
+        fields["token_logprobs"] = [lp.to_json() for lp in header.token_logprobs]
     text = json.dumps({"format": 1, **fields, "layout": header.layout.as_dict()}).encode()
     start = len(MAGIC) + 8 + len(text)
     pad = -start % _ALIGN
     with open(path, "wb") as f:
         f.write(MAGIC + struct.pack("<Q", len(text)) + text + b"\0" * pad)
         f.write(np.ascontiguousarray(rows).tobytes())
+
+
+def _logprobs(x: list | None) -> list[TokenLogprobs] | None:
+    return None if x is None else [TokenLogprobs.from_json(e) for e in x]
 
 
 def read_header(path: str | os.PathLike) -> KVFileHeader:
@@ -115,6 +124,7 @@ def read_header(path: str | os.PathLike) -> KVFileHeader:
         [int(t) for t in d["token_ids"]],
         KVLayout(**d["layout"]),
         start + (-start % _ALIGN),
+        _logprobs(d.get("token_logprobs")),
     )
     if size != h.data_offset + h.data_bytes:
         raise KVFileError(

@@ -61,6 +61,7 @@ def export_kv(llm, request_id: int, path: str | os.PathLike) -> None:
         list(out.prompt_token_ids),
         list(out.token_ids),
         layout,
+        token_logprobs=None if out.logprobs is None else list(out.logprobs),
     )
     write_kv_file(path, header, full)
 
@@ -89,7 +90,7 @@ def import_kv(llm, path: str | os.PathLike, params) -> int:
     mine = owned_positions(layout_of(eng), header.num_positions, eng.rank % eng.cp)
     rows = read_rows(path, header, mine).view(kv_dtype(header.dtype))  # [L, n, D]
     seed = params.seed if params.seed is not None else llm._shared_seed()
-    rid = llm.begin_import(header.prompt_token_ids, header.token_ids, params, seed)
+    rid = llm.begin_import(header.prompt_token_ids, header.token_ids, params, seed, header.token_logprobs)
     try:
         llm.finish_import(rid, rows)
     except BaseException:

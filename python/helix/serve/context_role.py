@@ -213,6 +213,7 @@ class ContextLoop(EngineLoop):
             list(out.token_ids),
             seed,
             sources,
+            None if out.logprobs is None else list(out.logprobs),
         )
         self.role.add(spec.to_json(), rid)
         return spec.handle

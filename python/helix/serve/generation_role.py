@@ -164,7 +164,9 @@ class GenerationLoop(EngineLoop):
 
         spec: HandoffSpec = new.handoff
         try:
-            rid = self.llm.begin_import(spec.prompt_token_ids, spec.token_ids, new.params, new.params.seed)
+            rid = self.llm.begin_import(
+                spec.prompt_token_ids, spec.token_ids, new.params, new.params.seed, spec.token_logprobs
+            )
         except KVCacheFullError as exc:  # the same on every rank
             _release_later(spec)
             raise ValueError(f"no KV blocks free for the handed-over request now: {exc}") from None
