@@ -59,9 +59,14 @@ void Engine::check_weights() const {
 }
 
 void Engine::add_sequence(int64_t seq_id, int64_t reserve_tokens) {
-  // The MTP table never holds more than the model's: whatever fits in one fits in the other.
   table_.add_sequence(seq_id, reserve_tokens);
-  if (mtp_table_) mtp_table_->add_sequence(seq_id, reserve_tokens);
+  if (!mtp_table_) return;
+  try {  // the same reservation in the MTP layer's table, or in neither
+    mtp_table_->add_sequence(seq_id, reserve_tokens);
+  } catch (...) {
+    table_.free_sequence(seq_id);
+    throw;
+  }
 }
 
 void Engine::free_sequence(int64_t seq_id) {
