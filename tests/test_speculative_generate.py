@@ -51,3 +51,22 @@ def test_llm_speculative_tokens(model, tmp_path):
         LLM(model, pc, comm=SELF, progress=False, speculative_tokens=4)
     with pytest.raises(CheckpointError, match="num_nextn_predict_layers = 0"):
         LLM(make_model(tmp_path / "plain"), pc, comm=SELF, progress=False, speculative_tokens=1)
+
+
+def test_forced_acceptance_draws_the_acceptance_rate(model):
+    """The benchmark mode: each draft accepted with probability alpha until the first rejection, so a step
+    accepts sum_i alpha^i drafts on average (k = 3, alpha = 0.8: 1.952) and draft i with alpha^(i+1)."""
+    from helix.engine import HelixEngine
+    from helix.generate import SamplingParams
+
+    engine = HelixEngine(str(model), comm=SELF, tokens_per_block=2, max_tokens=512, progress=False, mtp=True)
+    sched = Scheduler(engine, (), speculative_tokens=3, forced_acceptance=0.8)
+    sched.add([5, 17, 42], SamplingParams(max_new_tokens=400, ignore_eos=True), seed=1)
+    while sched.has_unfinished():
+        sched.step()
+    s = sched.stats.speculative
+    assert s.steps > 100 and s.emitted == 399
+    assert abs(s.mean_accepted_tokens - 1.952) < 0.45  # 4 standard errors over >100 steps
+    assert abs(s.draft_acceptance[0] - 0.8) < 0.16
+    with pytest.raises(ValueError, match=r"forced_acceptance must be in \[0, 1\]"):
+        Scheduler(engine, (), speculative_tokens=1, forced_acceptance=1.5)

@@ -219,7 +219,8 @@ class Scheduler:
 
     speculative_tokens k >= 1 (an engine built with mtp=True): every decoding request drafts k tokens with
     the MTP layer and verifies them in one step (helix.speculative_step); KV reservations grow by k.
-    draft_hook replaces drafts (tests: forced acceptance or rejection).
+    draft_hook replaces drafts (tests: forced acceptance or rejection); forced_acceptance alpha replaces the
+    acceptance rule by Bernoulli(alpha) draws (benchmarks; see helix.speculative_step.SpeculativeStep).
     """
 
     def __init__(
@@ -229,6 +230,7 @@ class Scheduler:
         max_batch_tokens: int = 512,
         speculative_tokens: int = 0,
         draft_hook: SchedulerDraftHook | None = None,
+        forced_acceptance: float | None = None,
     ) -> None:
         self.engine = engine
         self.eos = set(eos_token_ids)
@@ -237,7 +239,7 @@ class Scheduler:
         if speculative_tokens:
             from helix.speculative_step import SpeculativeStep
 
-            self.speculative = SpeculativeStep(engine, speculative_tokens, draft_hook)
+            self.speculative = SpeculativeStep(engine, speculative_tokens, draft_hook, forced_acceptance)
         self.stats = self._new_stats()  # since construction or the last reset_stats()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []

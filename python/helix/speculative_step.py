@@ -32,12 +32,26 @@ SchedulerDraftHook = Callable[[int, int, int], int]
 
 
 class SpeculativeStep:
-    """Runs steps 1-4 above for the scheduler's running requests (helix.generate._Request)."""
+    """Runs steps 1-4 above for the scheduler's running requests (helix.generate._Request).
 
-    def __init__(self, engine, k: int, draft_hook: SchedulerDraftHook | None = None) -> None:
+    forced_acceptance alpha (benchmarks): each draft is accepted with probability alpha (until the first
+    rejection), whatever the model says; the step then emits the accepted drafts and a token sampled from the
+    next verify row. Random weights make natural acceptance meaningless (~0), so the cost of a step at a
+    given acceptance rate is measured this way; the output is not the model's."""
+
+    def __init__(
+        self,
+        engine,
+        k: int,
+        draft_hook: SchedulerDraftHook | None = None,
+        forced_acceptance: float | None = None,
+    ) -> None:
         self.engine, self.k, self.draft_hook = engine, check_speculative_tokens(k), draft_hook
         if self.k == 0:
             raise ValueError("SpeculativeStep needs speculative_tokens >= 1")
+        if forced_acceptance is not None and not 0.0 <= forced_acceptance <= 1.0:
+            raise ValueError(f"forced_acceptance must be in [0, 1] or None, got {forced_acceptance!r}")
+        self.forced_acceptance = forced_acceptance
 
     def run(self, running: list, max_batch_tokens: int) -> dict:
         """One step over ``running``; returns {request: StepResult} for the requests that got tokens. A step
@@ -131,8 +145,7 @@ class SpeculativeStep:
             if req in drafts:
                 rows = logits[logit_at : logit_at + m]
                 logit_at += m
-                p = np.stack([sampling_probs(row, req.params) for row in rows])
-                emitted = speculative_accept(p, q[req], drafts[req], req.rng)
+                emitted = self._accept(req, rows, drafts[req], q[req])
                 keep = len(emitted)  # positions n .. n + keep - 1 hold t_n and the accepted drafts
                 eng.truncate(req.seq_id, n + keep)
                 out[req] = StepResult(emitted, rows[:keep], accepted=keep - 1)
@@ -145,6 +158,18 @@ class SpeculativeStep:
             req.hidden = h[:keep] if req.hidden is None else np.concatenate([req.hidden, h[:keep]])
             req.computed = n + keep
         return out
+
+    def _accept(self, req, rows: np.ndarray, drafts: list[int], q: np.ndarray) -> list[int]:
+        """The tokens a verify step emits: speculative_accept on the verify rows [k + 1, V], or the
+        forced_acceptance draw."""
+        alpha = self.forced_acceptance
+        if alpha is None:
+            p = np.stack([sampling_probs(row, req.params) for row in rows])
+            return speculative_accept(p, q, drafts, req.rng)
+        j = 0
+        while j < self.k and req.rng.random() < alpha:
+            j += 1
+        return drafts[:j] + [sample(rows[j], req.params, req.rng)]
 
 
 def _i64(*arrays) -> list[np.ndarray]:
