@@ -291,6 +291,8 @@ def test_prefill_suite(tmp_path, capsys):
         "2",
         "--chunk",
         "32",
+        "--forms",
+        "absorbed,auto",
         "--timeout",
         "120",
         "--out",
@@ -300,12 +302,16 @@ def test_prefill_suite(tmp_path, capsys):
     ]
     assert prefill.main(args) == 0
     rows = json.loads((tmp_path / "f.json").read_text())["rows"]
-    assert {(r["config"], r["prompt"]) for r in rows} == {(c, n) for c in ("cp1", "cp2") for n in (40, 100)}
+    assert {(r["config"], r["prompt"], r["form"]) for r in rows} == {
+        (c, n, f) for c in ("cp1", "cp2") for n in (40, 100) for f in ("absorbed", "auto")
+    }
     cfg = ModelConfig.from_pretrained(model)
     for r in rows:
         assert len(r["seconds"]) == 2 and r["tokens_per_s"] == pytest.approx(r["prompt"] / r["median_s"])
         assert sum(r["shares"].values()) == pytest.approx(1.0)
         assert r["flops"] == prefill.prefill_flops(cfg, r["prompt"], 32)
+        executed = r["flops"]["linear"] + r["flops"][f"attention_{r['form']}"]
+        assert r["gflops"] == pytest.approx(executed / r["median_s"] / 1e9)
         assert 0 < r["fraction_of_bf16_ceiling"] and r["bf16_ceiling_gflops"] > 0
     assert _png(tmp_path / "f.png")
 
@@ -322,8 +328,11 @@ def test_prefill_flops_counts_causal_pairs_and_the_cheaper_form():
     # Chunking does not change the pairs; the per-chunk cheaper form never costs more than the absorbed one.
     assert prefill_flops(cfg, 10, 3)["attention"] == one["attention"]
     for n, chunk in ((10, 10), (1000, 64), (5000, 512)):
-        f = prefill_flops(cfg, n, chunk)
-        assert 0 < f["attention_best"] <= f["attention"] and f["linear"] > 0
+        for wuv in (False, True):
+            f = prefill_flops(cfg, n, chunk, wuv)
+            assert f["attention_auto"] in (f["attention"], f["attention_expanded"]) or chunk < n
+            assert 0 < f["attention_auto"] <= f["attention"]
+            assert f["attention_absorbed"] == f["attention"] and f["linear"] > 0
 
 
 # ---- the registry: `python -m helix bench` reaches every suite ------------------------------------------

@@ -68,6 +68,10 @@ RUNS: dict[str, tuple[str, dict]] = {
     "A_tp4": ("A", {"tp": 4, "cp": 1}),
     "A_cp2_wuv": ("A", {"tp": 1, "cp": 2, "wuv": True}),
     "A_tp2cp2_etp": ("A", {"tp": 2, "cp": 2, "etp": True}),
+    # the expanded attention form forced for every chunk and decode step: the same tokens as A_cp1 (absorbed)
+    "A_cp1_expanded": ("A", {"tp": 1, "cp": 1, "attention_form": "expanded"}),
+    "A_cp2_expanded": ("A", {"tp": 1, "cp": 2, "attention_form": "expanded"}),
+    "A_cp2_wuv_expanded": ("A", {"tp": 1, "cp": 2, "wuv": True, "attention_form": "expanded"}),
     # a pool of 8 blocks per CP rank: one request at a time fits, the others queue until blocks free
     "A_tp2cp2_queue": ("A", {"tp": 2, "cp": 2, "max_tokens": 64}),
     "B_cp1": ("B", {"tp": 1, "cp": 1}),

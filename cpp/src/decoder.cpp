@@ -125,6 +125,10 @@ void Step::attention_block(int64_t l, float* h) {
     p.w_uv_dtype = lw(l, "w_uv").dtype;
   }
   p.out = buf<float>(Buffer::Attention, T * Hc * W);
+  p.q_expanded = q;  // the CPU may run the expanded form (q_nope | q_pe, W_UK): helix_attention_expanded.hpp
+  p.w_uk = lw(l, "w_uk").data;
+  p.w_uk_dtype = lw(l, "w_uk").dtype;
+  p.Dn = Dn;
   p.T = T;
   p.H = Htp;
   p.D = D;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "helix/helix_attention_expanded.hpp"
 #include "helix/ops/kv_append.hpp"
 #include "helix/ops/merge_states.hpp"
 
@@ -17,7 +18,8 @@ namespace {
 // checks those), in the dtypes the device runs.
 void validate(const Communicator& cp_comm, const PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
               const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index, float scale,
-              int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out, Device device) {
+              int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out, const TensorView& q_expanded,
+              const TensorView& w_uk, Device device) {
   const BlockTable& table = cache.table();
   HELIX_CHECK_ARG(std::isfinite(scale) && scale > 0.f, "argument 'scale' must be finite and > 0, got ", scale);
   HELIX_CHECK_ARG(cp_comm.size() == table.cp_size() && cp_comm.rank() == table.cp_rank(),
@@ -53,6 +55,17 @@ void validate(const Communicator& cp_comm, const PagedKVCache& cache, const Tens
   check_dim(out, "out", 0, T, "the number of query tokens");
   check_dim(out, "out", 1, H / cp, "the heads of one chunk (H_tp / cp)");
   check_dim(out, "out", 2, W, "the exchanged width");
+  HELIX_CHECK_ARG((q_expanded.data == nullptr) == (w_uk.data == nullptr),
+                  "arguments 'q_expanded' and 'w_uk' (the expanded form's inputs) must be given together");
+  if (w_uk.data != nullptr) {
+    check_tensor(w_uk, "w_uk", 3, {DType::Float32, DType::BFloat16});
+    check_dim(w_uk, "w_uk", 0, H, "the number of heads of q");
+    check_dim(w_uk, "w_uk", 1, kv_lora_rank, "kv_lora_rank");
+    check_tensor(q_expanded, "q_expanded", 3, {DType::Float32});
+    check_dim(q_expanded, "q_expanded", 0, T, "the number of query tokens");
+    check_dim(q_expanded, "q_expanded", 1, H, "the number of heads of q");
+    check_dim(q_expanded, "q_expanded", 2, w_uk.dim(2) + D - kv_lora_rank, "qk_nope_head_dim + the rope dim");
+  }
 }
 
 }  // namespace
@@ -139,9 +152,14 @@ void helix_attention_cpu(const HelixAttentionParams& p, Communicator& cp_comm, c
 
   kv_append_cpu(KvAppendParams{p.pool, p.new_kv, p.new_rows, T, p.D * dtype_size(p.kv_dtype)});
   done(HelixStage::Append);
-  paged_mla_attention_cpu(local_attention_params(p, ws.o_part, ws.lse_part));
-  done(HelixStage::Attention);
-  if (p.w_uv != nullptr) head_linear_cpu(wuv_params(p, ws.o_part, DType::Float32, ws.values));
+  if (choose_attention_form(p) == AttentionForm::Expanded) {
+    expanded_attention_cpu(p, ws.values, ws.lse_part);  // values [T, H, W]: W_UV applied when W = Dv
+    done(HelixStage::Attention);
+  } else {
+    paged_mla_attention_cpu(local_attention_params(p, ws.o_part, ws.lse_part));
+    done(HelixStage::Attention);
+    if (p.w_uv != nullptr) head_linear_cpu(wuv_params(p, ws.o_part, DType::Float32, ws.values));
+  }
   done(HelixStage::Project);
 
   // o_parts [cp, T*Hc, W], lse_parts [cp, T*Hc]: the cp partial states of this rank's head chunk (one CP
@@ -171,8 +189,10 @@ void helix_attention_cpu(const HelixAttentionParams& p, Communicator& cp_comm, c
 void helix_attention_on_cache(Communicator& cp_comm, PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
                               const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
                               float scale, int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
-                              Device device, const std::function<void(const HelixAttentionParams&)>& run) {
-  validate(cp_comm, cache, q, new_kv, positions, seq_ids, q_seq_index, scale, kv_lora_rank, w_uv, out, device);
+                              const TensorView& q_expanded, const TensorView& w_uk, Device device,
+                              const std::function<void(const HelixAttentionParams&)>& run) {
+  validate(cp_comm, cache, q, new_kv, positions, seq_ids, q_seq_index, scale, kv_lora_rank, w_uv, out, q_expanded, w_uk,
+           device);
   BlockTable& table = cache.table();
   const StepTokens step{positions.ptr<int64_t>(), q_seq_index.ptr<int64_t>(), seq_ids.ptr<int64_t>(), q.dim(0),
                         seq_ids.dim(0)};
@@ -205,6 +225,12 @@ void helix_attention_on_cache(Communicator& cp_comm, PagedKVCache& cache, const 
     p.q_dtype = q.dtype;
     p.kv_dtype = cache.pool().dtype();
     p.w_uv_dtype = w_uv.data != nullptr ? w_uv.dtype : DType::Float32;
+    if (w_uk.data != nullptr) {
+      p.q_expanded = q_expanded.ptr<float>();
+      p.w_uk = w_uk.data;
+      p.w_uk_dtype = w_uk.dtype;
+      p.Dn = w_uk.dim(2);
+    }
     run(p);
   } catch (...) {
     table.undo_step(plan);

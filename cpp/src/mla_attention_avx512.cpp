@@ -19,12 +19,12 @@
 #include <limits>
 #include <utility>
 
+#include "exp2_avx512.hpp"
 #include "mla_attention_tiles.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
 #define HELIX_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
-#define HELIX_AVX512F __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
 namespace helix::detail {
 namespace {
@@ -337,24 +337,6 @@ HELIX_AVX512 void pv_bf16(const float* P, const void* const* keys, int64_t nt, i
 
 // ---- online softmax --------------------------------------------------------------------------------------
 
-// 2^x for x <= 0 with underflow (x < -126) flushed to 0; NaN stays NaN. Cephes exp2f polynomial on
-// [-0.5, 0.5] after rounding to the nearest integer: relative error about 2e-7.
-HELIX_AVX512F inline __m512 exp2_flush(__m512 x) {
-  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-127.f), x);  // NaN in x passes through (second operand)
-  const __m512 xi = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(xc, xi);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  const __m512 r = _mm512_scalef_ps(p, xi);
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.f), _CMP_NLT_UQ);
-  return _mm512_maskz_mov_ps(keep, r);
-}
-
 HELIX_AVX512F bool softmax_avx512(float* St, int64_t nt, int64_t Mp, float c, float* m_run, float* l_run,
                                   float* alpha) {
   const __m512 vc = _mm512_set1_ps(c);
@@ -368,11 +350,11 @@ HELIX_AVX512F bool softmax_avx512(float* St, int64_t nt, int64_t Mp, float c, fl
     const __m512 m_new = _mm512_max_ps(m_old, _mm512_mul_ps(mx, vc));
     const __m512 m_safe =
         _mm512_mask_mov_ps(m_new, _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ), _mm512_setzero_ps());
-    const __m512 a = exp2_flush(_mm512_sub_ps(m_old, m_safe));
+    const __m512 a = exp2_flush_avx512(_mm512_sub_ps(m_old, m_safe));
     __m512 sum = _mm512_setzero_ps();
     for (int64_t n = 0; n < nt; ++n) {
       float* s = St + n * Mp + m;
-      const __m512 p = exp2_flush(_mm512_fmsub_ps(_mm512_loadu_ps(s), vc, m_safe));
+      const __m512 p = exp2_flush_avx512(_mm512_fmsub_ps(_mm512_loadu_ps(s), vc, m_safe));
       _mm512_storeu_ps(s, p);
       sum = _mm512_add_ps(sum, p);
     }

@@ -2,9 +2,10 @@
 
 Launched by tests/test_mpi_decode.py as ``mpiexec -n 4 python -m pytest tests/mpi/test_decode.py`` with
 HELIX_DECODE_SPEC naming a JSON file: {"out_dir": DIR, "runs": [{"name", "model", "tp", "cp", "prompts",
-"max_new_tokens": [per prompt], ...options}]}. Each run uses ranks [0, tp * cp) (the others wait at the
-next split); rank 0 writes DIR/<name>.npz with every request's generated tokens (tokens_<i>) and the logits
-each was sampled from (logits_<i>, [steps, vocab]). The outer test compares those with transformers.
+"max_new_tokens": [per prompt], ...options}]} (attention_form: the form the CPU attention is forced to).
+Each run uses ranks [0, tp * cp) (the others wait at the next split); rank 0 writes DIR/<name>.npz with
+every request's generated tokens (tokens_<i>) and the logits each was sampled from (logits_<i>, [steps,
+vocab]). The outer test compares those with transformers.
 
 Checked here, across ranks (the outer process only sees rank 0): every rank of a run generated the same
 tokens from bitwise-identical logits (the scheduler's decisions depend on nothing but the gathered logits);
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helix import _core
 from helix.comm import world
 from helix.generate import SamplingParams
 from helix.llm import LLM
@@ -63,6 +65,7 @@ def _run(spec: dict, run: dict) -> None:
         expert_tensor_parallel=run.get("etp", False),
         progress=False,
     )
+    _core.set_attention_form(run.get("attention_form", "auto"))
     prompts = run["prompts"]
     sampling = run.get("sampling", {})
     params = [SamplingParams(max_new_tokens=m, ignore_eos=True, **sampling) for m in run["max_new_tokens"]]
@@ -82,6 +85,7 @@ def _run(spec: dict, run: dict) -> None:
             assert a.token_ids == b.token_ids, (
                 f"{run['name']} request {i}: a seeded rerun sampled other tokens"
             )
+    _core.set_attention_form("auto")
     assert llm.engine.num_free_blocks == llm.engine.num_kv_blocks, "KV blocks leaked after generate"
     stats = llm.last_stats
     result["decode_step_ms"] = np.asarray(stats.decode_step_ms, np.float64)

@@ -48,12 +48,50 @@ class Shard:
 
 
 def run_steps(
-    tp, cp, steps, heads=3 * N, R=32, P=16, tpb=4, dtype="float32", with_wuv=False, seed=0, device="cpu"
+    tp,
+    cp,
+    steps,
+    heads=3 * N,
+    R=32,
+    P=16,
+    tpb=4,
+    dtype="float32",
+    with_wuv=False,
+    seed=0,
+    device="cpu",
+    form=None,
 ):
     """steps: list of {seq_index: number of new tokens}. Checks every step against the reference (and, on
-    cuda, against the CPU twin run on a second, identical cache)."""
+    cuda, against the CPU twin run on a second, identical cache). form: None, or the form the CPU is forced to
+    run ('auto', 'absorbed', 'expanded'), the op then also given q_expanded and W_UK (bfloat16 with a
+    bfloat16 cache, as the engine holds them) and q absorbed from them."""
+    if form is None:
+        return _run_steps(tp, cp, steps, heads, R, P, tpb, dtype, with_wuv, seed, device, None)
+    _core.set_attention_form(form)
+    try:
+        return _run_steps(tp, cp, steps, heads, R, P, tpb, dtype, with_wuv, seed, device, form)
+    finally:
+        _core.set_attention_form("auto")
+
+
+def absorbed_queries(rng, T, heads, R, P, Dn, store):
+    """q_expanded [T, heads, Dn + P] f32, w_uk [heads, R, Dn] (store dtype) and q = [W_UK q_nope | q_pe] in
+    float32 (for the op) and float64 (for the reference)."""
+    q_exp = rng.standard_normal((T, heads, Dn + P)).astype(np.float32)
+    w_uk = (rng.standard_normal((heads, R, Dn)) / np.sqrt(Dn)).astype(store)
+    q64 = np.concatenate(
+        [
+            np.einsum("hrd,thd->thr", w_uk.astype(np.float64), q_exp[..., :Dn].astype(np.float64)),
+            q_exp[..., Dn:],
+        ],
+        axis=-1,
+    )
+    return q_exp, w_uk, q64.astype(np.float32), q64
+
+
+def _run_steps(tp, cp, steps, heads, R, P, tpb, dtype, with_wuv, seed, device, form):
     rng = np.random.default_rng(seed)
-    D, Dv = R + P, 24
+    D, Dv, Dn = R + P, 24, 16
     scale = 1.0 / np.sqrt(D)
     shard = Shard(tp, cp, heads, D, dtype, num_blocks=64, tpb=tpb)
     twin = helix.PagedKVCache(64, tpb, D, dtype, shard.cp_rank, cp) if device == "cuda" else None
@@ -77,6 +115,13 @@ def run_steps(
             rows.append(new)
         T = len(positions)
         q = rng.standard_normal((T, heads, D)).astype(np.float32)
+        q_ref, expanded = q.astype(np.float64), {}
+        if form is not None:
+            q_exp, w_uk, q, q_ref = absorbed_queries(rng, T, heads, R, P, Dn, store)
+            expanded = {
+                "q_expanded": np.ascontiguousarray(q_exp[:, shard.tp_heads()]),
+                "w_uk": np.ascontiguousarray(w_uk[shard.tp_heads()]),
+            }
         if device == "cuda":  # the CUDA kernels read q in the cache's dtype
             q = q.astype(store)
         positions = np.asarray(positions, np.int64)
@@ -91,15 +136,17 @@ def run_steps(
             np.ascontiguousarray(w_uv[shard.tp_heads()]) if with_wuv else None,
         )
         op = _core.helix_attention if device == "cpu" else _core.cuda.helix_attention
-        out = op(shard.comm, shard.cache, *args)
+        out = op(shard.comm, shard.cache, *args, **expanded)
         if twin is not None:
             np.testing.assert_allclose(
-                out, _core.helix_attention(shard.comm, twin, *args), **tol("cuda.helix_attention", dtype)
+                out,
+                _core.helix_attention(shard.comm, twin, *args, **expanded),
+                **tol("cuda.helix_attention", dtype),
             )
         for t in range(T):
             b = seqs[q_index[t]]
             o_ref, _ = reference.mla_attention(
-                q[t : t + 1].astype(np.float64),
+                q_ref[t : t + 1],
                 keys[b],
                 positions[t : t + 1],
                 np.arange(len(keys[b])),
@@ -173,3 +220,22 @@ def test_bad_arguments_name_the_argument():
         _core.helix_attention(
             shard.comm, shard.cache, q, kv, pos, np.array([7], np.int64), np.zeros(2, np.int64), 0.1, 32
         )
+
+
+@pytest.mark.parametrize("form", ["absorbed", "expanded"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("with_wuv", [False, True])
+def test_forms_agree_with_the_reference(form, dtype, with_wuv):
+    # Both forms, forced, on prompt chunks and decode steps of two sequences across block boundaries.
+    steps = [{0: 7, 1: 3}] + [{0: 1, 1: 1}] * 3 + [{1: 5}, {0: 2}]
+    run_steps(1, N, steps, dtype=dtype, with_wuv=with_wuv, form=form)
+
+
+@pytest.mark.parametrize("form", ["expanded", "auto"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("with_wuv", [False, True])
+def test_forms_on_a_600_token_chunk(form, dtype, with_wuv):
+    # Every query token t = 1..600 of one chunk, then a decode step and a short chunk, against the reference,
+    # over 38 blocks of 16 rotating across the CP ranks. (At these tiny shapes "auto" picks the absorbed form;
+    # tests/cpp/test_attention_form.cpp checks the choice at DeepSeek's shapes.)
+    run_steps(1, N, [{0: 600}, {0: 1}, {0: 9}], tpb=16, dtype=dtype, with_wuv=with_wuv, form=form)

@@ -5,6 +5,8 @@
 //      (paged_mla_attention);
 //   3. optionally project each head's partial output with W_UV (head_linear; exact: the merge is linear), so
 //      that Dv instead of R values per head cross the wire;
+//   (2-3 on the CPU, where the call brings q_expanded and w_uk and the cost model says it is cheaper: the
+//   expanded form, helix_attention_expanded.hpp, with the same outputs and the same exact LSE;)
 //   4. pack (o, lse) per destination and exchange them with ONE all-to-all over the CP group
 //      (head chunk c, of H_c = H / cp heads, goes to CP rank c);
 //   5. merge the cp partial states of this rank's head chunk by their log-sum-exp (merge_states).
@@ -12,6 +14,7 @@
 //   cuda: cuda::launch_helix_attention, device memory, a communicator of device buffers (NCCL or host-staged)
 //         whose collectives are ordered on `stream`; q and the pool of one dtype; a bfloat16 W_UV reads
 //         the partial outputs rounded to bfloat16 (cuBLAS takes one input dtype), fp32 accumulation.
+//         Always the absorbed form (q_expanded and w_uk are not read).
 #pragma once
 
 #include <cstddef>
@@ -42,11 +45,16 @@ struct HelixAttentionParams {
   const int64_t* num_slots = nullptr;     // [B]
   const void* w_uv = nullptr;             // [H, W, R] w_uv_dtype, or nullptr: exchange the R-wide latent (W = R)
   float* out = nullptr;                   // [T, H / cp, W]
-  void* workspace = nullptr;              // [helix_attention_workspace_bytes(p, cp)] bytes, or nullptr on the CPU
-  int64_t T = 0, H = 0, D = 0, R = 0, W = 0;
+  // The expanded form's inputs (CPU; both nullptr: absorbed form only). q_expanded is q before the absorb,
+  // q = [W_UK q_nope | q_pe], and w_uk is the absorb's weight, so the two forms give the same scores.
+  const float* q_expanded = nullptr;  // [T, H, Dn + P] float32: q_nope | q_pe (P = D - R)
+  const void* w_uk = nullptr;         // [H, R, Dn] w_uk_dtype: W_UK^T per head, as the absorb reads it
+  void* workspace = nullptr;          // [helix_attention_workspace_bytes(p, cp)] bytes, or nullptr on the CPU
+  int64_t T = 0, H = 0, D = 0, R = 0, W = 0, Dn = 0;  // Dn: qk_nope_head_dim (expanded form only)
   int64_t B = 0, max_blocks = 0, tokens_per_block = 0, max_num_slots = 0;
   float scale = 1.f;
   DType q_dtype = DType::Float32, kv_dtype = DType::Float32, w_uv_dtype = DType::Float32;
+  DType w_uk_dtype = DType::Float32;
 };
 
 // The stages of one call, reported as each ends (the engines charge the time since the previous mark:
@@ -80,11 +88,13 @@ HeadLinearParams wuv_params(const HelixAttentionParams& p, const void* o_part, D
 // cuda::launch_helix_attention.
 // cp_comm: size cp, rank = the cache's CP rank; q [T, H, D] (H % cp == 0, D = the cache's row width);
 // new_kv [T, D] of the cache's dtype; positions [T] i64; seq_ids [B] i64 (each added to the cache);
-// q_seq_index [T] i64 in [0, B); w_uv [H, Dv, R] or an empty view; out [T, H / cp, W] f32 (W = Dv or R).
+// q_seq_index [T] i64 in [0, B); w_uv [H, Dv, R] or an empty view; out [T, H / cp, W] f32 (W = Dv or R);
+// the expanded form's q_expanded [T, H, Dn + P] f32 and w_uk [H, R, Dn], both given or both empty views.
 void helix_attention_on_cache(Communicator& cp_comm, PagedKVCache& cache, const TensorView& q, const TensorView& new_kv,
                               const TensorView& positions, const TensorView& seq_ids, const TensorView& q_seq_index,
                               float scale, int64_t kv_lora_rank, const TensorView& w_uv, const TensorView& out,
-                              Device device, const std::function<void(const HelixAttentionParams&)>& run);
+                              const TensorView& q_expanded, const TensorView& w_uk, Device device,
+                              const std::function<void(const HelixAttentionParams&)>& run);
 
 // Bytes one rank sends per call (to the other cp-1 ranks): (cp-1)/cp * T * H_tp * (W + 1) * 4.
 int64_t helix_exchange_bytes(int64_t cp, int64_t T, int64_t H_tp, int64_t width);

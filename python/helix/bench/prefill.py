@@ -8,17 +8,22 @@ point a random prompt decoded for one token (``max_new_tokens=1``: prefill in ch
 the first token). Every rank draws the same prompt. Time: rank 0's wall clock around ``generate``, median
 and min over --rounds rounds (the prompts of one round back to back, rounds one after another).
 
-FLOPs: the work the runtime executes in the absorbed (latent) form: the linear layers of every prompt token
-(q_a, q_b, kv_a, the W_UK absorb and W_UV projection, o_proj, the dense MLP or the router + top-k routed +
-shared experts) and causal attention, 2·H·(2R + P) per (query, visible key) pair, plus the lm_head of one
-token. Achieved GFLOP/s = FLOPs / time; the ceiling is a bf16 2048^3 matmul (PyTorch's CPU kernels: oneDNN,
-VDPBF16PS on AVX512_BF16, AMX tiles where present) on each rank's threads, all ranks measuring at once
-before each round, summed over the ranks. Shares: the engine's own timers.
+FLOPs: the work the runtime executes: the linear layers of every prompt token (q_a, q_b, kv_a, the W_UK
+absorb and W_UV projection, o_proj, the dense MLP or the router + top-k routed + shared experts), the
+lm_head of one token, and causal attention in the form each chunk ran (--forms: 'absorbed' forced,
+'expanded' forced, or 'auto', the cheaper by helix_attention_cpu's cost model, which this module's
+chunk_attention_flops mirrors). Achieved GFLOP/s = executed FLOPs / time; the ceiling is a bf16 2048^3
+matmul (PyTorch's CPU kernels: oneDNN, VDPBF16PS on AVX512_BF16, AMX tiles where present) on each rank's
+threads, all ranks measuring at once before each round, summed over the ranks. Shares: the engine's own
+timers. The forms of one configuration run in one process, interleaved per round (round r: every form, every
+prompt), so they compare back to back.
 
-Cost model of issue 18 part 1 (expanded-form attention, not implemented yet): for a chunk of T tokens whose
-attention reads S keys, absorbed = 2·H·(2R + P)·pairs + 2·T·H·R·(Dn + Dv) (the absorb and W_UV of its
-tokens), expanded = 2·H·(Dn + P + Dv)·pairs + 2·S·H·R·(Dn + Dv) (the up-projection of the keys it reads);
-the per-chunk minimum is reported next to the absorbed figure, so the next developer has a target.
+Cost model of issue 18 part 1 (helix/helix_attention_expanded.hpp): for a chunk of T tokens whose attention
+reads S keys, exchanged W wide (W = R, or Dv with --wuv-before-exchange), absorbed = 2·H·(2R + P)·pairs
+(+ 2·T·H·R·Dv for the W_UV projection inside the op when W = Dv), expanded = 2·H·(Dn + P + W)·pairs +
+2·S·H·R·(Dn [+ Dv]) (the up-projection of the keys it reads), as executed: with W = Dv the attention kernel
+runs on rows [v | k_nope | k_pe] (2·H·(2·Dv + Dn + P) per pair); with W = R the float32 GEMMs count double
+in the choice (chunk_attention_flops). "part1 x" is the FLOP ratio of an all-absorbed prefill to auto's.
 """
 
 from __future__ import annotations
@@ -60,11 +65,16 @@ class Row:
     threads: int
     prompt: int
     seconds: list[float]  # one per round
-    flops: dict[str, float]  # linear, attention (absorbed, executed), attention_best (part 1's cost model)
+    flops: dict[str, float]  # linear, attention (absorbed), attention_<form> per form (prefill_flops)
     shares: dict[
         str, float
     ]  # attention, exchange, linear, moe, allreduce, other: fraction of the engine time
     ceilings: list[dict[str, float]]  # per round: bf16_gflops, f32_gflops (summed over the ranks)
+    form: str = "auto"  # the attention form forced (or "auto")
+
+    @property
+    def label(self) -> str:
+        return f"{self.config}/{self.form}"
 
     def __post_init__(self) -> None:
         if self.prompt < 1 or not self.seconds or min(self.seconds) <= 0:
@@ -80,7 +90,9 @@ class Row:
 
     @property
     def gflops(self) -> float:
-        return (self.flops["linear"] + self.flops["attention"]) / self.median_s / 1e9
+        """Executed FLOPs (the attention of the form that ran) per second."""
+        attention = self.flops.get(f"attention_{self.form}", self.flops["attention"])
+        return (self.flops["linear"] + attention) / self.median_s / 1e9
 
     @property
     def bf16_ceiling(self) -> float:
@@ -108,26 +120,41 @@ def linear_flops_per_token(cfg: Any) -> float:
     return 2.0 * macs
 
 
-def prefill_flops(cfg: Any, n: int, chunk: int) -> dict[str, float]:
-    """FLOPs of prefilling an n-token prompt in chunks of ``chunk`` tokens (see the module docstring)."""
+# kLatentGemmSlowdown of helix_attention_expanded.cpp: the W = R path's GEMMs run at ~half the kernel's rate.
+LATENT_GEMM_SLOWDOWN = 2.0
+
+
+def chunk_attention_flops(cfg: Any, t: int, s0: int, wuv: bool) -> tuple[float, float, bool]:
+    """(absorbed, expanded) FLOPs executed by one layer's attention for a chunk of t tokens after s0 earlier
+    ones (the absorbed form's W_UV, with wuv, is in linear), and whether helix_attention_cpu's cost model
+    picks the expanded form for it (helix/helix_attention_expanded.hpp)."""
     heads, R, P = cfg.num_attention_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
-    dn, dv, L = cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.num_hidden_layers
-    absorbed = best = 0.0
+    dn, dv = cfg.qk_nope_head_dim, cfg.v_head_dim
+    pairs = t * s0 + t * (t + 1) // 2  # (query, visible key) pairs of the chunk, causal
+    absorbed = 2.0 * heads * (2 * R + P) * pairs
+    up = 2.0 * (s0 + t) * heads * R * (dn + (dv if wuv else 0))
+    if wuv:  # the kernel on [v | k_nope | k_pe] against [0 | q]; no W_UV of the chunk's tokens
+        expanded = 2.0 * heads * (2 * dv + dn + P) * pairs + up - 2.0 * t * heads * R * dv
+        return absorbed, expanded, expanded < absorbed
+    expanded = 2.0 * heads * (dn + P + R) * pairs + up
+    return absorbed, expanded, LATENT_GEMM_SLOWDOWN * (expanded - up) + up < absorbed
+
+
+def prefill_flops(cfg: Any, n: int, chunk: int, wuv: bool = False) -> dict[str, float]:
+    """FLOPs of prefilling an n-token prompt in chunks of ``chunk`` tokens (see the module docstring):
+    linear, and attention per form: absorbed, expanded, auto (the cost model's choice per chunk)."""
+    absorbed = expanded = best = 0.0
     for s0 in range(0, n, chunk):
-        t = min(chunk, n - s0)
-        pairs = t * s0 + t * (t + 1) // 2  # (query, visible key) pairs of the chunk, causal
-        attend = 2.0 * heads * (2 * R + P) * pairs
-        absorb = 2.0 * t * heads * R * (dn + dv)  # counted with the linear layers
-        expanded = 2.0 * heads * (dn + P + dv) * pairs + 2.0 * (s0 + t) * heads * R * (dn + dv)
-        absorbed += attend
-        best += attend - max(0.0, attend + absorb - expanded)  # so that linear + best is the chunk's minimum
-    absorbed *= L
-    best *= L
+        a, e, pick = chunk_attention_flops(cfg, min(chunk, n - s0), s0, wuv)
+        absorbed, expanded, best = absorbed + a, expanded + e, best + (e if pick else a)
+    L = cfg.num_hidden_layers
     lm_head = 2.0 * cfg.hidden_size * cfg.vocab_size
     return {
         "linear": n * linear_flops_per_token(cfg) + lm_head,
-        "attention": absorbed,
-        "attention_best": best,
+        "attention": absorbed * L,
+        "attention_absorbed": absorbed * L,
+        "attention_expanded": expanded * L,
+        "attention_auto": best * L,
     }
 
 
@@ -141,9 +168,19 @@ def round_ceilings(comm: Any) -> dict[str, float]:
     return {"bf16_gflops": float(every[:, 0].sum()), "f32_gflops": float(every[:, 1].sum())}
 
 
-def run_worker(model_dir: str, config: str, prompts: list[int], rounds: int, chunk: int, out: str) -> None:
-    """One rank of one configuration: every prompt, every round; rank 0 writes the rows."""
+def run_worker(
+    model_dir: str,
+    config: str,
+    prompts: list[int],
+    rounds: int,
+    chunk: int,
+    out: str,
+    forms: list[str],
+    wuv: bool,
+) -> None:
+    """One rank of one configuration: every round, every form, every prompt; rank 0 writes the rows."""
     import helix
+    from helix import _core
     from helix.config import ModelConfig
 
     comm = worker_communicator()
@@ -152,61 +189,62 @@ def run_worker(model_dir: str, config: str, prompts: list[int], rounds: int, chu
     pc = helix.ParallelConfig(
         context_parallel_size=comm.size, tokens_per_block=TOKENS_PER_BLOCK, max_tokens=max(prompts) + 64
     )
-    llm = helix.LLM(model_dir, pc, dtype="bfloat16", comm=comm, max_batch_tokens=chunk, progress=False)
+    llm = helix.LLM(
+        model_dir,
+        pc,
+        dtype="bfloat16",
+        comm=comm,
+        max_batch_tokens=chunk,
+        wuv_before_exchange=wuv,
+        progress=False,
+    )
     cfg = ModelConfig.from_pretrained(model_dir)
     greedy = helix.SamplingParams(max_new_tokens=1, temperature=0.0)
     llm.generate([list(range(2, 66))], greedy)  # the warm-up request
     core = llm.engine._engine
-    seconds: dict[int, list[float]] = {n: [] for n in prompts}
-    spent: dict[int, dict[str, float]] = {n: {} for n in prompts}
+    points = [(f, n) for f in forms for n in prompts]
+    seconds: dict[tuple[str, int], list[float]] = {pt: [] for pt in points}
+    spent: dict[tuple[str, int], dict[str, float]] = {pt: {} for pt in points}
     ceilings = []
     for r in range(rounds):
         ceilings.append(round_ceilings(comm))
-        for n in prompts:
+        for form, n in points:
+            _core.set_attention_form(form)
             prompt = np.random.default_rng(1000 * r + n).integers(2, cfg.vocab_size, n).tolist()
             comm.barrier()
             before = dict(core.timings)
             t0 = time.perf_counter()
             llm.generate([prompt], greedy)
-            seconds[n].append(time.perf_counter() - t0)
+            seconds[form, n].append(time.perf_counter() - t0)
             after = core.timings
             for k in after:
                 if k.endswith("_s"):
-                    spent[n][k[:-2]] = spent[n].get(k[:-2], 0.0) + after[k] - before[k]
+                    spent[form, n][k[:-2]] = spent[form, n].get(k[:-2], 0.0) + after[k] - before[k]
+    _core.set_attention_form("auto")
     if comm.rank == 0:
         rows = []
-        for n in prompts:
-            total = sum(spent[n].values()) or 1.0
-            shares = {k: v / total for k, v in spent[n].items()}
-            rows.append(
-                asdict(
-                    Row(
-                        config,
-                        comm.size,
-                        threads,
-                        n,
-                        seconds[n],
-                        prefill_flops(cfg, n, chunk),
-                        shares,
-                        ceilings,
-                    )
-                )
-            )
+        for form, n in points:
+            total = sum(spent[form, n].values()) or 1.0
+            shares = {k: v / total for k, v in spent[form, n].items()}
+            flops = prefill_flops(cfg, n, chunk, wuv)
+            row = Row(config, comm.size, threads, n, seconds[form, n], flops, shares, ceilings, form)
+            rows.append(asdict(row))
         write_json(out, {"rows": rows})
 
 
 def print_table(rows: list[Row]) -> None:
     print(
-        f"{'config':<13} {'prompt':>6} {'s (med)':>8} {'min':>7} {'tok/s':>7} {'GFLOP/s':>8} {'bf16 mm':>8} "
+        f"{'config/form':<22} {'prompt':>6} {'s (med)':>8} {'min':>7} {'tok/s':>7} {'GFLOP/s':>8} "
+        f"{'bf16 mm':>8} "
         f"{'/ceil':>6} {'attn':>5} {'lin':>5} {'moe':>5} {'xchg':>5} {'ar':>5} {'other':>5} {'part1 x':>7}"
     )
     for r in rows:
         s = r.shares
         f = r.flops
-        # Part 1's target: attention FLOPs divided by the cost model's per-chunk choice.
-        gain = (f["linear"] + f["attention"]) / (f["linear"] + f["attention_best"])
+        # Part 1's FLOP ratio: all-absorbed over the cost model's per-chunk choice.
+        gain = (f["linear"] + f["attention"]) / (f["linear"] + f["attention_auto"])
         print(
-            f"{r.config:<13} {r.prompt:>6} {r.median_s:8.2f} {min(r.seconds):7.2f} {r.tokens_per_s:7.1f} "
+            f"{r.label:<22} {r.prompt:>6} {r.median_s:8.2f} {min(r.seconds):7.2f} {r.tokens_per_s:7.1f} "
             f"{r.gflops:8.1f} {r.bf16_ceiling:8.1f} {r.gflops / r.bf16_ceiling:6.2f} "
             f"{s.get('attention', 0):5.2f} {s.get('linear', 0):5.2f} {s.get('moe', 0):5.2f} "
             f"{s.get('exchange', 0):5.2f} {s.get('allreduce', 0):5.2f} {s.get('other', 0):5.2f} {gain:7.2f}"
@@ -226,17 +264,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-results/prefill.json")
     parser.add_argument("--png", default="bench-results/prefill.png")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per configuration")
+    parser.add_argument(
+        "--forms", default="auto", help="attention forms, run interleaved: of auto, absorbed, expanded"
+    )
+    parser.add_argument(
+        "--wuv-before-exchange", action="store_true", help="exchange Dv- instead of R-wide values"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     prompts = [int(n) for n in args.prompts.split(",") if n]
     configs = [c for c in args.configs.split(",") if c]
+    forms = [f for f in args.forms.split(",") if f]
     if set(configs) - set(CONFIGS) or not prompts or min(prompts) < 1 or args.rounds < 1 or args.chunk < 1:
         parser.error(f"--configs of {', '.join(CONFIGS)}; --prompts, --rounds and --chunk positive")
+    if not forms or set(forms) - {"auto", "absorbed", "expanded"}:
+        parser.error("--forms of auto, absorbed, expanded")
     model_dir = args.model_dir or str(
         ROOT / "build" / ("bench-model" if args.model == "bench" else "bench-model-tiny")
     )
     if args.worker:
-        run_worker(model_dir, configs[0], prompts, args.rounds, args.chunk, args.worker)
+        run_worker(
+            model_dir,
+            configs[0],
+            prompts,
+            args.rounds,
+            args.chunk,
+            args.worker,
+            forms,
+            args.wuv_before_exchange,
+        )
         return 0
 
     ensure_model(args.model, model_dir)
@@ -264,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.model,
                     "--model-dir",
                     model_dir,
+                    "--forms",
+                    args.forms,
+                    *(["--wuv-before-exchange"] if args.wuv_before_exchange else []),
                 ],
                 threads=threads,
                 timeout=args.timeout,
@@ -276,13 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         "weights": "bfloat16",
         "kv": "bfloat16",
         "chunk": args.chunk,
+        "forms": forms,
+        "wuv_before_exchange": args.wuv_before_exchange,
         "timing": f"median and min of {args.rounds} prompts per point, rank 0 wall clock around generate",
         "ceiling": "bf16 2048^3 torch.matmul per rank, all ranks at once, summed; median over the rounds",
         "seconds": time.time() - start,
     }
     print(
         f"Prefill, model {args.model!r} (bf16), chunk {args.chunk}; {meta['cpu']}, {meta['cores']} cores, "
-        f"load {meta['loadavg_1_5_15'][0]:.2f}; part1 x: speed-up if attention ran in the cheaper form"
+        f"load {meta['loadavg_1_5_15'][0]:.2f}; part1 x: FLOP ratio absorbed / cheaper form per chunk"
     )
     print_table(rows)
     derived = [
@@ -298,11 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     out = write_json(args.out, {"meta": meta, "rows": derived})
     series = {
-        name: (
-            [r.prompt for r in rows if r.config == name],
-            [r.tokens_per_s for r in rows if r.config == name],
+        label: (
+            [r.prompt for r in rows if r.label == label],
+            [r.tokens_per_s for r in rows if r.label == label],
         )
-        for name in configs
+        for label in dict.fromkeys(r.label for r in rows)
     }
     png = plot_lines(
         args.png,
