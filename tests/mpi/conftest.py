@@ -8,10 +8,12 @@ own summary would never be reached.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Generator
 from typing import Any
 
 import pytest
+from helix.comm import ABORT_GRACE_S
 from mpi4py import MPI
 
 
@@ -23,6 +25,7 @@ def _abort(what: str, details: str) -> None:
     err = sys.__stderr__ or sys.stderr
     err.write("\n".join(lines) + "\n")
     err.flush()
+    time.sleep(ABORT_GRACE_S)  # mpiexec drops what its proxies have not forwarded at the abort
     MPI.COMM_WORLD.Abort(1)
 
 
