@@ -234,13 +234,13 @@ def test_decode_suite(tmp_path, capsys):
 @pytest.mark.mpi
 def test_speculative_suite(tmp_path, capsys):
     """--quick: the tiny model with an MTP layer, contexts 40 and 100, cp1 and cp2, every k and alpha."""
-    from helix.bench import speculative
+    from helix.bench import report, speculative
 
     model = tmp_path / "model"
     args = ["--quick", "--model-dir", str(model), "--timeout", "120", "--no-progress"]
-    args += ["--out", str(tmp_path / "s.json"), "--png", str(tmp_path / "s.png")]
+    args += ["--out", str(tmp_path / "speculative.json"), "--png", str(tmp_path / "s.png")]
     assert speculative.main(args) == 0
-    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "speculative.json").read_text())["rows"]
     grid = speculative.points([0, 1, 2, 3], [0.6, 0.8, 0.9])
     assert len(grid) == 10
     assert [(r["config"], r["context"], r["k"], r["alpha"]) for r in rows] == [
@@ -260,6 +260,8 @@ def test_speculative_suite(tmp_path, capsys):
     assert speculative.expected_tokens_per_step(3, 0.5) == 1.875
     assert "| cp2 | 100 | 3 | 0.9 |" in capsys.readouterr().out
     assert _png(tmp_path / "s.png")
+    assert report.main([str(tmp_path)]) == 0  # `helix bench report` renders the same table
+    assert "### speculative.json" in (out := capsys.readouterr().out) and "| cp2 | 100 | 3 | 0.9 |" in out
 
 
 def test_peer_suite_side_by_side_and_absent_peers_skipped(tmp_path, capsys, monkeypatch):

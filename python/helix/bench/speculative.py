@@ -41,7 +41,7 @@ from helix.bench.common import (
 )
 from helix.bench.decode import MODEL_PRESETS, ensure_model
 
-__all__ = ["CONFIGS", "Row", "expected_tokens_per_step", "main", "points", "run_worker"]
+__all__ = ["CONFIGS", "Row", "expected_tokens_per_step", "main", "markdown", "points", "run_worker"]
 
 CONFIGS: dict[str, int] = {"cp1": 1, "cp2": 2}  # name -> MPI ranks (= cp), one thread each
 DEFAULT_CONTEXTS = (1024, 4096, 16384)
@@ -220,25 +220,27 @@ def speedups(rows: list[Row]) -> list[dict]:
     return out
 
 
-def _print_table(rows: list[Row], extra: list[dict], meta: dict) -> None:
-    print(
-        f"Speculative decoding (MTP), model {meta['model']!r} + MTP layer (bf16 weights and KV), batch 1, "
-        f"forced acceptance; {meta['cpu']}, {meta['cores']} cores, load {meta['loadavg_1_5_15'][0]:.2f}; "
-        f"{meta['timing']}"
-    )
-    print(
+def markdown(d: dict) -> str:
+    """The table of a run's JSON ({"meta", "rows"}), as printed and as `helix bench report` renders it."""
+    m = d["meta"]
+    out = [
+        f"_{m['cpu']}, {m['cores']} cores, load {m['loadavg_1_5_15'][0]:.2f} at the end, {m['date']}; model "
+        f"{m['model']!r} + MTP layer, bf16 weights and KV, batch 1, forced acceptance; {m['timing']}_",
+        "",
         "| config | context | k | alpha | tok/s per user | speed-up | expected | step ms | draft ms | "
-        "verify ms | cost | tok/step | accept rate |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r, x in zip(rows, extra, strict=True):
-        alpha = "-" if r.alpha is None else f"{r.alpha:.1f}"
-        print(
-            f"| {r.config} | {r.context} | {r.k} | {alpha} | {r.tokens_per_s:.2f} | "
-            f"{x.get('speedup', float('nan')):.2f} | {x.get('expected_speedup', float('nan')):.2f} | "
-            f"{r.step_ms:.1f} | {r.draft_ms:.1f} | {r.verify_ms:.1f} | {x.get('cost', float('nan')):.2f} | "
-            f"{r.tokens_per_step:.2f} | {r.acceptance_rate:.2f} |"
+        "verify ms | cost | tok/step | accept rate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    nan = float("nan")
+    for r in d["rows"]:
+        alpha = "-" if r["alpha"] is None else f"{r['alpha']:.1f}"
+        out.append(
+            f"| {r['config']} | {r['context']} | {r['k']} | {alpha} | {r['tokens_per_s']:.2f} | "
+            f"{r.get('speedup', nan):.2f} | {r.get('expected_speedup', nan):.2f} | {r['step_ms']:.1f} | "
+            f"{r['draft_ms']:.1f} | {r['verify_ms']:.1f} | {r.get('cost', nan):.2f} | "
+            f"{r['tokens_per_step']:.2f} | {r['acceptance_rate']:.2f} |"
         )
+    return "\n".join(out)
 
 
 def _plot(path: str, rows: list[Row], alpha: float | None, title: str) -> Path:
@@ -336,11 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         "(rank 0 clock), one thread per rank",
         "seconds": time.time() - start,
     }
-    extra = speedups(rows)
-    _print_table(rows, extra, meta)
-    out = write_json(
-        args.out, {"meta": meta, "rows": [asdict(r) | x for r, x in zip(rows, extra, strict=True)]}
-    )
+    result = {"meta": meta, "rows": [asdict(r) | x for r, x in zip(rows, speedups(rows), strict=True)]}
+    print(markdown(result))
+    out = write_json(args.out, result)
     alpha = 0.8 if 0.8 in alphas else max(alphas, default=None)
     png = _plot(
         args.png, rows, alpha, f"speculative decoding, {args.model} model + MTP, alpha {alpha}, batch 1"
