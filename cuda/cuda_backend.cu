@@ -39,7 +39,7 @@ class CudaBackend final : public Backend {
   void* kv_pool(int64_t layer) override { return pools_[static_cast<size_t>(layer)].data(); }
   int64_t memory_bytes() const override;
   void fill_kv_random(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions, uint64_t seed,
-                      float scale) override;
+                      float scale, bool mtp) override;
   void read_kv_rows(const std::vector<int64_t>& rows, void* host) override;
   void write_kv_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions,
                      const void* host) override;
@@ -191,7 +191,7 @@ int64_t CudaBackend::memory_bytes() const {
 }
 
 void CudaBackend::fill_kv_random(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions, uint64_t seed,
-                                 float scale) {
+                                 float scale, bool mtp) {
   set_device(device_);
   const auto n = static_cast<int64_t>(rows.size());
   if (n == 0) return;
@@ -199,8 +199,10 @@ void CudaBackend::fill_kv_random(const std::vector<int64_t>& rows, const std::ve
   const size_t o_rows = up.add(rows.data(), n), o_pos = up.add(positions.data(), n);
   auto* base = up.send(meta_, s());
   const auto* d_rows = reinterpret_cast<const int64_t*>(base + o_rows);
-  launch_set_positions(pool_pos_.as<int64_t>(), d_rows, reinterpret_cast<const int64_t*>(base + o_pos), n, s());
-  for (int64_t l = 0; l < c_.num_layers; ++l) {
+  launch_set_positions((mtp ? mtp_pool_pos_ : pool_pos_).as<int64_t>(), d_rows,
+                       reinterpret_cast<const int64_t*>(base + o_pos), n, s());
+  // The MTP layer's pool follows the model's (index num_layers).
+  for (int64_t l = mtp ? c_.num_layers : 0; l < (mtp ? c_.num_kv_layers() : c_.num_layers); ++l) {
     const uint64_t layer_seed = seed + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(l + 1);
     launch_fill_random(pools_[static_cast<size_t>(l)].data(), c_.kv_dtype, d_rows, n, c_.kv_row_width(), layer_seed,
                        scale, s());

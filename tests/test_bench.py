@@ -231,6 +231,39 @@ def test_decode_suite(tmp_path, capsys):
     assert decode.ensure_model("tiny", model) == model  # cached: not rewritten
 
 
+@pytest.mark.mpi
+def test_speculative_suite(tmp_path, capsys):
+    """--quick: the tiny model with an MTP layer, contexts 40 and 100, cp1 and cp2, every k and alpha."""
+    from helix.bench import report, speculative
+
+    model = tmp_path / "model"
+    args = ["--quick", "--model-dir", str(model), "--timeout", "120", "--no-progress"]
+    args += ["--out", str(tmp_path / "speculative.json"), "--png", str(tmp_path / "s.png")]
+    assert speculative.main(args) == 0
+    rows = json.loads((tmp_path / "speculative.json").read_text())["rows"]
+    grid = speculative.points([0, 1, 2, 3], [0.6, 0.8, 0.9])
+    assert len(grid) == 10
+    assert [(r["config"], r["context"], r["k"], r["alpha"]) for r in rows] == [
+        (c, n, k, a) for c in ("cp1", "cp2") for n in (40, 100) for k, a in grid
+    ]
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["draft_ms"] + r["verify_ms"] <= r["step_ms"]
+        # A step emits 1 + accepted drafts (nothing is cut: max_new_tokens leaves room).
+        assert r["tokens_per_step"] == pytest.approx(1 + r["mean_accepted"])
+        if r["k"] == 0:
+            assert r["draft_ms"] == 0 and r["acceptance_rate"] == 0 and r["speedup"] == 1
+        else:
+            assert r["draft_ms"] > 0 and 0 <= r["acceptance_rate"] <= 1
+            assert r["expected_speedup"] == pytest.approx(
+                speculative.expected_tokens_per_step(r["k"], r["alpha"]) / r["cost"]
+            )
+    assert speculative.expected_tokens_per_step(3, 0.5) == 1.875
+    assert "| cp2 | 100 | 3 | 0.9 |" in capsys.readouterr().out
+    assert _png(tmp_path / "s.png")
+    assert report.main([str(tmp_path)]) == 0  # `helix bench report` renders the same table
+    assert "### speculative.json" in (out := capsys.readouterr().out) and "| cp2 | 100 | 3 | 0.9 |" in out
+
+
 def test_peer_suite_side_by_side_and_absent_peers_skipped(tmp_path, capsys, monkeypatch):
     pytest.importorskip("transformers")
     from helix.bench import decode, peer

@@ -58,3 +58,29 @@ def test_an_engine_without_mtp_refuses_mtp_calls(tmp_path):
         engine.mtp_step(np.zeros((1, 64), np.float32), *[np.zeros(1, np.int64)] * 4, np.zeros(0, np.int64))
     with pytest.raises(_core.ArgumentError, match="no MTP layer"):
         engine.truncate_mtp(0, 0)
+    with pytest.raises(_core.ArgumentError, match="no MTP layer"):
+        engine._engine.fill_mtp_sequence_random(0, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fill_mtp_sequence_random_fills_the_mtp_cache_only(model, device):
+    """The benchmark fill of the MTP cache: rows [0, n) held in its own table, the model's cache untouched,
+    the values read by the next mtp_step (another seed, other draft logits); an MTP cache that is not empty
+    is refused."""
+    engine = make_mtp_engine(model, SELF, device=device)
+    n, D = 9, engine.config.hidden_size
+    row = [np.asarray(v, np.int64) for v in ([3], [n], [0], [0], [0])]  # MTP row n of sequence 0
+    logits = []
+    for seed in (1, 2):
+        engine.add_sequence(0)
+        engine._engine.fill_sequence_random(0, n + 1, seed=7, scale=1.0)
+        model_rows = engine.read_kv(0)[1]
+        engine._engine.fill_mtp_sequence_random(0, n, seed=seed, scale=1.0)
+        assert engine.mtp_block_table.held_positions(0).tolist() == list(range(n))
+        assert engine.block_table.held_positions(0).tolist() == list(range(n + 1))
+        np.testing.assert_array_equal(engine.read_kv(0)[1], model_rows)
+        logits.append(engine.mtp_step(np.ones((1, D), np.float32), *row)[1])
+        with pytest.raises(_core.ArgumentError, match="fill_mtp_sequence_random: sequence 0 is not empty"):
+            engine._engine.fill_mtp_sequence_random(0, 2)
+        engine.free_sequence(0)
+    assert np.isfinite(logits[0]).all() and not np.array_equal(logits[0], logits[1])

@@ -70,3 +70,27 @@ def test_forced_acceptance_draws_the_acceptance_rate(model):
     assert abs(s.draft_acceptance[0] - 0.8) < 0.16
     with pytest.raises(ValueError, match=r"forced_acceptance must be in \[0, 1\]"):
         Scheduler(engine, (), speculative_tokens=1, forced_acceptance=1.5)
+
+
+def test_add_filled_decodes_from_a_filled_context(model):
+    """The benchmark's request (Scheduler.add_filled): the context's positions in the model's cache, all but
+    the last in the MTP layer's, then speculative steps extend both to exactly the accepted positions; a
+    request whose blocks are not free is refused and leaves nothing behind."""
+    from helix.generate import SamplingParams
+
+    engine = make_mtp_engine(model, SELF)  # 16 blocks of 2 tokens
+    sched = Scheduler(engine, (), speculative_tokens=2, forced_acceptance=0.8)
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    rid = sched.add_filled([9] * 11, 4, params, seed=3)
+    assert engine.block_table.held_positions(0).tolist() == list(range(11))
+    assert engine.mtp_block_table.held_positions(0).tolist() == list(range(10))
+    with pytest.raises(_core.KVCacheFullError):
+        sched.add_filled([9] * 11, 4, params, seed=4)
+    assert sched.num_running == 1 and not engine.block_table.has_sequence(1)
+    (out,) = sched.step()  # drafts from MTP row 10, verify at positions 11..13
+    assert engine.block_table.held_positions(0).tolist() == list(range(10 + len(out.token_ids)))
+    assert engine.mtp_block_table.held_positions(0).tolist() == list(range(11))
+    while sched.has_unfinished():
+        (out,) = sched.step()
+    assert out.request_id == rid and len(out.token_ids) == 6 and out.token_ids[0] == 4
+    assert engine.num_free_blocks == engine.num_kv_blocks

@@ -47,10 +47,11 @@ class CpuBackend final : public Backend {
     for (const auto& s : scratch_) total += static_cast<int64_t>(s.size());
     return total;
   }
-  void fill_kv_random(const std::vector<int64_t>& rows, const std::vector<int64_t>&, uint64_t seed,
-                      float scale) override {
+  void fill_kv_random(const std::vector<int64_t>& rows, const std::vector<int64_t>&, uint64_t seed, float scale,
+                      bool mtp) override {
     std::vector<float> values(static_cast<size_t>(c_.kv_row_width()));  // one row
-    for (int64_t l = 0; l < c_.num_layers; ++l) {
+    // The MTP layer's pool follows the model's (index num_layers).
+    for (int64_t l = mtp ? c_.num_layers : 0; l < (mtp ? c_.num_kv_layers() : c_.num_layers); ++l) {
       std::mt19937_64 rng(seed + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(l + 1));
       std::uniform_real_distribution<float> uniform(-scale, scale);
       for (int64_t row : rows) {

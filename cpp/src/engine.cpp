@@ -152,14 +152,24 @@ void Engine::mtp_step(const TensorView& hidden, const TensorView& next_tokens, c
 }
 
 void Engine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
-  HELIX_CHECK_ARG(table_.has_sequence(seq_id), "unknown sequence ", seq_id);
-  HELIX_CHECK_ARG(table_.num_held(seq_id) == 0, "fill_sequence_random: sequence ", seq_id, " is not empty");
+  fill_random(table_, false, seq_id, num_tokens, seed, scale);
+}
+
+void Engine::fill_mtp_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
+  mtp_block_table();  // ArgumentError without an MTP layer
+  fill_random(*mtp_table_, true, seq_id, num_tokens, seed, scale);
+}
+
+void Engine::fill_random(BlockTable& table, bool mtp, int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
+  const char* name = mtp ? "fill_mtp_sequence_random" : "fill_sequence_random";
+  HELIX_CHECK_ARG(table.has_sequence(seq_id), "unknown sequence ", seq_id);
+  HELIX_CHECK_ARG(table.num_held(seq_id) == 0, name, ": sequence ", seq_id, " is not empty");
   HELIX_CHECK_ARG(num_tokens >= 0, "argument 'num_tokens' must be >= 0, got ", num_tokens);
   std::vector<int64_t> positions(static_cast<size_t>(num_tokens));
   std::iota(positions.begin(), positions.end(), int64_t{0});
   const std::vector<int64_t> one_sequence(positions.size(), 0);  // q_seq_index
-  StepPlan plan = table_.plan_step(StepTokens{positions.data(), one_sequence.data(), &seq_id, num_tokens, 1});
-  const std::vector<int64_t> new_rows = table_.commit_step(plan);
+  StepPlan plan = table.plan_step(StepTokens{positions.data(), one_sequence.data(), &seq_id, num_tokens, 1});
+  const std::vector<int64_t> new_rows = table.commit_step(plan);
   try {
     std::vector<int64_t> rows, owned;  // the pool rows this rank fills and their positions
     for (int64_t p = 0; p < num_tokens; ++p) {
@@ -167,9 +177,9 @@ void Engine::fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t s
       rows.push_back(new_rows[static_cast<size_t>(p)]);
       owned.push_back(p);
     }
-    backend_->fill_kv_random(rows, owned, seed, scale);
+    backend_->fill_kv_random(rows, owned, seed, scale, mtp);
   } catch (...) {
-    table_.undo_step(plan);
+    table.undo_step(plan);
     throw;
   }
 }

@@ -168,6 +168,15 @@ class HelixEngine:
         verify step released). Every rank calls it identically."""
         self._engine.truncate(seq_id, num_tokens)
 
+    def fill_random(self, seq_id: int, num_tokens: int, seed: int, mtp_rows: int = 0) -> None:
+        """Benchmark aid, instead of a prefill (a 16K prompt takes minutes on a CPU): positions
+        [0, num_tokens) of the empty sequence seq_id with random rows, uniform in [-1, 1) like RMS-normed
+        latents, in every layer's cache, and rows [0, mtp_rows) in the MTP layer's (mtp=True). A step's cost
+        does not depend on the cached values. Every rank calls it identically."""
+        self._engine.fill_sequence_random(seq_id, num_tokens, seed=seed, scale=1.0)
+        if mtp_rows:
+            self._engine.fill_mtp_sequence_random(seq_id, mtp_rows, seed=seed + 1, scale=1.0)
+
     # ---- KV hand-off (helix.disagg): rows of [kv_lora_rank + qk_rope_head_dim] in the KV dtype
 
     @property

@@ -280,6 +280,36 @@ class Scheduler:
             self._live[rid] = req
         return rid
 
+    def add_filled(self, prompt: list[int], first_token: int, params: SamplingParams, seed: int) -> int:
+        """Benchmarks: adds a running request whose prompt is in the KV cache without a prefill (too slow for
+        long contexts on a CPU): the engine's fill_random writes random rows for the prompt's positions (and,
+        with speculative_tokens, the MTP rows [0, len(prompt) - 1), with a random final hidden state [1, D]
+        for the last one), and first_token is its first generated token. Decoding then costs what it would
+        after a real prefill. KVCacheFullError when its blocks are not free (nothing changes)."""
+        if not prompt:
+            raise ValueError("add_filled needs a non-empty prompt")
+        n, k = len(prompt), self.speculative.k if self.speculative else 0
+        kv_tokens = n + params.max_new_tokens + k
+        seq = self._next_seq
+        self.engine.add_sequence(seq, reserve_tokens=kv_tokens)
+        try:
+            self.engine.fill_random(seq, n, seed=seed, mtp_rows=n - 1 if k else 0)
+        except BaseException:
+            self.engine.free_sequence(seq)
+            raise
+        self._next_seq += 1
+        rid = self._next_id
+        self._next_id += 1
+        out = RequestOutput(prompt_token_ids=list(prompt), token_ids=[first_token], request_id=rid)
+        req = _Request(list(prompt), params, np.random.default_rng(seed), out, kv_tokens, seq, computed=n)
+        if k:
+            req.mtp_rows = n - 1
+            req.hidden = np.random.default_rng(seed).standard_normal((1, self.engine.config.hidden_size))
+            req.hidden = req.hidden.astype(np.float32)
+        self._running.append(req)
+        self._live[rid] = req
+        return rid
+
     @property
     def num_waiting(self) -> int:
         return len(self._waiting)

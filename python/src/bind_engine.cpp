@@ -174,6 +174,14 @@ void bind_engine(nb::module_& m) {
           },
           nb::arg("seq_id"), nb::arg("num_tokens"), nb::arg("seed") = 0, nb::arg("scale") = 1.f,
           "Benchmark aid: positions [0, num_tokens) of an empty sequence with random rows in every layer.")
+      .def(
+          "fill_mtp_sequence_random",
+          [](Engine& e, int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale) {
+            nb::gil_scoped_release release;
+            e.fill_mtp_sequence_random(seq_id, num_tokens, seed, scale);
+          },
+          nb::arg("seq_id"), nb::arg("num_tokens"), nb::arg("seed") = 0, nb::arg("scale") = 1.f,
+          "The same for the MTP layer's cache: rows [0, num_tokens) of a sequence empty there.")
       .def("step", &step, nb::arg("tokens"), nb::arg("positions"), nb::arg("seq_ids"), nb::arg("q_seq_index"),
            nb::arg("logit_rows"), nb::arg("hidden_rows") = nb::none(),
            "One forward pass: tokens [T], positions [T], seq_ids [B], q_seq_index [T], logit_rows [L]\n"

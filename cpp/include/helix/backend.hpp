@@ -112,10 +112,11 @@ class Backend {
   virtual void* kv_pool(int64_t layer) = 0;
   // Bytes of memory the backend holds (weights, KV pools, workspaces).
   virtual int64_t memory_bytes() const = 0;
-  // Writes pseudo-random rows, uniform in [-scale, scale), into every layer's pool at pool rows `rows`, which
-  // hold global positions `positions` (benchmark aid: fill_sequence_random).
+  // Writes pseudo-random rows, uniform in [-scale, scale), at pool rows `rows`, which then hold global positions
+  // `positions`: into every model layer's pool, or with `mtp` into the MTP layer's only (its own rows and
+  // positions). Benchmark aid: fill_sequence_random, fill_mtp_sequence_random.
   virtual void fill_kv_random(const std::vector<int64_t>& rows, const std::vector<int64_t>& positions, uint64_t seed,
-                              float scale) = 0;
+                              float scale, bool mtp) = 0;
 
   // The KV hand-off (helix/kv_transfer.hpp), synchronous: host [num_layers, n, R + P] of kv_dtype <-> pool
   // rows `rows` [n] of every layer; written rows then hold global positions `positions` [n].

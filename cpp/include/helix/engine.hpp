@@ -85,6 +85,9 @@ class Engine {
   // uniform in [-scale, scale), in every layer's pool where this rank owns the position (KVCacheFullError
   // when the pool is too small).
   void fill_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale);
+  // The same for the MTP layer's cache (ArgumentError without an MTP layer): rows [0, num_tokens) of a sequence
+  // empty there, so that a benchmark's long context is in both caches without a prefill.
+  void fill_mtp_sequence_random(int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale);
 
   const EngineConfig& config() const { return config_; }
   const EngineTimings& timings() const { return timings_; }
@@ -101,6 +104,9 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::map<std::string, TensorView> weights_;  // views of the backend's copies
   EngineTimings timings_;
+
+  // fill_sequence_random on `table`, the model's (mtp false) or the MTP layer's.
+  void fill_random(BlockTable& table, bool mtp, int64_t seq_id, int64_t num_tokens, uint64_t seed, float scale);
 };
 
 // Validates the arguments of Engine::step (shapes, dtypes, token ids, rows) and plans the step on `table`

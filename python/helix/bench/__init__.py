@@ -18,6 +18,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "helix": ("helix.bench.helix_step", "one Helix attention step over MPI ranks: bytes and shares"),
     "ops": ("helix.bench.ops", "CPU linear layers (f32 and bf16 weights) vs copy and NumPy ceilings"),
     "decode": ("helix.bench.decode", "end-to-end decode steps per layout vs the planner"),
+    "speculative": ("helix.bench.speculative", "MTP speculative decoding: tokens/s per user for k = 0..3"),
     "prefill": ("helix.bench.prefill", "prefill tokens/s per prompt and layout vs the bf16 matmul ceiling"),
     "peer": ("helix.bench.peer", "helix vs vLLM CPU, llama.cpp and transformers, side by side"),
     "serve": ("helix.bench.serve", "helix serve: latency and throughput"),

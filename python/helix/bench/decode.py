@@ -100,8 +100,9 @@ class Row:
             raise ValueError(f"bad row {self}")
 
 
-def ensure_model(preset: str, model_dir: str | Path) -> Path:
-    """The preset's checkpoint in ``model_dir``, written (bf16) unless a matching one is already there."""
+def ensure_model(preset: str, model_dir: str | Path, mtp: bool = False) -> Path:
+    """The preset's checkpoint in ``model_dir``, written (bf16; with an MTP layer for ``mtp``) unless a
+    matching one is already there."""
     from helix.tiny import make_tiny_model
 
     if preset not in MODEL_PRESETS:
@@ -109,6 +110,8 @@ def ensure_model(preset: str, model_dir: str | Path) -> Path:
     out = Path(model_dir)
     marker = out / "bench-model.json"
     want = {"preset": preset, "overrides": MODEL_PRESETS[preset], "dtype": "bfloat16", "seed": 0}
+    if mtp:
+        want["mtp"] = True
     if marker.exists() and (out / "config.json").exists():
         try:
             if json.loads(marker.read_text()) == want:
@@ -116,7 +119,7 @@ def ensure_model(preset: str, model_dir: str | Path) -> Path:
         except json.JSONDecodeError:
             pass
     print(f"writing the {preset!r} benchmark model to {out} (once)", flush=True)
-    make_tiny_model(out, seed=0, dtype="bfloat16", **MODEL_PRESETS[preset])
+    make_tiny_model(out, seed=0, dtype="bfloat16", mtp=mtp, **MODEL_PRESETS[preset])
     marker.write_text(json.dumps(want) + "\n")
     return out
 

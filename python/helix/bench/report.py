@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from helix.bench import speculative
+
 __all__ = ["main"]
 
 
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "decode": decode,
         "peer": peer,
         "prefill": prefill,
+        "speculative": speculative.markdown,
     }
     for path in sorted(folder.glob("*.json")):
         kind = next((k for k in render if path.stem.startswith(k)), None)

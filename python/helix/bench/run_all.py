@@ -33,6 +33,7 @@ def passes(out: Path, threads: int) -> list[tuple[str, list[str]]]:
         ("helix_step", ["helix"]),
         ("decode", ["decode"]),
         ("prefill", ["prefill", *files("prefill")]),
+        ("speculative", ["speculative", *files("speculative")]),
         ("peer", ["peer", "--threads", f"1,{t}", *files("peer")]),
         ("serve", ["serve", "--out", f"{out}/serve"]),
         (f"attention-{t}t", ["attention", "--threads", t, *files(f"attention-{t}t")]),
