@@ -30,6 +30,12 @@ std::string_view attention_form_name(AttentionForm form);
 // "auto", "absorbed" or "expanded"; throws ArgumentError naming argument `arg` otherwise.
 AttentionForm parse_attention_form(std::string_view name, const char* arg);
 
+// Heads whose keys one linear_cpu call up-projects (the latents [S, R] are packed once per call): chosen from S
+// so that the group's rows [S, g, (Dv +) Dn] float32 stay near 32 MB, at most H. set_expanded_head_group(g)
+// forces g (clamped to H) for tests and benchmarks; 0 restores the choice.
+void set_expanded_head_group(int64_t heads);
+int64_t expanded_head_group(const HelixAttentionParams& p, int64_t S);
+
 // FLOPs of the local attention of one call in each form (the terms above; the visible pairs counted from
 // kv_pos and q_pos over this rank's shard).
 struct AttentionFormCost {
