@@ -92,16 +92,18 @@ namespace {
 constexpr double kLatentGemmSlowdown = 2.0;
 
 // The cost of each form for `pairs` visible pairs over `keys` keys read, in absorbed-kernel FLOPs
-// (helix_attention_expanded.hpp): W = Dv runs the attention kernel on rows [v | k_nope | k_pe] against
-// queries [0 | q_nope | q_pe] (2·Dv + Dn + P per pair and head); W = R runs float32 GEMMs.
+// (helix_attention_expanded.hpp): W = Dv runs the attention kernel on rows [k_nope | k_pe | v] (Dn + P + Dv
+// per pair and head) and the grouped up-projection on linear_cpu, both at about the absorbed kernel's rate, so
+// both count as plain FLOPs (docs/performance.md 9.4, Zen 4, one thread, T = 512 over S = 4096 keys, load ~4:
+// the absorbed call at 57 GFLOP/s, the expanded one at 55 in all, its up-projection alone at 61-65 and the
+// kernel on one head's rows at ~61); W = R runs float32 GEMMs.
 AttentionFormCost form_cost(const HelixAttentionParams& p, double pairs, double keys) {
   const double H = p.H, R = p.R, P = p.D - p.R, Dn = p.Dn, W = p.W;
   const bool projected = p.w_uv != nullptr;  // W = Dv: the absorbed form runs W_UV on [T, H, R] too
   AttentionFormCost cost;
   cost.absorbed = 2 * H * (2 * R + P) * pairs + (projected ? 2 * p.T * H * R * W : 0.);
   const double up_projection = 2 * keys * H * R * (Dn + (projected ? W : 0.));
-  cost.expanded = projected ? 2 * H * (2 * W + Dn + P) * pairs + up_projection
-                            : kLatentGemmSlowdown * 2 * H * (Dn + P + W) * pairs + up_projection;
+  cost.expanded = (projected ? 1. : kLatentGemmSlowdown) * 2 * H * (Dn + P + W) * pairs + up_projection;
   return cost;
 }
 
@@ -241,7 +243,7 @@ float softmax_row(float* s, const int64_t* key_pos, int64_t S, int64_t q_pos, fl
 
 // The up-projection of a group of heads [h0, h0 + g): ONE linear_cpu call over the latents [S, R] (packed once
 // into bf16 hi/lo panels per call, so once per group instead of twice per head) against the group's weight
-// rows, per head [W_UV[h] (Dv rows, W = Dv only) | W_UK[h]^T (Dn rows)]: up [S, g, E], E = (Dv +) Dn.
+// rows, per head [W_UK[h]^T (Dn rows) | W_UV[h] (Dv rows, W = Dv only)]: up [S, g, E], E = Dn (+ Dv).
 struct HeadGroup {
   int64_t h0 = 0, g = 0, E = 0;
   DType w_dtype = DType::Float32;  // the weights' dtype; float32 when W_UV's and W_UK's differ
@@ -260,7 +262,7 @@ void transpose_to(const void* src, DType src_dtype, int64_t rows, int64_t cols, 
 }
 
 void up_project_group(const HelixAttentionParams& p, const SequenceKeys& keys, int64_t h0, int64_t g, HeadGroup& x) {
-  const int64_t R = p.R, Dn = p.Dn, Dv = p.w_uv != nullptr ? p.W : 0, E = Dv + Dn;
+  const int64_t R = p.R, Dn = p.Dn, Dv = p.w_uv != nullptr ? p.W : 0, E = Dn + Dv;
   x.h0 = h0, x.g = g, x.E = E;
   x.w_dtype = Dv == 0 || p.w_uv_dtype == p.w_uk_dtype ? p.w_uk_dtype : DType::Float32;
   const size_t wb = dtype_size(x.w_dtype), uvb = dtype_size(p.w_uv_dtype), ukb = dtype_size(p.w_uk_dtype);
@@ -268,19 +270,20 @@ void up_project_group(const HelixAttentionParams& p, const SequenceKeys& keys, i
   x.up.resize(static_cast<size_t>(keys.S * g * E));
   for (int64_t j = 0; j < g; ++j) {
     unsigned char* dst = x.w.data() + j * E * R * wb;
-    if (Dv > 0) {  // w_uv[h] is [Dv, R]: already a linear_cpu weight [N, K]
-      const auto* uv = static_cast<const unsigned char*>(p.w_uv) + (h0 + j) * Dv * R * uvb;
-      if (p.w_uv_dtype == x.w_dtype) {
-        std::memcpy(dst, uv, static_cast<size_t>(Dv * R) * wb);
-      } else {  // bf16 W_UV beside a float32 W_UK
-        const auto* src = reinterpret_cast<const bf16_t*>(uv);
-        auto* d = reinterpret_cast<float*>(dst);
-        for (int64_t i = 0; i < Dv * R; ++i) d[i] = bf16_to_float(src[i]);
-      }
-    }
     // w_uk[h] is [R, Dn] (as the absorb reads it); linear_cpu reads a weight [N, K] = [Dn, R].
-    transpose_to(static_cast<const unsigned char*>(p.w_uk) + (h0 + j) * R * Dn * ukb, p.w_uk_dtype, R, Dn,
-                 dst + Dv * R * wb, x.w_dtype);
+    transpose_to(static_cast<const unsigned char*>(p.w_uk) + (h0 + j) * R * Dn * ukb, p.w_uk_dtype, R, Dn, dst,
+                 x.w_dtype);
+    if (Dv == 0) continue;
+    // w_uv[h] is [Dv, R]: already a linear_cpu weight.
+    const auto* uv = static_cast<const unsigned char*>(p.w_uv) + (h0 + j) * Dv * R * uvb;
+    unsigned char* dst_uv = dst + Dn * R * wb;
+    if (p.w_uv_dtype == x.w_dtype) {
+      std::memcpy(dst_uv, uv, static_cast<size_t>(Dv * R) * wb);
+    } else {  // bf16 W_UV beside a float32 W_UK
+      const auto* src = reinterpret_cast<const bf16_t*>(uv);
+      auto* d = reinterpret_cast<float*>(dst_uv);
+      for (int64_t i = 0; i < Dv * R; ++i) d[i] = bf16_to_float(src[i]);
+    }
   }
   linear(keys.c.data(), keys.S, R, x.w.data(), x.w_dtype, g * E, R, x.up.data(), g * E);
 }
@@ -288,33 +291,35 @@ void up_project_group(const HelixAttentionParams& p, const SequenceKeys& keys, i
 // Head h (in group x) of one sequence: its Tb query rows q [Tb, ldq] (q_nope | q_pe of head h at column 0)
 // -> o [Tb, ldo] (W values of head h at column 0) and lse [Tb, ldl].
 struct HeadScratch {
-  std::vector<float> rows;        // [S, E + P]: W = Dv [v | k_nope | k_pe], W = R [k_nope | k_pe]
+  std::vector<float> rows;        // [S, Dn + P (+ Dv)]: k_nope | k_pe (| v with W = Dv)
   std::vector<float> scores;      // W = R: [Tb, S]
-  std::vector<float> qh, oh, lh;  // W = Dv: qh [Tb, Dv + Dn + P], oh [Tb, Dv], lh [Tb]
+  std::vector<float> qh, oh, lh;  // W = Dv: qh [Tb, Dn + P], oh [Tb, Dv], lh [Tb]
 };
 
-// rows [S, E + P] = [up[:, h - h0] | k_pe]: head h's expanded keys (and values).
+// rows [S, Dn + P (+ Dv)] = [k_nope | k_pe (| v)]: head h's expanded keys (and values) from the group's up.
 void head_rows(const HelixAttentionParams& p, const SequenceKeys& keys, const HeadGroup& x, int64_t h,
                std::vector<float>& rows) {
-  const int64_t P = p.D - p.R, E = x.E, Dr = E + P, ldu = x.g * E;
+  const int64_t P = p.D - p.R, Dn = p.Dn, E = x.E, Dr = E + P, ldu = x.g * E;
   const float* up = x.up.data() + (h - x.h0) * E;
   for (int64_t s = 0; s < keys.S; ++s) {
-    std::memcpy(&rows[s * Dr], up + s * ldu, static_cast<size_t>(E) * 4);
-    std::memcpy(&rows[s * Dr + E], &keys.k_pe[s * P], static_cast<size_t>(P) * 4);
+    float* row = &rows[s * Dr];
+    std::memcpy(row, up + s * ldu, static_cast<size_t>(Dn) * 4);
+    std::memcpy(row + Dn, &keys.k_pe[s * P], static_cast<size_t>(P) * 4);
+    std::memcpy(row + Dn + P, up + s * ldu + Dn, static_cast<size_t>(E - Dn) * 4);
   }
 }
 
-// W = Dv: the MLA kernel itself (mla_attention_cpu, float32 keys) on per-head rows [v | k_nope | k_pe]
-// (D' = Dv + Dn + P, values = the first Dv columns) against queries [0 | q_nope | q_pe]: the zero block costs
-// 2·Dv per pair more than the ideal 2·(Dn + P + Dv), and buys the kernel's rate and its causal tile skipping.
+// W = Dv: the MLA kernel itself (mla_attention_cpu, float32 keys) on per-head rows [k_nope | k_pe | v]: scores
+// over the first Dn + P columns against q_nope | q_pe, values the last Dv: 2·(Dn + P + Dv) FLOPs per pair,
+// at the kernel's rate and with its causal tile skipping.
 void expanded_head_projected(const HelixAttentionParams& p, const SequenceKeys& keys, const HeadGroup& g, int64_t h,
                              const float* q, int64_t ldq, const int64_t* q_pos, int64_t Tb, float* o, int64_t ldo,
                              float* lse, int64_t ldl, HeadScratch& x) {
-  const int64_t P = p.D - p.R, Dn = p.Dn, Dv = p.W, Dq = Dn + P, Dr = Dv + Dq;
+  const int64_t P = p.D - p.R, Dn = p.Dn, Dv = p.W, Dq = Dn + P;
   head_rows(p, keys, g, h, x.rows);
-  for (int64_t t = 0; t < Tb; ++t) std::memcpy(&x.qh[t * Dr + Dv], q + t * ldq, static_cast<size_t>(Dq) * 4);
-  const MlaAttentionParams a{x.qh.data(), q_pos, x.oh.data(), x.lh.data(), Tb, 1, Dr, Dv, p.scale, DType::Float32};
-  mla_attention_cpu(a, x.rows.data(), keys.pos.data(), keys.S, DType::Float32);
+  for (int64_t t = 0; t < Tb; ++t) std::memcpy(&x.qh[t * Dq], q + t * ldq, static_cast<size_t>(Dq) * 4);
+  const MlaAttentionParams a{x.qh.data(), q_pos, x.oh.data(), x.lh.data(), Tb, 1, Dq, Dv, p.scale, DType::Float32};
+  mla_attention_cpu(a, x.rows.data(), Dq + Dv, Dq, keys.pos.data(), keys.S);
   for (int64_t t = 0; t < Tb; ++t) {
     std::memcpy(o + t * ldo, &x.oh[t * Dv], static_cast<size_t>(Dv) * 4);
     lse[t * ldl] = x.lh[t];
@@ -380,7 +385,7 @@ void expanded_attention_cpu(const HelixAttentionParams& p, float* o, float* lse)
       HeadScratch x;
       x.rows.resize(static_cast<size_t>(S * ((p.w_uv != nullptr ? W : 0) + Dq)));
       if (p.w_uv != nullptr) {
-        x.qh.assign(static_cast<size_t>(Tb * (W + Dq)), 0.f);  // the zero block stays zero
+        x.qh.resize(static_cast<size_t>(Tb * Dq));
         x.oh.resize(static_cast<size_t>(Tb * W));
         x.lh.resize(static_cast<size_t>(Tb));
       } else {

@@ -58,8 +58,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--wuv-before-exchange",
-        action="store_true",
-        help="apply W_UV before the all-to-all (Dv instead of kv_lora_rank values per head)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply W_UV before the all-to-all (Dv instead of kv_lora_rank values per head); default: on "
+        "the CPU at cp = 1 only (helix.engine.default_wuv_before_exchange)",
     )
     p.add_argument(
         "--expert-tensor-parallel",

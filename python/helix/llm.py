@@ -52,7 +52,7 @@ class LLM:
         dtype: str = "float32",
         comm=None,
         max_batch_tokens: int = 512,
-        wuv_before_exchange: bool = False,
+        wuv_before_exchange: bool | None = None,
         expert_tensor_parallel: bool = False,
         progress: bool = True,
         device: str = "cpu",
