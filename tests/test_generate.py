@@ -214,8 +214,11 @@ def test_seeded_sampling_is_reproducible(llm):
 
 def test_python_api(model):
     import helix
+    from helix.llm import default_max_batch_tokens
 
     llm = helix.LLM(str(model), helix.ParallelConfig(), progress=False)
+    assert llm.scheduler.max_batch_tokens == default_max_batch_tokens("cpu") == 2048
+    assert default_max_batch_tokens("cuda") == 512
     out = llm.generate([[1, 2, 3], [4, 5]], helix.SamplingParams(max_new_tokens=4, ignore_eos=True))
     assert [len(o.token_ids) for o in out] == [4, 4]
     single = llm.generate([1, 2, 3], helix.SamplingParams(max_new_tokens=4, ignore_eos=True))

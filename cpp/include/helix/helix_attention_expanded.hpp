@@ -8,9 +8,10 @@
 // so only the score cost falls. Both forms give the same o and the same exact LSE (the softmax is over the
 // same scores), so the Helix merge across CP ranks is unchanged. Which one runs is decided per call by
 // attention_form_cost (visible pairs counted from the positions, the costs as executed: see the .cpp);
-// decode (one token per sequence) never pays for the up-projection, so it stays absorbed. Measured on Zen 4
-// (docs/performance.md §9.4): W = Dv pays from ~200 visible pairs per key read (prefill chunks of a few
-// hundred tokens); W = R does not pay at DeepSeek's shapes (its float32 GEMMs run at half the kernel's rate).
+// decode (one token per sequence) never pays for the up-projection, so it stays absorbed. Both forms run at
+// about the same FLOP rate on Zen 4 (docs/performance.md §9.4), so W = Dv pays from ~170 visible pairs per key
+// read (prefill chunks of a few hundred tokens); W = R does not pay at DeepSeek's shapes (its float32 GEMMs run at half
+// the kernel's rate).
 #pragma once
 
 #include <cstdint>

@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", default=",".join(map(str, DEFAULT_PROMPTS)), help="prompt lengths")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--rounds", type=int, default=3, help="timed prompts per point (median, min)")
-    parser.add_argument("--chunk", type=int, default=512, help="prefill chunk (helix.LLM max_batch_tokens)")
+    parser.add_argument(
+        "--chunk", type=int, default=2048, help="prefill chunk (helix.LLM max_batch_tokens; its CPU default)"
+    )
     parser.add_argument("--model", default="bench", choices=sorted(MODEL_PRESETS))
     parser.add_argument(
         "--model-dir", default=None, help="checkpoint cache (default build/bench-model[-tiny])"
