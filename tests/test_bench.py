@@ -342,7 +342,8 @@ def test_prefill_suite(tmp_path, capsys):
     for r in rows:
         assert len(r["seconds"]) == 2 and r["tokens_per_s"] == pytest.approx(r["prompt"] / r["median_s"])
         assert sum(r["shares"].values()) == pytest.approx(1.0)
-        assert r["flops"] == prefill.prefill_flops(cfg, r["prompt"], 32)
+        assert r["wuv_before_exchange"] == (r["config"] == "cp1")  # the engine's default
+        assert r["flops"] == prefill.prefill_flops(cfg, r["prompt"], 32, r["wuv_before_exchange"])
         executed = r["flops"]["linear"] + r["flops"][f"attention_{r['form']}"]
         assert r["gflops"] == pytest.approx(executed / r["median_s"] / 1e9)
         assert 0 < r["fraction_of_bf16_ceiling"] and r["bf16_ceiling_gflops"] > 0

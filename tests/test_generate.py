@@ -214,8 +214,11 @@ def test_seeded_sampling_is_reproducible(llm):
 
 def test_python_api(model):
     import helix
+    from helix.llm import default_max_batch_tokens
 
     llm = helix.LLM(str(model), helix.ParallelConfig(), progress=False)
+    assert llm.scheduler.max_batch_tokens == default_max_batch_tokens("cpu") == 2048
+    assert default_max_batch_tokens("cuda") == 512
     out = llm.generate([[1, 2, 3], [4, 5]], helix.SamplingParams(max_new_tokens=4, ignore_eos=True))
     assert [len(o.token_ids) for o in out] == [4, 4]
     single = llm.generate([1, 2, 3], helix.SamplingParams(max_new_tokens=4, ignore_eos=True))
@@ -507,3 +510,34 @@ def test_cli_argument_errors(model, capsys, argv, message):
     assert exc.value.code != 0
     captured = capsys.readouterr()
     assert message in captured.err + str(exc.value.code)
+
+
+def test_wuv_before_exchange_is_the_default_at_cp1_on_the_cpu(model, llm):
+    """W_UV before the exchange is the default on the CPU at cp = 1, where it gives the same bits as the
+    latent exchange (absorbed form; the merge of one state multiplies by exactly 1), and off with cp > 1 or
+    on CUDA."""
+    from helix import _core
+    from helix.engine import default_wuv_before_exchange
+
+    assert default_wuv_before_exchange(1, "cpu")
+    assert not default_wuv_before_exchange(2, "cpu") and not default_wuv_before_exchange(1, "cuda")
+    latent = LLM(
+        model,
+        ParallelConfig(tokens_per_block=4),
+        max_batch_tokens=8,
+        wuv_before_exchange=False,
+        progress=False,
+    )
+    assert llm.engine.wuv_before_exchange and not latent.engine.wuv_before_exchange
+    greedy = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    logits = {}
+    _core.set_attention_form("absorbed")
+    try:
+        for name, engine in (("default", llm), ("latent", latent)):
+            rows = logits[name] = []
+            engine.generate(PROMPTS, greedy, on_logits=lambda i, row, rows=rows: rows.append((i, row.copy())))
+    finally:
+        _core.set_attention_form("auto")
+    assert [i for i, _ in logits["default"]] == [i for i, _ in logits["latent"]]
+    for (_, a), (_, b) in zip(logits["default"], logits["latent"], strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -67,6 +67,8 @@ RUNS: dict[str, tuple[str, dict]] = {
     "A_tp2": ("A", {"tp": 2, "cp": 1}),
     "A_tp4": ("A", {"tp": 4, "cp": 1}),
     "A_cp2_wuv": ("A", {"tp": 1, "cp": 2, "wuv": True}),
+    # the latent exchange forced at cp = 1 (A_cp1 takes the default there, W_UV before the exchange)
+    "A_cp1_latent": ("A", {"tp": 1, "cp": 1, "wuv": False}),
     "A_tp2cp2_etp": ("A", {"tp": 2, "cp": 2, "etp": True}),
     # the expanded attention form forced for every chunk and decode step: the same tokens as A_cp1 (absorbed)
     "A_cp1_expanded": ("A", {"tp": 1, "cp": 1, "attention_form": "expanded"}),

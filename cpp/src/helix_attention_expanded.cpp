@@ -25,6 +25,13 @@ namespace helix {
 namespace {
 
 std::atomic<AttentionForm> g_form{AttentionForm::Auto};
+std::atomic<int64_t> g_head_group{0};  // heads per up-projection call; 0: expanded_head_group's choice
+
+// The up-projected rows of one head group, up [S, g, Dv + Dn] float32, are kept to about this many bytes
+// (g = 8 heads at S = 4096, Dv = Dn = 128; all 128 heads up to S = 512): each group packs the latents
+// [S, R] once (2·S·R·4 bytes of bf16 hi/lo panels), so g = 8 cuts that cost 16x against two calls per head,
+// while the group's rows stay a few times L2 and within L3.
+constexpr int64_t kHeadGroupBytes = int64_t{32} << 20;
 
 int64_t pool_row(const HelixAttentionParams& p, int64_t b, int64_t slot) {
   const int64_t tpb = p.tokens_per_block;
@@ -51,6 +58,10 @@ int64_t visible_pairs(const HelixAttentionParams& p, int64_t b, const std::vecto
 }  // namespace
 
 void set_attention_form(AttentionForm form) { g_form.store(form); }
+void set_expanded_head_group(int64_t heads) {
+  HELIX_CHECK_ARG(heads >= 0, "argument 'heads' must be >= 0 (0: chosen per call), got ", heads);
+  g_head_group.store(heads);
+}
 AttentionForm attention_form() { return g_form.load(); }
 
 std::string_view attention_form_name(AttentionForm form) {
@@ -81,16 +92,18 @@ namespace {
 constexpr double kLatentGemmSlowdown = 2.0;
 
 // The cost of each form for `pairs` visible pairs over `keys` keys read, in absorbed-kernel FLOPs
-// (helix_attention_expanded.hpp): W = Dv runs the attention kernel on rows [v | k_nope | k_pe] against
-// queries [0 | q_nope | q_pe] (2·Dv + Dn + P per pair and head); W = R runs float32 GEMMs.
+// (helix_attention_expanded.hpp): W = Dv runs the attention kernel on rows [k_nope | k_pe | v] (Dn + P + Dv
+// per pair and head) and the grouped up-projection on linear_cpu, both at about the absorbed kernel's rate, so
+// both count as plain FLOPs (docs/performance.md 9.4, Zen 4, one thread, T = 512 over S = 4096 keys, load ~4:
+// the absorbed call at 57 GFLOP/s, the expanded one at 55 in all, its up-projection alone at 61-65 and the
+// kernel on one head's rows at ~61); W = R runs float32 GEMMs.
 AttentionFormCost form_cost(const HelixAttentionParams& p, double pairs, double keys) {
   const double H = p.H, R = p.R, P = p.D - p.R, Dn = p.Dn, W = p.W;
   const bool projected = p.w_uv != nullptr;  // W = Dv: the absorbed form runs W_UV on [T, H, R] too
   AttentionFormCost cost;
   cost.absorbed = 2 * H * (2 * R + P) * pairs + (projected ? 2 * p.T * H * R * W : 0.);
   const double up_projection = 2 * keys * H * R * (Dn + (projected ? W : 0.));
-  cost.expanded = projected ? 2 * H * (2 * W + Dn + P) * pairs + up_projection
-                            : kLatentGemmSlowdown * 2 * H * (Dn + P + W) * pairs + up_projection;
+  cost.expanded = (projected ? 1. : kLatentGemmSlowdown) * 2 * H * (Dn + P + W) * pairs + up_projection;
   return cost;
 }
 
@@ -228,38 +241,85 @@ float softmax_row(float* s, const int64_t* key_pos, int64_t S, int64_t q_pos, fl
   return (m + std::log2(sum)) / detail::kLog2e;
 }
 
-// Head h of one sequence: its Tb query rows q [Tb, ldq] (q_nope | q_pe of head h at column 0) -> o [Tb, ldo]
-// (W values of head h at column 0) and lse [Tb, ldl]. keys: the sequence's keys; c_t [R, S] their latents
-// transposed (W = R), else unused.
-struct HeadScratch {
-  std::vector<float> k, scores;         // W = R: k [S, Dn + P], scores [Tb, S]
-  std::vector<float> rows, qh, oh, lh;  // W = Dv: rows [S, Dv + Dn + P], qh [Tb, Dv + Dn + P], oh [Tb, Dv], lh [Tb]
-  std::vector<unsigned char> w;         // W_UK[h] transposed [Dn, R]
+// The up-projection of a group of heads [h0, h0 + g): ONE linear_cpu call over the latents [S, R] (packed once
+// into bf16 hi/lo panels per call, so once per group instead of twice per head) against the group's weight
+// rows, per head [W_UK[h]^T (Dn rows) | W_UV[h] (Dv rows, W = Dv only)]: up [S, g, E], E = Dn (+ Dv).
+struct HeadGroup {
+  int64_t h0 = 0, g = 0, E = 0;
+  DType w_dtype = DType::Float32;  // the weights' dtype; float32 when W_UV's and W_UK's differ
+  std::vector<unsigned char> w;    // [g, E, R] w_dtype
+  std::vector<float> up;           // [S, g, E]
 };
 
-// x.w = W_UK[h] as linear_cpu reads a weight, [N, K] = [Dn, R] (w_uk[h] is [R, Dn]).
-void wuk_head(const HelixAttentionParams& p, int64_t h, HeadScratch& x) {
-  const size_t wb = dtype_size(p.w_uk_dtype);
-  transpose(static_cast<const unsigned char*>(p.w_uk) + h * p.R * p.Dn * wb, p.R, p.Dn, wb, x.w.data());
+// dst [cols, rows] (dst_dtype) = src [rows, cols]^T (src_dtype); float32 or bfloat16, same or bf16 -> f32.
+void transpose_to(const void* src, DType src_dtype, int64_t rows, int64_t cols, void* dst, DType dst_dtype) {
+  if (src_dtype == dst_dtype) return transpose(src, rows, cols, dtype_size(src_dtype), dst);
+  const auto* s = static_cast<const bf16_t*>(src);
+  auto* d = static_cast<float*>(dst);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) d[c * rows + r] = bf16_to_float(s[r * cols + c]);
+  }
 }
 
-// W = Dv: the MLA kernel itself (mla_attention_cpu, float32 keys) on per-head rows [v | k_nope | k_pe]
-// (D' = Dv + Dn + P, values = the first Dv columns) against queries [0 | q_nope | q_pe]: the zero block costs
-// 2·Dv per pair more than the ideal 2·(Dn + P + Dv), and buys the kernel's rate and its causal tile skipping.
-void expanded_head_projected(const HelixAttentionParams& p, const SequenceKeys& keys, int64_t h, const float* q,
-                             int64_t ldq, const int64_t* q_pos, int64_t Tb, float* o, int64_t ldo, float* lse,
-                             int64_t ldl, HeadScratch& x) {
-  const int64_t S = keys.S, R = p.R, P = p.D - p.R, Dn = p.Dn, Dv = p.W, Dq = Dn + P, Dr = Dv + Dq;
-  const auto* w_uv = static_cast<const unsigned char*>(p.w_uv) + h * Dv * R * dtype_size(p.w_uv_dtype);
-  linear(keys.c.data(), S, R, w_uv, p.w_uv_dtype, Dv, R, x.rows.data(), Dr);
-  wuk_head(p, h, x);
-  linear(keys.c.data(), S, R, x.w.data(), p.w_uk_dtype, Dn, R, x.rows.data() + Dv, Dr);
-  for (int64_t s = 0; s < S; ++s) {
-    std::memcpy(&x.rows[s * Dr + Dv + Dn], &keys.k_pe[s * P], static_cast<size_t>(P) * 4);
+void up_project_group(const HelixAttentionParams& p, const SequenceKeys& keys, int64_t h0, int64_t g, HeadGroup& x) {
+  const int64_t R = p.R, Dn = p.Dn, Dv = p.w_uv != nullptr ? p.W : 0, E = Dn + Dv;
+  x.h0 = h0, x.g = g, x.E = E;
+  x.w_dtype = Dv == 0 || p.w_uv_dtype == p.w_uk_dtype ? p.w_uk_dtype : DType::Float32;
+  const size_t wb = dtype_size(x.w_dtype), uvb = dtype_size(p.w_uv_dtype), ukb = dtype_size(p.w_uk_dtype);
+  x.w.resize(static_cast<size_t>(g * E * R) * wb);
+  x.up.resize(static_cast<size_t>(keys.S * g * E));
+  for (int64_t j = 0; j < g; ++j) {
+    unsigned char* dst = x.w.data() + j * E * R * wb;
+    // w_uk[h] is [R, Dn] (as the absorb reads it); linear_cpu reads a weight [N, K] = [Dn, R].
+    transpose_to(static_cast<const unsigned char*>(p.w_uk) + (h0 + j) * R * Dn * ukb, p.w_uk_dtype, R, Dn, dst,
+                 x.w_dtype);
+    if (Dv == 0) continue;
+    // w_uv[h] is [Dv, R]: already a linear_cpu weight.
+    const auto* uv = static_cast<const unsigned char*>(p.w_uv) + (h0 + j) * Dv * R * uvb;
+    unsigned char* dst_uv = dst + Dn * R * wb;
+    if (p.w_uv_dtype == x.w_dtype) {
+      std::memcpy(dst_uv, uv, static_cast<size_t>(Dv * R) * wb);
+    } else {  // bf16 W_UV beside a float32 W_UK
+      const auto* src = reinterpret_cast<const bf16_t*>(uv);
+      auto* d = reinterpret_cast<float*>(dst_uv);
+      for (int64_t i = 0; i < Dv * R; ++i) d[i] = bf16_to_float(src[i]);
+    }
   }
-  for (int64_t t = 0; t < Tb; ++t) std::memcpy(&x.qh[t * Dr + Dv], q + t * ldq, static_cast<size_t>(Dq) * 4);
-  const MlaAttentionParams a{x.qh.data(), q_pos, x.oh.data(), x.lh.data(), Tb, 1, Dr, Dv, p.scale, DType::Float32};
-  mla_attention_cpu(a, x.rows.data(), keys.pos.data(), S, DType::Float32);
+  linear(keys.c.data(), keys.S, R, x.w.data(), x.w_dtype, g * E, R, x.up.data(), g * E);
+}
+
+// Head h (in group x) of one sequence: its Tb query rows q [Tb, ldq] (q_nope | q_pe of head h at column 0)
+// -> o [Tb, ldo] (W values of head h at column 0) and lse [Tb, ldl].
+struct HeadScratch {
+  std::vector<float> rows;        // [S, Dn + P (+ Dv)]: k_nope | k_pe (| v with W = Dv)
+  std::vector<float> scores;      // W = R: [Tb, S]
+  std::vector<float> qh, oh, lh;  // W = Dv: qh [Tb, Dn + P], oh [Tb, Dv], lh [Tb]
+};
+
+// rows [S, Dn + P (+ Dv)] = [k_nope | k_pe (| v)]: head h's expanded keys (and values) from the group's up.
+void head_rows(const HelixAttentionParams& p, const SequenceKeys& keys, const HeadGroup& x, int64_t h,
+               std::vector<float>& rows) {
+  const int64_t P = p.D - p.R, Dn = p.Dn, E = x.E, Dr = E + P, ldu = x.g * E;
+  const float* up = x.up.data() + (h - x.h0) * E;
+  for (int64_t s = 0; s < keys.S; ++s) {
+    float* row = &rows[s * Dr];
+    std::memcpy(row, up + s * ldu, static_cast<size_t>(Dn) * 4);
+    std::memcpy(row + Dn, &keys.k_pe[s * P], static_cast<size_t>(P) * 4);
+    std::memcpy(row + Dn + P, up + s * ldu + Dn, static_cast<size_t>(E - Dn) * 4);
+  }
+}
+
+// W = Dv: the MLA kernel itself (mla_attention_cpu, float32 keys) on per-head rows [k_nope | k_pe | v]: scores
+// over the first Dn + P columns against q_nope | q_pe, values the last Dv: 2·(Dn + P + Dv) FLOPs per pair,
+// at the kernel's rate and with its causal tile skipping.
+void expanded_head_projected(const HelixAttentionParams& p, const SequenceKeys& keys, const HeadGroup& g, int64_t h,
+                             const float* q, int64_t ldq, const int64_t* q_pos, int64_t Tb, float* o, int64_t ldo,
+                             float* lse, int64_t ldl, HeadScratch& x) {
+  const int64_t P = p.D - p.R, Dn = p.Dn, Dv = p.W, Dq = Dn + P;
+  head_rows(p, keys, g, h, x.rows);
+  for (int64_t t = 0; t < Tb; ++t) std::memcpy(&x.qh[t * Dq], q + t * ldq, static_cast<size_t>(Dq) * 4);
+  const MlaAttentionParams a{x.qh.data(), q_pos, x.oh.data(), x.lh.data(), Tb, 1, Dq, Dv, p.scale, DType::Float32};
+  mla_attention_cpu(a, x.rows.data(), Dq + Dv, Dq, keys.pos.data(), keys.S);
   for (int64_t t = 0; t < Tb; ++t) {
     std::memcpy(o + t * ldo, &x.oh[t * Dv], static_cast<size_t>(Dv) * 4);
     lse[t * ldl] = x.lh[t];
@@ -267,21 +327,26 @@ void expanded_head_projected(const HelixAttentionParams& p, const SequenceKeys& 
 }
 
 // W = R: scores [Tb, S] = q_nope | q_pe against k_nope | k_pe (linear_cpu), the softmax here, and the latent
-// rows summed with its weights (linear_cpu against c_t).
-void expanded_head_latent(const HelixAttentionParams& p, const SequenceKeys& keys, const float* c_t, int64_t h,
-                          const float* q, int64_t ldq, const int64_t* q_pos, int64_t Tb, float* o, int64_t ldo,
-                          float* lse, int64_t ldl, HeadScratch& x) {
-  const int64_t S = keys.S, R = p.R, P = p.D - p.R, Dn = p.Dn, Dq = Dn + P;
-  wuk_head(p, h, x);
-  linear(keys.c.data(), S, R, x.w.data(), p.w_uk_dtype, Dn, R, x.k.data(), Dq);
-  for (int64_t s = 0; s < S; ++s) std::memcpy(&x.k[s * Dq + Dn], &keys.k_pe[s * P], static_cast<size_t>(P) * 4);
-  linear(q, Tb, ldq, x.k.data(), DType::Float32, S, Dq, x.scores.data(), S);
+// rows summed with its weights (linear_cpu against c_t [R, S], the latents transposed).
+void expanded_head_latent(const HelixAttentionParams& p, const SequenceKeys& keys, const float* c_t, const HeadGroup& g,
+                          int64_t h, const float* q, int64_t ldq, const int64_t* q_pos, int64_t Tb, float* o,
+                          int64_t ldo, float* lse, int64_t ldl, HeadScratch& x) {
+  const int64_t S = keys.S, R = p.R, Dq = p.Dn + p.D - p.R;
+  head_rows(p, keys, g, h, x.rows);
+  linear(q, Tb, ldq, x.rows.data(), DType::Float32, S, Dq, x.scores.data(), S);
 #pragma omp parallel for schedule(static) if (Tb * S >= (1 << 15))
   for (int64_t t = 0; t < Tb; ++t) lse[t * ldl] = softmax_row(&x.scores[t * S], keys.pos.data(), S, q_pos[t], p.scale);
   linear(x.scores.data(), Tb, S, c_t, DType::Float32, R, S, o, ldo);
 }
 
 }  // namespace
+
+int64_t expanded_head_group(const HelixAttentionParams& p, int64_t S) {
+  const int64_t forced = g_head_group.load();
+  if (forced > 0) return std::min(forced, p.H);
+  const int64_t E = (p.w_uv != nullptr ? p.W : 0) + p.Dn;
+  return std::clamp<int64_t>(kHeadGroupBytes / std::max<int64_t>(1, S * E * 4), 1, p.H);
+}
 
 void expanded_attention_cpu(const HelixAttentionParams& p, float* o, float* lse) {
   const int64_t H = p.H, R = p.R, Dn = p.Dn, Dq = Dn + p.D - p.R, W = p.W;
@@ -318,23 +383,24 @@ void expanded_attention_cpu(const HelixAttentionParams& p, float* o, float* lse)
         transpose(keys.c.data(), S, R, 4, c_t.data());
       }
       HeadScratch x;
-      x.w.resize(static_cast<size_t>(Dn * R) * dtype_size(p.w_uk_dtype));
+      x.rows.resize(static_cast<size_t>(S * ((p.w_uv != nullptr ? W : 0) + Dq)));
       if (p.w_uv != nullptr) {
-        x.rows.resize(static_cast<size_t>(S * (W + Dq)));
-        x.qh.assign(static_cast<size_t>(Tb * (W + Dq)), 0.f);  // the zero block stays zero
+        x.qh.resize(static_cast<size_t>(Tb * Dq));
         x.oh.resize(static_cast<size_t>(Tb * W));
         x.lh.resize(static_cast<size_t>(Tb));
       } else {
-        x.k.resize(static_cast<size_t>(S * Dq));
         x.scores.resize(static_cast<size_t>(Tb * S));
       }
+      HeadGroup group;
+      const int64_t g = expanded_head_group(p, S);
       for (int64_t h = 0; h < H; ++h) {
+        if (h % g == 0) up_project_group(p, keys, h, std::min(g, H - h), group);
         const float* qh = q + h * Dq;
         float *oh = ob + h * W, *lh = lb + h;
         if (p.w_uv != nullptr) {
-          expanded_head_projected(p, keys, h, qh, H * Dq, pos.data(), Tb, oh, H * W, lh, H, x);
+          expanded_head_projected(p, keys, group, h, qh, H * Dq, pos.data(), Tb, oh, H * W, lh, H, x);
         } else {
-          expanded_head_latent(p, keys, c_t.data(), h, qh, H * Dq, pos.data(), Tb, oh, H * W, lh, H, x);
+          expanded_head_latent(p, keys, c_t.data(), group, h, qh, H * Dq, pos.data(), Tb, oh, H * W, lh, H, x);
         }
       }
     }

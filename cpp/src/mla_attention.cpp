@@ -81,6 +81,7 @@ struct KeySource {
   int64_t S;                   // keys (slots) of the call
   const int32_t* block_table;  // paged: [ceil(S / tokens_per_block)]; nullptr: contiguous
   int64_t tokens_per_block;
+  int64_t value_col = 0;  // float32 keys only: the values are columns [value_col, value_col + R) of a row
 
   // The row of slot s: s itself, or the paged layout (SequenceView::pool_row).
   int64_t row_index(int64_t s) const {
@@ -95,7 +96,7 @@ using detail::AlignedBuffer;
 
 struct Workspace {
   AlignedBuffer qpack, scores, out, state, p_pairs, v_pairs, extra, qpos, wide;
-  std::vector<const void*> qrows, keys, next_keys;
+  std::vector<const void*> qrows, keys, next_keys, values;
 };
 
 Workspace& thread_workspace() {
@@ -296,7 +297,13 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
         }
       }
     }
-    ops.pv(St, ws.keys.data(), nt, p.R, Mp, OT, scratch);
+    const void* const* values = ws.keys.data();
+    if (src.value_col != 0) {
+      ws.values.resize(static_cast<size_t>(nt));
+      for (int64_t n = 0; n < nt; ++n) ws.values[n] = static_cast<const float*>(ws.keys[n]) + src.value_col;
+      values = ws.values.data();
+    }
+    ops.pv(St, values, nt, p.R, Mp, OT, scratch);
   }
 
   if (job.nsplit == 1) {
@@ -416,6 +423,14 @@ std::string_view mla_kernel_path_name(MlaKernelPath path) {
 void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S, DType kv_dtype) {
   const KeySource src{static_cast<const unsigned char*>(kv), p.D * dtype_size(kv_dtype), kv_pos, S, nullptr, 0};
   run_attention(p, nullptr, p.T, src, kv_dtype);
+}
+
+void mla_attention_cpu(const MlaAttentionParams& p, const float* kv, int64_t ldkv, int64_t value_col,
+                       const int64_t* kv_pos, int64_t S) {
+  HELIX_CHECK(ldkv >= std::max(p.D, value_col + p.R) && value_col >= 0, "mla_attention: key rows of ", ldkv,
+              " floats cannot hold scores over ", p.D, " and values at ", value_col);
+  const KeySource src{reinterpret_cast<const unsigned char*>(kv), ldkv * 4, kv_pos, S, nullptr, 0, value_col};
+  run_attention(p, nullptr, p.T, src, DType::Float32);
 }
 
 void paged_mla_attention_cpu(const PagedMlaAttentionParams& p) {

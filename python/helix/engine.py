@@ -13,13 +13,22 @@ from helix.device import CUDA_COMMS, check_device_name, cuda_device_for_rank
 from helix.rope import yarn_inv_freq
 from helix.sharding import shard_mtp_weights, shard_weights
 
-__all__ = ["HelixEngine", "default_kv_blocks"]
+__all__ = ["HelixEngine", "default_kv_blocks", "default_wuv_before_exchange"]
 
 
 def default_kv_blocks(max_tokens: int, tokens_per_block: int, cp: int) -> int:
     """Blocks per rank so that one sequence of max_tokens fits (the block rule spreads it over cp ranks)."""
     blocks = -(-max_tokens // tokens_per_block)
     return -(-blocks // cp)
+
+
+def default_wuv_before_exchange(cp: int, device: str) -> bool:
+    """W_UV before the exchange by default on the CPU at cp = 1: there is no exchange, the outputs are the
+    same bits (the merge of one state multiplies by exactly 1), and only with it may prompt chunks take the
+    expanded form of attention (docs/performance.md 9.4). With cp > 1 the latent exchange stays the default
+    (the reference implementation's; the planner models it), and on CUDA a bf16 W_UV before the exchange
+    reads the partial outputs rounded to bf16 (cuBLAS takes one input dtype): not the same answer there."""
+    return cp == 1 and device == "cpu"
 
 
 class HelixEngine:
@@ -37,6 +46,9 @@ class HelixEngine:
     mtp=True also loads the checkpoint's multi-token-prediction layer (helix.CheckpointError when it has
     none, before anything is built) with its own KV pool and block table, for ``mtp_step``
     (docs/speculative.md).
+
+    wuv_before_exchange: apply W_UV before the all-to-all (Dv instead of kv_lora_rank values per head, exact
+    either way); None (default) resolves with default_wuv_before_exchange.
     """
 
     def __init__(
@@ -49,7 +61,7 @@ class HelixEngine:
         tokens_per_block: int = 32,
         max_tokens: int = 16384,
         dtype: str = "float32",
-        wuv_before_exchange: bool = False,
+        wuv_before_exchange: bool | None = None,
         expert_tensor_parallel: bool = False,
         progress: bool = True,
         device: str = "cpu",
@@ -105,7 +117,10 @@ class HelixEngine:
         ec.tokens_per_block = tokens_per_block
         ec.num_kv_blocks = default_kv_blocks(max_tokens, tokens_per_block, cp)
         ec.kv_dtype = dtype
-        ec.wuv_before_exchange = wuv_before_exchange
+        if wuv_before_exchange is None:
+            wuv_before_exchange = default_wuv_before_exchange(cp, self.device)
+        self.wuv_before_exchange = bool(wuv_before_exchange)
+        ec.wuv_before_exchange = self.wuv_before_exchange
         ec.expert_tensor_parallel = expert_tensor_parallel
         ec.num_mtp_layers = 1 if mtp else 0
         self._engine = _core.Engine(

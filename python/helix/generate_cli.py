@@ -54,12 +54,17 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens-per-block", type=int, help="KV block size (cp_config and kv_cache_config)")
     p.add_argument("--max-tokens", type=int, help="KV pool size in tokens (kv_cache_config.max_tokens)")
     p.add_argument(
-        "--max-batch-tokens", type=int, default=512, help="prompt tokens per step (chunked prefill)"
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="prompt tokens per step (chunked prefill); default 2048 on the CPU, 512 on CUDA",
     )
     p.add_argument(
         "--wuv-before-exchange",
-        action="store_true",
-        help="apply W_UV before the all-to-all (Dv instead of kv_lora_rank values per head)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply W_UV before the all-to-all (Dv instead of kv_lora_rank values per head); default: on "
+        "the CPU at cp = 1 only (helix.engine.default_wuv_before_exchange)",
     )
     p.add_argument(
         "--expert-tensor-parallel",

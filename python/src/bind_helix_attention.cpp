@@ -106,6 +106,9 @@ void bind_helix_attention(nb::module_& m, Device dev) {
     m.def(
         "attention_form", [] { return std::string(attention_form_name(attention_form())); },
         "The form set by set_attention_form.");
+    m.def("set_expanded_head_group", &set_expanded_head_group, "heads"_a,
+          "Force the heads whose keys the expanded form up-projects per call (clamped to H_tp; tests and\n"
+          "benchmarks); 0 (default): chosen per call from the keys read (~32 MB of expanded rows).");
   }
 }
 

@@ -46,10 +46,10 @@ TEST(AttentionForm, CostCountsTheVisiblePairs) {
   const AttentionFormCost cost = attention_form_cost(c.p);
   EXPECT_DOUBLE_EQ(cost.absorbed, 2. * 128 * (2 * 512 + 64) * 12);
   EXPECT_DOUBLE_EQ(cost.expanded, 2. * 2 * 128 * (128 + 64 + 512) * 12 + 2. * 5 * 128 * 512 * 128);  // W = R: 2x
-  Call projected(1, 5, 3, true);  // W = Dv: the kernel on [v | k_nope | k_pe], and W_UV of the absorbed form
+  Call projected(1, 5, 3, true);  // W = Dv: the kernel on [k_nope | k_pe | v], and W_UV of the absorbed form
   const AttentionFormCost with_wuv = attention_form_cost(projected.p);
   EXPECT_DOUBLE_EQ(with_wuv.absorbed, 2. * 128 * (2 * 512 + 64) * 12 + 2. * 3 * 128 * 512 * 128);
-  EXPECT_DOUBLE_EQ(with_wuv.expanded, 2. * 128 * (2 * 128 + 128 + 64) * 12 + 2. * 5 * 128 * 512 * 256);
+  EXPECT_DOUBLE_EQ(with_wuv.expanded, 2. * 128 * (128 + 128 + 64) * 12 + 2. * 5 * 128 * 512 * 256);
 }
 
 TEST(AttentionForm, DecodeNeverTakesTheExpandedForm) {

@@ -1,6 +1,7 @@
 // The MLA attention kernel against a naive double loop, path agreement, empty shards, validation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -146,6 +147,31 @@ TEST(MlaAttentionPaths, FastPathAgreesWithPortable) {
   for (size_t i = 0; i < ref.o.size(); ++i) ASSERT_NEAR(fast.o[i], ref.o[i], 5e-5);
   for (size_t i = 0; i < ref.lse.size(); ++i) ASSERT_NEAR(fast.lse[i], ref.lse[i], 5e-5);
   EXPECT_NE(mla_kernel_path(), MlaKernelPath::Auto);
+}
+
+// Values at a column offset (the expanded form's rows [keys | values]) give the same bits as the same values
+// as the first R columns of rows [D]: rows [kv | kv[:, :R]] with value_col = D, on every float32 path.
+TEST(MlaAttentionPaths, ValuesAtAColumnOffsetEqualTheLeadingColumns) {
+  const Case c{3, 2, 40, 24, 150};
+  const Inputs in = make_inputs(c, 11);
+  const int64_t ld = c.D + c.R;
+  std::vector<float> rows(static_cast<size_t>(c.S * ld));
+  for (int64_t s = 0; s < c.S; ++s) {
+    std::copy_n(&in.kv[s * c.D], c.D, &rows[s * ld]);
+    std::copy_n(&in.kv[s * c.D], c.R, &rows[s * ld + c.D]);
+  }
+  for (const MlaKernelPath path : {MlaKernelPath::Portable, MlaKernelPath::Auto}) {
+    set_mla_kernel_path(path);
+    const KernelOutput want = run_kernel(in.q, in.kv.data(), DType::Float32, in.q_pos, in.kv_pos, c, 0.2f);
+    KernelOutput got{std::vector<float>(want.o.size(), 7.f), std::vector<float>(want.lse.size(), 7.f)};
+    const MlaAttentionParams p{in.q.data(), in.q_pos.data(), got.o.data(), got.lse.data(), c.T, c.H, c.D, c.R,
+                               0.2f,        DType::Float32};
+    mla_attention_cpu(p, rows.data(), ld, c.D, in.kv_pos.data(), c.S);
+    EXPECT_EQ(got.o, want.o) << mla_kernel_path_name(path);
+    EXPECT_EQ(got.lse, want.lse) << mla_kernel_path_name(path);
+    EXPECT_THROW(mla_attention_cpu(p, rows.data(), ld - 1, c.D, in.kv_pos.data(), c.S), Error);
+  }
+  set_mla_kernel_path(MlaKernelPath::Auto);
 }
 
 // Auto: AmxSplit where AMX is available, else Avx512, else Portable; never a bf16-rounded path.

@@ -61,7 +61,7 @@ def _run(spec: dict, run: dict) -> None:
         dtype=run.get("dtype", "float32"),
         comm=comm,
         max_batch_tokens=run.get("max_batch_tokens", 8),
-        wuv_before_exchange=run.get("wuv", False),
+        wuv_before_exchange=run.get("wuv"),  # None: the default (W_UV first at cp = 1)
         expert_tensor_parallel=run.get("etp", False),
         progress=False,
     )

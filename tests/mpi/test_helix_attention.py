@@ -60,18 +60,22 @@ def run_steps(
     seed=0,
     device="cpu",
     form=None,
+    head_group=0,
 ):
     """steps: list of {seq_index: number of new tokens}. Checks every step against the reference (and, on
     cuda, against the CPU twin run on a second, identical cache). form: None, or the form the CPU is forced to
     run ('auto', 'absorbed', 'expanded'), the op then also given q_expanded and W_UK (bfloat16 with a
-    bfloat16 cache, as the engine holds them) and q absorbed from them."""
+    bfloat16 cache, as the engine holds them) and q absorbed from them. head_group: the heads the expanded
+    form up-projects per call (0: its own choice)."""
     if form is None:
         return _run_steps(tp, cp, steps, heads, R, P, tpb, dtype, with_wuv, seed, device, None)
     _core.set_attention_form(form)
+    _core.set_expanded_head_group(head_group)
     try:
         return _run_steps(tp, cp, steps, heads, R, P, tpb, dtype, with_wuv, seed, device, form)
     finally:
         _core.set_attention_form("auto")
+        _core.set_expanded_head_group(0)
 
 
 def absorbed_queries(rng, T, heads, R, P, Dn, store):
@@ -239,3 +243,28 @@ def test_forms_on_a_600_token_chunk(form, dtype, with_wuv):
     # over 38 blocks of 16 rotating across the CP ranks. (At these tiny shapes "auto" picks the absorbed form;
     # tests/cpp/test_attention_form.cpp checks the choice at DeepSeek's shapes.)
     run_steps(1, N, [{0: 600}, {0: 1}, {0: 9}], tpb=16, dtype=dtype, with_wuv=with_wuv, form=form)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("with_wuv", [False, True])
+def test_expanded_head_groups_that_do_not_divide_the_heads(dtype, with_wuv):
+    # One up-projection call per group of g heads, g not dividing the 3 * N heads (a short last group), so
+    # heads on both sides of a group boundary read their own W_UK / W_UV rows of the group's output.
+    heads = 3 * N
+    g = next(k for k in range(2, heads) if heads % k)
+    run_steps(
+        1,
+        N,
+        [{0: 40}, {0: 9}],
+        heads=heads,
+        tpb=8,
+        dtype=dtype,
+        with_wuv=with_wuv,
+        form="expanded",
+        head_group=g,
+    )
+
+
+def test_expanded_head_group_must_not_be_negative():
+    with pytest.raises(helix.ArgumentError, match="heads"):
+        _core.set_expanded_head_group(-1)

@@ -8,9 +8,10 @@
 // so only the score cost falls. Both forms give the same o and the same exact LSE (the softmax is over the
 // same scores), so the Helix merge across CP ranks is unchanged. Which one runs is decided per call by
 // attention_form_cost (visible pairs counted from the positions, the costs as executed: see the .cpp);
-// decode (one token per sequence) never pays for the up-projection, so it stays absorbed. Measured on Zen 4
-// (docs/performance.md §9.4): W = Dv pays from ~200 visible pairs per key read (prefill chunks of a few
-// hundred tokens); W = R does not pay at DeepSeek's shapes (its float32 GEMMs run at half the kernel's rate).
+// decode (one token per sequence) never pays for the up-projection, so it stays absorbed. Both forms run at
+// about the same FLOP rate on Zen 4 (docs/performance.md §9.4), so W = Dv pays from ~170 visible pairs per key
+// read (prefill chunks of a few hundred tokens); W = R does not pay at DeepSeek's shapes (its float32 GEMMs run at half
+// the kernel's rate).
 #pragma once
 
 #include <cstdint>
@@ -29,6 +30,12 @@ AttentionForm attention_form();
 std::string_view attention_form_name(AttentionForm form);
 // "auto", "absorbed" or "expanded"; throws ArgumentError naming argument `arg` otherwise.
 AttentionForm parse_attention_form(std::string_view name, const char* arg);
+
+// Heads whose keys one linear_cpu call up-projects (the latents [S, R] are packed once per call): chosen from S
+// so that the group's rows [S, g, (Dv +) Dn] float32 stay near 32 MB, at most H. set_expanded_head_group(g)
+// forces g (clamped to H) for tests and benchmarks; 0 restores the choice.
+void set_expanded_head_group(int64_t heads);
+int64_t expanded_head_group(const HelixAttentionParams& p, int64_t S);
 
 // FLOPs of the local attention of one call in each form (the terms above; the visible pairs counted from
 // kv_pos and q_pos over this rank's shard).

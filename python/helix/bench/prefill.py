@@ -19,10 +19,11 @@ timers. The forms of one configuration run in one process, interleaved per round
 prompt), so they compare back to back.
 
 Cost model of issue 18 part 1 (helix/helix_attention_expanded.hpp): for a chunk of T tokens whose attention
-reads S keys, exchanged W wide (W = R, or Dv with --wuv-before-exchange), absorbed = 2·H·(2R + P)·pairs
+reads S keys, exchanged W wide (W = R, or Dv with W_UV before the exchange: the engine's default at
+cp = 1), absorbed = 2·H·(2R + P)·pairs
 (+ 2·T·H·R·Dv for the W_UV projection inside the op when W = Dv), expanded = 2·H·(Dn + P + W)·pairs +
 2·S·H·R·(Dn [+ Dv]) (the up-projection of the keys it reads), as executed: with W = Dv the attention kernel
-runs on rows [v | k_nope | k_pe] (2·H·(2·Dv + Dn + P) per pair); with W = R the float32 GEMMs count double
+runs on rows [k_nope | k_pe | v] (2·H·(Dn + P + Dv) per pair); with W = R the float32 GEMMs count double
 in the choice (chunk_attention_flops). "part1 x" is the FLOP ratio of an all-absorbed prefill to auto's.
 """
 
@@ -71,6 +72,7 @@ class Row:
     ]  # attention, exchange, linear, moe, allreduce, other: fraction of the engine time
     ceilings: list[dict[str, float]]  # per round: bf16_gflops, f32_gflops (summed over the ranks)
     form: str = "auto"  # the attention form forced (or "auto")
+    wuv_before_exchange: bool = False  # as the engine ran (its default: at cp = 1 only)
 
     @property
     def label(self) -> str:
@@ -133,8 +135,8 @@ def chunk_attention_flops(cfg: Any, t: int, s0: int, wuv: bool) -> tuple[float, 
     pairs = t * s0 + t * (t + 1) // 2  # (query, visible key) pairs of the chunk, causal
     absorbed = 2.0 * heads * (2 * R + P) * pairs
     up = 2.0 * (s0 + t) * heads * R * (dn + (dv if wuv else 0))
-    if wuv:  # the kernel on [v | k_nope | k_pe] against [0 | q]; no W_UV of the chunk's tokens
-        expanded = 2.0 * heads * (2 * dv + dn + P) * pairs + up - 2.0 * t * heads * R * dv
+    if wuv:  # the kernel on [k_nope | k_pe | v]; no W_UV of the chunk's tokens
+        expanded = 2.0 * heads * (dv + dn + P) * pairs + up - 2.0 * t * heads * R * dv
         return absorbed, expanded, expanded < absorbed
     expanded = 2.0 * heads * (dn + P + R) * pairs + up
     return absorbed, expanded, LATENT_GEMM_SLOWDOWN * (expanded - up) + up < absorbed
@@ -176,7 +178,7 @@ def run_worker(
     chunk: int,
     out: str,
     forms: list[str],
-    wuv: bool,
+    wuv: bool | None,
 ) -> None:
     """One rank of one configuration: every round, every form, every prompt; rank 0 writes the rows."""
     import helix
@@ -226,10 +228,18 @@ def run_worker(
         for form, n in points:
             total = sum(spent[form, n].values()) or 1.0
             shares = {k: v / total for k, v in spent[form, n].items()}
-            flops = prefill_flops(cfg, n, chunk, wuv)
-            row = Row(config, comm.size, threads, n, seconds[form, n], flops, shares, ceilings, form)
+            flops = prefill_flops(cfg, n, chunk, llm.engine.wuv_before_exchange)
+            row = Row(
+                config, comm.size, threads, n, seconds[form, n], flops, shares, ceilings, form,
+                llm.engine.wuv_before_exchange,
+            )  # fmt: skip
             rows.append(asdict(row))
         write_json(out, {"rows": rows})
+
+
+def wuv_flag(wuv: bool | None) -> list[str]:
+    """The worker's --[no-]wuv-before-exchange argument (none: the engine's default)."""
+    return [] if wuv is None else ["--wuv-before-exchange" if wuv else "--no-wuv-before-exchange"]
 
 
 def print_table(rows: list[Row]) -> None:
@@ -256,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", default=",".join(map(str, DEFAULT_PROMPTS)), help="prompt lengths")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--rounds", type=int, default=3, help="timed prompts per point (median, min)")
-    parser.add_argument("--chunk", type=int, default=512, help="prefill chunk (helix.LLM max_batch_tokens)")
+    parser.add_argument(
+        "--chunk", type=int, default=2048, help="prefill chunk (helix.LLM max_batch_tokens; its CPU default)"
+    )
     parser.add_argument("--model", default="bench", choices=sorted(MODEL_PRESETS))
     parser.add_argument(
         "--model-dir", default=None, help="checkpoint cache (default build/bench-model[-tiny])"
@@ -268,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         "--forms", default="auto", help="attention forms, run interleaved: of auto, absorbed, expanded"
     )
     parser.add_argument(
-        "--wuv-before-exchange", action="store_true", help="exchange Dv- instead of R-wide values"
+        "--wuv-before-exchange",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="exchange Dv- instead of R-wide values (default: the engine's, on at cp = 1 only)",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -322,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                     model_dir,
                     "--forms",
                     args.forms,
-                    *(["--wuv-before-exchange"] if args.wuv_before_exchange else []),
+                    *wuv_flag(args.wuv_before_exchange),
                 ],
                 threads=threads,
                 timeout=args.timeout,
@@ -336,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "kv": "bfloat16",
         "chunk": args.chunk,
         "forms": forms,
-        "wuv_before_exchange": args.wuv_before_exchange,
+        "wuv_before_exchange": "default" if args.wuv_before_exchange is None else args.wuv_before_exchange,
         "timing": f"median and min of {args.rounds} prompts per point, rank 0 wall clock around generate",
         "ceiling": "bf16 2048^3 torch.matmul per rank, all ranks at once, summed; median over the rounds",
         "seconds": time.time() - start,
