@@ -159,5 +159,16 @@ def test_metrics_text_format():
     assert 'helix_kv_blocks_used{rank="1"} 4' in text and "helix_requests_waiting 1" in text
     assert 'helix_requests_finished_total{finish_reason="length"} 1' in text
     assert "helix_inter_token_latency_seconds_count 2" in text and "helix_generation_tokens_total 3" in text
-    for line in text.splitlines():  # every sample belongs to a declared family
-        assert line.startswith("# ") or line.split("{")[0].split(" ")[0].rsplit("_bucket", 1)[0] in text
+    assert "spec_decode" not in text  # no speculative decoding, no such families
+    spec = ServerMetrics("m", 64, speculative_tokens=2)
+    spec.record_speculative(3, 6, 4)
+    spec.record_speculative(1, 2, 2)
+    spec_text = spec.render()
+    assert (
+        "helix_spec_decode_steps_total 4" in spec_text
+        and "helix_spec_decode_draft_tokens_total 8" in spec_text
+    )
+    assert "helix_spec_decode_accepted_tokens_total 6" in spec_text
+    for page in (text, spec_text):
+        for line in page.splitlines():  # every sample belongs to a declared family
+            assert line.startswith("# ") or line.split("{")[0].split(" ")[0].rsplit("_bucket", 1)[0] in page

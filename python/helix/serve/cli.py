@@ -146,7 +146,7 @@ def _serve(args: argparse.Namespace, llm, sock: socket.socket | None) -> None:
         llm.max_request_tokens,
         args.default_max_tokens,
     )
-    metrics = ServerMetrics(name, llm.engine.num_kv_blocks)
+    metrics = ServerMetrics(name, llm.engine.num_kv_blocks, args.speculative_tokens)
     config = uvicorn.Config(
         make_app(served, client, metrics, role),
         log_level=args.log_level,

@@ -57,6 +57,7 @@ class EngineLoop:
         self._keys: dict[int, int] = {}  # request id -> key
         self._progress: dict[int, _Progress] = {}  # key -> progress (rank 0)
         self._drain_deadline: float | None = None
+        self._spec_counted = (0, 0, 0)  # (steps, drafted, accepted) of llm.stats already in the metrics
 
     def run(self) -> None:
         """Serves until rank 0 broadcasts shutdown (collective)."""
@@ -68,8 +69,10 @@ class EngineLoop:
                 return
             if self.llm.has_unfinished_requests():
                 deltas += self._step()
+                self._count_speculative()
                 if len(self.llm.stats.step_ms) > _MAX_KEPT_STEPS:  # it keeps one timing per step
                     self.llm.reset_stats()
+                    self._spec_counted = (0, 0, 0)
             deltas = self._after_step(deltas)
             used = self.llm.engine.num_kv_blocks - self.llm.engine.num_free_blocks
             kv_used = self.channel.gather(used)
@@ -78,6 +81,15 @@ class EngineLoop:
                 self.client.running = sched.num_running
                 self.metrics.record_step(sched.num_running, sched.num_waiting, kv_used)
             self._publish(deltas)
+
+    def _count_speculative(self) -> None:
+        """Rank 0: the speculative counts of the last step into the metrics."""
+        spec = self.llm.stats.speculative
+        if self.metrics is None or spec is None:
+            return
+        now = (spec.steps, spec.drafted, spec.accepted)
+        self.metrics.record_speculative(*(n - seen for n, seen in zip(now, self._spec_counted, strict=True)))
+        self._spec_counted = now
 
     def _collect(self) -> Commands:
         """Rank 0: the HTTP side's news; waits for some while idle; shutdown once drained."""

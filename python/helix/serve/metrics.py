@@ -44,10 +44,12 @@ def _num(v: float) -> str:
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, kv_blocks_per_rank: int) -> None:
+    def __init__(self, model_name: str, kv_blocks_per_rank: int, speculative_tokens: int = 0) -> None:
         self._lock = threading.Lock()
         self.model_name = model_name
         self.kv_blocks_per_rank = kv_blocks_per_rank
+        self.speculative_tokens = speculative_tokens  # 0: no speculative decoding, no spec_decode families
+        self.spec_steps = self.spec_drafts = self.spec_accepted = 0  # verify steps, drafts verified, accepted
         self.running = 0
         self.waiting = 0
         self.kv_blocks_used: list[int] = []  # per rank
@@ -73,6 +75,13 @@ class ServerMetrics:
         with self._lock:
             self.prompt_tokens += prompt_tokens
             self.finished[finish_reason] = self.finished.get(finish_reason, 0) + 1
+
+    def record_speculative(self, steps: int, drafts: int, accepted: int) -> None:
+        """Counts of verify steps since the last call (helix.speculative.SpeculativeStats)."""
+        with self._lock:
+            self.spec_steps += steps
+            self.spec_drafts += drafts
+            self.spec_accepted += accepted
 
     def render(self) -> str:
         with self._lock:
@@ -126,6 +135,14 @@ class ServerMetrics:
                     for k, v in sorted(self.finished.items())
                 ],
             )
+            if self.speculative_tokens:
+                for name, help_text, value in (
+                    ("steps", "Speculative verify steps (one per sequence per step).", self.spec_steps),
+                    ("draft_tokens", "MTP draft tokens verified.", self.spec_drafts),
+                    ("accepted_tokens", "MTP draft tokens accepted.", self.spec_accepted),
+                ):
+                    name = f"helix_spec_decode_{name}_total"
+                    family(name, "counter", help_text, [f"{name} {value}"])
             family(
                 "helix_time_to_first_token_seconds",
                 "histogram",
