@@ -177,6 +177,7 @@ def run_worker(
     out: str,
     forms: list[str],
     wuv: bool,
+    precision: str = "float32",
 ) -> None:
     """One rank of one configuration: every round, every form, every prompt; rank 0 writes the rows."""
     import helix
@@ -197,6 +198,7 @@ def run_worker(
         max_batch_tokens=chunk,
         wuv_before_exchange=wuv,
         progress=False,
+        precision=precision,
     )
     cfg = ModelConfig.from_pretrained(model_dir)
     greedy = helix.SamplingParams(max_new_tokens=1, temperature=0.0)
@@ -270,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wuv-before-exchange", action="store_true", help="exchange Dv- instead of R-wide values"
     )
+    parser.add_argument(
+        "--precision", default="float32", choices=["float32", "bf16"], help="helix.LLM's compute precision"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     prompts = [int(n) for n in args.prompts.split(",") if n]
@@ -292,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             args.worker,
             forms,
             args.wuv_before_exchange,
+            args.precision,
         )
         return 0
 
@@ -323,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--forms",
                     args.forms,
                     *(["--wuv-before-exchange"] if args.wuv_before_exchange else []),
+                    *(["--precision", args.precision] if args.precision != "float32" else []),
                 ],
                 threads=threads,
                 timeout=args.timeout,
@@ -337,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk": args.chunk,
         "forms": forms,
         "wuv_before_exchange": args.wuv_before_exchange,
+        "precision": args.precision,
         "timing": f"median and min of {args.rounds} prompts per point, rank 0 wall clock around generate",
         "ceiling": "bf16 2048^3 torch.matmul per rank, all ranks at once, summed; median over the rounds",
         "seconds": time.time() - start,
