@@ -42,7 +42,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         default="float32",
         help="compute: float32 (float32-grade), or bf16 (opt-in, with --dtype bfloat16 on a CPU with "
         "AVX512_BF16 or AMX: activations rounded to bf16 in prefill linear layers and attention; faster, "
-        "~1e-2 relative logit errors)",
+        "about twice the logit error of the bf16 KV cache alone; docs/performance.md 9.7)",
     )
     p.add_argument(
         "--device",
