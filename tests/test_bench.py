@@ -151,6 +151,33 @@ def test_ops_suite(tmp_path, capsys):
         ops.main(["--linear", "no_such_layer"])
 
 
+def test_linear_suite(tmp_path, capsys):
+    from helix import _core
+    from helix.bench import linear
+
+    out = tmp_path / "l.json"
+    simd = _core.layers.linear_isa()
+    argv = [
+        "--shapes",
+        "kv_a",
+        "--tokens",
+        "16",
+        "--paths",
+        f"{simd},portable",
+        "--rounds",
+        "2",
+        "--calls",
+        "1",
+    ]
+    assert linear.main([*argv, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["shape"], r["T"], r["path"]) for r in rows] == [("kv_a", 16, simd), ("kv_a", 16, "portable")]
+    assert all(len(r["gflops"]) == 2 and min(r["gflops"]) > 0 and r["ratio"] > 0 for r in rows)
+    assert "kv_a [576x2048]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        linear.main(["--paths", "sse9"])
+
+
 @pytest.mark.mpi
 def test_helix_step_suite(tmp_path, capsys):
     from helix.bench import helix_step

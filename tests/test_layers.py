@@ -15,10 +15,20 @@ ISAS = list(layers.linear_isas())
 HAS_AMX = "amx" in ISAS
 HAS_BF16_SPLIT = "avx512_bf16_split" in ISAS
 SPLIT_ISAS = ("amx", "avx512_bf16_split")  # x as bf16 hi + lo
+ROUNDED_ISAS = ("amx_bf16", "avx512_bf16")  # x rounded once to bf16
+NO_AMX = pytest.mark.skipif(not HAS_AMX, reason="no usable AMX-BF16 on this CPU/OS")
+NO_BF16 = pytest.mark.skipif(not HAS_BF16_SPLIT, reason="no AVX512_BF16 on this CPU")
 
 
 def _linear_tol(isa: str, dtype: str) -> dict:
+    if dtype == "bfloat16" and isa in ROUNDED_ISAS:
+        return tol("linear.bf16", dtype)
     return tol("linear.split" if isa in SPLIT_ISAS and dtype == "bfloat16" else "linear", dtype)
+
+
+def _rounded_x(x: np.ndarray) -> np.ndarray:
+    """x rounded to bf16 (nearest even, as the one-product paths do) and back to float32."""
+    return x.astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
 def _auto_tol(t: int, dtype: str) -> dict:
@@ -101,25 +111,64 @@ def test_linear_auto_path_rule():
         np.testing.assert_array_equal(layers.linear(x, wf, isa="amx"), layers.linear(x, wf, isa="avx512"))
 
 
-# T below the threshold (2, 15), a half panel (16), ragged 32-token panels (33) and many panels (512 at K =
-# 2100); N not a multiple of the 8-row tile, K odd (the last weight pairs with zero).
-@pytest.mark.skipif(not HAS_BF16_SPLIT, reason="no AVX512_BF16 on this CPU")
+# The bf16 product paths: T below the threshold (2, 15), a half panel (16), ragged 32-token panels (33) and
+# many panels / token blocks (512 at K = 2101); N not a multiple of the tiles, K odd (the last weight pairs
+# with zero). x split: float32-grade. x rounded: against the float64 product of the bf16-rounded x only the
+# fp32 accumulation differs; against the unrounded x (and the AVX-512 path), bf16-grade.
+@pytest.mark.parametrize(
+    "isa",
+    [
+        pytest.param("avx512_bf16_split", marks=NO_BF16),
+        pytest.param("avx512_bf16", marks=NO_BF16),
+        pytest.param("amx_bf16", marks=NO_AMX),
+    ],
+)
 @pytest.mark.parametrize("t", [2, 15, 16, 33, 512])
-def test_linear_bf16_split_accumulates_and_matches_reference_and_avx512(t):
+def test_linear_bf16_paths_accumulate_and_match_reference_and_avx512(isa, t):
     rng = np.random.default_rng(100 + t)
     n, k = (37, 2101) if t == 512 else (45, 101)
     x = rng.standard_normal((t, k)).astype(np.float32)
     w = _weight(rng, n, k, "bfloat16")
     resid = rng.standard_normal((t, n)).astype(np.float32)
     out = resid.copy()
-    layers.linear(x, w, out=out, accumulate=True, isa="avx512_bf16_split")
-    np.testing.assert_allclose(out, resid + ref.linear(x, w), **tol("linear.split", "bfloat16"))
-    avx = layers.linear(x, w, isa="avx512")
-    np.testing.assert_allclose(out - resid, avx, **tol("linear.split", "bfloat16"))
+    layers.linear(x, w, out=out, accumulate=True, isa=isa)
+    if isa in ROUNDED_ISAS:
+        np.testing.assert_allclose(out, resid + ref.linear(_rounded_x(x), w), **tol("linear", "bfloat16"))
+        # A real rounding of x, not a float32-grade product: further from the unrounded reference than 1e-4.
+        assert np.abs(out - resid - ref.linear(x, w)).max() > 1e-4
+    np.testing.assert_allclose(out, resid + ref.linear(x, w), **_linear_tol(isa, "bfloat16"))
+    np.testing.assert_allclose(out - resid, layers.linear(x, w, isa="avx512"), **_linear_tol(isa, "bfloat16"))
     # float32 weights have no bf16 path: they run the AVX-512 one (bitwise).
     wf = _weight(rng, n, k, "float32")
-    got = layers.linear(x, wf, isa="avx512_bf16_split")
-    np.testing.assert_array_equal(got, layers.linear(x, wf, isa="avx512"))
+    np.testing.assert_array_equal(layers.linear(x, wf, isa=isa), layers.linear(x, wf, isa="avx512"))
+
+
+@pytest.mark.skipif(not HAS_BF16_SPLIT, reason="no AVX512_BF16 on this CPU (precision bf16 changes nothing)")
+def test_linear_precision_bf16_rounds_x_from_16_tokens_only():
+    rng = np.random.default_rng(5)
+    w = _weight(rng, 40, 96, "bfloat16")
+    wf = _weight(rng, 40, 96, "float32")
+    xs = {t: rng.standard_normal((t, 96)).astype(np.float32) for t in (1, 8, 15, 16, 64)}
+    float32_grade = {t: layers.linear(x, w) for t, x in xs.items()}
+    split_64 = layers.linear(xs[64], w, isa="avx512_bf16_split")
+    rounded = "amx_bf16" if HAS_AMX else "avx512_bf16"
+    assert layers.linear_precision() == "float32"
+    layers.set_linear_precision("bf16")
+    try:
+        assert layers.linear_precision() == "bf16"
+        for t, x in xs.items():
+            want = (
+                layers.linear(x, w, isa=rounded) if t >= layers.LINEAR_BF16_MIN_TOKENS else float32_grade[t]
+            )
+            np.testing.assert_array_equal(layers.linear(x, w), want)
+            np.testing.assert_array_equal(layers.linear(x, wf), layers.linear(x, wf, isa=layers.linear_isa()))
+        # A named path runs as named, whatever the precision.
+        np.testing.assert_array_equal(layers.linear(xs[64], w, isa="avx512_bf16_split"), split_64)
+    finally:
+        layers.set_linear_precision("float32")
+    np.testing.assert_array_equal(layers.linear(xs[64], w), float32_grade[64])
+    with pytest.raises(ArgumentError, match="'precision'"):
+        layers.set_linear_precision("fp8")
 
 
 @pytest.mark.skipif(not HAS_BF16_SPLIT or HAS_AMX, reason="needs AVX512_BF16 without AMX (AMX runs T >= 8)")

@@ -74,4 +74,34 @@ __attribute__((target("avx512f"))) inline void transpose16x16(__m512i r[16]) {
   }
 }
 
+// 16 tokens x 32 k of x as transposed bf16 pairs: the tokens are x's rows [0, 16) (row stride ldx; rows >= M
+// and k >= K read as 0), k in [k0, k0 + 32). hi[j]: the 16 tokens' pair (x[k0 + 2j], x[k0 + 2j + 1]) rounded to
+// bf16 (nearest even); Parts == 2: lo[j] the same for the rounding errors x - hi (x - hi - lo ~ 2^-17 |x|).
+// Shared by the packing of the AMX and the AVX512_BF16 linear paths.
+template <int Parts>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void round_pairs_16x32(const float* x, int64_t ldx,
+                                                                                     int64_t M, int64_t K, int64_t k0,
+                                                                                     __m512i hi[16], __m512i lo[16]) {
+  const auto mask_at = [K](int64_t k) {
+    return k + 16 <= K ? static_cast<__mmask16>(0xffff)
+                       : (k >= K ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << (K - k)) - 1u));
+  };
+  const __mmask16 mask0 = mask_at(k0), mask1 = mask_at(k0 + 16);
+  for (int64_t i = 0; i < 16; ++i) {
+    const float* row = x + i * ldx + k0;
+    const __m512 a = i < M ? _mm512_maskz_loadu_ps(mask0, row) : _mm512_setzero_ps();
+    const __m512 b = i < M ? _mm512_maskz_loadu_ps(mask1, row + 16) : _mm512_setzero_ps();
+    const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // word j: (x[k0 + 2j], x[k0 + 2j + 1])
+    hi[i] = h;
+    if constexpr (Parts == 2) {
+      const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+      const __m512 hb =
+          _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+      lo[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
+    }
+  }
+  transpose16x16(hi);
+  if constexpr (Parts == 2) transpose16x16(lo);
+}
+
 }  // namespace helix::detail::amx

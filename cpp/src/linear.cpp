@@ -6,9 +6,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "amx_tiles.hpp"
-#include "linear_bf16_split.hpp"
+#include "linear_bf16.hpp"
 #include "mla_attention_tiles.hpp"
 
 namespace helix {
@@ -129,23 +130,26 @@ void run_linear(const LinearParams& p, RowsFn rows) {
 // ---- AMX-BF16 (bf16 weights) ---------------------------------------------------------------------------
 //
 // y^T [n][t] = W [n][K] . x^T [K][t] is exactly the attention's QK tile product (mla_attention_amx.cpp) with
-// the weight rows as the keys and the tokens as the query rows, so its split tile set is reused:
-//   pack_tokens: the tokens of one block -> B operand [Kpad/2][Mp (+16)][2] bf16 pairs, two planes (hi,
-//           lo = bf16(x - hi)), the layout of the attention's pack_q; packed once per call, blocks in parallel.
+// the weight rows as the keys and the tokens as the query rows, so its tile sets are reused (split: "amx",
+// one product: "amx_bf16"):
+//   pack_tokens: the tokens of one block -> B operand [Kpad/2][Mp (+16)][2] bf16 pairs, two planes (hi, lo =
+//           bf16(x - hi)) or one (x rounded), the layout of the attention's pack_q; packed once per call.
 //   qk:     A operand = the weight rows read in place (16 rows a tile, stride K * 2 bytes; no repack when
 //           K % 32 == 0 and the 16-row group is complete, else the group is copied zero-padded), two tile
-//           products per step (hi, lo) into St [rows][Mp] fp32.
+//           products per step (hi, lo; one when x is rounded) into St [rows][Mp] fp32.
 // St is then transposed into y (written or added). Work items are (row chunk, token block) pairs.
 // Not done: a one-time repack of the weights at load time (rows at a stride padded by a cache line, or
 // tiles contiguous) would avoid the L1 set aliasing of K * 2 = 4 KiB-multiple strides; see performance.md.
 
 namespace amx = detail::amx;
 
-// The tokens [M] rows of x (row stride ldx) -> the split qpack layout of pack_q (amx_tiles.hpp): plane 0 the
-// bf16 rounding hi of x, plane 1 lo = bf16(x - hi), both [Kpad/2][qpack_ld(Mp)] pairs (k >= K, m >= M zero).
-// The same values as amx_tile_ops(true)->pack_q (round to nearest even), but 16 tokens x 32 k at a time
-// through a 16 x 16 pair transpose: the attention's row-by-row scatter costs ~3 ns per pair, negligible there
-// (once per query block) but measured to take more than half of a T = 16, K = 2048, N = 256 linear call.
+// The tokens [M] rows of x (row stride ldx) -> the qpack layout of pack_q (amx_tiles.hpp): plane 0 x rounded
+// to bf16 (hi), Parts == 2: plane 1 lo = bf16(x - hi), each [Kpad/2][qpack_ld(Mp)] pairs (k >= K, m >= M
+// zero). The same values as amx_tile_ops(Parts == 2)->pack_q (round to nearest even), but 16 tokens x 32 k at
+// a time through a 16 x 16 pair transpose: the attention's row-by-row scatter costs ~3 ns per pair,
+// negligible there (once per query block) but measured to take more than half of a T = 16, K = 2048, N = 256
+// linear call.
+template <int Parts>
 HELIX_AMX void pack_tokens(const float* x, int64_t ldx, int64_t M, int64_t Mp, int64_t K, void* qpack) {
   const int64_t Kpad = amx::round_up(K, 32), ld = amx::qpack_ld(Mp);
   uint32_t* hi_out = static_cast<uint32_t*>(qpack);
@@ -153,28 +157,10 @@ HELIX_AMX void pack_tokens(const float* x, int64_t ldx, int64_t M, int64_t Mp, i
   for (int64_t m0 = 0; m0 < Mp; m0 += 16) {
     for (int64_t k0 = 0; k0 < Kpad; k0 += 32) {
       __m512i hi[16], lo[16];
-      const auto mask_at = [&](int64_t k) {
-        return k + 16 <= K ? static_cast<__mmask16>(0xffff)
-                           : (k >= K ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << (K - k)) - 1u));
-      };
-      const __mmask16 mask0 = mask_at(k0), mask1 = mask_at(k0 + 16);
-      for (int64_t i = 0; i < 16; ++i) {
-        const int64_t m = m0 + i;
-        const float* row = x + m * ldx + k0;
-        const __m512 a = m < M ? _mm512_maskz_loadu_ps(mask0, row) : _mm512_setzero_ps();
-        const __m512 b = m < M ? _mm512_maskz_loadu_ps(mask1, row + 16) : _mm512_setzero_ps();
-        const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // word j: (x[k0 + 2j], x[k0 + 2j + 1])
-        const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
-        const __m512 hb =
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
-        hi[i] = h;
-        lo[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
-      }
-      amx::transpose16x16(hi);  // hi[j]: pair k0/2 + j of tokens m0..m0+15
-      amx::transpose16x16(lo);
+      amx::round_pairs_16x32<Parts>(x + m0 * ldx, ldx, M - m0, K, k0, hi, lo);  // [j]: pair k0/2 + j
       for (int64_t j = 0; j < 16; ++j) {
         _mm512_storeu_si512(hi_out + (k0 / 2 + j) * ld + m0, hi[j]);
-        _mm512_storeu_si512(lo_out + (k0 / 2 + j) * ld + m0, lo[j]);
+        if constexpr (Parts == 2) _mm512_storeu_si512(lo_out + (k0 / 2 + j) * ld + m0, lo[j]);
       }
     }
   }
@@ -193,7 +179,11 @@ int64_t amx_token_block(int64_t K) {
   return std::clamp<int64_t>(kAmxPackBytes / (4 * std::max<int64_t>(K, 1)) / 32 * 32, 32, 256);
 }
 
-const detail::TileOps* amx_ops() { return detail::amx_tile_ops(/*split=*/true); }
+using detail::XBf16;
+
+// The tile set for x rounded (one plane) or split (two); nullptr where AMX is not usable.
+const detail::TileOps* amx_ops(XBf16 x_parts) { return detail::amx_tile_ops(x_parts == XBf16::Split); }
+bool amx_usable() { return amx_ops(XBf16::Split) != nullptr; }
 
 struct AmxWorkspace {
   detail::AlignedBuffer scores, extra;
@@ -225,14 +215,7 @@ bool amx_item(const LinearParams& p, const detail::TileOps& ops, const void* qpa
   for (int64_t n = 0; n < next_count; ++n) ws.next[n] = w + (n1 + n) * row_bytes;
   const detail::TileScratch scratch{nullptr, nullptr, extra, ws.next.data(), next_count, row_bytes};
   ops.qk(qpack, ws.rows.data(), nt, p.K, Mp, St, scratch);
-  for (int64_t m = 0; m < M; ++m) {
-    float* y = static_cast<float*>(p.y) + (t0 + m) * p.ldy + n0;
-    if (p.accumulate) {
-      for (int64_t n = 0; n < nt; ++n) y[n] += St[n * Mp + m];
-    } else {
-      for (int64_t n = 0; n < nt; ++n) y[n] = St[n * Mp + m];
-    }
-  }
+  detail::store_tile_transposed(p, St, Mp, t0, M, n0, nt);
   return true;
 }
 
@@ -241,9 +224,10 @@ detail::AlignedBuffer& amx_packs() {
   return buf;
 }
 
-void run_linear_amx(const LinearParams& p) {
+void run_linear_amx(const LinearParams& p, XBf16 x_parts) {
   if (p.T <= 0 || p.N <= 0) return;
-  const detail::TileOps& ops = *amx_ops();
+  const detail::TileOps& ops = *amx_ops(x_parts);
+  const auto pack = x_parts == XBf16::Split ? pack_tokens<2> : pack_tokens<1>;
   const int64_t tb = amx_token_block(p.K);
   const int64_t nblk = (p.T + tb - 1) / tb;
   const int64_t pack_stride = round_up(ops.qpack_bytes(p.K, round_up(std::min(p.T, tb), 16)), 64);
@@ -260,7 +244,7 @@ void run_linear_amx(const LinearParams& p) {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblk; ++b) {
       const int64_t t0 = b * tb, M = std::min(tb, p.T - t0);
-      pack_tokens(static_cast<const float*>(p.x) + t0 * p.ldx, p.ldx, M, round_up(M, 16), p.K, packs + b * pack_stride);
+      pack(static_cast<const float*>(p.x) + t0 * p.ldx, p.ldx, M, round_up(M, 16), p.K, packs + b * pack_stride);
     }
     // (the implicit barrier of the loop above: every block is packed before any product)
 #pragma omp for schedule(dynamic, 1)
@@ -275,25 +259,43 @@ void run_linear_amx(const LinearParams& p) {
   }
 }
 
-bool use_amx(const LinearParams& p) {
-  return p.w_dtype == DType::BFloat16 && p.T >= kLinearAmxMinTokens && amx_ops() != nullptr;
-}
-
 void run_linear_avx512(const LinearParams& p) { run_linear(p, avx512::linear_rows); }
 
-bool use_bf16_split(const LinearParams& p) {
-  return p.w_dtype == DType::BFloat16 && p.T >= kLinearBf16SplitMinTokens && detail::linear_bf16_split_usable();
+std::atomic<LinearPrecision> g_precision{LinearPrecision::Float32};
+
+// How x enters the bf16 products of a call with T tokens: rounded only at Bf16 precision from
+// kLinearBf16MinTokens on (decode-sized calls stay float32-grade in both precisions).
+XBf16 x_parts_for(int64_t T) {
+  return g_precision.load(std::memory_order_relaxed) == LinearPrecision::Bf16 && T >= kLinearBf16MinTokens
+             ? XBf16::Rounded
+             : XBf16::Split;
+}
+
+// A named bf16 path of linear_cpu_isa (AMX tiles or AVX512_BF16, x rounded or split); float32 weights have
+// no bf16 path and run the AVX-512 one.
+void run_bf16_path(const LinearParams& p, bool amx, XBf16 x_parts) {
+  if (p.w_dtype != DType::BFloat16) {
+    run_linear_avx512(p);
+  } else if (amx) {
+    run_linear_amx(p, x_parts);
+  } else {
+    detail::linear_bf16(p, x_parts, run_linear_avx512);
+  }
 }
 
 }  // namespace
+
+void set_linear_precision(LinearPrecision precision) { g_precision.store(precision, std::memory_order_relaxed); }
+
+LinearPrecision linear_precision() { return g_precision.load(std::memory_order_relaxed); }
 
 const char* linear_isa() { return isa().name; }
 
 std::vector<std::string> linear_isas() {
   __builtin_cpu_init();
   std::vector<std::string> out;
-  if (amx_ops() != nullptr) out.emplace_back("amx");
-  if (detail::linear_bf16_split_usable()) out.emplace_back("avx512_bf16_split");
+  if (amx_usable()) out.insert(out.end(), {"amx_bf16", "amx"});
+  if (detail::linear_bf16_usable()) out.insert(out.end(), {"avx512_bf16", "avx512_bf16_split"});
   if (__builtin_cpu_supports("avx512f")) out.emplace_back("avx512");
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.emplace_back("avx2");
   out.emplace_back("portable");
@@ -301,10 +303,11 @@ std::vector<std::string> linear_isas() {
 }
 
 void linear_cpu(const LinearParams& p) {
-  if (use_amx(p)) {
-    run_linear_amx(p);
-  } else if (use_bf16_split(p)) {
-    detail::linear_bf16_split(p, run_linear_avx512);
+  const bool bf16_weights = p.w_dtype == DType::BFloat16;
+  if (bf16_weights && p.T >= kLinearAmxMinTokens && amx_usable()) {
+    run_linear_amx(p, x_parts_for(p.T));
+  } else if (bf16_weights && p.T >= kLinearBf16SplitMinTokens && detail::linear_bf16_usable()) {
+    detail::linear_bf16(p, x_parts_for(p.T), run_linear_avx512);
   } else {
     run_linear(p, isa().rows);
   }
@@ -312,21 +315,13 @@ void linear_cpu(const LinearParams& p) {
 
 void linear_cpu_isa(const LinearParams& p, std::string_view name) {
   __builtin_cpu_init();
-  if (name == "amx") {
-    HELIX_CHECK_ARG(amx_ops() != nullptr,
+  if (name == "amx" || name == "amx_bf16") {
+    HELIX_CHECK_ARG(amx_usable(),
                     "argument 'isa': this CPU (or OS) has no usable AMX-BF16 (or the tile permission was refused)");
-    if (p.w_dtype == DType::BFloat16) {
-      run_linear_amx(p);
-    } else {
-      run_linear(p, avx512::linear_rows);  // no float32-weight AMX path
-    }
-  } else if (name == "avx512_bf16_split") {
-    HELIX_CHECK_ARG(detail::linear_bf16_split_usable(), "argument 'isa': this CPU has no AVX-512F + AVX512_BF16");
-    if (p.w_dtype == DType::BFloat16) {
-      detail::linear_bf16_split(p, run_linear_avx512);
-    } else {
-      run_linear_avx512(p);  // no float32-weight bf16 path
-    }
+    run_bf16_path(p, /*amx=*/true, name == "amx" ? XBf16::Split : XBf16::Rounded);
+  } else if (name == "avx512_bf16_split" || name == "avx512_bf16") {
+    HELIX_CHECK_ARG(detail::linear_bf16_usable(), "argument 'isa': this CPU has no AVX-512F + AVX512_BF16");
+    run_bf16_path(p, /*amx=*/false, name == "avx512_bf16_split" ? XBf16::Split : XBf16::Rounded);
   } else if (name == "avx512") {
     HELIX_CHECK_ARG(__builtin_cpu_supports("avx512f"), "argument 'isa': this CPU has no AVX-512F");
     run_linear(p, avx512::linear_rows);
@@ -337,8 +332,8 @@ void linear_cpu_isa(const LinearParams& p, std::string_view name) {
   } else if (name == "portable") {
     run_linear(p, portable::linear_rows);
   } else {
-    throw ArgumentError(
-        detail::concat("argument 'isa' must be amx, avx512_bf16_split, avx512, avx2 or portable, got ", name));
+    throw ArgumentError(detail::concat(
+        "argument 'isa' must be amx_bf16, amx, avx512_bf16, avx512_bf16_split, avx512, avx2 or portable, got ", name));
   }
 }
 

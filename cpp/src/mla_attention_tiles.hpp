@@ -101,7 +101,7 @@ const TileOps* avx512_bf16_tile_ops(bool split);
 // AMX-BF16 tile kernels for bfloat16 keys; nullptr without AMX-BF16 + AVX512_BF16 or when the OS refuses
 // the tile-data permission. split: q and the softmax weights go in as bf16 hi + lo pairs (two products
 // each), so only about 2^-16 of their relative precision is lost instead of 2^-8.
-// The split set's pack_q + qk are also the AMX path of linear (linear.cpp): qk is a plain
+// Both sets' pack_q + qk are also the AMX paths of linear (linear.cpp): qk is a plain
 // St[n][m] = dot(row m of x, weight row n) product over bf16 weight rows.
 const TileOps* amx_tile_ops(bool split);
 // Why amx_tile_ops is nullptr (the missing CPU feature or OS permission); empty when AMX is usable.

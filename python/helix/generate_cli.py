@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from helix.device import CUDA_COMMS, DEVICES
+from helix.precision import PRECISIONS
 
 __all__ = ["main", "build_parser", "add_model_arguments", "parallel_config_from_args", "make_llm"]
 
@@ -33,7 +34,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=["float32", "bfloat16"],
         default="float32",
-        help="storage of weights and KV cache (compute is float32)",
+        help="storage of weights and KV cache",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="compute: float32 (float32-grade), or bf16 (opt-in, with --dtype bfloat16 on a CPU with "
+        "AVX512_BF16 or AMX: activations rounded to bf16 in prefill linear layers and attention; faster, "
+        "about twice the logit error of the bf16 KV cache alone; docs/performance.md 9.7)",
     )
     p.add_argument(
         "--device",
@@ -151,6 +160,7 @@ def make_llm(args: argparse.Namespace, comm, *, progress: bool):
         device=args.device,
         cuda_comm=args.cuda_comm,
         speculative_tokens=args.speculative_tokens,
+        precision=args.precision,
     )
 
 

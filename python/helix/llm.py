@@ -13,6 +13,7 @@ from helix.detokenize import IncrementalDetokenizer
 from helix.engine import HelixEngine
 from helix.generate import GenerationStats, RequestOutput, SamplingParams, Scheduler, TokenLogprobs
 from helix.parallel_config import ParallelConfig
+from helix.precision import apply_precision, check_precision
 from helix.speculative import check_speculative_tokens
 
 __all__ = ["LLM", "check_prompt_ids", "default_max_batch_tokens"]
@@ -68,17 +69,22 @@ class LLM:
         device: str = "cpu",
         cuda_comm: str = "nccl",
         speculative_tokens: int = 0,
+        precision: str = "float32",
     ) -> None:
         """device: "cpu", or "cuda"; cuda_comm: "nccl" (one GPU per local rank) or "host" (MPI through host
         memory; ranks may share a GPU). See helix.engine.HelixEngine. speculative_tokens k in 1..3: draft k
         tokens per step with the checkpoint's MTP layer and verify them in one step (docs/speculative.md;
         helix.CheckpointError when the checkpoint has none); last_stats.speculative counts the acceptance.
-        max_batch_tokens: tokens per step (None: default_max_batch_tokens(device))."""
+        max_batch_tokens: tokens per step (None: default_max_batch_tokens(device)).
+        precision: "float32" (default, float32-grade) or "bf16" (opt-in: x rounded to bf16 in prefill-sized
+        linear calls and in the attention products; needs dtype="bfloat16" and a CPU with AVX512_BF16 or
+        AMX; process-wide; see helix.precision)."""
         if max_batch_tokens is None:
             max_batch_tokens = default_max_batch_tokens(device)
         if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         speculative_tokens = check_speculative_tokens(speculative_tokens)
+        precision = check_precision(precision, dtype=dtype, device=device)
         pc = parallel_config or ParallelConfig()
         self.parallel_config = pc
         self.model_dir = Path(model_dir)
@@ -97,6 +103,8 @@ class LLM:
             cuda_comm=cuda_comm,
             mtp=speculative_tokens > 0,
         )
+        apply_precision(precision)
+        self.precision = precision
         self.scheduler = Scheduler(
             self.engine, self.engine.eos_token_ids, max_batch_tokens, speculative_tokens=speculative_tokens
         )

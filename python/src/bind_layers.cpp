@@ -223,7 +223,7 @@ void bind_layer_ops(nb::module_& m, Device dev) {
       "y[T, N] = x[T, K] @ w[N, K]^T; with out= the result is written there, or added to it when\n"
       "accumulate=True. Returns y (out itself when given). Dtypes (cpu): x float32, w float32 or bfloat16,\n"
       "out float32; (cuda) x and w of one dtype, out float32 (or bfloat16 with bfloat16 inputs).\n"
-      "isa: '' (the device's best path); cpu: 'amx', 'avx512', 'avx2' or 'portable' (see linear_isas());\n"
+      "isa: '' (the device's best path at the process's linear_precision()); cpu: a name of linear_isas();\n"
       "cuda: 'cublas'.");
   m.def(
       "head_linear", [dev](nb::handle x, nb::handle w, nb::handle out) { return head_linear_py(dev, x, w, out); },
@@ -293,9 +293,25 @@ void bind_layers(nb::module_& parent) {
   bind_layer_ops(m, Device::Cpu);
   m.def("linear_isa", &linear_isa, "The SIMD path linear uses on this CPU: 'avx512', 'avx2' or 'portable'.");
   m.def("linear_isas", &linear_isas,
-        "Every path linear(isa=...) accepts on this CPU and OS, best first: 'amx' (bf16 weights on AMX tiles,\n"
-        "when usable), then the SIMD paths.");
+        "Every path linear(isa=...) accepts on this CPU and OS, fastest first: 'amx_bf16', 'amx' (bf16 weights\n"
+        "on AMX tiles, x rounded to bf16 / split into bf16 hi + lo; when usable), 'avx512_bf16',\n"
+        "'avx512_bf16_split' (the same with AVX512_BF16), then the SIMD paths.");
+  m.def(
+      "set_linear_precision",
+      [](const std::string& precision) {
+        HELIX_CHECK_ARG(precision == "float32" || precision == "bf16",
+                        "argument 'precision' must be 'float32' or 'bf16', got '", precision, "'");
+        set_linear_precision(precision == "bf16" ? LinearPrecision::Bf16 : LinearPrecision::Float32);
+      },
+      "precision"_a,
+      "The process-wide compute precision of linear with bfloat16 weights on the cpu: 'float32' (default,\n"
+      "float32-grade) or 'bf16' (x rounded to bf16 in calls of >= LINEAR_BF16_MIN_TOKENS tokens: one bf16\n"
+      "product per multiply-add, ~2^-9 relative per x element).");
+  m.def(
+      "linear_precision", [] { return linear_precision() == LinearPrecision::Bf16 ? "bf16" : "float32"; },
+      "The compute precision set by set_linear_precision: 'float32' or 'bf16'.");
   m.attr("LINEAR_AMX_MIN_TOKENS") = kLinearAmxMinTokens;
+  m.attr("LINEAR_BF16_MIN_TOKENS") = kLinearBf16MinTokens;
 }
 
 }  // namespace helix::bind

@@ -17,6 +17,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "attention-accuracy": ("helix.bench.attention_accuracy", "every CPU attention path vs float64"),
     "helix": ("helix.bench.helix_step", "one Helix attention step over MPI ranks: bytes and shares"),
     "ops": ("helix.bench.ops", "CPU linear layers (f32 and bf16 weights) vs copy and NumPy ceilings"),
+    "linear": ("helix.bench.linear", "bf16-weight linear paths at prefill T vs the bf16 matmul ceiling"),
     "decode": ("helix.bench.decode", "end-to-end decode steps per layout vs the planner"),
     "speculative": ("helix.bench.speculative", "MTP speculative decoding: tokens/s per user for k = 0..3"),
     "prefill": ("helix.bench.prefill", "prefill tokens/s per prompt and layout vs the bf16 matmul ceiling"),

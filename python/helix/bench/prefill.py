@@ -179,6 +179,7 @@ def run_worker(
     out: str,
     forms: list[str],
     wuv: bool | None,
+    precision: str = "float32",
 ) -> None:
     """One rank of one configuration: every round, every form, every prompt; rank 0 writes the rows."""
     import helix
@@ -199,6 +200,7 @@ def run_worker(
         max_batch_tokens=chunk,
         wuv_before_exchange=wuv,
         progress=False,
+        precision=precision,
     )
     cfg = ModelConfig.from_pretrained(model_dir)
     greedy = helix.SamplingParams(max_new_tokens=1, temperature=0.0)
@@ -285,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="exchange Dv- instead of R-wide values (default: the engine's, on at cp = 1 only)",
     )
+    parser.add_argument(
+        "--precision", default="float32", choices=["float32", "bf16"], help="helix.LLM's compute precision"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     prompts = [int(n) for n in args.prompts.split(",") if n]
@@ -307,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             args.worker,
             forms,
             args.wuv_before_exchange,
+            args.precision,
         )
         return 0
 
@@ -338,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--forms",
                     args.forms,
                     *wuv_flag(args.wuv_before_exchange),
+                    *(["--precision", args.precision] if args.precision != "float32" else []),
                 ],
                 threads=threads,
                 timeout=args.timeout,
@@ -352,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk": args.chunk,
         "forms": forms,
         "wuv_before_exchange": "default" if args.wuv_before_exchange is None else args.wuv_before_exchange,
+        "precision": args.precision,
         "timing": f"median and min of {args.rounds} prompts per point, rank 0 wall clock around generate",
         "ceiling": "bf16 2048^3 torch.matmul per rank, all ranks at once, summed; median over the rounds",
         "seconds": time.time() - start,

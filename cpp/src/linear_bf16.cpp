@@ -1,20 +1,20 @@
-// The AVX512_BF16 linear path (see linear_bf16_split.hpp).
+// The AVX512_BF16 linear paths (see linear_bf16.hpp), one template on the parts of x (Parts = 1 or 2).
 //
 // Layout: the tokens are cut into blocks of up to 32 (two 16-lane vectors); each block is packed once per
-// call into a panel [Kp][2][Mb] of 32-bit bf16 pairs, Kp = ceil(K / 2), Mb = 16 or 32 tokens: for pair kp,
-// Mb hi pairs (hi(x[m][2kp]), hi(x[m][2kp+1])) then Mb lo pairs (x - hi rounded to bf16); k >= K and m >= M
-// are zero. A micro-tile is NR <= 8 weight rows x Mb tokens, NR * Mb / 16 float32 accumulators: per pair of
-// k, each weight row contributes one 32-bit broadcast of its two bf16 weights (read in place, no repack),
-// each token vector two VDPBF16PS (hi, lo). Accumulators hold y^T [rows][tokens]; they go through a small
-// buffer into y [tokens][rows].
+// call into a panel [Kp][Parts][Mb] of 32-bit bf16 pairs, Kp = ceil(K / 2), Mb = 16 or 32 tokens: for pair
+// kp, Mb hi pairs (hi(x[m][2kp]), hi(x[m][2kp+1])), hi = x rounded to bf16 (nearest even), then (Parts = 2)
+// Mb lo pairs (x - hi rounded to bf16); k >= K and m >= M are zero. A micro-tile is NR <= 8 weight rows x Mb
+// tokens, NR * Mb / 16 float32 accumulators: per pair of k, each weight row contributes one 32-bit broadcast
+// of its two bf16 weights (read in place, no repack), each token vector Parts VDPBF16PS (hi[, lo]).
+// Accumulators hold y^T [rows][tokens]; they go through a small buffer into y [tokens][rows].
 //
-// Work items are (token block, 64-row group) pairs, token blocks outer: a block's panel (32 x K x 4 bytes,
-// 256 KiB at K = 2048) stays in L2 while the weight rows stream past, so the weight is read from memory
+// Work items are (token block, 64-row group) pairs, token blocks outer: a block's panel (32 x K x 2 x Parts
+// bytes, 256 KiB at K = 2048 split) stays in L2 while the weight rows stream past, so the weight is read from memory
 // once per 32 tokens (a few GB/s at the kernel's rate, far below the copy bandwidth).
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized on their own _mm512_undefined_* helpers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-#include "linear_bf16_split.hpp"
+#include "linear_bf16.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
@@ -40,38 +40,21 @@ constexpr int64_t kGroupRows = 64;             // weight rows per work item (a m
 constexpr int64_t kParallelMinWork = 1 << 16;  // multiply-adds below which one thread runs the call
 
 int64_t pairs(int64_t K) { return (K + 1) / 2; }
-int64_t panel_u32(int64_t K, int64_t Mb) { return pairs(K) * 2 * Mb; }
+int64_t panel_u32(int64_t K, int64_t Mb, int parts) { return pairs(K) * parts * Mb; }
 
-// Tokens [0, M) of x (row stride ldx), M <= Mb, into the panel [Kp][2][Mb] described above.
+// Tokens [0, M) of x (row stride ldx), M <= Mb, into the panel [Kp][Parts][Mb] described above.
+template <int Parts>
 HELIX_BF16 void pack_block(const float* x, int64_t ldx, int64_t M, int64_t Mb, int64_t K, uint32_t* panel) {
   const int64_t Kp = pairs(K);
   for (int64_t m0 = 0; m0 < Mb; m0 += 16) {
     for (int64_t k0 = 0; k0 < 2 * Kp; k0 += 32) {
-      const auto mask_at = [&](int64_t k) {
-        return k + 16 <= K ? static_cast<__mmask16>(0xffff)
-                           : (k >= K ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << (K - k)) - 1u));
-      };
-      const __mmask16 mask0 = mask_at(k0), mask1 = mask_at(k0 + 16);
       __m512i hi[16], lo[16];
-      for (int64_t i = 0; i < 16; ++i) {
-        const int64_t m = m0 + i;
-        const float* row = x + m * ldx + k0;
-        const __m512 a = m < M ? _mm512_maskz_loadu_ps(mask0, row) : _mm512_setzero_ps();
-        const __m512 b = m < M ? _mm512_maskz_loadu_ps(mask1, row + 16) : _mm512_setzero_ps();
-        const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // word j: (x[k0 + 2j], x[k0 + 2j + 1])
-        const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
-        const __m512 hb =
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
-        hi[i] = h;
-        lo[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
-      }
-      amx::transpose16x16(hi);  // hi[j]: pair k0/2 + j of tokens m0..m0+15
-      amx::transpose16x16(lo);
+      amx::round_pairs_16x32<Parts>(x + m0 * ldx, ldx, M - m0, K, k0, hi, lo);  // [j]: pair k0/2 + j
       const int64_t jn = std::min<int64_t>(16, Kp - k0 / 2);
       for (int64_t j = 0; j < jn; ++j) {
-        uint32_t* dst = panel + (k0 / 2 + j) * 2 * Mb + m0;
+        uint32_t* dst = panel + (k0 / 2 + j) * Parts * Mb + m0;
         _mm512_storeu_si512(dst, hi[j]);
-        _mm512_storeu_si512(dst + Mb, lo[j]);
+        if constexpr (Parts == 2) _mm512_storeu_si512(dst + Mb, lo[j]);
       }
     }
   }
@@ -84,27 +67,28 @@ HELIX_BF16 inline __m512bh weight_pair(const bf16_t* w) {
   return (__m512bh)_mm512_set1_epi32(static_cast<int>(v));
 }
 
-// acc[r][v] += the products of one pair of k: xh/xl the hi/lo token pairs, wp[r] the weight pairs.
-template <int NR, int TV>
+// acc[r][v] += the products of one pair of k: xh (and, Parts == 2, xl) the hi (lo) token pairs, wp[r] the
+// weight pairs.
+template <int NR, int TV, int Parts>
 HELIX_BF16 inline void pair_step(__m512 (&acc)[NR][TV], const uint32_t* xp, int64_t Mb, const __m512bh* wp) {
   __m512bh xh[TV], xl[TV];
 #pragma GCC unroll 2
   for (int v = 0; v < TV; ++v) {
     xh[v] = (__m512bh)_mm512_loadu_si512(xp + v * 16);
-    xl[v] = (__m512bh)_mm512_loadu_si512(xp + Mb + v * 16);
+    if constexpr (Parts == 2) xl[v] = (__m512bh)_mm512_loadu_si512(xp + Mb + v * 16);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
 #pragma GCC unroll 2
     for (int v = 0; v < TV; ++v) {
       acc[r][v] = _mm512_dpbf16_ps(acc[r][v], xh[v], wp[r]);
-      acc[r][v] = _mm512_dpbf16_ps(acc[r][v], xl[v], wp[r]);
+      if constexpr (Parts == 2) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], xl[v], wp[r]);
     }
   }
 }
 
 // st[r][m] = sum_k w[r][k] x[m][k] for NR rows (row stride K) and TV * 16 tokens of a packed panel.
-template <int NR, int TV>
+template <int NR, int TV, int Parts>
 HELIX_BF16 void micro_tile(const uint32_t* panel, int64_t Mb, const bf16_t* w, int64_t K, float* st) {
   __m512 acc[NR][TV];
 #pragma GCC unroll 8
@@ -120,14 +104,14 @@ HELIX_BF16 void micro_tile(const uint32_t* panel, int64_t Mb, const bf16_t* w, i
     }
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) wp[r] = weight_pair(w + r * K + 2 * kp);
-    pair_step<NR, TV>(acc, panel + kp * 2 * Mb, Mb, wp);
+    pair_step<NR, TV, Parts>(acc, panel + kp * Parts * Mb, Mb, wp);
   }
   if (K % 2 != 0) {  // the last weight of each row pairs with 0 (its x partner is 0 in the panel too)
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       wp[r] = (__m512bh)_mm512_set1_epi32(static_cast<int>(w[r * K + K - 1]));
     }
-    pair_step<NR, TV>(acc, panel + kp * 2 * Mb, Mb, wp);
+    pair_step<NR, TV, Parts>(acc, panel + kp * Parts * Mb, Mb, wp);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
@@ -137,30 +121,31 @@ HELIX_BF16 void micro_tile(const uint32_t* panel, int64_t Mb, const bf16_t* w, i
 
 using TileFn = void (*)(const uint32_t*, int64_t, const bf16_t*, int64_t, float*);
 
-template <int TV, size_t... R>
+template <int TV, int Parts, size_t... R>
 constexpr auto tiles_for(std::index_sequence<R...>) {
-  return std::array<TileFn, sizeof...(R)>{&micro_tile<static_cast<int>(R) + 1, TV>...};
+  return std::array<TileFn, sizeof...(R)>{&micro_tile<static_cast<int>(R) + 1, TV, Parts>...};
 }
 
-// kTiles[TV - 1][NR - 1].
-const std::array<std::array<TileFn, kTileRows>, 2> kTiles = {tiles_for<1>(std::make_index_sequence<kTileRows>{}),
-                                                             tiles_for<2>(std::make_index_sequence<kTileRows>{})};
+using TileTable = std::array<std::array<TileFn, kTileRows>, 2>;  // [TV - 1][NR - 1]
+
+template <int Parts>
+constexpr TileTable tile_table() {
+  return {tiles_for<1, Parts>(std::make_index_sequence<kTileRows>{}),
+          tiles_for<2, Parts>(std::make_index_sequence<kTileRows>{})};
+}
+
+// kTiles[Parts - 1]: the micro-tiles for x rounded (1 part) or split (2 parts).
+const std::array<TileTable, 2> kTiles = {tile_table<1>(), tile_table<2>()};
 
 // Rows [n0, n1) of W against the M tokens starting at t0, packed in `panel` (Mb columns).
-void run_item(const LinearParams& p, const uint32_t* panel, int64_t t0, int64_t M, int64_t Mb, int64_t n0, int64_t n1) {
+void run_item(const LinearParams& p, const TileTable& tiles, const uint32_t* panel, int64_t t0, int64_t M, int64_t Mb,
+              int64_t n0, int64_t n1) {
   const auto* w = static_cast<const bf16_t*>(p.w);
   alignas(64) float st[kTileRows * kBlockTokens];  // [rows][tokens]
   for (int64_t n = n0; n < n1; n += kTileRows) {
     const int64_t nr = std::min<int64_t>(kTileRows, n1 - n);
-    kTiles[Mb / 16 - 1][nr - 1](panel, Mb, w + n * p.K, p.K, st);
-    for (int64_t m = 0; m < M; ++m) {
-      float* y = static_cast<float*>(p.y) + (t0 + m) * p.ldy + n;
-      if (p.accumulate) {
-        for (int64_t r = 0; r < nr; ++r) y[r] += st[r * kBlockTokens + m];
-      } else {
-        for (int64_t r = 0; r < nr; ++r) y[r] = st[r * kBlockTokens + m];
-      }
-    }
+    tiles[Mb / 16 - 1][nr - 1](panel, Mb, w + n * p.K, p.K, st);
+    store_tile_transposed(p, st, kBlockTokens, t0, M, n, nr);
   }
 }
 
@@ -171,7 +156,7 @@ AlignedBuffer& panels() {
 
 }  // namespace
 
-bool linear_bf16_split_usable() {
+bool linear_bf16_usable() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
@@ -179,10 +164,13 @@ bool linear_bf16_split_usable() {
   return has;
 }
 
-void linear_bf16_split(const LinearParams& p, void (*fallback)(const LinearParams&)) {
+void linear_bf16(const LinearParams& p, XBf16 x_parts, void (*fallback)(const LinearParams&)) {
   if (p.T <= 0 || p.N <= 0) return;
+  const int parts = static_cast<int>(x_parts);
+  const auto pack = parts == 2 ? pack_block<2> : pack_block<1>;
+  const TileTable& tiles = kTiles[parts - 1];
   const int64_t blocks = (p.T + kBlockTokens - 1) / kBlockTokens;
-  const int64_t stride = panel_u32(p.K, kBlockTokens);
+  const int64_t stride = panel_u32(p.K, kBlockTokens, parts);
   uint32_t* packed = p.K > 0 ? panels().get<uint32_t>(blocks * stride) : nullptr;
   if (packed == nullptr) {  // K == 0 or out of memory: the fallback needs no workspace
     fallback(p);
@@ -196,14 +184,14 @@ void linear_bf16_split(const LinearParams& p, void (*fallback)(const LinearParam
   {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      pack_block(static_cast<const float*>(p.x) + b * kBlockTokens * p.ldx, p.ldx, block_tokens(b), block_width(b), p.K,
-                 packed + b * stride);
+      pack(static_cast<const float*>(p.x) + b * kBlockTokens * p.ldx, p.ldx, block_tokens(b), block_width(b), p.K,
+           packed + b * stride);
     }
     // (the implicit barrier of the loop above: every block is packed before any product)
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < blocks * groups; ++item) {
       const int64_t b = item / groups, g = item % groups;
-      run_item(p, packed + b * stride, b * kBlockTokens, block_tokens(b), block_width(b), g * kGroupRows,
+      run_item(p, tiles, packed + b * stride, b * kBlockTokens, block_tokens(b), block_width(b), g * kGroupRows,
                std::min(p.N, (g + 1) * kGroupRows));
     }
   }
@@ -214,8 +202,8 @@ void linear_bf16_split(const LinearParams& p, void (*fallback)(const LinearParam
 #else  // not x86-64 GCC/Clang
 
 namespace helix::detail {
-bool linear_bf16_split_usable() { return false; }
-void linear_bf16_split(const LinearParams& p, void (*fallback)(const LinearParams&)) { fallback(p); }
+bool linear_bf16_usable() { return false; }
+void linear_bf16(const LinearParams& p, XBf16, void (*fallback)(const LinearParams&)) { fallback(p); }
 }  // namespace helix::detail
 
 #endif
