@@ -253,6 +253,11 @@ class Scheduler:
         self._next_id = 0
         self._next_seq = 0
 
+    def _kv_tokens(self, prompt: list[int], params: SamplingParams) -> int:
+        """Positions a request reserves: its prompt, its new tokens and, speculating, the k positions a verify
+        chunk writes past the final length."""
+        return len(prompt) + params.max_new_tokens + (self.speculative.k if self.speculative else 0)
+
     def add(self, prompt: list[int], params: SamplingParams, seed: int) -> int:
         """Queues a request; returns its id. One that can never fit (or is empty) is refused: its output,
         finish_reason "refused" with the reason in error, comes out of the next step()."""
@@ -260,8 +265,7 @@ class Scheduler:
         rid = self._next_id
         self._next_id += 1
         out = RequestOutput(prompt_token_ids=list(prompt), request_id=rid)
-        # A verify chunk writes up to k positions past the final length.
-        kv_tokens = len(prompt) + params.max_new_tokens + (self.speculative.k if self.speculative else 0)
+        kv_tokens = self._kv_tokens(prompt, params)
         need = eng.block_table.blocks_for_tokens(kv_tokens)
         if not prompt:
             out.finish_reason, out.error = "refused", "empty prompt"
@@ -289,7 +293,7 @@ class Scheduler:
         if not prompt:
             raise ValueError("add_filled needs a non-empty prompt")
         n, k = len(prompt), self.speculative.k if self.speculative else 0
-        kv_tokens = n + params.max_new_tokens + k
+        kv_tokens = self._kv_tokens(prompt, params)
         seq = self._next_seq
         self.engine.add_sequence(seq, reserve_tokens=kv_tokens)
         try:
