@@ -52,11 +52,18 @@ def greedy_logits(model: Path, precision: str) -> tuple[list[np.ndarray], list[i
 
 
 @needs_bf16
-def test_bf16_precision_is_bf16_grade_against_the_float64_reference(model):
+@pytest.mark.parametrize("form", ["auto", "expanded"])
+def test_bf16_precision_is_bf16_grade_against_the_float64_reference(model, form):
+    """auto: the absorbed form at this prompt length; expanded (forced): rows [k_nope | k_pe | v] rounded to
+    bf16 for the one-product kernel (helix_attention_expanded.cpp)."""
     ref = ReferenceModel.from_pretrained(model)
-    got, tokens = greedy_logits(model, "bf16")
-    assert _core.layers.linear_precision() == "bf16" and ops.kernel_path() in ("amx", "avx512_bf16")
-    exact, _ = greedy_logits(model, "float32")  # float32 undoes the process's bf16 settings
+    _core.set_attention_form(form)
+    try:
+        got, tokens = greedy_logits(model, "bf16")
+        assert _core.layers.linear_precision() == "bf16" and ops.kernel_path() in ("amx", "avx512_bf16")
+        exact, _ = greedy_logits(model, "float32")  # float32 undoes the process's bf16 settings
+    finally:
+        _core.set_attention_form("auto")
     assert _core.layers.linear_precision() == "float32" and ops.kernel_path() in ("amx_split", "avx512")
     assert len(got) == len(exact) == STEPS
     seq = list(PROMPT)

@@ -1,7 +1,8 @@
 // The expanded form of helix_attention's local attention, and the cost model that picks it
 // (helix/helix_attention_expanded.hpp). The up-projections run on linear_cpu with the weights as stored (bf16:
 // the AVX512_BF16 split or AMX path, float32-grade); with W = Dv the attention itself is the MLA kernel on
-// per-head expanded rows, with W = R float32 GEMMs (linear_cpu) around a softmax of its own.
+// per-head expanded rows (float32, or bf16 under a one-product kernel path: precision "bf16"), with W = R
+// float32 GEMMs (linear_cpu) around a softmax of its own.
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized on their own _mm512_undefined_* helpers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -292,34 +293,55 @@ void up_project_group(const HelixAttentionParams& p, const SequenceKeys& keys, i
 // -> o [Tb, ldo] (W values of head h at column 0) and lse [Tb, ldl].
 struct HeadScratch {
   std::vector<float> rows;        // [S, Dn + P (+ Dv)]: k_nope | k_pe (| v with W = Dv)
+  std::vector<bf16_t> rows_bf16;  // the same rows rounded to bf16 (W = Dv under a one-product kernel path)
   std::vector<float> scores;      // W = R: [Tb, S]
   std::vector<float> qh, oh, lh;  // W = Dv: qh [Tb, Dn + P], oh [Tb, Dv], lh [Tb]
 };
 
+// The kernel paths that round q and the softmax weights to bf16 (one product per multiply-add: precision
+// "bf16", helix/precision.py). Under them the expanded rows are rounded to bf16 too, the accuracy class of
+// those kernels, which then read the rows as stored at twice the float32-grade rate.
+bool one_product_path() {
+  const MlaKernelPath path = mla_kernel_path();
+  return path == MlaKernelPath::Amx || path == MlaKernelPath::Avx512Bf16;
+}
+
+void copy_row(const float* src, int64_t n, float* dst) { std::memcpy(dst, src, static_cast<size_t>(n) * 4); }
+void copy_row(const float* src, int64_t n, bf16_t* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
 // rows [S, Dn + P (+ Dv)] = [k_nope | k_pe (| v)]: head h's expanded keys (and values) from the group's up.
+template <typename Row>
 void head_rows(const HelixAttentionParams& p, const SequenceKeys& keys, const HeadGroup& x, int64_t h,
-               std::vector<float>& rows) {
+               std::vector<Row>& rows) {
   const int64_t P = p.D - p.R, Dn = p.Dn, E = x.E, Dr = E + P, ldu = x.g * E;
   const float* up = x.up.data() + (h - x.h0) * E;
+#pragma omp parallel for schedule(static) if (keys.S >= 1024)
   for (int64_t s = 0; s < keys.S; ++s) {
-    float* row = &rows[s * Dr];
-    std::memcpy(row, up + s * ldu, static_cast<size_t>(Dn) * 4);
-    std::memcpy(row + Dn, &keys.k_pe[s * P], static_cast<size_t>(P) * 4);
-    std::memcpy(row + Dn + P, up + s * ldu + Dn, static_cast<size_t>(E - Dn) * 4);
+    Row* row = &rows[s * Dr];
+    copy_row(up + s * ldu, Dn, row);
+    copy_row(&keys.k_pe[s * P], P, row + Dn);
+    copy_row(up + s * ldu + Dn, E - Dn, row + Dn + P);
   }
 }
 
-// W = Dv: the MLA kernel itself (mla_attention_cpu, float32 keys) on per-head rows [k_nope | k_pe | v]: scores
-// over the first Dn + P columns against q_nope | q_pe, values the last Dv: 2·(Dn + P + Dv) FLOPs per pair,
-// at the kernel's rate and with its causal tile skipping.
+// W = Dv: the MLA kernel itself (mla_attention_cpu) on per-head rows [k_nope | k_pe | v]: scores over the
+// first Dn + P columns against q_nope | q_pe, values the last Dv: 2·(Dn + P + Dv) FLOPs per pair, at the
+// kernel's rate and with its causal tile skipping.
 void expanded_head_projected(const HelixAttentionParams& p, const SequenceKeys& keys, const HeadGroup& g, int64_t h,
                              const float* q, int64_t ldq, const int64_t* q_pos, int64_t Tb, float* o, int64_t ldo,
                              float* lse, int64_t ldl, HeadScratch& x) {
   const int64_t P = p.D - p.R, Dn = p.Dn, Dv = p.W, Dq = Dn + P;
-  head_rows(p, keys, g, h, x.rows);
   for (int64_t t = 0; t < Tb; ++t) std::memcpy(&x.qh[t * Dq], q + t * ldq, static_cast<size_t>(Dq) * 4);
   const MlaAttentionParams a{x.qh.data(), q_pos, x.oh.data(), x.lh.data(), Tb, 1, Dq, Dv, p.scale, DType::Float32};
-  mla_attention_cpu(a, x.rows.data(), Dq + Dv, Dq, keys.pos.data(), keys.S);
+  if (!x.rows_bf16.empty()) {
+    head_rows(p, keys, g, h, x.rows_bf16);
+    mla_attention_cpu(a, x.rows_bf16.data(), Dq + Dv, Dq, keys.pos.data(), keys.S, DType::BFloat16);
+  } else {
+    head_rows(p, keys, g, h, x.rows);
+    mla_attention_cpu(a, x.rows.data(), Dq + Dv, Dq, keys.pos.data(), keys.S, DType::Float32);
+  }
   for (int64_t t = 0; t < Tb; ++t) {
     std::memcpy(o + t * ldo, &x.oh[t * Dv], static_cast<size_t>(Dv) * 4);
     lse[t * ldl] = x.lh[t];
@@ -337,6 +359,26 @@ void expanded_head_latent(const HelixAttentionParams& p, const SequenceKeys& key
 #pragma omp parallel for schedule(static) if (Tb * S >= (1 << 15))
   for (int64_t t = 0; t < Tb; ++t) lse[t * ldl] = softmax_row(&x.scores[t * S], keys.pos.data(), S, q_pos[t], p.scale);
   linear(x.scores.data(), Tb, S, c_t, DType::Float32, R, S, o, ldo);
+}
+
+// The scratch of the per-head calls (W = Dv: rows in bf16 under a one-product kernel path).
+HeadScratch head_scratch(const HelixAttentionParams& p, int64_t S, int64_t Tb) {
+  const int64_t Dq = p.Dn + p.D - p.R, W = p.W;
+  HeadScratch x;
+  const size_t row_elems = static_cast<size_t>(S * ((p.w_uv != nullptr ? W : 0) + Dq));
+  if (p.w_uv != nullptr && one_product_path()) {
+    x.rows_bf16.resize(row_elems);
+  } else {
+    x.rows.resize(row_elems);
+  }
+  if (p.w_uv != nullptr) {
+    x.qh.resize(static_cast<size_t>(Tb * Dq));
+    x.oh.resize(static_cast<size_t>(Tb * W));
+    x.lh.resize(static_cast<size_t>(Tb));
+  } else {
+    x.scores.resize(static_cast<size_t>(Tb * S));
+  }
+  return x;
 }
 
 }  // namespace
@@ -382,15 +424,7 @@ void expanded_attention_cpu(const HelixAttentionParams& p, float* o, float* lse)
         c_t.resize(static_cast<size_t>(R * S));
         transpose(keys.c.data(), S, R, 4, c_t.data());
       }
-      HeadScratch x;
-      x.rows.resize(static_cast<size_t>(S * ((p.w_uv != nullptr ? W : 0) + Dq)));
-      if (p.w_uv != nullptr) {
-        x.qh.resize(static_cast<size_t>(Tb * Dq));
-        x.oh.resize(static_cast<size_t>(Tb * W));
-        x.lh.resize(static_cast<size_t>(Tb));
-      } else {
-        x.scores.resize(static_cast<size_t>(Tb * S));
-      }
+      HeadScratch x = head_scratch(p, S, Tb);
       HeadGroup group;
       const int64_t g = expanded_head_group(p, S);
       for (int64_t h = 0; h < H; ++h) {

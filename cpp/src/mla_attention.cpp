@@ -81,7 +81,7 @@ struct KeySource {
   int64_t S;                   // keys (slots) of the call
   const int32_t* block_table;  // paged: [ceil(S / tokens_per_block)]; nullptr: contiguous
   int64_t tokens_per_block;
-  int64_t value_col = 0;  // float32 keys only: the values are columns [value_col, value_col + R) of a row
+  int64_t value_col = 0;  // the values are columns [value_col, value_col + R) of a row (0: the first R)
 
   // The row of slot s: s itself, or the paged layout (SequenceView::pool_row).
   int64_t row_index(int64_t s) const {
@@ -224,8 +224,9 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
     l_run = state + 2 * Mp;
   }
   float* alpha = state;
-  const bool widen = job.kv_dtype != ops.key_dtype;  // bf16 keys on float32 micro-kernels
-  float* wide = widen ? ws.wide.get<float>(key_tile * p.D) : nullptr;
+  const bool widen = job.kv_dtype != ops.key_dtype;              // bf16 keys on float32 micro-kernels
+  const int64_t wide_cols = std::max(p.D, src.value_col + p.R);  // the columns qk and pv read
+  float* wide = widen ? ws.wide.get<float>(key_tile * wide_cols) : nullptr;
   if (!qpack || !St || !state || !qpos || !scratch.p_pairs || !scratch.v_pairs || !OT || (widen && !wide) ||
       (extra_bytes > 0 && !scratch.extra)) {
     return false;
@@ -268,8 +269,8 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
       scratch.next_count = next_nt;
     }
     if (widen) {
-      widen_tile(ws.keys.data(), nt, p.D, wide);
-      for (int64_t n = 0; n < nt; ++n) ws.keys[n] = wide + n * p.D;
+      widen_tile(ws.keys.data(), nt, wide_cols, wide);
+      for (int64_t n = 0; n < nt; ++n) ws.keys[n] = wide + n * wide_cols;
     }
     ops.qk(qpack, ws.keys.data(), nt, p.D, Mp, St, scratch);
     if (k_max > q_min) {  // causal mask: some (row, key) pairs are invisible
@@ -300,7 +301,8 @@ bool run_item(const Job& job, int64_t b, int64_t split) {
     const void* const* values = ws.keys.data();
     if (src.value_col != 0) {
       ws.values.resize(static_cast<size_t>(nt));
-      for (int64_t n = 0; n < nt; ++n) ws.values[n] = static_cast<const float*>(ws.keys[n]) + src.value_col;
+      const int64_t offset = src.value_col * static_cast<int64_t>(dtype_size(ops.key_dtype));  // bytes
+      for (int64_t n = 0; n < nt; ++n) ws.values[n] = static_cast<const unsigned char*>(ws.keys[n]) + offset;
       values = ws.values.data();
     }
     ops.pv(St, values, nt, p.R, Mp, OT, scratch);
@@ -425,12 +427,18 @@ void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_
   run_attention(p, nullptr, p.T, src, kv_dtype);
 }
 
-void mla_attention_cpu(const MlaAttentionParams& p, const float* kv, int64_t ldkv, int64_t value_col,
-                       const int64_t* kv_pos, int64_t S) {
+void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, int64_t ldkv, int64_t value_col,
+                       const int64_t* kv_pos, int64_t S, DType kv_dtype) {
   HELIX_CHECK(ldkv >= std::max(p.D, value_col + p.R) && value_col >= 0, "mla_attention: key rows of ", ldkv,
-              " floats cannot hold scores over ", p.D, " and values at ", value_col);
-  const KeySource src{reinterpret_cast<const unsigned char*>(kv), ldkv * 4, kv_pos, S, nullptr, 0, value_col};
-  run_attention(p, nullptr, p.T, src, DType::Float32);
+              " elements cannot hold scores over ", p.D, " and values at ", value_col);
+  const KeySource src{static_cast<const unsigned char*>(kv),
+                      ldkv * static_cast<int64_t>(dtype_size(kv_dtype)),
+                      kv_pos,
+                      S,
+                      nullptr,
+                      0,
+                      value_col};
+  run_attention(p, nullptr, p.T, src, kv_dtype);
 }
 
 void paged_mla_attention_cpu(const PagedMlaAttentionParams& p) {

@@ -150,26 +150,36 @@ TEST(MlaAttentionPaths, FastPathAgreesWithPortable) {
 }
 
 // Values at a column offset (the expanded form's rows [keys | values]) give the same bits as the same values
-// as the first R columns of rows [D]: rows [kv | kv[:, :R]] with value_col = D, on every float32 path.
+// as the first R columns of rows [D]: rows [kv | kv[:, :R]] with value_col = D, float32 keys on every float32
+// path, bfloat16 keys on every path (the widened-f32 ones too, which widen the value columns with the keys).
 TEST(MlaAttentionPaths, ValuesAtAColumnOffsetEqualTheLeadingColumns) {
   const Case c{3, 2, 40, 24, 150};
   const Inputs in = make_inputs(c, 11);
   const int64_t ld = c.D + c.R;
   std::vector<float> rows(static_cast<size_t>(c.S * ld));
+  std::vector<bf16_t> rows_bf16(rows.size());
   for (int64_t s = 0; s < c.S; ++s) {
     std::copy_n(&in.kv[s * c.D], c.D, &rows[s * ld]);
     std::copy_n(&in.kv[s * c.D], c.R, &rows[s * ld + c.D]);
+    std::copy_n(&in.kv_bf16[s * c.D], c.D, &rows_bf16[s * ld]);
+    std::copy_n(&in.kv_bf16[s * c.D], c.R, &rows_bf16[s * ld + c.D]);
   }
-  for (const MlaKernelPath path : {MlaKernelPath::Portable, MlaKernelPath::Auto}) {
+  for (const MlaKernelPath path : available_paths()) {
     set_mla_kernel_path(path);
-    const KernelOutput want = run_kernel(in.q, in.kv.data(), DType::Float32, in.q_pos, in.kv_pos, c, 0.2f);
-    KernelOutput got{std::vector<float>(want.o.size(), 7.f), std::vector<float>(want.lse.size(), 7.f)};
-    const MlaAttentionParams p{in.q.data(), in.q_pos.data(), got.o.data(), got.lse.data(), c.T, c.H, c.D, c.R,
-                               0.2f,        DType::Float32};
-    mla_attention_cpu(p, rows.data(), ld, c.D, in.kv_pos.data(), c.S);
-    EXPECT_EQ(got.o, want.o) << mla_kernel_path_name(path);
-    EXPECT_EQ(got.lse, want.lse) << mla_kernel_path_name(path);
-    EXPECT_THROW(mla_attention_cpu(p, rows.data(), ld - 1, c.D, in.kv_pos.data(), c.S), Error);
+    for (const DType kv_dtype : {DType::Float32, DType::BFloat16}) {
+      const bool f32 = kv_dtype == DType::Float32;
+      const void* kv = f32 ? static_cast<const void*>(in.kv.data()) : in.kv_bf16.data();
+      const void* wide_rows = f32 ? static_cast<const void*>(rows.data()) : rows_bf16.data();
+      const KernelOutput want = run_kernel(in.q, kv, kv_dtype, in.q_pos, in.kv_pos, c, 0.2f);
+      KernelOutput got{std::vector<float>(want.o.size(), 7.f), std::vector<float>(want.lse.size(), 7.f)};
+      const MlaAttentionParams p{in.q.data(), in.q_pos.data(), got.o.data(), got.lse.data(), c.T, c.H, c.D, c.R,
+                                 0.2f,        DType::Float32};
+      mla_attention_cpu(p, wide_rows, ld, c.D, in.kv_pos.data(), c.S, kv_dtype);
+      SCOPED_TRACE(std::string(mla_kernel_path_name(path)) + " " + std::string(dtype_name(kv_dtype)));
+      EXPECT_EQ(got.o, want.o);
+      EXPECT_EQ(got.lse, want.lse);
+      EXPECT_THROW(mla_attention_cpu(p, wide_rows, ld - 1, c.D, in.kv_pos.data(), c.S, kv_dtype), Error);
+    }
   }
   set_mla_kernel_path(MlaKernelPath::Auto);
 }

@@ -92,11 +92,11 @@ struct MlaAttentionParams {
 // Kernel entry point (no validation; shapes as documented). OpenMP-parallel over keys and rows.
 // kv: [S, D] kv_dtype (Float32 or BFloat16), kv_pos: [S].
 void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, const int64_t* kv_pos, int64_t S, DType kv_dtype);
-// The same op on float32 key rows kv [S, ldkv] whose scores read columns [0, p.D) and whose values are columns
+// The same op on key rows kv [S, ldkv] kv_dtype whose scores read columns [0, p.D) and whose values are columns
 // [value_col, value_col + p.R), not the first R (the expanded form's rows [k_nope | k_pe | v],
 // helix_attention_expanded.cpp: no zero block of queries against the values). CPU only.
-void mla_attention_cpu(const MlaAttentionParams& p, const float* kv, int64_t ldkv, int64_t value_col,
-                       const int64_t* kv_pos, int64_t S);
+void mla_attention_cpu(const MlaAttentionParams& p, const void* kv, int64_t ldkv, int64_t value_col,
+                       const int64_t* kv_pos, int64_t S, DType kv_dtype);
 
 // Which micro-kernels run. float32 keys always run Portable or the exact Avx512 kernels (the BF16 product
 // paths are for bfloat16 keys only). Errors: docs/performance.md; bounds: tests/tolerances.py.
