@@ -91,6 +91,7 @@ class CudaBackend final : public Backend {
     launch_add_residual(h, y, n, flag(layer, block == Block::Attention ? 0 : 2), s());
   }
   void helix_attention(const HelixAttentionParams& p, const HelixStageMark& mark) override;
+  bool expanded_attention(const HelixAttentionParams&) override { return false; }  // absorbed only
   void moe_route(const MoeRouteParams& p, int64_t layer) override {
     launch_sanitize(const_cast<float*>(p.logits), p.T * p.E, flag(layer, 1), s());
     launch_moe_route(p, s());

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "helix/backend.hpp"
+#include "helix/helix_attention_expanded.hpp"
 #include "helix/kv_pool.hpp"
 
 namespace helix {
@@ -139,6 +140,9 @@ class CpuBackend final : public Backend {
     }
     HELIX_CHECK(finite, "non-finite hidden state (NaN or Inf) after the ",
                 block == Block::Attention ? "attention" : "FFN", " of layer ", layer, " on rank ", c_.rank);
+  }
+  bool expanded_attention(const HelixAttentionParams& p) override {
+    return choose_attention_form(p) == AttentionForm::Expanded;
   }
   void helix_attention(const HelixAttentionParams& p, const HelixStageMark& mark) override {
     HelixAttentionParams with_workspace = p;

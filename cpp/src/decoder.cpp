@@ -102,16 +102,10 @@ void Step::attention_block(int64_t l, float* h) {
   rms_norm(kva, lw(l, "kv_a_layernorm"), kva, T, R, D);
   b.rope(RopeParams{q, a.positions, a.rope_inv_freq, T, Htp, Dq, Dn, P, c.rope_attention_factor, DType::Float32});
   b.rope(RopeParams{kva, a.positions, a.rope_inv_freq, T, 1, D, R, P, c.rope_attention_factor, DType::Float32});
-  // Absorb W_UK: q_abs[t, h] = [W_UK[h] q_nope[t, h] | q_pe[t, h]].
-  float* q_abs = buf<float>(Buffer::QueryAbsorbed, T * Htp * D);
-  head_linear(q, Htp * Dq, Dq, lw(l, "w_uk"), 0, Htp, q_abs, Htp * D, D);
-  b.copy_rows(q_abs + R, D, q + Dn, Dq, P, T * Htp);
   void* new_kv = b.scratch(Buffer::NewKv, static_cast<size_t>(T * D * dtype_size(c.kv_dtype)));
   b.convert(kva, new_kv, c.kv_dtype, T * D);
-  b.mark(&t.other_s);
 
   HelixAttentionParams p;
-  p.q = q_abs;
   p.new_kv = new_kv;
   p.new_rows = a.new_rows;
   p.q_pos = a.positions;
@@ -141,6 +135,14 @@ void Step::attention_block(int64_t l, float* h) {
   p.scale = c.softmax_scale;
   p.q_dtype = DType::Float32;
   p.kv_dtype = c.kv_dtype;
+  if (!b.expanded_attention(p)) {  // the expanded form reads q_expanded, not the absorbed q
+    // Absorb W_UK: q_abs[t, h] = [W_UK[h] q_nope[t, h] | q_pe[t, h]].
+    float* q_abs = buf<float>(Buffer::QueryAbsorbed, T * Htp * D);
+    head_linear(q, Htp * Dq, Dq, lw(l, "w_uk"), 0, Htp, q_abs, Htp * D, D);
+    b.copy_rows(q_abs + R, D, q + Dn, Dq, P, T * Htp);
+    p.q = q_abs;
+  }
+  b.mark(&t.other_s);
   b.helix_attention(p, [&](HelixStage s) { b.mark(s == HelixStage::Exchange ? &t.exchange_s : &t.attention_s); });
   const float* attn = p.out;  // [T, Hc, Dv] after W_UV
   if (!c.wuv_before_exchange) {

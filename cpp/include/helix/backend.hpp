@@ -155,6 +155,9 @@ class Backend {
   virtual void add_residual(float* h, const float* y, int64_t n, int64_t layer, Block block) = 0;
   // The step over this rank's CP group; `mark` is called as each stage ends.
   virtual void helix_attention(const HelixAttentionParams& p, const HelixStageMark& mark) = 0;
+  // Whether helix_attention(p) runs the expanded form (CPU, helix_attention_expanded.hpp), which never reads
+  // p.q: the caller may then skip the absorb. Decided from everything in p but q.
+  virtual bool expanded_attention(const HelixAttentionParams& p) = 0;
   // Non-finite router logits are reported with `layer`; routing still runs (on zeros in their place).
   virtual void moe_route(const MoeRouteParams& p, int64_t layer) = 0;
   virtual void moe_experts(const MoeExpertsParams& p) = 0;

@@ -33,7 +33,8 @@
 namespace helix {
 
 struct HelixAttentionParams {
-  const void* q = nullptr;            // [T, H, D] q_dtype: absorbed queries, H = H_tp heads, D = R + rope dim
+  const void* q = nullptr;            // [T, H, D] q_dtype: absorbed queries, H = H_tp heads, D = R + rope dim;
+                                      // nullptr allowed when the call runs the expanded form (never read there)
   const void* new_kv = nullptr;       // [T, D] kv_dtype: latent rows of the T new tokens (the same on every CP rank)
   const int64_t* new_rows = nullptr;  // [T] pool row of each token this rank owns, -1 for the others
   const int64_t* q_pos = nullptr;     // [T] global positions
