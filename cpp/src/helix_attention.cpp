@@ -150,10 +150,10 @@ void helix_attention_cpu(const HelixAttentionParams& p, Communicator& cp_comm, c
   }
   const CpuWorkspace ws(p, cp, base);
 
-  kv_append_cpu(KvAppendParams{p.pool, p.new_kv, p.new_rows, T, p.D * dtype_size(p.kv_dtype)});
-  done(HelixStage::Append);
   const bool expanded = choose_attention_form(p) == AttentionForm::Expanded;
   HELIX_CHECK(expanded || p.q != nullptr, "helix_attention: the absorbed form needs the absorbed queries q");
+  kv_append_cpu(KvAppendParams{p.pool, p.new_kv, p.new_rows, T, p.D * dtype_size(p.kv_dtype)});
+  done(HelixStage::Append);
   if (expanded) {
     expanded_attention_cpu(p, ws.values, ws.lse_part);  // values [T, H, W]: W_UV applied when W = Dv
     done(HelixStage::Attention);

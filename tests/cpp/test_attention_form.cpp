@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "helix/comm.hpp"
+#include "helix/error.hpp"
 #include "helix/helix_attention_expanded.hpp"
 
 using namespace helix;
@@ -80,6 +82,22 @@ TEST(AttentionForm, ForcingAndMissingInputs) {
   EXPECT_EQ(choose_attention_form(chunk.p), AttentionForm::Absorbed);
   EXPECT_EQ(parse_attention_form("expanded", "form"), AttentionForm::Expanded);
   EXPECT_THROW(parse_attention_form("latent", "form"), ArgumentError);
+}
+
+// The decoder skips the absorb when the call runs the expanded form (Backend::expanded_attention); a call
+// that runs the absorbed form without q is refused before anything is appended.
+TEST(AttentionForm, TheAbsorbedFormNeedsTheAbsorbedQueries) {
+  Call chunk(1, 4096, 512, true);
+  ASSERT_EQ(choose_attention_form(chunk.p), AttentionForm::Expanded);  // q is never read
+  const auto self = make_self_communicator();
+  set_attention_form(AttentionForm::Absorbed);
+  try {
+    helix_attention_cpu(chunk.p, *self, nullptr);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the absorbed form needs the absorbed queries q"), std::string::npos);
+  }
+  set_attention_form(AttentionForm::Auto);
 }
 
 }  // namespace
