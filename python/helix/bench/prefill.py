@@ -22,9 +22,11 @@ Cost model of issue 18 part 1 (helix/helix_attention_expanded.hpp): for a chunk 
 reads S keys, exchanged W wide (W = R, or Dv with W_UV before the exchange: the engine's default at
 cp = 1), absorbed = 2·H·(2R + P)·pairs
 (+ 2·T·H·R·Dv for the W_UV projection inside the op when W = Dv), expanded = 2·H·(Dn + P + W)·pairs +
-2·S·H·R·(Dn [+ Dv]) (the up-projection of the keys it reads), as executed: with W = Dv the attention kernel
-runs on rows [k_nope | k_pe | v] (2·H·(Dn + P + Dv) per pair); with W = R the float32 GEMMs count double
-in the choice (chunk_attention_flops). "part1 x" is the FLOP ratio of an all-absorbed prefill to auto's.
+2·S·H·R·(Dn [+ Dv]) (the up-projection of the keys it reads; executed FLOPs then take off the W_UK absorb
+[and W_UV] of the chunk's tokens, which the expanded form skips and linear counts), as executed: with
+W = Dv the attention kernel runs on rows [k_nope | k_pe | v] (2·H·(Dn + P + Dv) per pair); with W = R the
+float32 GEMMs count double in the choice (chunk_attention_flops). "part1 x" is the FLOP ratio of an
+all-absorbed prefill to auto's.
 """
 
 from __future__ import annotations
@@ -128,18 +130,22 @@ LATENT_GEMM_SLOWDOWN = 2.0
 
 def chunk_attention_flops(cfg: Any, t: int, s0: int, wuv: bool) -> tuple[float, float, bool]:
     """(absorbed, expanded) FLOPs executed by one layer's attention for a chunk of t tokens after s0 earlier
-    ones (the absorbed form's W_UV, with wuv, is in linear), and whether helix_attention_cpu's cost model
-    picks the expanded form for it (helix/helix_attention_expanded.hpp)."""
+    ones (the absorbed form's W_UK absorb, and W_UV with wuv, are in linear: the expanded form's figure
+    takes off what it skips of them), and whether helix_attention_cpu's cost model picks the expanded form
+    for it (helix/helix_attention_expanded.hpp)."""
     heads, R, P = cfg.num_attention_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
     dn, dv = cfg.qk_nope_head_dim, cfg.v_head_dim
     pairs = t * s0 + t * (t + 1) // 2  # (query, visible key) pairs of the chunk, causal
     absorbed = 2.0 * heads * (2 * R + P) * pairs
     up = 2.0 * (s0 + t) * heads * R * (dn + (dv if wuv else 0))
-    if wuv:  # the kernel on [k_nope | k_pe | v]; no W_UV of the chunk's tokens
-        expanded = 2.0 * heads * (dv + dn + P) * pairs + up - 2.0 * t * heads * R * dv
-        return absorbed, expanded, expanded < absorbed
-    expanded = 2.0 * heads * (dn + P + R) * pairs + up
-    return absorbed, expanded, LATENT_GEMM_SLOWDOWN * (expanded - up) + up < absorbed
+    skipped = 2.0 * t * heads * R * (dn + (dv if wuv else 0))  # the absorb (and W_UV) of the chunk's tokens
+    if wuv:  # the kernel on [k_nope | k_pe | v]
+        scores = 2.0 * heads * (dv + dn + P) * pairs
+        pick = scores + up - 2.0 * t * heads * R * dv < absorbed  # the C++ model: W_UV inside the op
+    else:
+        scores = 2.0 * heads * (dn + P + R) * pairs
+        pick = LATENT_GEMM_SLOWDOWN * scores + up < absorbed
+    return absorbed, scores + up - skipped, pick
 
 
 def prefill_flops(cfg: Any, n: int, chunk: int, wuv: bool = False) -> dict[str, float]:
