@@ -7,6 +7,7 @@ shares sum to 1, KV bytes per rank, the peer's JSON line), not speed.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,6 +332,10 @@ def test_peer_suite_side_by_side_and_absent_peers_skipped(tmp_path, capsys, monk
         assert hf["prefill_tok_s"] is None  # transformers: decode only
         assert hf["helix_decode_speedup"] == pytest.approx(hf["decode_ms"] / h["decode_ms"])
     assert _png(tmp_path / "p.png") and _png(tmp_path / "p-decode.png")
+    if Path("/proc/vmstat").exists():  # each pass records what it swapped (MiB in, out): a peer's hidden cost
+        saved = json.loads((tmp_path / "p.json").read_text())
+        assert saved["meta"]["memory_gib"]["ram"] > 0
+        assert all(len(p["swap_mib"]) == 2 and min(p["swap_mib"]) >= 0 for p in saved["passes"])
 
 
 def test_peer_suite_passes_the_precision_to_helix(tmp_path, capsys):

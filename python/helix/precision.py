@@ -6,7 +6,7 @@
   round x once to bf16 in calls of >= 16 tokens (prefill chunks, large batches; one VDPBF16PS or AMX product
   per multiply-add, twice the split paths' rate), and the MLA attention runs its one-product kernels on bf16
   keys (q and the softmax weights rounded to bf16: MlaKernelPath Amx where AMX is usable, else Avx512Bf16);
-  in the expanded form (long prefill chunks) its up-projected rows [k_nope | k_pe | v] are rounded to bf16 too.
+  in the expanded form (long prefill chunks) its up-projected rows [k_nope | k_pe | v] are bf16 too.
   Decode-sized linear calls (< 16 tokens) stay float32-grade. Needs dtype="bfloat16" (the bf16 paths run on
   bf16 weights and keys), device="cpu", and a CPU with AVX512_BF16 or AMX-BF16.
 

@@ -199,6 +199,25 @@ def cpu_model() -> str:
     return f"{name} ({family}; {' '.join(simd) or 'no AVX2'})"
 
 
+def swapped_mib() -> tuple[float, float] | None:
+    """MiB swapped (in, out) since boot (Linux /proc/vmstat; None elsewhere): a peer that outgrows the RAM
+    pays in swap, which a side-by-side figure must show."""
+    try:
+        fields = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+        return int(fields["pswpin"]) * 4096 / 2**20, int(fields["pswpout"]) * 4096 / 2**20
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def memory_gib() -> dict[str, float]:
+    """RAM and swap of this machine in GiB (Linux /proc/meminfo; empty elsewhere)."""
+    try:
+        fields = {k: v.split()[0] for k, v in (line.split(":", 1) for line in Path("/proc/meminfo").open())}
+        return {"ram": int(fields["MemTotal"]) / 2**20, "swap": int(fields["SwapTotal"]) / 2**20}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
 def machine_info(threads: int | None = None) -> dict[str, Any]:
     """What a reader needs to judge a run: CPU, cores, load, thread settings, BLAS and kernel paths."""
     info: dict[str, Any] = {
@@ -207,6 +226,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "loadavg_1_5_15": list(os.getloadavg()),
         "threads": threads if threads is not None else _THREADS["n"],
         "openblas_core": openblas_core(),
+        "memory_gib": memory_gib(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

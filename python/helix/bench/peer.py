@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from helix.bench.common import ROOT, machine_info, plot_lines, set_threads, time_calls, write_json
+from helix.bench.common import (
+    ROOT,
+    machine_info,
+    plot_lines,
+    set_threads,
+    swapped_mib,
+    time_calls,
+    write_json,
+)
 from helix.bench.decode import MODEL_PRESETS, ensure_model, fill_kv
 from helix.bench.peer_systems import SYSTEMS, measure, missing
 
@@ -209,12 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for t in threads:
             for system in run:
+                swap_before = swapped_mib()
                 try:
                     got = measure(system, Path(model_dir), t, prompts, args.steps, args.precision)
                 except RuntimeError as e:
                     skipped[system] = str(e)
                     run.remove(system)
                     continue
+                swap_after = swapped_mib()
+                if swap_before and swap_after:  # MiB (in, out) while this pass ran
+                    got["swap_mib"] = [round(b - a, 1) for a, b in zip(swap_before, swap_after, strict=True)]
                 passes.append({"system": system, "threads": t, "round": r, **got})
                 if not args.json:
                     print(f"round {r + 1}/{args.rounds}, {t} thread(s): {system} done", flush=True)
@@ -263,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{_fmt(x['helix_prefill_speedup'], '7.2f')} {_fmt(x['decode_ms'], '9.1f')} "
             f"{_fmt(x['helix_decode_speedup'], '7.2f')}"
         )
+    for p in passes:
+        if any(p.get("swap_mib", ())):
+            swap_in, swap_out = p["swap_mib"]
+            print(
+                f"swap during {p['system']} ({p['threads']} thr, round {p['round'] + 1}): "
+                f"{swap_out:.0f} MiB out, {swap_in:.0f} MiB in"
+            )
     print(f"wrote {args.out} and {', '.join(pngs)}")
     return 0
 
